@@ -1,0 +1,21 @@
+"""geno-pipeline: preflight, deterministic training and verifiable release of a DNA latent world model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_released_model"]
+
+if TYPE_CHECKING:
+    from geno_pipeline.release.loader import load_released_model as load_released_model
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `import geno_pipeline` stays cheap (no torch import) for the CLI and preflight.
+    if name == "load_released_model":
+        from geno_pipeline.release.loader import load_released_model
+
+        return load_released_model
+    raise AttributeError(name)

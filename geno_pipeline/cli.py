@@ -1,0 +1,238 @@
+"""`geno-pipeline` command line: one subcommand per stage plus verify/validate/schemas/bench tools.
+
+argv is parsed only here; each handler reads its own params section and calls the stage's `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from geno_pipeline import __version__
+from geno_pipeline.errors import GenoPipelineError
+
+__all__ = ["EXIT_CODES", "build_parser", "entrypoint", "main"]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INVALID = 2
+EXIT_PREFLIGHT = 3
+EXIT_TRAINING_STOPPED = 4
+EXIT_CHECKPOINT = 5
+EXIT_RELEASE_GATE = 6
+EXIT_VERIFY = 7
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (a bug: a traceback is printed)",
+    EXIT_INVALID: "invalid input: params, data, arguments or a file that fails its schema",
+    EXIT_PREFLIGHT: "preflight ran and the machine is not ready (report written)",
+    EXIT_TRAINING_STOPPED: "training stopped early: non-finite loss/gradient or collapse with on_alert: halt",
+    EXIT_CHECKPOINT: "a resume checkpoint is corrupt or bound to different params/dataset/code",
+    EXIT_RELEASE_GATE: "a release gate failed; no bundle was written",
+    EXIT_VERIFY: "verification failed: bundle, schema or reproducibility mismatch",
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: ROOT/params.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    epilog = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="geno-pipeline",
+        description=(
+            "Preflight, deterministic training and verifiable release of a DNA latent world model. "
+            "Normally run through `dvc repro`, which calls data -> preflight -> train -> release."
+        ),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"geno-pipeline {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="build artifacts/dataset/ from the `data` params",
+                       description="Build the train/valid windows, dataset_manifest.json and SHA256SUMS in artifacts/dataset/ "
+                       "from a seeded synthetic genome or a FASTA file. Same params give a byte-identical dataset.")
+    _common(p)
+
+    p = sub.add_parser("preflight", help="check this machine can run the job; write reports/preflight.json",
+                       description="Probe dependencies, CUDA (NVML and torch), determinism settings, disk, the dataset and the params; "
+                       "print one line per check, write reports/preflight.json and artifacts/preflight/environment.json. "
+                       "Exit 0 when ok, 3 when not.")
+    _common(p)
+    p.add_argument("--output", type=Path, default=None, help="report path (default: ROOT/reports/preflight.json)")
+
+    p = sub.add_parser("train", help="train the model deterministically (resumable)",
+                       description="Train the latent world model from the `runtime`, `train` and `collapse` params on artifacts/dataset/. "
+                       "Writes checkpoints, metrics.jsonl, collapse.jsonl and train.log to artifacts/train/ and reports/train.json.")
+    _common(p)
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="resume from the latest checkpoint in artifacts/train/checkpoints (auto) or from a checkpoint directory")
+    p.add_argument("--stop-after-step", type=int, default=None, metavar="K",
+                   help="write a checkpoint after step K and stop (status `stopped`); resume later with --resume auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+
+    p = sub.add_parser("release", help="gate and write the checksummed release bundle",
+                       description="Check the release gates (preflight ok, training complete, finite, no final collapse alert) and write "
+                       "artifacts/release/ (model.safetensors, metrics.json, metadata.json, provenance.intoto.json, MODEL_CARD.md, "
+                       "SHA256SUMS) and reports/release.json. A failed gate writes nothing and exits 6.")
+    _common(p)
+
+    p = sub.add_parser("verify", help="verify a release bundle directory",
+                       description="Check every file listed in SHA256SUMS is present with the right hash, nothing extra, names are plain "
+                       "relative paths, no symlinks, and metadata/provenance validate and agree. Exit 0 or 7 listing every problem.")
+    p.add_argument("directory", type=Path, help="bundle directory, e.g. artifacts/release")
+
+    p = sub.add_parser("validate", help="check a JSON/JSONL file we write against its schema",
+                       description="Validate one of the pipeline's JSON files (or every line of a .jsonl) against its schema in schemas/.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--schema", default=None, help="schema name (default: guessed from the file name)")
+
+    p = sub.add_parser("schemas", help="write or check the committed JSON Schemas",
+                       description="Generate schemas/*.schema.json from the models (--write) or fail when the committed ones drifted (--check).")
+    p.add_argument("--root", type=Path, default=Path("."))
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true")
+    mode.add_argument("--check", action="store_true")
+
+    p = sub.add_parser("repro-check", help="compare recomputed outputs with the committed dvc.lock",
+                       description="Hash each stage's outputs and compare them with the committed dvc.lock and the release SHA256SUMS; "
+                       "print one verdict per stage and write reports/repro_check.json. Exit 7 on a mismatch.")
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--lock-ref", default="HEAD", help="git revision whose dvc.lock is the reference (default: HEAD)")
+
+    p = sub.add_parser("bench", help="measure performance ratios; write reports/bench.json",
+                       description="Measure ratios in one run: training step vs bare torch loop, deterministic vs not, collapse metrics vs "
+                       "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`.")
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    return parser
+
+
+def _params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from geno_pipeline.config import load_params
+
+    return load_params(args.params if args.params is not None else args.root / "params.yaml")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from geno_pipeline.data.dataset import run
+    from geno_pipeline.runtime_report import utc_now, write_runtime_report
+
+    started, t0 = utc_now(), time.perf_counter()
+    params = _params(args)
+    print(f"data: building {params.data.train_windows} train + {params.data.valid_windows} valid windows "
+          f"({params.data.source}) ...", file=sys.stderr)
+    result = run(params.data, root=args.root, out_dir=args.root / "artifacts" / "dataset")
+    write_runtime_report(args.root, "data", started_at=started, duration_s=time.perf_counter() - t0,
+                         facts={"dataset_id": result.manifest.dataset_id})
+    print(f"data: wrote {result.directory} (dataset_id {result.manifest.dataset_id})")
+    return EXIT_OK
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from geno_pipeline.preflight.stage import run_preflight_cli
+
+    return run_preflight_cli(root=args.root, params_path=args.params, output=args.output)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from geno_pipeline.training.stage import run_train_cli
+
+    params = _params(args)
+    return run_train_cli(params, root=args.root, resume=args.resume, stop_after_step=args.stop_after_step,
+                         progress=not args.no_progress)
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from geno_pipeline.release.stage import run_release_cli
+
+    return run_release_cli(_params(args), root=args.root)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from geno_pipeline.release.verify import verify_bundle
+
+    problems = verify_bundle(args.directory)
+    if problems:
+        print(f"verify: {args.directory}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_VERIFY
+    print(f"verify: {args.directory}: OK")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from geno_pipeline.validate import validate_file
+
+    count = validate_file(args.file, schema=args.schema)
+    print(f"validate: {args.file}: OK ({count} document(s))")
+    return EXIT_OK
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from geno_pipeline.schemas import schema_drift, write_schemas
+
+    if args.write:
+        for path in write_schemas(args.root):
+            print(f"schemas: wrote {path}")
+        return EXIT_OK
+    drift = schema_drift(args.root)
+    for line in drift:
+        print(f"schemas: {line}", file=sys.stderr)
+    if drift:
+        print("schemas: fix: run `geno-pipeline schemas --write` and commit the result", file=sys.stderr)
+        return EXIT_VERIFY
+    print("schemas: committed schemas match the models")
+    return EXIT_OK
+
+
+def _cmd_repro_check(args: argparse.Namespace) -> int:
+    from geno_pipeline.repro_check import run_repro_check_cli
+
+    return run_repro_check_cli(root=args.root, lock_ref=args.lock_ref)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from geno_pipeline.bench import run_bench_cli
+
+    return run_bench_cli(root=args.root, quick=args.quick)
+
+
+_HANDLERS = {
+    "data": _cmd_data,
+    "preflight": _cmd_preflight,
+    "train": _cmd_train,
+    "release": _cmd_release,
+    "verify": _cmd_verify,
+    "validate": _cmd_validate,
+    "schemas": _cmd_schemas,
+    "repro-check": _cmd_repro_check,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see EXIT_CODES)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _HANDLERS[args.command](args)
+    except GenoPipelineError as exc:
+        print(f"geno-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"geno-pipeline {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Typed, validated params.yaml: one frozen pydantic model per stage section."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geno_pipeline.errors import ConfigError
+
+__all__ = [
+    "EDIT_TYPE_NAMES",
+    "CollapseParams",
+    "DataParams",
+    "ModelParams",
+    "Params",
+    "PreflightParams",
+    "ReleaseParams",
+    "RuntimeParams",
+    "TrainParams",
+    "load_params",
+    "params_from_mapping",
+    "section_keys",
+]
+
+EDIT_TYPE_NAMES = ("SNV", "INS", "DEL", "MNV", "INDEL")
+MAX_EDIT_LENGTH = 10  # longest inserted or deleted run of one edit (bases)
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+
+class _Problem(ValueError):
+    """A cross-field problem: carries (dotted key relative to the section, value, message, fix)."""
+
+    def __init__(self, problems: list[tuple[str, Any, str, str]]) -> None:
+        super().__init__("; ".join(f"{k}: {m}" for k, _, m, _ in problems))
+        self.problems = problems
+
+
+def _raise_if(problems: list[tuple[str, Any, str, str]]) -> None:
+    if problems:
+        raise _Problem(problems)
+
+
+class DataParams(_Section):
+    """Inputs of the `data` stage."""
+
+    seed: int = Field(17, ge=0)
+    """Seed of the synthetic genome and of the window draw."""
+    source: Literal["synthetic", "fasta"] = "synthetic"
+    """Where the reference comes from: a seeded synthetic genome or a user FASTA."""
+    fasta_path: str | None = None
+    """FASTA file (plain or .gz) used when `source: fasta`; relative paths are from the project root."""
+    genome_length: int = Field(8_000_000, gt=0)
+    """Length in bases of the synthetic genome (ignored for FASTA)."""
+    window_length: int = Field(256, gt=0)
+    """Bases per window (the model's input length L)."""
+    flank_length: int = Field(64, ge=0)
+    """Reference bases stored after each window, used to refill the window after deletions."""
+    train_windows: int = Field(20000, gt=0)
+    """Number of training windows."""
+    valid_windows: int = Field(1024, gt=0)
+    """Number of held-out validation windows (disjoint from training windows)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        problems: list[tuple[str, Any, str, str]] = []
+        if self.source == "fasta" and not self.fasta_path:
+            problems.append(
+                ("fasta_path", self.fasta_path, "is required when source is 'fasta'",
+                 "set data.fasta_path to a FASTA file or use source: synthetic")
+            )
+        if self.window_length < 16:
+            problems.append(
+                ("window_length", self.window_length, "must be >= 16", "use a window of 16 bases or more")
+            )
+        if self.source == "synthetic":
+            slot = self.window_length + self.flank_length
+            need = slot * (self.train_windows + self.valid_windows)
+            if self.window_length > self.genome_length:
+                problems.append(
+                    ("window_length", self.window_length,
+                     f"is larger than genome_length ({self.genome_length})",
+                     "use a window_length no larger than genome_length")
+                )
+            elif need > self.genome_length:
+                problems.append(
+                    ("genome_length", self.genome_length,
+                     f"is too short for {self.train_windows + self.valid_windows} non-overlapping "
+                     f"windows of {slot} bases (window + flank), which need {need}",
+                     f"set genome_length >= {need} or ask for fewer windows")
+                )
+        _raise_if(problems)
+        return self
+
+
+class RuntimeParams(_Section):
+    """Where and how training runs."""
+
+    device: str = "auto"
+    """`auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    deterministic: bool = True
+    """Apply deterministic algorithms, disable TF32 and cuDNN benchmarking."""
+    cpu_threads: int = Field(2, ge=1)
+    """torch intra-op threads; part of the environment fingerprint."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N")
+        return value
+
+
+class PreflightParams(_Section):
+    """Thresholds the preflight stage checks."""
+
+    require_accelerator: bool = False
+    """Fail preflight when no usable CUDA device is found."""
+    min_vram_gib: float = Field(2.0, ge=0)
+    """Free memory (GiB) the selected CUDA device must have."""
+    min_free_disk_gib: float = Field(1.0, ge=0)
+    """Free disk space (GiB) where artifacts/ lives."""
+
+    @field_validator("min_vram_gib", "min_free_disk_gib")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class ModelParams(_Section):
+    """Shape of the frozen encoder, the action encoder and the predictor."""
+
+    state_dim: int = Field(64, ge=2)
+    """Dimension D of the latent state."""
+    hidden_dim: int = Field(256, ge=1)
+    """Hidden width of the action encoder and the predictor MLP."""
+    conv_channels: int = Field(32, ge=1)
+    """Channels of the frozen encoder's convolution."""
+    kernel_size: int = Field(9, ge=1)
+    """Kernel width (bases) of the frozen encoder's convolution; odd."""
+    segments: int = Field(16, ge=1)
+    """Segments the window is pooled into, so the state keeps position information."""
+    residual: bool = True
+    """Predict the change of state (next = state + f(state, action)) instead of the state itself."""
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd")
+        return value
+
+
+def _default_edit_weights() -> dict[str, float]:
+    return {"SNV": 0.40, "INS": 0.20, "DEL": 0.20, "MNV": 0.10, "INDEL": 0.10}
+
+
+def _default_rollout_mix() -> dict[int, float]:
+    return {1: 0.90, 2: 0.05, 3: 0.05}
+
+
+def _weight_problems(key: str, items: dict[Any, Any], known: tuple[Any, ...] | None) -> list[tuple[str, Any, str, str]]:
+    problems: list[tuple[str, Any, str, str]] = []
+    if not items:
+        problems.append((key, items, "must not be empty", "give at least one entry with a positive weight"))
+    for name, weight in items.items():
+        if known is not None and name not in known:
+            problems.append((f"{key}.{name}", weight, f"unknown entry {name!r}", f"use one of {', '.join(map(str, known))}"))
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            problems.append((f"{key}.{name}", weight, "weight must be a finite number > 0", "use a positive weight or drop the entry"))
+    return problems
+
+
+class TrainParams(_Section):
+    """Inputs of the `train` stage."""
+
+    seed: int = Field(1234, ge=0)
+    """Base seed; per-purpose seeds (model init, sampler, validation) are derived from it by hashing."""
+    steps: int = Field(1500, ge=1)
+    """Total optimizer steps."""
+    batch_size: int = Field(64, ge=1)
+    """Tuples per optimizer step."""
+    lr: float = Field(0.001, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.05, ge=0)
+    """AdamW decoupled weight decay (not applied to biases and norms)."""
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warmup steps of the schedule."""
+    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    """Learning-rate schedule: warmup-stable-decay, cosine or constant."""
+    grad_clip_norm: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
+    kl_weight: float = Field(0.01, ge=0)
+    """Weight of the Gaussian KL regulariser on predicted states' batch statistics."""
+    checkpoint_every_steps: int = Field(250, ge=1)
+    """Write a resume checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Number of most recent checkpoints kept."""
+    edit_type_weights: dict[str, float] = Field(default_factory=_default_edit_weights)
+    """Sampling weight of each edit type (SNV, INS, DEL, MNV, INDEL); normalised by their sum."""
+    rollout_step_mix: dict[int, float] = Field(default_factory=_default_rollout_mix)
+    """Sampling weight of each rollout length K >= 1; normalised by their sum."""
+    model: ModelParams = Field(default_factory=ModelParams)
+    """Model shape."""
+
+    @field_validator("lr", "weight_decay", "grad_clip_norm", "kl_weight")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        problems = _weight_problems("edit_type_weights", self.edit_type_weights, EDIT_TYPE_NAMES)
+        problems += _weight_problems("rollout_step_mix", self.rollout_step_mix, None)
+        for k in self.rollout_step_mix:
+            if k < 1:
+                problems.append((f"rollout_step_mix.{k}", k, "rollout length K must be >= 1", "use K = 1, 2, 3, ..."))
+        if self.schedule == "wsd" and self.warmup_steps >= self.steps:
+            problems.append(
+                ("warmup_steps", self.warmup_steps, f"must be < steps ({self.steps}) for the wsd schedule",
+                 "lower warmup_steps or raise steps")
+            )
+        _raise_if(problems)
+        return self
+
+
+class CollapseParams(_Section):
+    """Collapse diagnostics on the fixed held-out batch."""
+
+    log_every_steps: int = Field(100, ge=1)
+    """Observe collapse metrics every this many steps (and always at the final step)."""
+    valid_batch_size: int = Field(512, ge=2)
+    """Held-out tuples in the fixed collapse batch."""
+    pred_var_to_target_var: float = Field(0.5, gt=0)
+    """Alert when prediction variance per dim < this x target variance per dim."""
+    pairwise_to_initial: float = Field(0.5, gt=0)
+    """Alert when mean pairwise prediction distance < this x its step-0 baseline."""
+    kl_reg_max: float = Field(10.0, gt=0)
+    """Alert when the KL regulariser exceeds this."""
+    on_alert: Literal["warn", "halt"] = "warn"
+    """`warn` logs alerts and continues; `halt` stops the run with status `collapsed`."""
+
+    @field_validator("pred_var_to_target_var", "pairwise_to_initial", "kl_reg_max")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class ReleaseParams(_Section):
+    """Inputs of the `release` stage."""
+
+    allow_collapse_alerts: bool = False
+    """Release even when the final collapse observation raised alerts."""
+
+
+class Params(_Section):
+    """The whole params.yaml: one section per stage."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    """Dataset construction."""
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+    """Device and threading."""
+    preflight: PreflightParams = Field(default_factory=PreflightParams)
+    """Preflight thresholds."""
+    train: TrainParams = Field(default_factory=TrainParams)
+    """Training."""
+    collapse: CollapseParams = Field(default_factory=CollapseParams)
+    """Collapse diagnostics."""
+    release: ReleaseParams = Field(default_factory=ReleaseParams)
+    """Release gates."""
+
+
+def section_keys(model: type[BaseModel], prefix: str) -> list[str]:
+    """Dotted top-level keys of a section model, as listed under `params:` in dvc.yaml."""
+    return [f"{prefix}.{name}" for name in model.model_fields]
+
+
+_FIXES = {
+    "missing": "add the key",
+    "extra_forbidden": "remove the key or fix its spelling",
+    "int_type": "use an integer",
+    "float_type": "use a number",
+    "bool_type": "use true or false",
+    "string_type": "use a string",
+    "dict_type": "use a mapping",
+    "model_type": "use a mapping of the section's keys",
+    "literal_error": "use one of the allowed values",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than": "use a smaller value",
+    "less_than_equal": "use a smaller value",
+    "finite_number": "use a finite number",
+}
+
+
+def _fmt_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problems_from(exc: ValidationError) -> list[str]:
+    out: list[str] = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, _Problem):
+            for key, value, message, fix in inner.problems:
+                full = f"{loc}.{key}" if loc else key
+                out.append(f"{full} = {_fmt_value(value)}: {message}; fix: {fix}")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        fix = _FIXES.get(err["type"], "correct the value")
+        if err["type"] == "extra_forbidden":
+            out.append(f"{loc}: unknown key; fix: {fix}")
+        elif err["type"] == "missing":
+            out.append(f"{loc}: missing; fix: {fix}")
+        else:
+            out.append(f"{loc} = {_fmt_value(err.get('input'))}: {message}; fix: {fix}")
+    return out
+
+
+def params_from_mapping(raw: Any, *, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise `ConfigError` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = tuple(_problems_from(exc))
+        body = "\n".join(f"  - {p}" for p in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{source}: {len(problems)} {noun}:\n{body}", problems) from None
+
+
+def load_params(path: Path | str) -> Params:
+    """Read and validate params.yaml; raise `ConfigError` listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; fix: run from the project root or pass --params") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}); fix: correct the syntax") from None
+    return params_from_mapping({} if raw is None else raw, source=str(path))

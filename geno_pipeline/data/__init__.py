@@ -1,0 +1,1 @@
+"""Reference genome sources, edits, windows and the dataset manifest."""

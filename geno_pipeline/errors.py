@@ -1,0 +1,73 @@
+"""Error hierarchy: every expected failure is a `GenoPipelineError` with an actionable message."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChecksumError",
+    "ConfigError",
+    "DataError",
+    "GenoPipelineError",
+    "PreflightError",
+    "ReleaseError",
+    "ReproCheckError",
+    "SchemaValidationError",
+    "TrainingCheckpointError",
+    "TrainingError",
+    "VerifyError",
+]
+
+
+class GenoPipelineError(Exception):
+    """Base class for errors the CLI reports as one clear message (no traceback)."""
+
+    exit_code: int = 2
+
+
+class ConfigError(GenoPipelineError):
+    """params.yaml (or an override) is invalid; the message lists every problem."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class SchemaValidationError(GenoPipelineError):
+    """A JSON document does not match its schema."""
+
+
+class DataError(GenoPipelineError):
+    """The dataset source or the built dataset is unusable."""
+
+
+class ChecksumError(GenoPipelineError):
+    """A SHA256SUMS file is malformed or does not match the files."""
+
+
+class PreflightError(GenoPipelineError):
+    """Preflight could not produce its report."""
+
+
+class TrainingError(GenoPipelineError):
+    """Training cannot start or could not finish."""
+
+
+class TrainingCheckpointError(TrainingError):
+    """A checkpoint is missing, corrupt, or bound to different inputs."""
+
+    exit_code = 5
+
+
+class ReleaseError(GenoPipelineError):
+    """A release gate failed or the bundle could not be written."""
+
+    exit_code = 6
+
+
+class VerifyError(GenoPipelineError):
+    """A release bundle failed verification."""
+
+    exit_code = 7
+
+
+class ReproCheckError(GenoPipelineError):
+    """The reproducibility check could not run."""
