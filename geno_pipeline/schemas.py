@@ -32,7 +32,7 @@ SCHEMA_BASE_ID = "https://geno-pipeline.invalid/schemas/"
 SCHEMA_MODELS: dict[str, str] = {
     "params": "geno_pipeline.config:Params",
     "dataset_manifest": "geno_pipeline.data.manifest:DatasetManifest",
-    "preflight_report": "geno_pipeline.preflight.report:PreflightReport",
+    "preflight_report": "geno_pipeline.preflight.models:PreflightReport",
     "environment": "geno_pipeline.environment:EnvironmentFingerprint",
     "runtime_report": "geno_pipeline.runtime_report:RuntimeReport",
     "train_report": "geno_pipeline.training.report:TrainingReport",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geno_pipeline.checksums import check_sha256sums, sha256_bytes, sha256_file, write_sha256sums
+from geno_pipeline.checksums import check_sha256sums, is_plain_relative_name, sha256_bytes, sha256_file, write_sha256sums
 from geno_pipeline.config import DataParams
 from geno_pipeline.data.genome import N_CODE, Record, read_fasta, synthetic_genome
 from geno_pipeline.data.manifest import DatasetCounts, DatasetFile, DatasetManifest, DatasetSource
@@ -156,28 +156,30 @@ def run(params: DataParams, *, root: Path, out_dir: Path) -> DatasetResult:
     return DatasetResult(out_dir, manifest)
 
 
-def dataset_problems(directory: Path) -> list[str]:
-    """Every integrity problem of a built dataset (empty when it is sound)."""
+def dataset_problems(directory: Path) -> list[tuple[str, str]]:
+    """Every integrity problem of a built dataset as (issue code, message); empty when sound."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
-        return [f"{manifest_path}: missing; fix: run `geno-pipeline data`"]
+        return [("dataset.missing", f"{manifest_path}: missing; fix: run `geno-pipeline data`")]
     try:
         manifest = DatasetManifest.model_validate(read_json(manifest_path, schema="dataset_manifest"))
     except Exception as exc:  # schema or model error -> a problem, not a crash
-        return [f"{manifest_path}: invalid ({exc})"]
-    problems = []
+        return [("dataset.invalid_manifest", f"{manifest_path}: invalid ({exc})")]
+    problems: list[tuple[str, str]] = []
     for entry in manifest.files:
         path = directory / entry.path
-        if path.is_symlink():
-            problems.append(f"{path}: is a symlink")
+        if not is_plain_relative_name(entry.path) or "/" in entry.path:
+            problems.append(("dataset.unsafe_path", f"{manifest_path}: unsafe file name {entry.path!r}"))
+        elif path.is_symlink():
+            problems.append(("dataset.unsafe_path", f"{path}: is a symlink"))
         elif not path.is_file():
-            problems.append(f"{path}: listed in the manifest but missing")
+            problems.append(("dataset.file_missing", f"{path}: listed in the manifest but missing"))
         elif sha256_file(path) != entry.sha256:
-            problems.append(f"{path}: sha256 does not match the manifest")
+            problems.append(("dataset.checksum_mismatch", f"{path}: sha256 does not match the manifest"))
     if manifest.counts.train_windows < 1 or manifest.counts.valid_windows < 1:
-        problems.append(f"{manifest_path}: a split is empty")
-    problems += [f"{directory}: {p}" for p in check_sha256sums(directory)]
+        problems.append(("dataset.empty_split", f"{manifest_path}: a split is empty"))
+    problems += [("dataset.checksum_mismatch", f"{directory}: {p}") for p in check_sha256sums(directory)]
     return problems
 
 
@@ -186,7 +188,7 @@ def load_dataset(directory: Path) -> Dataset:
     directory = Path(directory)
     problems = dataset_problems(directory)
     if problems:
-        raise DataError("dataset is not usable:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise DataError("dataset is not usable:\n" + "\n".join(f"  - {m}" for _, m in problems) + "\nfix: rerun `geno-pipeline data` (or `dvc repro data`)")
     manifest = DatasetManifest.model_validate(read_json(directory / MANIFEST_NAME))
     train = np.load(directory / TRAIN_FILE, allow_pickle=False)
     valid = np.load(directory / VALID_FILE, allow_pickle=False)

@@ -1,0 +1,355 @@
+"""CUDA readiness: NVML (pynvml from nvidia-ml-py) and torch probes, CUDA_VISIBLE_DEVICES mapping,
+device resolution, cross-checks and the free-VRAM gate.
+
+The probes take their NVML module, torch probe and environment as arguments so tests can fake any
+machine; `assess_accelerator` turns a probe into checks and issues as a pure function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from geno_pipeline.config import PreflightParams, RuntimeParams
+from geno_pipeline.preflight.models import (
+    AcceleratorProbe,
+    NvmlDevice,
+    NvmlProbe,
+    PreflightCheck,
+    TorchCudaProbe,
+    TorchDevice,
+    TrainingPreflightIssue,
+    VisibleDevice,
+)
+
+__all__ = [
+    "AcceleratorProbeFn",
+    "assess_accelerator",
+    "map_visible_devices",
+    "nvml_init_error_code",
+    "probe_accelerator",
+    "probe_nvml",
+    "probe_torch_cuda",
+]
+
+GIB = 1024**3
+AcceleratorProbeFn = Callable[[RuntimeParams, PreflightParams], AcceleratorProbe]
+
+_NVML_INIT_CODES = (
+    ("NVML_ERROR_LIBRARY_NOT_FOUND", 12, "nvml.library_not_found"),
+    ("NVML_ERROR_DRIVER_NOT_LOADED", 9, "nvml.driver_not_loaded"),
+    ("NVML_ERROR_LIB_RM_VERSION_MISMATCH", 18, "nvml.driver_library_mismatch"),
+    ("NVML_ERROR_NO_PERMISSION", 4, "nvml.no_permission"),
+)
+# NVML states that simply mean "no NVIDIA GPU here": not worth a warning unless CUDA is required
+_NO_GPU_CODES = {"nvml.library_not_found", "nvml.driver_not_loaded", "nvml.module_missing"}
+
+_NVML_REMEDY = {
+    "nvml.module_missing": "pip install nvidia-ml-py (it provides the pynvml module)",
+    "nvml.library_not_found": "install the NVIDIA driver (libnvidia-ml.so), or run on CPU with runtime.device: cpu",
+    "nvml.driver_not_loaded": "load the NVIDIA kernel driver (nvidia-smi should work), or run on CPU",
+    "nvml.driver_library_mismatch": "the user-space NVML library and the kernel driver differ: reboot or reinstall the driver",
+    "nvml.no_permission": "grant access to /dev/nvidia* (e.g. the video group or container device flags)",
+    "nvml.init_failed": "check `nvidia-smi`; reinstall the NVIDIA driver if it fails too",
+}
+
+
+def nvml_init_error_code(nvml: Any, exc: BaseException) -> str:
+    """Map an nvmlInit failure to a stable issue code."""
+    value = getattr(exc, "value", None)
+    for attr, default, code in _NVML_INIT_CODES:
+        if value is not None and value == getattr(nvml, attr, default):
+            return code
+    return "nvml.init_failed"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _memory(nvml: Any, handle: Any) -> tuple[int, int, int]:
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    info = None
+    if version is not None:
+        try:  # the v2 API reports reserved memory separately, so `free` is what can really be used
+            info = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+        except Exception:
+            info = None
+    if info is None:
+        info = nvml.nvmlDeviceGetMemoryInfo(handle)
+    return int(info.total), int(info.free), int(info.used)
+
+
+def _mig(nvml: Any, handle: Any) -> tuple[bool | None, list[str]]:
+    try:
+        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+    except Exception:  # not supported on this GPU / driver
+        return None, []
+    enabled = current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+    instances: list[str] = []
+    if enabled:
+        try:
+            count = int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))
+        except Exception:
+            count = 0
+        for j in range(count):
+            try:
+                instances.append(_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j))))
+            except Exception:
+                continue
+    return enabled, instances
+
+
+def probe_nvml(nvml: Any | None = None) -> NvmlProbe:
+    """Query NVML: driver, CUDA driver version and every device. Never raises for NVML errors."""
+    if nvml is None:
+        try:
+            import pynvml as nvml_module
+        except Exception as exc:
+            return NvmlProbe(available=False, error_code="nvml.module_missing", error=f"{type(exc).__name__}: {exc}",
+                             driver_version=None, cuda_driver_version=None, devices=[])
+        nvml = nvml_module
+    error_type = getattr(nvml, "NVMLError", Exception)
+    try:
+        nvml.nvmlInit()
+    except error_type as exc:
+        return NvmlProbe(available=False, error_code=nvml_init_error_code(nvml, exc), error=str(exc),
+                         driver_version=None, cuda_driver_version=None, devices=[])
+    try:
+        driver = _text(nvml.nvmlSystemGetDriverVersion())
+        getter = getattr(nvml, "nvmlSystemGetCudaDriverVersion_v2", None) or nvml.nvmlSystemGetCudaDriverVersion
+        cuda_raw = int(getter())
+        cuda = f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}"
+        devices = []
+        for index in range(int(nvml.nvmlDeviceGetCount())):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            total, free, used = _memory(nvml, handle)
+            mig_enabled, instances = _mig(nvml, handle)
+            try:
+                major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+                capability: str | None = f"{major}.{minor}"
+            except Exception:
+                capability = None
+            devices.append(NvmlDevice(
+                index=index, uuid=_text(nvml.nvmlDeviceGetUUID(handle)), name=_text(nvml.nvmlDeviceGetName(handle)),
+                total_memory_bytes=total, free_memory_bytes=free, used_memory_bytes=used,
+                mig_enabled=mig_enabled, mig_instances=instances, compute_capability=capability,
+            ))
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+    return NvmlProbe(available=True, error_code=None, error=None, driver_version=driver,
+                     cuda_driver_version=cuda, devices=devices)
+
+
+def probe_torch_cuda() -> TorchCudaProbe:
+    """Ask torch about CUDA (this initialises CUDA in this process when devices exist)."""
+    import torch
+
+    before = bool(torch.cuda.is_initialized())
+    try:
+        available = bool(torch.cuda.is_available())
+        count = int(torch.cuda.device_count()) if available else 0
+        devices = []
+        for index in range(count):
+            props = torch.cuda.get_device_properties(index)
+            try:
+                free, _total = torch.cuda.mem_get_info(index)
+                free_bytes: int | None = int(free)
+            except Exception:
+                free_bytes = None
+            devices.append(TorchDevice(index=index, name=str(props.name), total_memory_bytes=int(props.total_memory),
+                                       free_memory_bytes=free_bytes, capability=f"{props.major}.{props.minor}"))
+        cudnn = torch.backends.cudnn.version() if available else None
+        error = None
+    except Exception as exc:
+        available, count, devices, cudnn, error = False, 0, [], None, f"{type(exc).__name__}: {exc}"
+    return TorchCudaProbe(torch_version=str(torch.__version__), cuda_available=available, device_count=count,
+                          cuda_version=torch.version.cuda, cudnn_version=cudnn,
+                          cuda_initialized_before_probe=before, devices=devices, error=error)
+
+
+def map_visible_devices(cuda_visible_devices: str | None, devices: list[NvmlDevice]) -> list[VisibleDevice]:
+    """Map CUDA ordinals to NVML devices the way the CUDA runtime reads CUDA_VISIBLE_DEVICES.
+
+    Entries are indices, GPU UUIDs (`GPU-...`, prefixes allowed) or MIG UUIDs (`MIG-...`). As in
+    CUDA, the list stops at the first entry that matches no device, and a repeated device.
+    """
+    if cuda_visible_devices is None:
+        return [VisibleDevice(ordinal=i, selector=str(d.index), nvml_index=d.index, mig_uuid=None) for i, d in enumerate(devices)]
+    out: list[VisibleDevice] = []
+    seen: set[tuple[int, str | None]] = set()
+    for raw in cuda_visible_devices.split(","):
+        entry = raw.strip()
+        match: tuple[int, str | None] | None = None
+        if entry.lstrip("-").isdigit():
+            index = int(entry)
+            match = next(((d.index, None) for d in devices if d.index == index), None) if index >= 0 else None
+        elif entry.startswith("MIG-"):
+            match = next(((d.index, m) for d in devices for m in d.mig_instances if m.startswith(entry)), None)
+        elif entry:
+            uuid = entry if entry.startswith("GPU-") else f"GPU-{entry}"
+            match = next(((d.index, None) for d in devices if d.uuid.startswith(uuid)), None)
+        if match is None or match in seen:
+            break
+        seen.add(match)
+        out.append(VisibleDevice(ordinal=len(out), selector=entry, nvml_index=match[0], mig_uuid=match[1]))
+    return out
+
+
+def _requested_index(device: str) -> int | None:
+    if device.startswith("cuda"):
+        return int(device.split(":", 1)[1]) if ":" in device else 0
+    return None
+
+
+def probe_accelerator(
+    runtime: RuntimeParams,
+    preflight: PreflightParams,
+    *,
+    nvml: Any | None = None,
+    torch_probe: Callable[[], TorchCudaProbe] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AcceleratorProbe:
+    """Probe NVML and torch, map visibility and resolve the device training will use."""
+    env = os.environ if environ is None else environ
+    nv = probe_nvml(nvml)
+    th = (torch_probe or probe_torch_cuda)()
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    visible = map_visible_devices(cvd, nv.devices) if nv.available else []
+    usable = th.cuda_available and th.device_count > 0
+    requested = runtime.device
+    index = _requested_index(requested)
+    required = preflight.require_accelerator or index is not None
+    if requested == "cpu":
+        resolved, reason = "cpu", "runtime.device is cpu"
+    elif requested == "auto":
+        resolved = "cuda:0" if usable else "cpu"
+        reason = "auto: a usable CUDA device was found" if usable else "auto: no usable CUDA device, using the CPU"
+    else:
+        assert index is not None
+        resolved = f"cuda:{index}"
+        reason = f"runtime.device is {requested}"
+    selected = _requested_index(resolved)
+    tdev = th.devices[selected] if selected is not None and selected < len(th.devices) else None
+    ndev = None
+    if selected is not None and selected < len(visible) and visible[selected].nvml_index is not None:
+        ndev = next((d for d in nv.devices if d.index == visible[selected].nvml_index), None)
+    free = tdev.free_memory_bytes if tdev is not None and tdev.free_memory_bytes is not None else (ndev.free_memory_bytes if ndev else None)
+    total = tdev.total_memory_bytes if tdev is not None else (ndev.total_memory_bytes if ndev else None)
+    name = tdev.name if tdev is not None else (ndev.name if ndev else None)
+    return AcceleratorProbe(
+        requested_device=requested, resolved_device=resolved, required=required, available=usable,
+        device_count=th.device_count if usable else 0, device_name=name, total_memory_bytes=total,
+        free_memory_bytes=free, min_memory_bytes=int(preflight.min_vram_gib * GIB), reason=reason,
+        cuda_visible_devices=cvd, visible=visible, nvml=nv, torch=th,
+    )
+
+
+def _issue(severity: str, code: str, path: str | None, message: str, remedy: str) -> TrainingPreflightIssue:
+    return TrainingPreflightIssue(severity=severity, code=code, path=path, message=message, remedy=remedy)  # type: ignore[arg-type]
+
+
+def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> tuple[list[PreflightCheck], list[TrainingPreflightIssue]]:
+    """Checks and issues for a probe: NVML state, cross-checks, device resolution and VRAM gate."""
+    checks: list[PreflightCheck] = []
+    issues: list[TrainingPreflightIssue] = []
+    nv, th = probe.nvml, probe.torch
+    wants_cuda = probe.required or probe.resolved_device.startswith("cuda")
+
+    # 1) NVML
+    if nv.available:
+        checks.append(PreflightCheck(name="nvml", status="pass", code=None, remedy=None, duration_ms=duration_ms,
+                                     message=f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)"))
+    else:
+        code = nv.error_code or "nvml.init_failed"
+        remedy = _NVML_REMEDY.get(code, _NVML_REMEDY["nvml.init_failed"])
+        if wants_cuda:
+            issues.append(_issue("error", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
+            status = "fail"
+        elif code in _NO_GPU_CODES:
+            status = "skip"
+        else:
+            issues.append(_issue("warning", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
+            status = "warn"
+        checks.append(PreflightCheck(name="nvml", status=status, code=code, message=f"NVML unavailable: {nv.error}",  # type: ignore[arg-type]
+                                     remedy=remedy, duration_ms=duration_ms))
+
+    # 2) torch
+    torch_msg = (f"torch {th.torch_version}, CUDA {th.cuda_version or 'none (CPU build)'}, "
+                 f"{th.device_count} device(s) available" if th.cuda_available else
+                 f"torch {th.torch_version}: CUDA not available ({th.cuda_version or 'CPU build'})")
+    checks.append(PreflightCheck(name="torch_cuda", status="pass" if th.cuda_available or not wants_cuda else "fail",
+                                 code=None if th.cuda_available or not wants_cuda else "accelerator.not_found",
+                                 message=torch_msg, remedy=None, duration_ms=0.0))
+
+    # 3) cross-checks: NVML sees GPUs that torch cannot use; device counts disagree
+    mapped = [v for v in probe.visible if v.nvml_index is not None]
+    if nv.available and mapped and not th.cuda_available and probe.requested_device != "cpu":
+        issues.append(_issue(
+            "error", "accelerator.torch_cuda_unavailable", "torch",
+            f"NVML sees {len(mapped)} visible GPU(s) but torch {th.torch_version} cannot use CUDA "
+            f"(torch.version.cuda={th.cuda_version}){': ' + th.error if th.error else ''}",
+            f"install a CUDA build of torch that supports driver CUDA {nv.cuda_driver_version}, "
+            "or set runtime.device: cpu to train on the CPU"))
+    if nv.available and th.cuda_available and len(mapped) != th.device_count:
+        issues.append(_issue(
+            "warning", "accelerator.device_count_mismatch", "CUDA_VISIBLE_DEVICES",
+            f"NVML maps {len(mapped)} visible device(s) (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
+            f"but torch sees {th.device_count}",
+            "check CUDA_VISIBLE_DEVICES: entries after an unknown index or UUID are ignored by CUDA"))
+
+    # 4) resolution and VRAM gate
+    name = "accelerator"
+    if not probe.resolved_device.startswith("cuda"):
+        if probe.required:
+            why = "runtime.device is cpu" if probe.requested_device == "cpu" else "no usable CUDA device was found"
+            issues.append(_issue(
+                "error", "accelerator.not_found", "preflight.require_accelerator",
+                f"preflight.require_accelerator is true but {why}",
+                "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set preflight.require_accelerator: false"))
+            checks.append(PreflightCheck(name=name, status="fail", code="accelerator.not_found", message=probe.reason,
+                                         remedy="run on a GPU machine or set preflight.require_accelerator: false", duration_ms=0.0))
+        else:
+            checks.append(PreflightCheck(name=name, status="skip", code=None, message=f"{probe.reason}; no VRAM gate",
+                                         remedy=None, duration_ms=0.0))
+        return checks, issues
+    index = int(probe.resolved_device.split(":")[1])
+    if not probe.available:
+        issues.append(_issue("error", "accelerator.not_found", "runtime.device",
+                             f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
+                             "run on a GPU machine with a CUDA build of torch, or set runtime.device: auto or cpu"))
+        checks.append(PreflightCheck(name=name, status="fail", code="accelerator.not_found", message=probe.reason,
+                                     remedy="set runtime.device: auto or cpu", duration_ms=0.0))
+        return checks, issues
+    if index >= probe.device_count:
+        issues.append(_issue("error", "accelerator.invalid_device_index", "runtime.device",
+                             f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
+                             f"use cuda:0..cuda:{probe.device_count - 1} or check CUDA_VISIBLE_DEVICES"))
+        checks.append(PreflightCheck(name=name, status="fail", code="accelerator.invalid_device_index", message=probe.reason,
+                                     remedy="pick a visible device", duration_ms=0.0))
+        return checks, issues
+    sel = probe.visible[index] if index < len(probe.visible) else None
+    ndev = next((d for d in nv.devices if sel is not None and d.index == sel.nvml_index), None)
+    if ndev is not None and ndev.mig_enabled and (sel is None or sel.mig_uuid is None):
+        issues.append(_issue("warning", "accelerator.mig_enabled", f"nvml:{ndev.index}",
+                             f"MIG is enabled on {ndev.name} ({ndev.uuid}); CUDA can only use its MIG instances",
+                             "set CUDA_VISIBLE_DEVICES to a MIG instance UUID (MIG-...) listed in the report, or disable MIG"))
+    free, total = probe.free_memory_bytes, probe.total_memory_bytes
+    gib = lambda b: "unknown" if b is None else f"{b / GIB:.2f} GiB"  # noqa: E731
+    detail = f"{probe.device_name}: free {gib(free)} of {gib(total)}, need {gib(probe.min_memory_bytes)} free"
+    if free is None or free < probe.min_memory_bytes:
+        enough_total = total is not None and total >= probe.min_memory_bytes
+        issues.append(_issue(
+            "error", "accelerator.insufficient_vram", probe.resolved_device,
+            f"{detail}" + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
+            "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib"))
+        checks.append(PreflightCheck(name=name, status="fail", code="accelerator.insufficient_vram", message=detail,
+                                     remedy="free GPU memory or pick another device", duration_ms=0.0))
+    else:
+        checks.append(PreflightCheck(name=name, status="pass", code=None, message=f"{probe.resolved_device} {detail}",
+                                     remedy=None, duration_ms=0.0))
+    return checks, issues
