@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny params profile and a built tiny dataset."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = Path(__file__).resolve().parent / "params_tiny.yaml"
+
+
+def write_params(root: Path, **overrides: dict) -> Path:
+    """Copy the tiny profile into `root/params.yaml`, merging section overrides."""
+    params = yaml.safe_load(TINY.read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def tiny_root(tmp_path: Path) -> Path:
+    """A project root with the tiny params and pyproject.toml (for declared minimums)."""
+    write_params(tmp_path)
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+@pytest.fixture()
+def tiny_dataset(tiny_root: Path) -> Path:
+    """tiny_root with artifacts/dataset built."""
+    from geno_pipeline.config import load_params
+    from geno_pipeline.data.dataset import run
+
+    run(load_params(tiny_root / "params.yaml").data, root=tiny_root, out_dir=tiny_root / "artifacts" / "dataset")
+    return tiny_root

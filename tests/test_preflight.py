@@ -1,0 +1,292 @@
+"""Preflight with injected fake NVML/torch probes and dependencies: exact issue codes and `ok`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from geno_pipeline.cli import main
+from geno_pipeline.config import PreflightParams, RuntimeParams
+from geno_pipeline.jsonio import validate_document
+from geno_pipeline.preflight import (
+    DependencySpec,
+    TrainingPreflightRequest,
+    build_training_preflight_report,
+    map_visible_devices,
+    probe_accelerator,
+    probe_dependency,
+)
+from geno_pipeline.preflight.models import TorchCudaProbe, TorchDevice
+from tests.conftest import write_params
+
+GIB = 1024**3
+
+
+class FakeNVMLError(Exception):
+    def __init__(self, value: int) -> None:
+        super().__init__({12: "NVML Shared Library Not Found", 9: "Driver Not Loaded", 18: "RM has detected an NVML/RM version mismatch"}.get(value, "Unknown Error"))
+        self.value = value
+
+
+@dataclass
+class FakeGpu:
+    uuid: str
+    name: str
+    total: int
+    free: int
+    mig: bool | None = False
+    mig_uuids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Mem:
+    total: int
+    free: int
+    used: int
+
+
+class FakeNvml:
+    """Mimics the pynvml functions the probe calls."""
+
+    NVMLError = FakeNVMLError
+    NVML_ERROR_LIBRARY_NOT_FOUND = 12
+    NVML_ERROR_DRIVER_NOT_LOADED = 9
+    NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+    NVML_ERROR_NO_PERMISSION = 4
+    NVML_DEVICE_MIG_ENABLE = 1
+    nvmlMemory_v2 = 0x2000028
+
+    def __init__(self, gpus: list[FakeGpu] | None = None, init_error: int | None = None) -> None:
+        self.gpus = gpus or []
+        self.init_error = init_error
+
+    def nvmlInit(self) -> None:
+        if self.init_error is not None:
+            raise FakeNVMLError(self.init_error)
+
+    def nvmlShutdown(self) -> None: ...
+    def nvmlSystemGetDriverVersion(self) -> str: return "550.54.15"
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int: return 12040
+    def nvmlDeviceGetCount(self) -> int: return len(self.gpus)
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu: return self.gpus[i]
+    def nvmlDeviceGetUUID(self, h: FakeGpu | str) -> str: return h if isinstance(h, str) else h.uuid
+    def nvmlDeviceGetName(self, h: FakeGpu) -> bytes: return h.name.encode()
+
+    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu, version: int | None = None) -> _Mem:
+        return _Mem(h.total, h.free, h.total - h.free)
+
+    def nvmlDeviceGetMigMode(self, h: FakeGpu) -> tuple[int, int]:
+        if h.mig is None:
+            raise FakeNVMLError(3)
+        return (1, 1) if h.mig else (0, 0)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: FakeGpu) -> int: return len(h.mig_uuids)
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: FakeGpu, j: int) -> str: return h.mig_uuids[j]
+    def nvmlDeviceGetCudaComputeCapability(self, h: FakeGpu) -> tuple[int, int]: return (9, 0)
+
+
+def fake_torch(devices: list[tuple[str, int, int]] | None = None, *, available: bool | None = None) -> TorchCudaProbe:
+    devs = [TorchDevice(index=i, name=n, total_memory_bytes=t, free_memory_bytes=f, capability="9.0") for i, (n, t, f) in enumerate(devices or [])]
+    avail = bool(devs) if available is None else available
+    return TorchCudaProbe(torch_version="2.13.0", cuda_available=avail, device_count=len(devs) if avail else 0,
+                          cuda_version="12.4" if avail else None, cudnn_version=90100 if avail else None,
+                          cuda_initialized_before_probe=False, devices=devs if avail else [], error=None)
+
+
+def ok_dependency(spec: DependencySpec):
+    from geno_pipeline.preflight.models import DependencyProbe
+
+    return DependencyProbe(import_name=spec.import_name, package=spec.package, required=spec.required, available=True,
+                           version="99.0", minimum_version=spec.minimum_version, version_ok=True, reason="ok", duration_ms=0.0)
+
+
+def report_for(root: Path, nvml: FakeNvml, torch_probe: TorchCudaProbe, env: dict[str, str] | None = None,
+               dependency_probe=ok_dependency):
+    request = TrainingPreflightRequest.for_root(root)
+    return build_training_preflight_report(
+        request,
+        dependency_probe=dependency_probe,
+        accelerator_probe=lambda rt, pf: probe_accelerator(rt, pf, nvml=nvml, torch_probe=lambda: torch_probe, environ=env or {}),
+    )
+
+
+def codes(report) -> set[str]:
+    return {i.code for i in report.issues}
+
+
+H100 = ("NVIDIA H100 80GB HBM3", 80 * GIB)
+UUID0 = "GPU-11111111-2222-3333-4444-555555555555"
+UUID1 = "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+
+
+@pytest.fixture()
+def root(tiny_dataset: Path) -> Path:
+    write_params(tiny_dataset, runtime={"device": "auto"})
+    return tiny_dataset
+
+
+def test_preflight_no_nvml_library(root: Path) -> None:
+    report = report_for(root, FakeNvml(init_error=12), fake_torch())
+    assert report.ok and codes(report) == set() and report.resolved_device == "cpu"
+    assert {c.name: (c.status, c.code) for c in report.checks}["nvml"] == ("skip", "nvml.library_not_found")
+    write_params(root, runtime={"device": "auto"}, preflight={"require_accelerator": True})
+    report = report_for(root, FakeNvml(init_error=12), fake_torch())
+    assert not report.ok and codes(report) == {"nvml.library_not_found", "accelerator.not_found"}
+
+
+def test_preflight_driver_not_loaded(root: Path) -> None:
+    report = report_for(root, FakeNvml(init_error=9), fake_torch())
+    assert report.ok and codes(report) == set()
+    write_params(root, runtime={"device": "cuda"})
+    report = report_for(root, FakeNvml(init_error=9), fake_torch())
+    assert not report.ok and codes(report) == {"nvml.driver_not_loaded", "accelerator.not_found"}
+
+
+def test_preflight_driver_library_mismatch(root: Path) -> None:
+    report = report_for(root, FakeNvml(init_error=18), fake_torch())
+    assert report.ok and codes(report) == {"nvml.driver_library_mismatch"}
+    assert report.issues[0].severity == "warning"
+    report = report_for(root, FakeNvml(init_error=4), fake_torch())
+    assert report.ok and codes(report) == {"nvml.no_permission"}
+
+
+def test_preflight_zero_gpus(root: Path) -> None:
+    report = report_for(root, FakeNvml([]), fake_torch())
+    assert report.ok and codes(report) == set() and report.resolved_device == "cpu"
+    assert {c.name: c.status for c in report.checks}["accelerator"] == "skip"
+
+
+def test_preflight_one_gpu_enough_free_vram(root: Path) -> None:
+    report = report_for(root, FakeNvml([FakeGpu(UUID0, H100[0], H100[1], 70 * GIB)]), fake_torch([(H100[0], H100[1], 70 * GIB)]))
+    assert report.ok and codes(report) == set()
+    assert report.resolved_device == "cuda:0"
+    assert report.accelerator.free_memory_bytes == 70 * GIB
+    assert {c.name: c.status for c in report.checks}["accelerator"] == "pass"
+
+
+def test_preflight_one_gpu_total_enough_free_not(root: Path) -> None:
+    gpu = FakeGpu(UUID0, H100[0], H100[1], 1 * GIB)
+    report = report_for(root, FakeNvml([gpu]), fake_torch([(H100[0], H100[1], 1 * GIB)]))
+    assert not report.ok and codes(report) == {"accelerator.insufficient_vram"}
+    assert "enough in total" in report.issues[0].message
+
+
+@pytest.mark.parametrize("selector", ["1", UUID1, UUID1[:12]])
+def test_preflight_two_gpus_cuda_visible_devices(root: Path, selector: str) -> None:
+    gpus = [FakeGpu(UUID0, "GPU zero", 40 * GIB, 1 * GIB), FakeGpu(UUID1, "GPU one", 80 * GIB, 60 * GIB)]
+    # torch only sees the visible GPU (physical 1) as cuda:0
+    report = report_for(root, FakeNvml(gpus), fake_torch([("GPU one", 80 * GIB, 60 * GIB)]), {"CUDA_VISIBLE_DEVICES": selector})
+    assert report.ok and codes(report) == set()
+    assert [(v.ordinal, v.nvml_index) for v in report.accelerator.visible] == [(0, 1)]
+    assert report.accelerator.device_name == "GPU one"
+
+
+def test_preflight_visible_devices_mapping_rules() -> None:
+    from geno_pipeline.preflight.models import NvmlDevice
+
+    devs = [NvmlDevice(index=i, uuid=u, name="g", total_memory_bytes=1, free_memory_bytes=1, used_memory_bytes=0,
+                       mig_enabled=m, mig_instances=mi, compute_capability="9.0")
+            for i, (u, m, mi) in enumerate([(UUID0, False, []), (UUID1, True, ["MIG-1234abcd-0000-0000-0000-000000000000"])])]
+    assert [v.nvml_index for v in map_visible_devices(None, devs)] == [0, 1]
+    assert [v.nvml_index for v in map_visible_devices("1,0", devs)] == [1, 0]
+    assert [v.nvml_index for v in map_visible_devices("0,7,1", devs)] == [0]  # CUDA stops at an unknown entry
+    assert [v.nvml_index for v in map_visible_devices("", devs)] == []
+    assert [v.nvml_index for v in map_visible_devices("-1", devs)] == []
+    mig = map_visible_devices("MIG-1234abcd", devs)
+    assert [(v.nvml_index, v.mig_uuid) for v in mig] == [(1, "MIG-1234abcd-0000-0000-0000-000000000000")]
+
+
+def test_preflight_mig_enabled(root: Path) -> None:
+    gpu = FakeGpu(UUID0, "NVIDIA A100", 80 * GIB, 70 * GIB, mig=True, mig_uuids=["MIG-aaaa0000-0000-0000-0000-000000000000"])
+    report = report_for(root, FakeNvml([gpu]), fake_torch([("NVIDIA A100", 80 * GIB, 70 * GIB)]))
+    assert report.ok and codes(report) == {"accelerator.mig_enabled"}
+    report = report_for(root, FakeNvml([gpu]), fake_torch([("NVIDIA A100 MIG 3g.40gb", 40 * GIB, 39 * GIB)]),
+                        {"CUDA_VISIBLE_DEVICES": "MIG-aaaa0000-0000-0000-0000-000000000000"})
+    assert report.ok and codes(report) == set()
+
+
+def test_preflight_nvml_sees_gpu_torch_cannot(root: Path) -> None:
+    report = report_for(root, FakeNvml([FakeGpu(UUID0, H100[0], H100[1], 70 * GIB)]), fake_torch())
+    assert not report.ok and codes(report) == {"accelerator.torch_cuda_unavailable"}
+
+
+def test_preflight_device_count_mismatch_is_warning(root: Path) -> None:
+    gpus = [FakeGpu(UUID0, "a", 40 * GIB, 30 * GIB), FakeGpu(UUID1, "b", 40 * GIB, 30 * GIB)]
+    report = report_for(root, FakeNvml(gpus), fake_torch([("a", 40 * GIB, 30 * GIB)]))
+    assert report.ok and codes(report) == {"accelerator.device_count_mismatch"}
+
+
+def test_preflight_dependency_raising_at_import(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_dep_for_test.py").write_text("raise RuntimeError('libfoo.so: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = probe_dependency(DependencySpec("broken_dep_for_test", "pytest", True, "1.0"))
+    assert not probe.available and "RuntimeError: libfoo.so" in probe.reason
+
+    def deps(spec: DependencySpec):
+        return probe_dependency(DependencySpec("broken_dep_for_test", spec.package, spec.required, spec.minimum_version)) \
+            if spec.import_name == "safetensors" else ok_dependency(spec)
+
+    report = report_for(root, FakeNvml(init_error=12), fake_torch(), dependency_probe=deps)
+    assert not report.ok and codes(report) == {"dependency.import_error"}
+    assert report.issues[0].path == "safetensors"
+
+
+def test_preflight_dependency_below_minimum(root: Path) -> None:
+    def deps(spec: DependencySpec):
+        if spec.import_name == "numpy":
+            return probe_dependency(DependencySpec("numpy", "numpy", True, "999.0"))
+        return ok_dependency(spec)
+
+    report = report_for(root, FakeNvml(init_error=12), fake_torch(), dependency_probe=deps)
+    assert not report.ok and codes(report) == {"dependency.too_old"}
+    assert "below the minimum 999.0" in report.issues[0].message
+
+
+def test_preflight_probe_that_raises_becomes_issue(root: Path) -> None:
+    def boom(rt: RuntimeParams, pf: PreflightParams):
+        raise RuntimeError("kaboom")
+
+    report = build_training_preflight_report(TrainingPreflightRequest.for_root(root), dependency_probe=ok_dependency, accelerator_probe=boom)
+    assert not report.ok and codes(report) == {"preflight.probe_error"}
+    assert "kaboom" in report.issues[0].message
+
+
+def test_preflight_dataset_tampered_and_params_invalid(root: Path) -> None:
+    data = root / "artifacts" / "dataset" / "valid_windows.npy"
+    data.write_bytes(data.read_bytes()[:-1] + b"\x00")
+    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("batch_size: 8", "batch_size: -8"))
+    report = report_for(root, FakeNvml(init_error=12), fake_torch())
+    assert not report.ok and codes(report) == {"dataset.checksum_mismatch", "params.invalid"}
+
+
+def test_preflight_real_cpu_machine_defaults(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real probes on this (CPU-only) machine: ok, device cpu, accelerator skip; report validates."""
+    assert main(["preflight", "--root", str(root)]) == 0
+    report = json.loads((root / "reports" / "preflight.json").read_text())
+    validate_document(report, "preflight_report")
+    assert report["ok"] is True and report["resolved_device"] == "cpu"
+    assert {c["name"]: c["status"] for c in report["checks"]}["accelerator"] == "skip"
+    assert json.loads((root / "artifacts" / "preflight" / "environment.json").read_text())["device_kind"] == "cpu"
+    out = capsys.readouterr().out
+    assert "SKIP  accelerator" in out and "preflight: ok" in out
+
+
+def test_preflight_require_accelerator_exits_3(root: Path) -> None:
+    write_params(root, runtime={"device": "auto"}, preflight={"require_accelerator": True})
+    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "preflight", "--root", str(root)], capture_output=True, text=True)
+    if proc.returncode == 0:
+        pytest.skip("this machine has a usable CUDA device")
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads((root / "reports" / "preflight.json").read_text())
+    validate_document(report, "preflight_report")
+    errors = [i for i in report["issues"] if i["severity"] == "error"]
+    assert "accelerator.not_found" in {i["code"] for i in errors}
+    # on this machine NVML itself is absent too, which is an error once an accelerator is required
+    assert {i["code"] for i in errors} <= {"accelerator.not_found", "nvml.library_not_found", "nvml.driver_not_loaded"}
+    assert all(i["remedy"] for i in errors)
