@@ -1,0 +1,292 @@
+"""Resume checkpoints: safetensors for tensors, a schema'd JSON state, SHA256SUMS over both.
+
+Written to a staging directory, fsynced and renamed; loading never unpickles and raises
+`TrainingCheckpointError` naming whatever differs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save
+
+from geno_pipeline.checksums import check_sha256sums, sha256_bytes, sha256_file, write_sha256sums
+from geno_pipeline.errors import SchemaValidationError, TrainingCheckpointError
+from geno_pipeline.jsonio import atomic_write_bytes, read_json, replace_dir_atomically, staging_dir, write_json
+
+__all__ = [
+    "CHECKPOINT_SCHEMA_ID",
+    "Bindings",
+    "CheckpointState",
+    "LoadedCheckpoint",
+    "LogRecord",
+    "OptimizerGroupState",
+    "SamplerState",
+    "checkpoint_dir_name",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "remove_stale_staging",
+    "group_states",
+    "optimizer_tensors",
+    "restore_optimizer",
+    "save_checkpoint",
+]
+
+CHECKPOINT_SCHEMA_ID = "geno-pipeline/checkpoint-state"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Bindings(_Doc):
+    """What the checkpoint is bound to; resuming under anything else is refused."""
+
+    params_sha256: str
+    """Hash of the runtime, train and collapse params."""
+    dataset_manifest_sha256: str
+    """SHA-256 of dataset_manifest.json."""
+    package_version: str
+    """geno-pipeline version."""
+    environment_sha256: str
+    """Hash of the environment fingerprint."""
+
+
+class LogRecord(_Doc):
+    """Length and hash of a log file at checkpoint time (the prefix a resume keeps)."""
+
+    bytes: int = Field(ge=0)
+    """Size in bytes."""
+    sha256: str
+    """SHA-256 of those bytes."""
+
+
+class PCG64Inner(_Doc):
+    """PCG64 128-bit state."""
+
+    state: int
+    """State."""
+    inc: int
+    """Increment."""
+
+
+class SamplerState(_Doc):
+    """numpy PCG64 bit-generator state of the tuple sampler."""
+
+    bit_generator: Literal["PCG64"]
+    """Bit generator name."""
+    state: PCG64Inner
+    """Generator state."""
+    has_uint32: int
+    """Buffered 32-bit flag."""
+    uinteger: int
+    """Buffered 32-bit value."""
+
+
+class OptimizerGroupState(_Doc):
+    """Hyper-parameters of one AdamW param group."""
+
+    group_name: str
+    """`decay` or `no_decay`."""
+    names: list[str]
+    """Parameter names in the group, in order."""
+    lr: float
+    """Current lr."""
+    initial_lr: float
+    """Peak lr the schedule scales."""
+    weight_decay: float
+    """Decoupled weight decay."""
+    betas: list[float]
+    """Adam betas."""
+    eps: float
+    """Adam epsilon."""
+
+
+class CheckpointState(_Doc):
+    """state.json of a resume checkpoint."""
+
+    schema_id: Literal["geno-pipeline/checkpoint-state"] = CHECKPOINT_SCHEMA_ID
+    """Identifies the document kind."""
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    step: int = Field(ge=0)
+    """Optimizer steps completed."""
+    steps_total: int = Field(ge=1)
+    """train.steps of the run."""
+    run_id: str
+    """Run id."""
+    sampler: SamplerState
+    """Tuple sampler RNG state."""
+    monitor_baseline_pairwise: float | None
+    """Collapse monitor's step-0 pairwise-distance baseline."""
+    last_train_loss: float | None
+    """Loss of the last step."""
+    logs: dict[str, LogRecord]
+    """metrics.jsonl, collapse.jsonl and train.log prefixes (the metric-history digests)."""
+    tensors: dict[str, str]
+    """sha256 of model.safetensors and optimizer.safetensors."""
+    optimizer_groups: list[OptimizerGroupState]
+    """AdamW param groups."""
+    bindings: Bindings
+    """Inputs the checkpoint is bound to."""
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A verified checkpoint."""
+
+    path: Path
+    state: CheckpointState
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """`step-000250`."""
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of complete checkpoint directories, ascending."""
+    if not Path(directory).is_dir():
+        return []
+    out = []
+    for path in Path(directory).iterdir():
+        match = _DIR.match(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            out.append((int(match.group(1)), path))
+    return sorted(out)
+
+
+def remove_stale_staging(directory: Path) -> None:
+    """Delete half-written staging directories left by a killed process."""
+    if Path(directory).is_dir():
+        for path in Path(directory).iterdir():
+            if path.name.startswith(".") and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    state: CheckpointState,
+    model_tensors: dict[str, torch.Tensor],
+    optimizer_tensors: dict[str, torch.Tensor],
+) -> Path:
+    """Write checkpoint `step-NNNNNN` atomically; `state.tensors` is filled in here."""
+    final = Path(directory) / checkpoint_dir_name(state.step)
+    stage = staging_dir(final)
+    try:
+        digests = {}
+        for name, tensors in ((MODEL_FILE, model_tensors), (OPTIMIZER_FILE, optimizer_tensors)):
+            data = _tensor_bytes(tensors, {"step": str(state.step), "run_id": state.run_id})
+            atomic_write_bytes(stage / name, data)
+            digests[name] = sha256_bytes(data)
+        write_json(stage / STATE_FILE, state.model_copy(update={"tensors": digests}), schema="checkpoint_state")
+        write_sha256sums(stage, [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE])
+        replace_dir_atomically(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return final
+
+
+def load_checkpoint(path: Path, *, expected: Bindings, steps_total: int) -> LoadedCheckpoint:
+    """Verify and load a checkpoint; raise `TrainingCheckpointError` naming every difference."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise TrainingCheckpointError(f"{path}: not a checkpoint (no {STATE_FILE}); fix: pass a step-NNNNNN directory or --resume auto")
+    problems = check_sha256sums(path)
+    if problems:
+        raise TrainingCheckpointError(f"{path}: checkpoint files are corrupt or were edited:\n" + "\n".join(f"  - {p}" for p in problems)
+                                      + "\nfix: resume from another checkpoint or train from scratch (without --resume)")
+    try:
+        state = CheckpointState.model_validate(read_json(path / STATE_FILE, schema="checkpoint_state"))
+    except (SchemaValidationError, ValidationError) as exc:
+        raise TrainingCheckpointError(f"{path / STATE_FILE}: invalid checkpoint state: {exc}") from None
+    for name, digest in state.tensors.items():
+        if sha256_file(path / name) != digest:
+            raise TrainingCheckpointError(f"{path / name}: sha256 differs from the one recorded in {STATE_FILE}")
+    diffs = []
+    have, want = state.bindings.model_dump(), expected.model_dump()
+    for key in sorted(want):
+        if have.get(key) != want[key]:
+            diffs.append(f"{key}: checkpoint has {have.get(key)!r}, this run has {want[key]!r}")
+    if state.steps_total != steps_total:
+        diffs.append(f"steps_total: checkpoint has {state.steps_total}, this run has {steps_total}")
+    if diffs:
+        what = {"params_sha256": "params", "dataset_manifest_sha256": "dataset", "package_version": "package version",
+                "environment_sha256": "environment"}
+        names = ", ".join(what.get(d.split(":")[0], d.split(":")[0]) for d in diffs)
+        raise TrainingCheckpointError(f"{path}: checkpoint was made with different {names}:\n" + "\n".join(f"  - {d}" for d in diffs)
+                                      + "\nfix: restore the original inputs, or train from scratch (without --resume)")
+    return LoadedCheckpoint(path=path, state=state, model=load_file(path / MODEL_FILE), optimizer=load_file(path / OPTIMIZER_FILE))
+
+
+def prune_checkpoints(directory: Path, *, keep: int, every: int, steps_total: int) -> None:
+    """Keep the last `keep` scheduled checkpoints (multiples of `every`, or the final step) and the newest one."""
+    found = list_checkpoints(directory)
+    if not found:
+        return
+    scheduled = [(s, p) for s, p in found if s % every == 0 or s == steps_total]
+    kept = {p for _, p in scheduled[-keep:]} | {found[-1][1]}
+    for _, path in found:
+        if path not in kept:
+            shutil.rmtree(path)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
+    """AdamW state as flat named tensors: `<param>.exp_avg`, `<param>.exp_avg_sq`, `<param>.step`."""
+    out: dict[str, torch.Tensor] = {}
+    for param, pstate in optimizer.state.items():
+        name = names[id(param)]
+        for key, value in pstate.items():
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            out[f"{name}.{key}"] = tensor
+    return out
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[OptimizerGroupState],
+                      params_by_name: dict[str, torch.nn.Parameter]) -> None:
+    """Load `optimizer_tensors` output and group hyper-parameters back into a fresh optimizer."""
+    for group, saved in zip(optimizer.param_groups, groups, strict=True):
+        if group.get("group_name") != saved.group_name:
+            raise TrainingCheckpointError(f"optimizer group {saved.group_name!r} does not match this model's groups")
+        group["lr"] = saved.lr
+        group["initial_lr"] = saved.initial_lr
+    for key, tensor in tensors.items():
+        name, _, slot = key.rpartition(".")
+        param = params_by_name.get(name)
+        if param is None:
+            raise TrainingCheckpointError(f"optimizer state names unknown parameter {name!r}")
+        optimizer.state[param][slot] = tensor.to(param.device) if slot != "step" else tensor
+
+
+def group_states(optimizer: torch.optim.Optimizer) -> list[OptimizerGroupState]:
+    """Hyper-parameters of every group, for state.json."""
+    out = []
+    for group in optimizer.param_groups:
+        out.append(OptimizerGroupState(group_name=group["group_name"], names=list(group["names"]), lr=group["lr"],
+                                       initial_lr=group["initial_lr"], weight_decay=group["weight_decay"],
+                                       betas=list(group["betas"]), eps=group["eps"]))
+    return out
+
+
+def to_plain(value: Any) -> Any:
+    """numpy bit-generator state -> plain JSON-able dict (ints stay ints)."""
+    return {k: to_plain(v) for k, v in value.items()} if isinstance(value, dict) else value
