@@ -14,11 +14,12 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from geno_pipeline.checksums import check_sha256sums, sha256_bytes, sha256_file, write_sha256sums
 from geno_pipeline.errors import SchemaValidationError, TrainingCheckpointError
 from geno_pipeline.jsonio import atomic_write_bytes, read_json, replace_dir_atomically, staging_dir, write_json
+from geno_pipeline.tensorfile import serialize_tensors
 
 __all__ = [
     "CHECKPOINT_SCHEMA_ID",
@@ -177,10 +178,6 @@ def remove_stale_staging(directory: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
-
-
 def save_checkpoint(
     directory: Path,
     *,
@@ -194,7 +191,7 @@ def save_checkpoint(
     try:
         digests = {}
         for name, tensors in ((MODEL_FILE, model_tensors), (OPTIMIZER_FILE, optimizer_tensors)):
-            data = _tensor_bytes(tensors, {"step": str(state.step), "run_id": state.run_id})
+            data = serialize_tensors(tensors, {"step": str(state.step), "run_id": state.run_id})
             atomic_write_bytes(stage / name, data)
             digests[name] = sha256_bytes(data)
         write_json(stage / STATE_FILE, state.model_copy(update={"tensors": digests}), schema="checkpoint_state")

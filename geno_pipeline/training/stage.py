@@ -27,6 +27,7 @@ from geno_pipeline.errors import TrainingError
 from geno_pipeline.jsonio import append_jsonl, atomic_write_bytes, atomic_write_text, canonical_json, read_json, write_json
 from geno_pipeline.runtime_report import utc_now, write_runtime_report
 from geno_pipeline.source import source_digest
+from geno_pipeline.tensorfile import serialize_tensors
 from geno_pipeline.training.checkpoint import (
     Bindings,
     CheckpointState,
@@ -291,12 +292,6 @@ def _observe(model: WorldModel, held: HeldOut, step: int, tracker: CollapseTrack
     return line
 
 
-def _weights_bytes(model: WorldModel, metadata: dict[str, str]) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}, metadata=metadata)
-
-
 def _plots(paths: TrainPaths, logs: RunLogs) -> None:
     plots = paths.reports_dir / "plots"
     import json
@@ -391,7 +386,8 @@ def run_training(
         import json
 
         tracker.lines = [CollapseLine.model_validate(json.loads(x)) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()]
-        logs.log(f"resumed from {checkpoint_path.name} at step {start}")
+        # not in train.log: a resumed run's logs must equal the straight run's
+        print(f"train: resumed from {checkpoint_path} at step {start}", file=sys.stderr)
     else:
         if paths.out_dir.exists():
             shutil.rmtree(paths.out_dir)
@@ -403,14 +399,17 @@ def run_training(
         logs.log(f"step 0 held-out loss {line.heldout_loss:.6f} (identity baseline {held.identity_loss:.6f}), "
                  f"pairwise baseline {tracker.baseline:.6f}")
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, *, scheduled: bool) -> None:
+        if scheduled:  # logged before the log digests are taken, so a resume from here keeps the line
+            logs.log(f"step {step} checkpoint {step:06d}")
+        else:  # an extra checkpoint (stop or halt) leaves the deterministic logs as the straight run has them
+            print(f"train: checkpoint at step {step}", file=sys.stderr)
         state = CheckpointState(step=step, steps_total=train.steps, run_id=run_id, sampler=SamplerState.model_validate(sampler.state()),
                                 monitor_baseline_pairwise=tracker.baseline, last_train_loss=last_loss, logs=logs.record(),
                                 tensors={}, optimizer_groups=group_states(optimizer), bindings=bindings)
         save_checkpoint(paths.checkpoints, state=state, model_tensors=dict(model.state_dict()),
                         optimizer_tensors=optimizer_tensors(optimizer, names))
         prune_checkpoints(paths.checkpoints, keep=train.keep_checkpoints, every=train.checkpoint_every_steps, steps_total=train.steps)
-        logs.log(f"step {step} checkpoint {step:06d}")
 
     # 3) train loop
     status: TrainingStatus = "completed"
@@ -450,7 +449,7 @@ def run_training(
             halt = bool(line.alerts) and collapse.on_alert == "halt"
         scheduled = step % train.checkpoint_every_steps == 0 or step == train.steps
         if scheduled or halt or step == stop_after_step:
-            checkpoint(step)
+            checkpoint(step, scheduled=scheduled)
         if halt:
             status = "collapsed"
             message = (f"collapse alert at step {step} ({', '.join(a.criterion for a in tracker.lines[-1].alerts)}) with "
@@ -469,7 +468,7 @@ def run_training(
     final_model = paths.out_dir / "model.safetensors"
     if status == "completed":
         message = f"trained {train.steps} steps"
-        atomic_write_bytes(final_model, _weights_bytes(model, {"run_id": run_id, "step": str(completed), "params_sha256": params_sha,
+        atomic_write_bytes(final_model, serialize_tensors(model.state_dict(), {"run_id": run_id, "step": str(completed), "params_sha256": params_sha,
                                                                "seed": str(train.seed), "source_digest": digest}))
         logs.log(f"done: {message}")
     _plots(paths, logs)
