@@ -31,6 +31,9 @@ __all__ = [
 Criterion = Literal["pred_var_per_dim", "pairwise_pred_dist_mean", "kl_reg"]
 CollapseLogger = logging.Logger | Callable[[dict[str, Any]], None]
 _CHUNK_ELEMENTS = 1 << 22  # distances held at once (~32 MiB in float64)
+# Up to this N, distances come from explicit differences (exact to rounding even for near-equal
+# rows); beyond it, from the matmul expansion (about 5x faster, ~1e-8 absolute error per pair).
+_EXACT_MAX_N = 4096
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,11 @@ def pairwise_distance_mean(points: Tensor, *, chunk_elements: int = _CHUNK_ELEME
         return 0.0
     centred = points - points.mean(dim=0, keepdim=True)  # translation-invariant and better conditioned
     rows = max(1, chunk_elements // n)
+    mode = "donot_use_mm_for_euclid_dist" if n <= _EXACT_MAX_N else "use_mm_for_euclid_dist"
     total = torch.zeros((), dtype=torch.float64)
     for start in range(0, n - 1, rows):
         stop = min(n, start + rows)
-        block = torch.cdist(centred[start:stop], centred[start:], compute_mode="use_mm_for_euclid_dist")
+        block = torch.cdist(centred[start:stop], centred[start:], compute_mode=mode)
         upper = torch.triu(torch.ones(block.shape, dtype=torch.bool), diagonal=1)
         total += block[upper].sum()
     return float(total / (n * (n - 1) / 2))
