@@ -1,0 +1,220 @@
+"""Trainer: determinism, resume equivalence (new process, SIGKILL), tampering, non-finite guard, collapse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from geno_pipeline.config import load_params
+from geno_pipeline.errors import TrainingCheckpointError
+from geno_pipeline.training.model import build_world_model
+from geno_pipeline.training.stage import TrainPaths, run_training
+from tests.conftest import write_params
+
+
+def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tree(path: Path) -> dict[str, str]:
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project with its dataset and preflight fingerprint, trained straight once."""
+    root = tmp_path_factory.mktemp("train")
+    write_params(root)
+    shutil.copy(Path(__file__).resolve().parent.parent / "pyproject.toml", root / "pyproject.toml")
+    cli(root, "data")
+    cli(root, "preflight")
+    cli(root, "train", "--no-progress")
+    return root
+
+
+def clone(prepared: Path, dest: Path) -> Path:
+    shutil.copytree(prepared, dest, ignore=shutil.ignore_patterns("train"))
+    return dest
+
+
+def test_train_two_runs_identical(prepared: Path, tmp_path: Path) -> None:
+    other = clone(prepared, tmp_path / "other")
+    params = load_params(other / "params.yaml")
+    report = run_training(params, TrainPaths.for_root(other))  # in-process vs the CLI's process
+    assert report.status == "completed" and report.steps_completed == 12
+    straight = tree(prepared / "artifacts" / "train")
+    assert tree(other / "artifacts" / "train") == straight
+    assert "model.safetensors" in straight and "metrics.jsonl" in straight
+    lines = (other / "artifacts" / "train" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 13))
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(k=st.integers(1, 11))
+def test_train_resume_equivalence_any_stop_step(prepared: Path, tmp_path_factory: pytest.TempPathFactory, k: int) -> None:
+    root = clone(prepared, tmp_path_factory.mktemp("resume") / "p")
+    stopped = cli(root, "train", "--no-progress", "--stop-after-step", str(k))
+    assert json.loads((root / "reports" / "train.json").read_text())["status"] == "stopped", stopped.stdout
+    cli(root, "train", "--no-progress", "--resume", "auto")  # a new process
+    assert tree(root / "artifacts" / "train") == tree(prepared / "artifacts" / "train")
+    assert json.loads((root / "reports" / "train.json").read_text())["resumed_from_step"] == k
+
+
+def test_train_sigkill_then_resume_auto(tmp_path: Path) -> None:
+    root = tmp_path / "kill"
+    root.mkdir()
+    write_params(root, train={"steps": 400, "checkpoint_every_steps": 25}, collapse={"log_every_steps": 50})
+    shutil.copy(Path(__file__).resolve().parent.parent / "pyproject.toml", root / "pyproject.toml")
+    cli(root, "data")
+    cli(root, "preflight")
+    straight_root = tmp_path / "straight"
+    shutil.copytree(root, straight_root)
+    cli(straight_root, "train", "--no-progress")
+    proc = subprocess.Popen([sys.executable, "-m", "geno_pipeline", "train", "--no-progress", "--root", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = root / "artifacts" / "train" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.is_file() and metrics.read_bytes().count(b"\n") >= 60:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = metrics.read_bytes().count(b"\n")
+    assert 60 <= killed_at < 400, "the run should be killed mid-way"
+    resumed = cli(root, "train", "--no-progress", "--resume", "auto")
+    assert "resumed from" in resumed.stderr
+    assert tree(root / "artifacts" / "train") == tree(straight_root / "artifacts" / "train")
+
+
+def _resume_fails(root: Path, needle: str) -> None:
+    before = tree(root / "artifacts" / "train")
+    proc = cli(root, "train", "--no-progress", "--resume", "auto", check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert tree(root / "artifacts" / "train") == before  # nothing overwritten
+
+
+@pytest.fixture()
+def stopped(prepared: Path, tmp_path: Path) -> Path:
+    root = clone(prepared, tmp_path / "p")
+    cli(root, "train", "--no-progress", "--stop-after-step", "6")
+    return root
+
+
+def test_train_tamper_flipped_tensor_byte(stopped: Path) -> None:
+    target = stopped / "artifacts" / "train" / "checkpoints" / "step-000006" / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0x01
+    target.write_bytes(bytes(data))
+    _resume_fails(stopped, "model.safetensors: sha256 mismatch")
+
+
+def test_train_tamper_edited_state(stopped: Path) -> None:
+    target = stopped / "artifacts" / "train" / "checkpoints" / "step-000006" / "state.json"
+    target.write_text(target.read_text().replace('"step": 6', '"step": 7'))
+    _resume_fails(stopped, "state.json: sha256 mismatch")
+
+
+def test_train_tamper_changed_params(stopped: Path) -> None:
+    write_params(stopped, train={"lr": 0.004})
+    _resume_fails(stopped, "different params")
+
+
+def test_train_tamper_changed_dataset(stopped: Path) -> None:
+    write_params(stopped, data={"seed": 4})
+    cli(stopped, "data")
+    _resume_fails(stopped, "different dataset")
+
+
+def test_train_nonfinite_guard_keeps_last_checkpoint(prepared: Path, tmp_path: Path) -> None:
+    root = clone(prepared, tmp_path / "nan")
+    params = load_params(root / "params.yaml")
+
+    class NaNAfter(torch.nn.Module):
+        """Wraps the real predictor and returns NaN from the 6th training forward on."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.calls = 0
+
+        def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                self.calls += 1
+            out = self.inner(state, action)
+            return out * float("nan") if self.training and self.calls > 5 * 3 else out
+
+    def factory(tp, length, seeds):
+        model = build_world_model(window_length=length, params=tp.model, encoder_seed=seeds.encoder, init_seed=seeds.model_init)
+        model.predictor = NaNAfter(model.predictor)
+        return model
+
+    params = params.model_copy(update={"train": params.train.model_copy(update={"rollout_step_mix": {3: 1.0}})})
+    report = run_training(params, TrainPaths.for_root(root), model_factory=factory)
+    assert report.status == "failed_nonfinite"
+    assert report.steps_completed == 5 and "non-finite loss at step 6" in report.message
+    checkpoints = sorted(p.name for p in (root / "artifacts" / "train" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000004"]  # the last good checkpoint stays
+    assert not (root / "artifacts" / "train" / "model.safetensors").exists()
+
+
+def test_train_default_profile_fires_no_collapse_alert(prepared: Path) -> None:
+    report = json.loads((prepared / "reports" / "train.json").read_text())
+    assert report["collapse"]["alert_count"] == 0
+    lines = (prepared / "artifacts" / "train" / "collapse.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 4, 8, 12]
+
+
+def test_train_real_collapse_fires_alerts_and_halts(prepared: Path, tmp_path: Path) -> None:
+    root = clone(prepared, tmp_path / "collapse")
+    # a non-residual predictor under huge weight decay is driven to its (undecayed) biases: a constant
+    collapsing = {"weight_decay": 400.0, "model": {**load_params(root / "params.yaml").train.model.model_dump(), "residual": False}}
+    write_params(root, train=collapsing)
+    cli(root, "preflight")
+    proc = cli(root, "train", "--no-progress")
+    assert proc.returncode == 0
+    alerts = {a["criterion"] for x in (root / "artifacts" / "train" / "collapse.jsonl").read_text().splitlines() for a in json.loads(x)["alerts"]}
+    assert {"pred_var_per_dim", "pairwise_pred_dist_mean"} <= alerts
+    assert "COLLAPSE ALERT pred_var_per_dim" in (root / "artifacts" / "train" / "train.log").read_text()
+
+    write_params(root, train=collapsing, collapse={"on_alert": "halt"})
+    cli(root, "preflight")
+    proc = cli(root, "train", "--no-progress", check=False)
+    assert proc.returncode == 4 and "collapse alert at step 4" in proc.stderr
+    report = json.loads((root / "reports" / "train.json").read_text())
+    assert report["status"] == "collapsed" and report["steps_completed"] == 4
+    assert (root / "artifacts" / "train" / "checkpoints" / "step-000004" / "state.json").is_file()
+
+
+def test_train_checkpoint_loader_never_unpickles() -> None:
+    source = (Path(__file__).resolve().parent.parent / "geno_pipeline" / "training" / "checkpoint.py").read_text()
+    assert "torch.load(" not in source and "import pickle" not in source and "load_file" in source
+
+
+def test_train_requires_preflight_fingerprint(tmp_path: Path) -> None:
+    write_params(tmp_path)
+    cli(tmp_path, "data")
+    proc = cli(tmp_path, "train", "--no-progress", check=False)
+    assert proc.returncode == 2 and "run `geno-pipeline preflight` first" in proc.stderr
+
+
+def test_train_checkpoint_error_type_is_public() -> None:
+    from geno_pipeline.training import TrainingCheckpointError as Public
+
+    assert Public is TrainingCheckpointError
