@@ -129,7 +129,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     started, t0 = utc_now(), time.perf_counter()
     params = _params(args)
     print(f"data: building {params.data.train_windows} train + {params.data.valid_windows} valid windows "
-          f"({params.data.source}) ...", file=sys.stderr)
+          f"({params.data.source}) ...", flush=True)
     result = run(params.data, root=args.root, out_dir=args.root / "artifacts" / "dataset")
     write_runtime_report(args.root, "data", started_at=started, duration_s=time.perf_counter() - t0,
                          facts={"dataset_id": result.manifest.dataset_id})

@@ -171,15 +171,18 @@ def _default_rollout_mix() -> dict[int, float]:
     return {1: 0.90, 2: 0.05, 3: 0.05}
 
 
-def _weight_problems(key: str, items: dict[Any, Any], known: tuple[Any, ...] | None) -> list[tuple[str, Any, str, str]]:
+def _weight_problems(items: dict[Any, Any], known: tuple[Any, ...] | None) -> list[tuple[str, Any, str, str]]:
+    """Problems of a weights mapping, keyed by entry (relative to the field)."""
     problems: list[tuple[str, Any, str, str]] = []
     if not items:
-        problems.append((key, items, "must not be empty", "give at least one entry with a positive weight"))
+        problems.append(("", items, "must not be empty", "give at least one entry with a positive weight"))
     for name, weight in items.items():
         if known is not None and name not in known:
-            problems.append((f"{key}.{name}", weight, f"unknown entry {name!r}", f"use one of {', '.join(map(str, known))}"))
+            problems.append((str(name), weight, f"unknown entry {name!r}", f"use one of {', '.join(map(str, known))}"))
+        elif known is None and name < 1:
+            problems.append((str(name), name, "rollout length K must be >= 1", "use K = 1, 2, 3, ..."))
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            problems.append((f"{key}.{name}", weight, "weight must be a finite number > 0", "use a positive weight or drop the entry"))
+            problems.append((str(name), weight, "weight must be a finite number > 0", "use a positive weight or drop the entry"))
     return problems
 
 
@@ -222,13 +225,21 @@ class TrainParams(_Section):
             raise ValueError("must be a finite number")
         return value
 
+    @field_validator("edit_type_weights")
+    @classmethod
+    def _edit_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        _raise_if(_weight_problems(value, EDIT_TYPE_NAMES))
+        return value
+
+    @field_validator("rollout_step_mix")
+    @classmethod
+    def _rollout_mix(cls, value: dict[int, float]) -> dict[int, float]:
+        _raise_if(_weight_problems(value, None))
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
-        problems = _weight_problems("edit_type_weights", self.edit_type_weights, EDIT_TYPE_NAMES)
-        problems += _weight_problems("rollout_step_mix", self.rollout_step_mix, None)
-        for k in self.rollout_step_mix:
-            if k < 1:
-                problems.append((f"rollout_step_mix.{k}", k, "rollout length K must be >= 1", "use K = 1, 2, 3, ..."))
+        problems: list[tuple[str, Any, str, str]] = []
         if self.schedule == "wsd" and self.warmup_steps >= self.steps:
             problems.append(
                 ("warmup_steps", self.warmup_steps, f"must be < steps ({self.steps}) for the wsd schedule",
@@ -322,7 +333,7 @@ def _problems_from(exc: ValidationError) -> list[str]:
         inner = ctx.get("error")
         if isinstance(inner, _Problem):
             for key, value, message, fix in inner.problems:
-                full = f"{loc}.{key}" if loc else key
+                full = ".".join(part for part in (loc, key) if part)
                 out.append(f"{full} = {_fmt_value(value)}: {message}; fix: {fix}")
             continue
         message = err["msg"].removeprefix("Value error, ")

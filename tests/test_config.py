@@ -1,0 +1,132 @@
+"""params.yaml models: every problem listed with key, value and fix; YAML round-trips; shipped file valid."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geno_pipeline.config import (
+    CollapseParams,
+    DataParams,
+    ModelParams,
+    Params,
+    PreflightParams,
+    ReleaseParams,
+    RuntimeParams,
+    TrainParams,
+    load_params,
+    params_from_mapping,
+)
+from geno_pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_config_shipped_params_validate() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.train.edit_type_weights == {"SNV": 0.40, "INS": 0.20, "DEL": 0.20, "MNV": 0.10, "INDEL": 0.10}
+    assert params.train.rollout_step_mix == {1: 0.90, 2: 0.05, 3: 0.05}
+    assert params == Params()  # the shipped file spells out the defaults
+
+
+def test_config_tiny_profile_validates() -> None:
+    load_params(REPO / "tests" / "params_tiny.yaml")
+
+
+def _problems(raw: dict) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as info:
+        params_from_mapping(raw)
+    return info.value.problems
+
+
+def test_config_lists_every_problem_at_once() -> None:
+    problems = _problems({
+        "data": {"window_length": -3, "colour": "red"},
+        "train": {"lr": "fast", "edit_type_weights": {"SNV": 0.0, "XYZ": 1.0}},
+        "runtime": {"device": "tpu"},
+    })
+    assert len(problems) == 6, problems
+    text = "\n".join(problems)
+    for needle in ("data.window_length = -3", "data.colour: unknown key", "runtime.device = 'tpu'", "train.lr = 'fast'"):
+        assert needle in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"data": {"bogus": 1}}, r"^data\.bogus: unknown key; fix: remove the key or fix its spelling$"),
+        ({"train": {"steps": "many"}}, r"^train\.steps = 'many': Input should be a valid integer; fix: use an integer$"),
+        ({"train": {"steps": True}}, r"^train\.steps = True: Input should be a valid integer; fix: use an integer$"),
+        ({"data": {"window_length": -5}}, r"^data\.window_length = -5: Input should be greater than 0; fix: use a larger value$"),
+        ({"data": {"window_length": 9_000_000}}, r"^data\.window_length = 9000000: is larger than genome_length \(8000000\); fix: .*$"),
+        ({"train": {"edit_type_weights": {"SNV": -1.0}}}, r"^train\.edit_type_weights\.SNV = -1\.0: weight must be a finite number > 0; fix: .*$"),
+        ({"train": {"edit_type_weights": {"SNV": math.nan}}}, r"^train\.edit_type_weights\.SNV = nan: weight must be a finite number > 0; fix: .*$"),
+        ({"train": {"edit_type_weights": {"FOO": 1.0}}}, r"^train\.edit_type_weights\.FOO = 1\.0: unknown entry 'FOO'; fix: use one of SNV, INS, DEL, MNV, INDEL$"),
+        ({"train": {"rollout_step_mix": {0: 1.0}}}, r"^train\.rollout_step_mix\.0 = 0: rollout length K must be >= 1; fix: .*$"),
+        ({"train": {"warmup_steps": 1500}}, r"^train\.warmup_steps = 1500: must be < steps \(1500\) for the wsd schedule; fix: .*$"),
+        ({"data": {"source": "fasta"}}, r"^data\.fasta_path = None: is required when source is 'fasta'; fix: .*$"),
+        ({"train": {"lr": math.inf}}, r"^train\.lr = inf: must be a finite number; fix: correct the value$"),
+        ({"train": {"schedule": "linear"}}, r"^train\.schedule = 'linear': Input should be 'wsd', 'cosine' or 'constant'; fix: use one of the allowed values$"),
+    ],
+)
+def test_config_single_problem_messages(raw: dict, expected: str) -> None:
+    problems = _problems(raw)
+    assert len(problems) == 1, problems
+    assert re.match(expected, problems[0]), problems[0]
+
+
+def test_config_load_params_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("data: {window_length: -1}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: 1 problem:\n  - data\.window_length = -1"):
+        load_params(path)
+    path.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "missing.yaml")
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(path)
+
+
+def test_config_models_are_frozen_and_forbid_extra() -> None:
+    for model in (DataParams, RuntimeParams, PreflightParams, TrainParams, ModelParams, CollapseParams, ReleaseParams, Params):
+        assert model.model_config["extra"] == "forbid" and model.model_config["frozen"] is True
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no docstring"
+
+
+positive = st.floats(min_value=1e-3, max_value=1e3, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def params_strategy(draw: st.DrawFn) -> Params:
+    steps = draw(st.integers(2, 10_000))
+    edit_names = draw(st.lists(st.sampled_from(["SNV", "INS", "DEL", "MNV", "INDEL"]), min_size=1, unique=True))
+    ks = draw(st.lists(st.integers(1, 6), min_size=1, max_size=4, unique=True))
+    window = draw(st.integers(16, 512))
+    return Params(
+        data=DataParams(seed=draw(st.integers(0, 2**31)), window_length=window, flank_length=draw(st.integers(0, 64)),
+                        train_windows=draw(st.integers(1, 100)), valid_windows=draw(st.integers(1, 100)), genome_length=10_000_000),
+        runtime=RuntimeParams(device=draw(st.sampled_from(["auto", "cpu", "cuda", "cuda:1"])), deterministic=draw(st.booleans()),
+                              cpu_threads=draw(st.integers(1, 64))),
+        train=TrainParams(steps=steps, warmup_steps=draw(st.integers(0, steps - 1)), lr=draw(positive),
+                          schedule=draw(st.sampled_from(["wsd", "cosine", "constant"])),
+                          edit_type_weights={n: draw(positive) for n in edit_names}, rollout_step_mix={k: draw(positive) for k in ks}),
+        collapse=CollapseParams(log_every_steps=draw(st.integers(1, 1000)), on_alert=draw(st.sampled_from(["warn", "halt"]))),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(params=params_strategy())
+def test_config_yaml_round_trip(params: Params, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("rt") / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="python"), sort_keys=False))
+    assert load_params(path) == params

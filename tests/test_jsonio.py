@@ -1,0 +1,82 @@
+"""Canonical JSON writer, atomic writes, schema validation on write, checksums format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geno_pipeline.checksums import SumsEntry, check_sha256sums, format_sha256sums, parse_sha256sums, write_sha256sums
+from geno_pipeline.errors import SchemaValidationError
+from geno_pipeline.jsonio import atomic_write_text, canonical_json, read_json, write_json
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**128), 2**128) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300)
+@given(value=json_values)
+def test_jsonio_canonical_round_trip(value) -> None:
+    text = canonical_json(value)
+    assert text.endswith("\n")
+    assert json.loads(text) == value
+    assert canonical_json(json.loads(text)) == text  # a fixed point: re-writing changes nothing
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=8), st.integers(), max_size=8))
+def test_jsonio_sorted_keys_and_indent(value, tmp_path_factory: pytest.TempPathFactory) -> None:
+    text = canonical_json(value)
+    assert list(json.loads(text)) == sorted(value) or value == {}
+    if value:
+        assert text.splitlines()[1].startswith("  ")
+
+
+def test_jsonio_rejects_nan() -> None:
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+
+
+def test_jsonio_validates_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "environment.json"
+    with pytest.raises(SchemaValidationError, match=r"does not match schema 'environment'"):
+        write_json(path, {"schema_version": "1.0"}, schema="environment")
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    atomic_write_text(path, "old\n")
+    with pytest.raises(SchemaValidationError):
+        write_json(path, {"bogus": 1}, schema="environment")
+    assert path.read_text() == "old\n"
+
+
+def test_jsonio_read_json_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(SchemaValidationError, match=r"x\.json: not valid JSON"):
+        read_json(tmp_path / "x.json")
+
+
+names = st.text(alphabet="abcdefghij_-.0123456789", min_size=1, max_size=12).filter(lambda s: s not in (".", "..") and s != "SHA256SUMS")
+
+
+@settings(max_examples=100, deadline=None)
+@given(files=st.dictionaries(names, st.binary(max_size=64), min_size=1, max_size=5))
+def test_checksums_round_trip(files, tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = tmp_path_factory.mktemp("sums")
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    entries = write_sha256sums(directory, sorted(files))
+    parsed, problems = parse_sha256sums((directory / "SHA256SUMS").read_text())
+    assert problems == [] and sorted(parsed, key=lambda e: e.name) == sorted(entries, key=lambda e: e.name)
+    assert check_sha256sums(directory) == []
+
+
+def test_checksums_refuse_unsafe_names() -> None:
+    with pytest.raises(Exception, match="unsafe file name"):
+        format_sha256sums([SumsEntry("0" * 64, "../x")])
+    _, problems = parse_sha256sums(f"{'0' * 64}  /etc/passwd\n{'0' * 64}  a/../b\nnot a line\n")
+    assert len(problems) == 3
