@@ -44,6 +44,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "release_metrics": "geno_pipeline.release.models:ReleaseMetrics",
     "provenance": "geno_pipeline.release.models:ProvenanceStatement",
     "release_report": "geno_pipeline.release.models:ReleaseReport",
+    "preflight_outcome": "geno_pipeline.preflight.models:PreflightOutcome",
     "repro_check": "geno_pipeline.repro_check:ReproCheckReport",
     "bench": "geno_pipeline.bench:BenchReport",
 }
@@ -125,6 +126,7 @@ _FILE_SCHEMAS = {
     "metadata.json": "release_metadata",
     "provenance.intoto.json": "provenance",
     "release.json": "release_report",
+    "outcome.json": "preflight_outcome",
     "repro_check.json": "repro_check",
     "bench.json": "bench",
 }

@@ -19,6 +19,7 @@ __all__ = [
     "NvmlDevice",
     "NvmlProbe",
     "PreflightCheck",
+    "PreflightOutcome",
     "PreflightReport",
     "Severity",
     "TorchCudaProbe",
@@ -298,6 +299,22 @@ class PreflightReport(_Doc):
     """One row per check."""
     issues: list[TrainingPreflightIssue]
     """Every problem found, errors first."""
+
+
+class PreflightOutcome(_Doc):
+    """Deterministic summary of the preflight run (artifacts/preflight/outcome.json)."""
+
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    ok: bool
+    """Preflight found no error."""
+    resolved_device: str
+    """Device training will use."""
+    error_codes: list[str]
+    """Codes of error-severity issues (sorted)."""
+    warning_codes: list[str]
+    """Codes of warnings (sorted)."""
+
 
 
 TrainingPreflightReport = PreflightReport

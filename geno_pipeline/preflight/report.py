@@ -33,6 +33,7 @@ from geno_pipeline.preflight.models import (
     EnvironmentInfo,
     NvmlProbe,
     PreflightCheck,
+    PreflightOutcome,
     PreflightReport,
     TorchCudaProbe,
     TrainingPreflightIssue,
@@ -43,6 +44,7 @@ from geno_pipeline.runtime_report import utc_now
 __all__ = [
     "build_training_preflight_report",
     "device_kind_for",
+    "outcome_of",
     "write_training_preflight_report",
 ]
 
@@ -333,4 +335,15 @@ def write_training_preflight_report(
         runtime = RuntimeParams()
     fingerprint = build_fingerprint(runtime, device_kind=device_kind_for(report.accelerator))
     write_json(request.artifacts_dir / "preflight" / "environment.json", fingerprint, schema="environment")
+    write_json(request.artifacts_dir / "preflight" / "outcome.json", outcome_of(report), schema="preflight_outcome")
     return report
+
+
+def outcome_of(report: PreflightReport) -> PreflightOutcome:
+    """The deterministic part of a report: ok, device and issue codes (what release gates on)."""
+    return PreflightOutcome(
+        ok=report.ok,
+        resolved_device=report.resolved_device,
+        error_codes=sorted({i.code for i in report.issues if i.severity == "error"}),
+        warning_codes=sorted({i.code for i in report.issues if i.severity == "warning"}),
+    )

@@ -1,0 +1,1 @@
+"""Release: gated, checksummed, verifiable bundle."""

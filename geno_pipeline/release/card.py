@@ -1,0 +1,69 @@
+"""MODEL_CARD.md: the bundle explained for people (deterministic text)."""
+
+from __future__ import annotations
+
+from geno_pipeline.release.models import ReleaseMetadata, ReleaseMetrics
+from geno_pipeline.training.report import TrainingReport
+
+__all__ = ["model_card"]
+
+
+def model_card(meta: ReleaseMetadata, metrics: ReleaseMetrics, report: TrainingReport) -> str:
+    """The model card text."""
+    data, train, model = meta.params.data, meta.params.train, meta.params.train.model
+    source = f"FASTA `{data.fasta_path}`" if data.source == "fasta" else f"a seeded synthetic genome ({data.genome_length:,} bases, seed {data.seed})"
+    weights = ", ".join(f"{k} {v}" for k, v in train.edit_type_weights.items())
+    mix = ", ".join(f"K={k} {v}" for k, v in sorted(train.rollout_step_mix.items()))
+    final = report.collapse.final_check
+    collapse = ("no collapse alert at the final held-out observation" if meta.collapse_status == "no_alerts" else
+                "collapse alerts at the final observation, released under release.allow_collapse_alerts: "
+                + ", ".join(a.criterion for a in (final.alerts if final else [])))
+    ratio = f"{metrics.heldout_to_baseline:.3f}"
+    return f"""# Model card: {meta.run_id}
+
+A GenoLeWM-style latent world model over DNA windows, trained and released by geno-pipeline {meta.package_version}.
+Given the latent state of a {data.window_length}-base DNA window and a relative edit (SNV, insertion, deletion, MNV,
+indel), it predicts the latent state of the edited window, rolled out autoregressively for K edits.
+
+## What it was trained on
+
+- Reference: {source}; dataset `{meta.dataset_id}` ({data.train_windows} training and {data.valid_windows} held-out
+  windows of {data.window_length} bases, disjoint).
+- Edit types sampled with weights {weights}; rollout lengths {mix}.
+- {train.steps} AdamW steps, batch {train.batch_size}, peak learning rate {train.lr}, {train.schedule} schedule
+  ({train.warmup_steps} warmup steps), weight decay {train.weight_decay}, KL weight {train.kl_weight}.
+- Model: frozen seeded convolutional encoder ({model.conv_channels} channels, kernel {model.kernel_size},
+  {model.segments} segments) into a {model.state_dim}-dimensional state; action encoder and
+  {"residual " if model.residual else ""}predictor MLP of width {model.hidden_dim}.
+
+## Results (fixed held-out batch)
+
+| metric | value |
+|---|---|
+| final training loss | {metrics.final_train_loss:.6f} |
+| held-out prediction loss | {metrics.final_heldout_loss:.6f} |
+| identity baseline ("no change") | {metrics.identity_baseline_heldout_loss:.6f} |
+| held-out / baseline | {ratio} |
+| collapse alerts during training | {metrics.collapse_alerts} |
+| final effective rank | {metrics.final_effective_rank if metrics.final_effective_rank is not None else "n/a"} |
+
+Collapse status: {collapse}.
+
+## Reproducibility
+
+- Seeds: train.seed {meta.seeds.base}; derived encoder {meta.seeds.encoder}, model init {meta.seeds.model_init},
+  sampler {meta.seeds.sampler}, validation {meta.seeds.validation}.
+- Environment class: torch {meta.environment.torch_version}, device `{meta.environment.device_kind}`,
+  {meta.environment.cpu_threads} CPU thread(s), deterministic={meta.environment.deterministic}.
+- Code: source digest `{meta.source_digest}`; params hash `{meta.params_sha256}`.
+- Same params, code and environment class give a byte-identical bundle. Check it with
+  `sha256sum -c --strict SHA256SUMS` or `geno-pipeline verify <this directory>`; load it with
+  `geno_pipeline.load_released_model(<this directory>)`, which verifies first and never unpickles.
+
+## Intended use and limits
+
+- For research on latent world models of sequence edits and for testing reproducible training pipelines.
+- The encoder is a frozen random-feature stand-in, not a pretrained DNA language model: the latent space has no
+  biological meaning, and predictions say nothing about variant effects, pathogenicity or any clinical question.
+- Trained on {"synthetic sequence" if data.source == "synthetic" else "the given FASTA only"}; do not expect it to transfer to other genomes.
+"""

@@ -1,0 +1,36 @@
+"""Consumer API: verify a release bundle, then rebuild the model from it (never unpickling)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from geno_pipeline.config import ModelParams
+from geno_pipeline.errors import VerifyError
+from geno_pipeline.release.verify import safetensors_metadata, verify_bundle
+from geno_pipeline.training.model import WorldModel, build_world_model
+
+__all__ = ["load_released_model"]
+
+
+def load_released_model(directory: Path | str, *, device: str = "cpu") -> WorldModel:
+    """Verify the bundle at `directory` and return the released model in eval mode.
+
+    Raises `VerifyError` listing every problem when the bundle does not verify.
+    """
+    directory = Path(directory)
+    problems = verify_bundle(directory)
+    if problems:
+        raise VerifyError(f"{directory}: bundle does not verify:\n" + "\n".join(f"  - {p}" for p in problems))
+    path = directory / "model.safetensors"
+    meta = safetensors_metadata(path)
+    model = build_world_model(
+        window_length=int(meta["window_length"]),
+        params=ModelParams.model_validate(json.loads(meta["model_params"])),
+        encoder_seed=int(meta["encoder_seed"]),
+        init_seed=int(meta["init_seed"]),
+    )
+    model.load_state_dict(load_file(path), strict=True)
+    return model.to(device).eval()

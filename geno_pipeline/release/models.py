@@ -1,0 +1,206 @@
+"""Documents of the release bundle and the release report."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from geno_pipeline.config import Params
+from geno_pipeline.environment import EnvironmentFingerprint
+from geno_pipeline.preflight.models import PreflightOutcome
+from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds
+
+__all__ = [
+    "BundleFile",
+    "ConsumedInput",
+    "ProvenanceStatement",
+    "ReleaseMetadata",
+    "ReleaseMetrics",
+    "ReleaseReport",
+]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ConsumedInput(_Doc):
+    """A file the release stage read."""
+
+    path: str
+    """Path relative to the project root."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Hex SHA-256."""
+
+
+class ReleaseMetrics(_Doc):
+    """metrics.json of the bundle."""
+
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    run_id: str
+    """Run id."""
+    steps: int = Field(ge=1)
+    """Optimizer steps trained."""
+    final_train_loss: float
+    """Loss of the last step."""
+    final_heldout_loss: float
+    """Held-out prediction loss at the final step."""
+    identity_baseline_heldout_loss: float
+    """Held-out loss of predicting 'no change'."""
+    heldout_to_baseline: float
+    """final_heldout_loss / identity baseline."""
+    collapse_alerts: int = Field(ge=0)
+    """Alerts raised during training."""
+    final_pred_var_ratio: float | None
+    """Final pred_var_per_dim / target_var_per_dim."""
+    final_pairwise_ratio: float | None
+    """Final pairwise distance / step-0 baseline."""
+    final_effective_rank: float | None
+    """Final effective rank of held-out predictions."""
+
+
+class ReleaseMetadata(_Doc):
+    """metadata.json of the bundle: everything needed to know what was released and how."""
+
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    run_id: str
+    """Content-derived run id."""
+    package_version: str
+    """geno-pipeline version."""
+    source_digest: str
+    """Content hash of the package source, pyproject.toml and the lock file (not the git commit)."""
+    created_at: str | None
+    """From SOURCE_DATE_EPOCH when set, else null (no wall-clock time in the bundle)."""
+    params: Params
+    """The full params."""
+    params_sha256: str
+    """Hash of the params the train stage read."""
+    seeds: TrainerSeeds
+    """Per-purpose training seeds."""
+    determinism: TorchDeterminismReport
+    """Reproducibility settings training applied."""
+    environment: EnvironmentFingerprint
+    """Environment fingerprint."""
+    dataset_id: str
+    """Dataset id."""
+    dataset_manifest_sha256: str
+    """SHA-256 of dataset_manifest.json."""
+    inputs: list[ConsumedInput]
+    """sha256 of every input file the release stage consumed."""
+    preflight: PreflightOutcome
+    """Preflight outcome."""
+    collapse_status: Literal["no_alerts", "alerts_acknowledged"]
+    """Final collapse observation clean, or alerts released under release.allow_collapse_alerts."""
+    model_file: str
+    """Weights file name."""
+
+
+class ResourceDescriptor(_Doc):
+    """in-toto ResourceDescriptor."""
+
+    name: str | None = None
+    """Name."""
+    uri: str | None = None
+    """URI."""
+    digest: dict[str, str] | None = None
+    """Digests by algorithm."""
+
+
+class Subject(_Doc):
+    """A bundle file named by the statement."""
+
+    name: str
+    """File name in the bundle."""
+    digest: dict[str, str]
+    """{"sha256": hex}."""
+
+
+class BuildDefinition(_Doc):
+    """SLSA v1 buildDefinition."""
+
+    buildType: str
+    """What kind of build this was."""
+    externalParameters: dict[str, Any]
+    """Inputs a user controls: the params."""
+    internalParameters: dict[str, Any]
+    """Inputs the pipeline set: seeds, determinism."""
+    resolvedDependencies: list[ResourceDescriptor]
+    """Source digest, dataset manifest and locked packages."""
+
+
+class Builder(_Doc):
+    """SLSA builder."""
+
+    id: str
+    """Builder id."""
+
+
+class BuildMetadata(_Doc):
+    """SLSA run metadata."""
+
+    invocationId: str
+    """Run id."""
+    startedOn: str | None = None
+    """SOURCE_DATE_EPOCH time, if set."""
+
+
+class RunDetails(_Doc):
+    """SLSA v1 runDetails."""
+
+    builder: Builder
+    """Who built it."""
+    metadata: BuildMetadata
+    """Run metadata."""
+
+
+class SlsaPredicate(_Doc):
+    """SLSA provenance v1 predicate."""
+
+    buildDefinition: BuildDefinition
+    """How it was built."""
+    runDetails: RunDetails
+    """The run."""
+
+
+class ProvenanceStatement(_Doc):
+    """provenance.intoto.json: an unsigned in-toto Statement v1 with a SLSA provenance v1 predicate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, populate_by_name=True)
+
+    type_: Literal["https://in-toto.io/Statement/v1"] = Field("https://in-toto.io/Statement/v1", alias="_type")
+    """Statement type."""
+    subject: list[Subject]
+    """Every other bundle file with its sha256."""
+    predicateType: Literal["https://slsa.dev/provenance/v1"] = "https://slsa.dev/provenance/v1"
+    """Predicate type."""
+    predicate: SlsaPredicate
+    """SLSA provenance."""
+
+
+class BundleFile(_Doc):
+    """A file of the bundle."""
+
+    name: str
+    """File name."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Hex SHA-256."""
+    bytes: int = Field(ge=0)
+    """Size."""
+
+
+class ReleaseReport(_Doc):
+    """reports/release.json."""
+
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    run_id: str
+    """Run id."""
+    bundle_dir: str
+    """Bundle directory relative to the project root."""
+    files: list[BundleFile]
+    """Every bundle file (SHA256SUMS included)."""
+    verify_command: str
+    """How to check the bundle."""
