@@ -144,9 +144,10 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from geno_pipeline.config import TrainStageParams
     from geno_pipeline.training.stage import run_train_cli
 
-    params = _params(args)
+    params = TrainStageParams.from_params(_params(args))
     return run_train_cli(params, root=args.root, resume=args.resume, stop_after_step=args.stop_after_step,
                          progress=not args.no_progress)
 

@@ -24,7 +24,9 @@ __all__ = [
     "TrainParams",
     "load_params",
     "params_from_mapping",
+    "TrainStageParams",
     "section_keys",
+    "stage_params",
 ]
 
 EDIT_TYPE_NAMES = ("SNV", "INS", "DEL", "MNV", "INDEL")
@@ -297,9 +299,36 @@ class Params(_Section):
     """Release gates."""
 
 
+class TrainStageParams(_Section):
+    """The sections the `train` stage reads (and nothing else)."""
+
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+    """Device and threading."""
+    train: TrainParams = Field(default_factory=TrainParams)
+    """Training."""
+    collapse: CollapseParams = Field(default_factory=CollapseParams)
+    """Collapse diagnostics."""
+
+    @classmethod
+    def from_params(cls, params: Params) -> TrainStageParams:
+        """Narrow the whole params to the train stage's sections."""
+        return cls(runtime=params.runtime, train=params.train, collapse=params.collapse)
+
+
 def section_keys(model: type[BaseModel], prefix: str) -> list[str]:
     """Dotted top-level keys of a section model, as listed under `params:` in dvc.yaml."""
     return [f"{prefix}.{name}" for name in model.model_fields]
+
+
+def stage_params() -> dict[str, list[str]]:
+    """The params keys each DVC stage reads, derived from the models each stage's `run` takes."""
+    whole = list(Params.model_fields)  # preflight validates, release embeds the whole file
+    return {
+        "data": section_keys(DataParams, "data"),
+        "preflight": whole,
+        "train": [key for name, info in TrainStageParams.model_fields.items() for key in section_keys(info.annotation, name)],  # type: ignore[arg-type]
+        "release": whole,
+    }
 
 
 _FIXES = {

@@ -19,12 +19,21 @@ import torch
 
 from geno_pipeline import __version__
 from geno_pipeline.checksums import sha256_bytes, sha256_file
-from geno_pipeline.config import CollapseParams, Params, RuntimeParams, TrainParams
+from geno_pipeline.config import CollapseParams, Params, RuntimeParams, TrainParams, TrainStageParams
 from geno_pipeline.data.dataset import Dataset, load_dataset
 from geno_pipeline.data.edits import MAX_EDIT_BASES
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint
 from geno_pipeline.errors import TrainingError
-from geno_pipeline.jsonio import append_jsonl, atomic_write_bytes, atomic_write_text, canonical_json, read_json, write_json
+from geno_pipeline.jsonio import (
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_text,
+    canonical_json,
+    jsonl_line,
+    read_json,
+    validate_document,
+    write_json,
+)
 from geno_pipeline.runtime_report import utc_now, write_runtime_report
 from geno_pipeline.source import source_digest
 from geno_pipeline.tensorfile import serialize_tensors
@@ -203,10 +212,11 @@ class RunLogs:
             atomic_write_bytes(path, data[: want.bytes])
 
     def metrics(self, line: MetricsLine) -> None:
+        # validated like every JSON we write, but not fsynced per step (checkpoints fsync)
+        document = line.model_dump(mode="json")
+        validate_document(document, "metrics_line", source=str(self.paths["metrics.jsonl"]))
         with open(self.paths["metrics.jsonl"], "a", encoding="utf-8") as handle:
-            from geno_pipeline.jsonio import jsonl_line
-
-            handle.write(jsonl_line(line))
+            handle.write(jsonl_line(document))
 
     def collapse(self, line: CollapseLine) -> None:
         append_jsonl(self.paths["collapse.jsonl"], [line], schema="collapse_line")
@@ -311,7 +321,7 @@ def _artifact(root: Path, path: Path) -> ArtifactIdentity:
 
 
 def run_training(
-    params: Params,
+    params: TrainStageParams | Params,
     paths: TrainPaths,
     *,
     resume: str | Path | None = None,
@@ -321,6 +331,8 @@ def run_training(
     model_factory: ModelFactory | None = None,
 ) -> TrainingReport:
     """Train (or resume) to `train.steps`; returns the report also written to reports/train.json."""
+    if isinstance(params, Params):
+        params = TrainStageParams.from_params(params)
     runtime, train, collapse = params.runtime, params.train, params.collapse
     t0, started = time.perf_counter(), utc_now()
     # 1) setup: dataset, checks that span sections, device, determinism, fingerprint
@@ -511,7 +523,7 @@ def _preflight_fingerprint(root: Path) -> EnvironmentFingerprint:
     return EnvironmentFingerprint.model_validate(read_json(path, schema="environment"))
 
 
-def run_train_cli(params: Params, *, root: Path, resume: str | None, stop_after_step: int | None, progress: bool) -> int:
+def run_train_cli(params: TrainStageParams, *, root: Path, resume: str | None, stop_after_step: int | None, progress: bool) -> int:
     """CLI wrapper: checks the preflight fingerprint, trains, prints the outcome; returns the exit code."""
     expected = _preflight_fingerprint(root)
     report = run_training(params, TrainPaths.for_root(root), resume=resume, stop_after_step=stop_after_step, progress=progress,

@@ -1,0 +1,178 @@
+"""`geno-pipeline repro-check`: are the recomputed stage outputs bit-identical to the committed dvc.lock?
+
+Hashes are computed the way DVC records them (md5 of each file; for a directory, md5 of the sorted
+JSON list of {md5, relpath} plus `.dir`), so no DVC cache is needed. Per-file detail comes from the
+committed reports (train.json and release.json list every file with its sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from geno_pipeline.checksums import sha256_file
+from geno_pipeline.errors import ReproCheckError
+from geno_pipeline.jsonio import write_json
+
+__all__ = ["CHECKED_STAGES", "ReproCheckReport", "dvc_md5", "run_repro_check", "run_repro_check_cli"]
+
+CHECKED_STAGES = ("data", "train", "release")
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class OutputCheck(_Doc):
+    """One declared output of a stage."""
+
+    path: str
+    """Output path as in dvc.lock."""
+    expected_md5: str | None
+    """md5 recorded in the committed dvc.lock."""
+    actual_md5: str | None
+    """md5 recomputed from the workspace (null when missing)."""
+    status: Literal["reproduced", "changed", "missing"]
+    """Verdict for this output."""
+
+
+class StageCheck(_Doc):
+    """Verdict for one stage."""
+
+    stage: str
+    """Stage name."""
+    verdict: Literal["reproduced", "changed"]
+    """reproduced when every output matches."""
+    outputs: list[OutputCheck]
+    """Per-output results."""
+    changed_files: list[str]
+    """Files that differ from the committed reference, where the reference lists files."""
+
+
+class ReproCheckReport(_Doc):
+    """reports/repro_check.json."""
+
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    lock_ref: str
+    """Git revision whose dvc.lock was the reference."""
+    ok: bool
+    """Every checked stage reproduced."""
+    stages: list[StageCheck]
+    """data, train and release."""
+    environment_differences: list[str]
+    """Fingerprint fields that differ from the reference run (torch version, device kind, threads, ...)."""
+    explanation: str
+    """One sentence for people."""
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dvc_md5(path: Path) -> str | None:
+    """The md5 DVC records for a file or directory output (None when absent)."""
+    path = Path(path)
+    if path.is_file():
+        return _md5_file(path)
+    if not path.is_dir():
+        return None
+    entries = [{"md5": _md5_file(p), "relpath": p.relative_to(path).as_posix()}
+               for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8"), usedforsecurity=False).hexdigest() + ".dir"
+
+
+def _git_show(root: Path, ref: str, path: str) -> str | None:
+    proc = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _reference_files(root: Path, ref: str, stage: str) -> dict[str, str]:
+    """path -> sha256 of the reference run's files, from the committed reports."""
+    if stage == "train":
+        text = _git_show(root, ref, "reports/train.json")
+        return {a["path"]: a["sha256"] for a in json.loads(text)["artifacts"]} if text else {}
+    if stage == "release":
+        text = _git_show(root, ref, "reports/release.json")
+        if not text:
+            return {}
+        doc = json.loads(text)
+        return {f"{doc['bundle_dir']}/{f['name']}": f["sha256"] for f in doc["files"]}
+    return {}
+
+
+def _environment_differences(root: Path, ref: str) -> list[str]:
+    text = _git_show(root, ref, "reports/train.json")
+    current = root / "artifacts" / "preflight" / "environment.json"
+    if not text or not current.is_file():
+        return []
+    want: dict[str, Any] = json.loads(text)["environment"]
+    have: dict[str, Any] = json.loads(current.read_text())
+    return [f"{k}: reference {want.get(k)!r}, here {have.get(k)!r}" for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+
+
+def run_repro_check(root: Path, *, lock_ref: str = "HEAD") -> ReproCheckReport:
+    """Compare the workspace's outputs of data/train/release with the committed dvc.lock."""
+    root = Path(root)
+    text = _git_show(root, lock_ref, "dvc.lock")
+    if text is None:
+        raise ReproCheckError(f"no dvc.lock committed at {lock_ref}; fix: commit dvc.lock from a reference run, or pass --lock-ref")
+    lock = yaml.safe_load(text) or {}
+    stages = []
+    for name in CHECKED_STAGES:
+        entry = lock.get("stages", {}).get(name)
+        if entry is None:
+            raise ReproCheckError(f"the committed dvc.lock has no '{name}' stage; fix: run `dvc repro` and commit dvc.lock")
+        outputs = []
+        for out in entry.get("outs", []):
+            actual = dvc_md5(root / out["path"])
+            status = "missing" if actual is None else ("reproduced" if actual == out.get("md5") else "changed")
+            outputs.append(OutputCheck(path=out["path"], expected_md5=out.get("md5"), actual_md5=actual, status=status))  # type: ignore[arg-type]
+        changed_files: list[str] = []
+        if any(o.status != "reproduced" for o in outputs):
+            for path, sha in sorted(_reference_files(root, lock_ref, name).items()):
+                file = root / path
+                if not file.is_file() or sha256_file(file) != sha:
+                    changed_files.append(path)
+            if not changed_files:
+                changed_files = [o.path for o in outputs if o.status != "reproduced"]
+        verdict = "reproduced" if all(o.status == "reproduced" for o in outputs) else "changed"
+        stages.append(StageCheck(stage=name, verdict=verdict, outputs=outputs, changed_files=changed_files))  # type: ignore[arg-type]
+    ok = all(s.verdict == "reproduced" for s in stages)
+    env = _environment_differences(root, lock_ref)
+    if ok:
+        explanation = "every data, train and release output is bit-identical to the committed dvc.lock"
+    elif env:
+        explanation = "outputs differ and the environment fingerprint differs from the reference run (" + "; ".join(env) + \
+                      "): bit-identity is only promised within one environment class"
+    else:
+        explanation = "outputs differ in the same environment class: params, data or code changed (see the changed files)"
+    return ReproCheckReport(lock_ref=lock_ref, ok=ok, stages=stages, environment_differences=env, explanation=explanation)
+
+
+def run_repro_check_cli(*, root: Path, lock_ref: str) -> int:
+    """Print one verdict line per stage, write reports/repro_check.json; exit 7 on a mismatch."""
+    report = run_repro_check(root, lock_ref=lock_ref)
+    for stage in report.stages:
+        if stage.verdict == "reproduced":
+            print(f"repro-check: {stage.stage}: reproduced ({', '.join(o.path for o in stage.outputs)})")
+        else:
+            print(f"repro-check: {stage.stage}: CHANGED: {', '.join(stage.changed_files)}")
+    print(f"repro-check: {report.explanation}")
+    write_json(Path(root) / "reports" / "repro_check.json", report, schema="repro_check")
+    if not report.ok:
+        print("repro-check: outputs do not match the committed dvc.lock", file=sys.stderr)
+        return 7
+    return 0
