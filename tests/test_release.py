@@ -1,0 +1,212 @@
+"""Release: bundle, determinism, tamper detection by verify, gates, and the loader round-trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from geno_pipeline import load_released_model
+from geno_pipeline.config import TrainStageParams, load_params
+from geno_pipeline.errors import VerifyError
+from geno_pipeline.release.verify import verify_bundle
+from geno_pipeline.training.determinism import TrainerSeeds
+from geno_pipeline.training.model import build_world_model
+from geno_pipeline.training.stage import _evaluate, _held_out
+from tests.conftest import write_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("release")
+    write_params(root)
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    for stage in ("data", "preflight", "train", "release"):
+        proc = cli(root, stage) if stage != "train" else cli(root, "train", "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_release_bundle_contents_and_coreutils(released: Path) -> None:
+    bundle = released / "artifacts" / "release"
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "MODEL_CARD.md", "SHA256SUMS", "metadata.json", "metrics.json", "model.safetensors", "provenance.intoto.json"]
+    check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert verify_bundle(bundle) == []
+    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "verify", str(bundle)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "OK" in proc.stdout
+    provenance = json.loads((bundle / "provenance.intoto.json").read_text())
+    assert provenance["_type"] == "https://in-toto.io/Statement/v1"
+    assert provenance["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert {s["name"] for s in provenance["subject"]} == {"MODEL_CARD.md", "metadata.json", "metrics.json", "model.safetensors"}
+    deps = {d.get("name") for d in provenance["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert {"source", "dataset_manifest", "torch"} <= deps
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert metadata["created_at"] is None and metadata["source_digest"].startswith("sha256:")
+    assert "git" not in json.dumps(metadata).lower().replace("digest", "")
+    runtime = json.loads((released / "reports" / "runtime" / "release.json").read_text())
+    assert "git_commit_at_release" in runtime["facts"]
+    for name in ("metadata.json", "provenance.intoto.json", "metrics.json"):
+        assert cli_validate(bundle / name).returncode == 0
+
+
+def cli_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geno_pipeline", "validate", str(path)], capture_output=True, text=True)
+
+
+def test_release_twice_identical_and_source_date_epoch(released: Path) -> None:
+    sums = (released / "artifacts" / "release" / "SHA256SUMS").read_bytes()
+    assert cli(released, "release").returncode == 0
+    assert (released / "artifacts" / "release" / "SHA256SUMS").read_bytes() == sums
+    assert cli(released, "release", env={"SOURCE_DATE_EPOCH": "1700000000"}).returncode == 0
+    metadata = json.loads((released / "artifacts" / "release" / "metadata.json").read_text())
+    assert metadata["created_at"] == "2023-11-14T22:13:20Z"
+    assert cli(released, "release").returncode == 0
+    assert (released / "artifacts" / "release" / "SHA256SUMS").read_bytes() == sums
+
+
+def _copy_bundle(released: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "bundle"
+    shutil.copytree(released / "artifacts" / "release", dest)
+    return dest
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "metrics.json", "metadata.json", "provenance.intoto.json", "MODEL_CARD.md"])
+def test_release_verify_flipped_byte(released: Path, tmp_path: Path, name: str) -> None:
+    bundle = _copy_bundle(released, tmp_path)
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / name).write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "verify", str(bundle)], capture_output=True, text=True)
+    assert proc.returncode == 7
+    assert f"{name}: sha256 mismatch" in proc.stderr
+
+
+TAMPER = {
+    "deleted file": (lambda b: (b / "metrics.json").unlink(), "metrics.json: listed but missing"),
+    "extra file": (lambda b: (b / "notes.txt").write_text("hi\n"), "notes.txt: present but not listed in SHA256SUMS"),
+    "dotdot entry": (lambda b: open(b / "SHA256SUMS", "a").write(f"{'0' * 64}  ../x\n"), "unsafe name '../x'"),
+    "absolute entry": (lambda b: open(b / "SHA256SUMS", "a").write(f"{'0' * 64}  /etc/passwd\n"), "unsafe name '/etc/passwd'"),
+    "symlink": (lambda b: (b / "link").symlink_to(b / "metrics.json"), "link: symlink not allowed in bundle"),
+    "malformed line": (lambda b: open(b / "SHA256SUMS", "a").write("this is not a checksum line\n"), "malformed line"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPER))
+def test_release_verify_tampering(released: Path, tmp_path: Path, case: str) -> None:
+    bundle = _copy_bundle(released, tmp_path)
+    action, needle = TAMPER[case]
+    action(bundle)
+    problems = verify_bundle(bundle)
+    assert any(needle in p for p in problems), problems
+    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "verify", str(bundle)], capture_output=True, text=True)
+    assert proc.returncode == 7 and needle in proc.stderr
+
+
+def test_release_verify_lists_every_problem(released: Path, tmp_path: Path) -> None:
+    bundle = _copy_bundle(released, tmp_path)
+    (bundle / "metrics.json").unlink()
+    (bundle / "extra.bin").write_bytes(b"x")
+    problems = verify_bundle(bundle)
+    assert any("metrics.json: listed but missing" in p for p in problems)
+    assert any("extra.bin: present but not listed" in p for p in problems)
+
+
+def test_release_verify_provenance_must_agree(released: Path, tmp_path: Path) -> None:
+    bundle = _copy_bundle(released, tmp_path)
+    doc = json.loads((bundle / "provenance.intoto.json").read_text())
+    doc["subject"][0]["digest"]["sha256"] = "0" * 64
+    (bundle / "provenance.intoto.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    subprocess.run(["bash", "-c", "sha256sum MODEL_CARD.md metadata.json metrics.json model.safetensors provenance.intoto.json > SHA256SUMS"],
+                   cwd=bundle, check=True)
+    problems = verify_bundle(bundle)
+    assert any("digest differs from SHA256SUMS" in p for p in problems), problems
+
+
+def _gate(released: Path, tmp_path: Path, mutate, needle: str) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "gate"
+    shutil.copytree(released, root, symlinks=True)
+    before = {p.name: p.read_bytes() for p in (root / "artifacts" / "release").iterdir()}
+    mutate(root)
+    proc = cli(root, "release")
+    assert proc.returncode == 6, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in (root / "artifacts" / "release").iterdir()} == before  # nothing written
+    assert not [p for p in (root / "artifacts").iterdir() if p.name.startswith(".release")]
+
+
+def test_release_gate_preflight_not_ok(released: Path, tmp_path: Path) -> None:
+    def mutate(root: Path) -> None:
+        path = root / "artifacts" / "preflight" / "outcome.json"
+        doc = json.loads(path.read_text())
+        doc.update(ok=False, error_codes=["accelerator.not_found"])
+        path.write_text(json.dumps(doc))
+
+    _gate(released, tmp_path, mutate, "preflight reported errors accelerator.not_found")
+
+
+def test_release_gate_training_stopped_early(released: Path, tmp_path: Path) -> None:
+    def mutate(root: Path) -> None:
+        assert cli(root, "train", "--no-progress", "--stop-after-step", "5").returncode == 0
+
+    _gate(released, tmp_path, mutate, "status stopped, 5/12 steps")
+
+
+def test_release_gate_collapse_alert_at_final_observation(released: Path, tmp_path: Path) -> None:
+    def mutate(root: Path) -> None:
+        model = load_params(root / "params.yaml").train.model.model_dump()
+        write_params(root, train={"weight_decay": 400.0, "model": {**model, "residual": False}})
+        assert cli(root, "preflight").returncode == 0
+        assert cli(root, "train", "--no-progress").returncode == 0
+
+    _gate(released, tmp_path, mutate, "no collapse alert at the final observation")
+
+
+def test_release_allow_collapse_alerts_releases(released: Path, tmp_path: Path) -> None:
+    root = tmp_path / "allow"
+    shutil.copytree(released, root, symlinks=True)
+    model = load_params(root / "params.yaml").train.model.model_dump()
+    write_params(root, train={"weight_decay": 400.0, "model": {**model, "residual": False}}, release={"allow_collapse_alerts": True})
+    for stage in ("preflight", "train", "release"):
+        assert cli(root, stage).returncode == 0
+    assert json.loads((root / "artifacts" / "release" / "metadata.json").read_text())["collapse_status"] == "alerts_acknowledged"
+
+
+def test_release_load_released_model_round_trip(released: Path) -> None:
+    model = load_released_model(released / "artifacts" / "release")
+    params = TrainStageParams.from_params(load_params(released / "params.yaml"))
+    seeds = TrainerSeeds.from_base(params.train.seed)
+    from geno_pipeline.data.dataset import load_dataset
+    from safetensors.torch import load_file
+
+    dataset = load_dataset(released / "artifacts" / "dataset")
+    trained = build_world_model(window_length=dataset.manifest.counts.window_length, params=params.train.model,
+                                encoder_seed=seeds.encoder, init_seed=seeds.model_init)
+    trained.load_state_dict(load_file(released / "artifacts" / "train" / "model.safetensors"))
+    held = _held_out(trained, dataset, params.train, params.collapse, seeds, "cpu")
+    loss_a, pred_a, _, _ = _evaluate(trained, held)
+    loss_b, pred_b, _, _ = _evaluate(model, held)
+    assert torch.equal(pred_a, pred_b) and loss_a == loss_b
+
+
+def test_release_loader_refuses_tampered_bundle(released: Path, tmp_path: Path) -> None:
+    bundle = _copy_bundle(released, tmp_path)
+    data = bytearray((bundle / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (bundle / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(VerifyError, match="model.safetensors: sha256 mismatch"):
+        load_released_model(bundle)
