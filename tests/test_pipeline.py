@@ -1,0 +1,107 @@
+"""Integration: the whole DVC pipeline on the tiny profile in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = Path(__file__).resolve().parent / "params_tiny.yaml"
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+def gp(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "geno_pipeline", *args], cwd, check)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working tree's tracked and untracked-not-ignored files in a fresh git repo, with the tiny params."""
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    shutil.copy(TINY, root / "params.yaml")
+    (root / "dvc.lock").unlink(missing_ok=True)
+    shutil.rmtree(root / "reports", ignore_errors=True)
+    run(["git", "init", "-q"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], root)
+    return root
+
+
+def test_pipeline_end_to_end_and_reproducible(project: Path) -> None:
+    first = dvc(project, "repro")
+    order = [line.split("'")[1] for line in first.stdout.splitlines() if line.startswith("Running stage")]
+    assert order == ["data", "preflight", "train", "release"]
+    bundle = project / "artifacts" / "release"
+    assert run(["sha256sum", "-c", "--strict", "SHA256SUMS"], bundle).returncode == 0
+    gp(project, "verify", "artifacts/release")
+    sums = (bundle / "SHA256SUMS").read_bytes()
+
+    # nothing changed: preflight reruns (always_changed), train and release do not
+    second = dvc(project, "repro")
+    assert "Running stage 'preflight'" in second.stdout
+    assert "Running stage 'train'" not in second.stdout and "Running stage 'release'" not in second.stdout
+
+    # commit the reference, then a forced full rerun reproduces it bit for bit
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reference run"], project)
+    dvc(project, "repro", "-f")
+    assert (bundle / "SHA256SUMS").read_bytes() == sums
+    check = gp(project, "repro-check")
+    assert "data: reproduced" in check.stdout and "train: reproduced" in check.stdout and "release: reproduced" in check.stdout
+    report = json.loads((project / "reports" / "repro_check.json").read_text())
+    assert report["ok"] is True
+    diff = run(["git", "diff", "--stat", "dvc.lock"], project).stdout
+    assert diff == "" or "dvc.lock" in diff  # only the volatile preflight entry may change
+    lock_diff = run(["git", "diff", "-U0", "dvc.lock"], project).stdout
+    assert "artifacts/train" not in lock_diff and "artifacts/release" not in lock_diff and "artifacts/dataset\n" not in lock_diff
+
+    # metrics and plots are visible to DVC
+    metrics = dvc(project, "metrics", "show").stdout
+    assert "heldout_loss" in metrics and "identity_baseline_loss" in metrics
+
+    # a changed param: repro-check names the train and release files that changed
+    params = (project / "params.yaml").read_text().replace("  seed: 5\n", "  seed: 7\n")
+    (project / "params.yaml").write_text(params)
+    dvc(project, "repro")
+    changed = gp(project, "repro-check", check=False)
+    assert changed.returncode == 7
+    assert "data: reproduced" in changed.stdout
+    assert "train: CHANGED" in changed.stdout and "artifacts/train/model.safetensors" in changed.stdout
+    assert "release: CHANGED" in changed.stdout and "artifacts/release/model.safetensors" in changed.stdout
+
+
+def test_pipeline_preflight_failure_stops_dvc(project: Path, tmp_path: Path) -> None:
+    other = tmp_path / "fail"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))
+    text = (other / "params.yaml").read_text().replace("require_accelerator: false", "require_accelerator: true")
+    (other / "params.yaml").write_text(text)
+    proc = dvc(other, "repro", check=False)
+    if "preflight: ok" in proc.stdout:
+        pytest.skip("this machine has a usable GPU")
+    assert proc.returncode != 0
+    assert "Running stage 'train'" not in proc.stdout
+    report = json.loads((other / "reports" / "preflight.json").read_text())
+    assert report["ok"] is False and "accelerator.not_found" in {i["code"] for i in report["issues"]}
+    assert not (other / "artifacts" / "train").exists()
