@@ -97,10 +97,16 @@ def _training_setup(steps: int):  # type: ignore[no-untyped-def]
     for _ in range(steps):
         raw = sampler.draw(windows, train.batch_size)
         b, k, length = raw.targets.shape
-        batches.append(TorchTrainerBatch(
-            state=model.encoder.encode(torch.from_numpy(raw.sources)),
-            target=model.encoder.encode(torch.from_numpy(raw.targets.reshape(b * k, length))).reshape(b, k, -1),
-            actions=torch.from_numpy(raw.actions), action_mask=torch.from_numpy(raw.mask), rel_edits=raw.rel_edits, window_ids=raw.window_ids))
+        batches.append(
+            TorchTrainerBatch(
+                state=model.encoder.encode(torch.from_numpy(raw.sources)),
+                target=model.encoder.encode(torch.from_numpy(raw.targets.reshape(b * k, length))).reshape(b, k, -1),
+                actions=torch.from_numpy(raw.actions),
+                action_mask=torch.from_numpy(raw.mask),
+                rel_edits=raw.rel_edits,
+                window_ids=raw.window_ids,
+            )
+        )
     _ = np
     return train, model, batches
 
@@ -119,7 +125,9 @@ def bench_train_step(steps: int, repeats: int) -> list[BenchEntry]:
     def ours() -> None:
         model.load_state_dict(state0)
         opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
-        trainer = TorchTrainer(predictor=model.predictor, action_encoder=model.action_encoder, optimizer=opt, config=train, total_steps=steps)
+        trainer = TorchTrainer(
+            predictor=model.predictor, action_encoder=model.action_encoder, optimizer=opt, config=train, total_steps=steps
+        )
         for i, batch in enumerate(batches, start=1):
             trainer.train_step(batch, step=i)
 
@@ -146,8 +154,10 @@ def bench_train_step(steps: int, repeats: int) -> list[BenchEntry]:
     torch.use_deterministic_algorithms(False)
     nondet_s = _median(ours, repeats)
     detail = f"{steps} steps of batch {train.batch_size}, default model, 2 threads, median of {repeats}"
-    return [_entry("train_step_vs_bare_torch_loop", ours_s, bare_s, detail),
-            _entry("deterministic_vs_nondeterministic_train_steps", ours_s, nondet_s, detail)]
+    return [
+        _entry("train_step_vs_bare_torch_loop", ours_s, bare_s, detail),
+        _entry("deterministic_vs_nondeterministic_train_steps", ours_s, nondet_s, detail),
+    ]
 
 
 def bench_collapse(n: int, dim: int) -> BenchEntry:
@@ -199,8 +209,9 @@ def bench_preflight(root: Path, repeats: int) -> BenchEntry:
         out = Path(tmp) / "preflight.json"
 
         def preflight() -> None:
-            subprocess.run([sys.executable, "-m", "geno_pipeline", "preflight", "--root", str(root), "--output", str(out)],
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "geno_pipeline", "preflight", "--root", str(root), "--output", str(out)], capture_output=True
+            )
 
         ours = _median(preflight, repeats)
     ref = _median(lambda: subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, check=True), repeats)

@@ -57,60 +57,96 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"geno-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("data", help="build artifacts/dataset/ from the `data` params",
-                       description="Build the train/valid windows, dataset_manifest.json and SHA256SUMS in artifacts/dataset/ "
-                       "from a seeded synthetic genome or a FASTA file. Same params give a byte-identical dataset.")
+    p = sub.add_parser(
+        "data",
+        help="build artifacts/dataset/ from the `data` params",
+        description="Build the train/valid windows, dataset_manifest.json and SHA256SUMS in artifacts/dataset/ "
+        "from a seeded synthetic genome or a FASTA file. Same params give a byte-identical dataset.",
+    )
     _common(p)
 
-    p = sub.add_parser("preflight", help="check this machine can run the job; write reports/preflight.json",
-                       description="Probe dependencies, CUDA (NVML and torch), determinism settings, disk, the dataset and the params; "
-                       "print one line per check, write reports/preflight.json and artifacts/preflight/environment.json. "
-                       "Exit 0 when ok, 3 when not.")
+    p = sub.add_parser(
+        "preflight",
+        help="check this machine can run the job; write reports/preflight.json",
+        description="Probe dependencies, CUDA (NVML and torch), determinism settings, disk, the dataset and the params; "
+        "print one line per check, write reports/preflight.json and artifacts/preflight/environment.json. "
+        "Exit 0 when ok, 3 when not.",
+    )
     _common(p)
     p.add_argument("--output", type=Path, default=None, help="report path (default: ROOT/reports/preflight.json)")
 
-    p = sub.add_parser("train", help="train the model deterministically (resumable)",
-                       description="Train the latent world model from the `runtime`, `train` and `collapse` params on artifacts/dataset/. "
-                       "Writes checkpoints, metrics.jsonl, collapse.jsonl and train.log to artifacts/train/ and reports/train.json.")
+    p = sub.add_parser(
+        "train",
+        help="train the model deterministically (resumable)",
+        description="Train the latent world model from the `runtime`, `train` and `collapse` params on artifacts/dataset/. "
+        "Writes checkpoints, metrics.jsonl, collapse.jsonl and train.log to artifacts/train/ and reports/train.json.",
+    )
     _common(p)
-    p.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="resume from the latest checkpoint in artifacts/train/checkpoints (auto) or from a checkpoint directory")
-    p.add_argument("--stop-after-step", type=int, default=None, metavar="K",
-                   help="write a checkpoint after step K and stop (status `stopped`); resume later with --resume auto")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|PATH",
+        help="resume from the latest checkpoint in artifacts/train/checkpoints (auto) or from a checkpoint directory",
+    )
+    p.add_argument(
+        "--stop-after-step",
+        type=int,
+        default=None,
+        metavar="K",
+        help="write a checkpoint after step K and stop (status `stopped`); resume later with --resume auto",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress display")
 
-    p = sub.add_parser("release", help="gate and write the checksummed release bundle",
-                       description="Check the release gates (preflight ok, training complete, finite, no final collapse alert) and write "
-                       "artifacts/release/ (model.safetensors, metrics.json, metadata.json, provenance.intoto.json, MODEL_CARD.md, "
-                       "SHA256SUMS) and reports/release.json. A failed gate writes nothing and exits 6.")
+    p = sub.add_parser(
+        "release",
+        help="gate and write the checksummed release bundle",
+        description="Check the release gates (preflight ok, training complete, finite, no final collapse alert) and write "
+        "artifacts/release/ (model.safetensors, metrics.json, metadata.json, provenance.intoto.json, MODEL_CARD.md, "
+        "SHA256SUMS) and reports/release.json. A failed gate writes nothing and exits 6.",
+    )
     _common(p)
 
-    p = sub.add_parser("verify", help="verify a release bundle directory",
-                       description="Check every file listed in SHA256SUMS is present with the right hash, nothing extra, names are plain "
-                       "relative paths, no symlinks, and metadata/provenance validate and agree. Exit 0 or 7 listing every problem.")
+    p = sub.add_parser(
+        "verify",
+        help="verify a release bundle directory",
+        description="Check every file listed in SHA256SUMS is present with the right hash, nothing extra, names are plain "
+        "relative paths, no symlinks, and metadata/provenance validate and agree. Exit 0 or 7 listing every problem.",
+    )
     p.add_argument("directory", type=Path, help="bundle directory, e.g. artifacts/release")
 
-    p = sub.add_parser("validate", help="check a JSON/JSONL file we write against its schema",
-                       description="Validate one of the pipeline's JSON files (or every line of a .jsonl) against its schema in schemas/.")
+    p = sub.add_parser(
+        "validate",
+        help="check a JSON/JSONL file we write against its schema",
+        description="Validate one of the pipeline's JSON files (or every line of a .jsonl) against its schema in schemas/.",
+    )
     p.add_argument("file", type=Path)
     p.add_argument("--schema", default=None, help="schema name (default: guessed from the file name)")
 
-    p = sub.add_parser("schemas", help="write or check the committed JSON Schemas",
-                       description="Generate schemas/*.schema.json from the models (--write) or fail when the committed ones drifted (--check).")
+    p = sub.add_parser(
+        "schemas",
+        help="write or check the committed JSON Schemas",
+        description="Generate schemas/*.schema.json from the models (--write) or fail when the committed ones drifted (--check).",
+    )
     p.add_argument("--root", type=Path, default=Path("."))
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", action="store_true")
     mode.add_argument("--check", action="store_true")
 
-    p = sub.add_parser("repro-check", help="compare recomputed outputs with the committed dvc.lock",
-                       description="Hash each stage's outputs and compare them with the committed dvc.lock and the release SHA256SUMS; "
-                       "print one verdict per stage and write reports/repro_check.json. Exit 7 on a mismatch.")
+    p = sub.add_parser(
+        "repro-check",
+        help="compare recomputed outputs with the committed dvc.lock",
+        description="Hash each stage's outputs and compare them with the committed dvc.lock and the release SHA256SUMS; "
+        "print one verdict per stage and write reports/repro_check.json. Exit 7 on a mismatch.",
+    )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--lock-ref", default="HEAD", help="git revision whose dvc.lock is the reference (default: HEAD)")
 
-    p = sub.add_parser("bench", help="measure performance ratios; write reports/bench.json",
-                       description="Measure ratios in one run: training step vs bare torch loop, deterministic vs not, collapse metrics vs "
-                       "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`.")
+    p = sub.add_parser(
+        "bench",
+        help="measure performance ratios; write reports/bench.json",
+        description="Measure ratios in one run: training step vs bare torch loop, deterministic vs not, collapse metrics vs "
+        "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`.",
+    )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     return parser
@@ -128,11 +164,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     started, t0 = utc_now(), time.perf_counter()
     params = _params(args)
-    print(f"data: building {params.data.train_windows} train + {params.data.valid_windows} valid windows "
-          f"({params.data.source}) ...", flush=True)
+    print(
+        f"data: building {params.data.train_windows} train + {params.data.valid_windows} valid windows ({params.data.source}) ...",
+        flush=True,
+    )
     result = run(params.data, root=args.root, out_dir=args.root / "artifacts" / "dataset")
-    write_runtime_report(args.root, "data", started_at=started, duration_s=time.perf_counter() - t0,
-                         facts={"dataset_id": result.manifest.dataset_id})
+    write_runtime_report(
+        args.root, "data", started_at=started, duration_s=time.perf_counter() - t0, facts={"dataset_id": result.manifest.dataset_id}
+    )
     print(f"data: wrote {result.directory} (dataset_id {result.manifest.dataset_id})")
     return EXIT_OK
 
@@ -148,8 +187,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from geno_pipeline.training.stage import run_train_cli
 
     params = TrainStageParams.from_params(_params(args))
-    return run_train_cli(params, root=args.root, resume=args.resume, stop_after_step=args.stop_after_step,
-                         progress=not args.no_progress)
+    return run_train_cli(params, root=args.root, resume=args.resume, stop_after_step=args.stop_after_step, progress=not args.no_progress)
 
 
 def _cmd_release(args: argparse.Namespace) -> int:

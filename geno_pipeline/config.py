@@ -22,9 +22,9 @@ __all__ = [
     "ReleaseParams",
     "RuntimeParams",
     "TrainParams",
+    "TrainStageParams",
     "load_params",
     "params_from_mapping",
-    "TrainStageParams",
     "section_keys",
     "stage_params",
 ]
@@ -35,9 +35,7 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
 class _Problem(ValueError):
@@ -78,28 +76,36 @@ class DataParams(_Section):
         problems: list[tuple[str, Any, str, str]] = []
         if self.source == "fasta" and not self.fasta_path:
             problems.append(
-                ("fasta_path", self.fasta_path, "is required when source is 'fasta'",
-                 "set data.fasta_path to a FASTA file or use source: synthetic")
+                (
+                    "fasta_path",
+                    self.fasta_path,
+                    "is required when source is 'fasta'",
+                    "set data.fasta_path to a FASTA file or use source: synthetic",
+                )
             )
         if self.window_length < 16:
-            problems.append(
-                ("window_length", self.window_length, "must be >= 16", "use a window of 16 bases or more")
-            )
+            problems.append(("window_length", self.window_length, "must be >= 16", "use a window of 16 bases or more"))
         if self.source == "synthetic":
             slot = self.window_length + self.flank_length
             need = slot * (self.train_windows + self.valid_windows)
             if self.window_length > self.genome_length:
                 problems.append(
-                    ("window_length", self.window_length,
-                     f"is larger than genome_length ({self.genome_length})",
-                     "use a window_length no larger than genome_length")
+                    (
+                        "window_length",
+                        self.window_length,
+                        f"is larger than genome_length ({self.genome_length})",
+                        "use a window_length no larger than genome_length",
+                    )
                 )
             elif need > self.genome_length:
                 problems.append(
-                    ("genome_length", self.genome_length,
-                     f"is too short for {self.train_windows + self.valid_windows} non-overlapping "
-                     f"windows of {slot} bases (window + flank), which need {need}",
-                     f"set genome_length >= {need} or ask for fewer windows")
+                    (
+                        "genome_length",
+                        self.genome_length,
+                        f"is too short for {self.train_windows + self.valid_windows} non-overlapping "
+                        f"windows of {slot} bases (window + flank), which need {need}",
+                        f"set genome_length >= {need} or ask for fewer windows",
+                    )
                 )
         _raise_if(problems)
         return self
@@ -244,8 +250,12 @@ class TrainParams(_Section):
         problems: list[tuple[str, Any, str, str]] = []
         if self.schedule == "wsd" and self.warmup_steps >= self.steps:
             problems.append(
-                ("warmup_steps", self.warmup_steps, f"must be < steps ({self.steps}) for the wsd schedule",
-                 "lower warmup_steps or raise steps")
+                (
+                    "warmup_steps",
+                    self.warmup_steps,
+                    f"must be < steps ({self.steps}) for the wsd schedule",
+                    "lower warmup_steps or raise steps",
+                )
             )
         _raise_if(problems)
         return self

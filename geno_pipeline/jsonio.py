@@ -101,9 +101,7 @@ def validate_document(document: Any, schema: str, *, source: str = "<document>")
             where = ".".join(str(p) for p in err.absolute_path) or "<root>"
             lines.append(f"  - {where}: {err.message}")
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise SchemaValidationError(
-            f"{source} does not match schema '{schema}':\n" + "\n".join(lines) + more
-        )
+        raise SchemaValidationError(f"{source} does not match schema '{schema}':\n" + "\n".join(lines) + more)
 
 
 def write_json(path: Path, obj: Any, *, schema: str) -> None:

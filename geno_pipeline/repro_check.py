@@ -88,8 +88,11 @@ def dvc_md5(path: Path) -> str | None:
         return _md5_file(path)
     if not path.is_dir():
         return None
-    entries = [{"md5": _md5_file(p), "relpath": p.relative_to(path).as_posix()}
-               for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    entries = [
+        {"md5": _md5_file(p), "relpath": p.relative_to(path).as_posix()}
+        for p in path.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    ]
     entries.sort(key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8"), usedforsecurity=False).hexdigest() + ".dir"
 
@@ -155,8 +158,11 @@ def run_repro_check(root: Path, *, lock_ref: str = "HEAD") -> ReproCheckReport:
     if ok:
         explanation = "every data, train and release output is bit-identical to the committed dvc.lock"
     elif env:
-        explanation = "outputs differ and the environment fingerprint differs from the reference run (" + "; ".join(env) + \
-                      "): bit-identity is only promised within one environment class"
+        explanation = (
+            "outputs differ and the environment fingerprint differs from the reference run ("
+            + "; ".join(env)
+            + "): bit-identity is only promised within one environment class"
+        )
     else:
         explanation = "outputs differ in the same environment class: params, data or code changed (see the changed files)"
     return ReproCheckReport(lock_ref=lock_ref, ok=ok, stages=stages, environment_differences=env, explanation=explanation)

@@ -7,7 +7,7 @@ and checked for drift by a test and by `geno-pipeline schemas --check`.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def _model(name: str) -> type[BaseModel]:
     return model
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_for(name: str) -> dict[str, Any]:
     """The JSON Schema of document `name`, generated from its pydantic model."""
     generated = _model(name).model_json_schema(mode="serialization")
@@ -73,7 +73,7 @@ def schema_for(name: str) -> dict[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator_for(name: str) -> Draft202012Validator:
     """A cached validator for schema `name`."""
     schema = schema_for(name)

@@ -54,8 +54,9 @@ VALUES = st.one_of(st.just(0.0), st.floats(1e-6, 100), st.floats(-100, -1e-6))
 
 
 def _matrix(n_min: int = 2, n_max: int = 12, d_max: int = 6):
-    return st.integers(n_min, n_max).flatmap(lambda n: st.integers(1, d_max).flatmap(lambda d: st.lists(
-        st.lists(VALUES, min_size=d, max_size=d), min_size=n, max_size=n)))
+    return st.integers(n_min, n_max).flatmap(
+        lambda n: st.integers(1, d_max).flatmap(lambda d: st.lists(st.lists(VALUES, min_size=d, max_size=d), min_size=n, max_size=n))
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -153,16 +154,25 @@ def test_collapse_invalid_input(p, t, message) -> None:
 
 
 def _metrics(**kw) -> CollapseMetrics:
-    base = dict(pred_cos_mean=0.9, pred_l2_mean=0.1, target_var_per_dim=1.0, pred_var_per_dim=1.0, pred_target_corr=0.9,
-                pairwise_pred_dist_mean=2.0, kl_reg=0.1, effective_rank=5.0)
+    base = dict(
+        pred_cos_mean=0.9,
+        pred_l2_mean=0.1,
+        target_var_per_dim=1.0,
+        pred_var_per_dim=1.0,
+        pred_target_corr=0.9,
+        pairwise_pred_dist_mean=2.0,
+        kl_reg=0.1,
+        effective_rank=5.0,
+    )
     base.update(kw)
     return CollapseMetrics(**base)
 
 
 def test_collapse_detect_each_criterion() -> None:
     assert detect_collapse(_metrics()) == ()
-    alerts = detect_collapse(_metrics(pred_var_per_dim=0.4, pairwise_pred_dist_mean=0.9, kl_reg=11.0),
-                             initial_pairwise_pred_dist_mean=2.0, step=7)
+    alerts = detect_collapse(
+        _metrics(pred_var_per_dim=0.4, pairwise_pred_dist_mean=0.9, kl_reg=11.0), initial_pairwise_pred_dist_mean=2.0, step=7
+    )
     assert alerts == (
         CollapseAlert("pred_var_per_dim", 0.4, 0.5, 7),
         CollapseAlert("pairwise_pred_dist_mean", 0.9, 1.0, 7),
@@ -170,7 +180,9 @@ def test_collapse_detect_each_criterion() -> None:
     )
     # no baseline -> no pairwise alert; custom thresholds apply
     assert detect_collapse(_metrics(pairwise_pred_dist_mean=0.0)) == ()
-    assert [a.criterion for a in detect_collapse(_metrics(pred_var_per_dim=0.8), thresholds=CollapseThresholds(0.9, 0.5, 10.0))] == ["pred_var_per_dim"]
+    assert [a.criterion for a in detect_collapse(_metrics(pred_var_per_dim=0.8), thresholds=CollapseThresholds(0.9, 0.5, 10.0))] == [
+        "pred_var_per_dim"
+    ]
 
 
 def test_collapse_monitor_schedule_baseline_and_logging(caplog: pytest.LogCaptureFixture) -> None:

@@ -46,11 +46,13 @@ def _problems(raw: dict) -> tuple[str, ...]:
 
 
 def test_config_lists_every_problem_at_once() -> None:
-    problems = _problems({
-        "data": {"window_length": -3, "colour": "red"},
-        "train": {"lr": "fast", "edit_type_weights": {"SNV": 0.0, "XYZ": 1.0}},
-        "runtime": {"device": "tpu"},
-    })
+    problems = _problems(
+        {
+            "data": {"window_length": -3, "colour": "red"},
+            "train": {"lr": "fast", "edit_type_weights": {"SNV": 0.0, "XYZ": 1.0}},
+            "runtime": {"device": "tpu"},
+        }
+    )
     assert len(problems) == 6, problems
     text = "\n".join(problems)
     for needle in ("data.window_length = -3", "data.colour: unknown key", "runtime.device = 'tpu'", "train.lr = 'fast'"):
@@ -65,14 +67,26 @@ def test_config_lists_every_problem_at_once() -> None:
         ({"train": {"steps": True}}, r"^train\.steps = True: Input should be a valid integer; fix: use an integer$"),
         ({"data": {"window_length": -5}}, r"^data\.window_length = -5: Input should be greater than 0; fix: use a larger value$"),
         ({"data": {"window_length": 9_000_000}}, r"^data\.window_length = 9000000: is larger than genome_length \(8000000\); fix: .*$"),
-        ({"train": {"edit_type_weights": {"SNV": -1.0}}}, r"^train\.edit_type_weights\.SNV = -1\.0: weight must be a finite number > 0; fix: .*$"),
-        ({"train": {"edit_type_weights": {"SNV": math.nan}}}, r"^train\.edit_type_weights\.SNV = nan: weight must be a finite number > 0; fix: .*$"),
-        ({"train": {"edit_type_weights": {"FOO": 1.0}}}, r"^train\.edit_type_weights\.FOO = 1\.0: unknown entry 'FOO'; fix: use one of SNV, INS, DEL, MNV, INDEL$"),
+        (
+            {"train": {"edit_type_weights": {"SNV": -1.0}}},
+            r"^train\.edit_type_weights\.SNV = -1\.0: weight must be a finite number > 0; fix: .*$",
+        ),
+        (
+            {"train": {"edit_type_weights": {"SNV": math.nan}}},
+            r"^train\.edit_type_weights\.SNV = nan: weight must be a finite number > 0; fix: .*$",
+        ),
+        (
+            {"train": {"edit_type_weights": {"FOO": 1.0}}},
+            r"^train\.edit_type_weights\.FOO = 1\.0: unknown entry 'FOO'; fix: use one of SNV, INS, DEL, MNV, INDEL$",
+        ),
         ({"train": {"rollout_step_mix": {0: 1.0}}}, r"^train\.rollout_step_mix\.0 = 0: rollout length K must be >= 1; fix: .*$"),
         ({"train": {"warmup_steps": 1500}}, r"^train\.warmup_steps = 1500: must be < steps \(1500\) for the wsd schedule; fix: .*$"),
         ({"data": {"source": "fasta"}}, r"^data\.fasta_path = None: is required when source is 'fasta'; fix: .*$"),
         ({"train": {"lr": math.inf}}, r"^train\.lr = inf: must be a finite number; fix: correct the value$"),
-        ({"train": {"schedule": "linear"}}, r"^train\.schedule = 'linear': Input should be 'wsd', 'cosine' or 'constant'; fix: use one of the allowed values$"),
+        (
+            {"train": {"schedule": "linear"}},
+            r"^train\.schedule = 'linear': Input should be 'wsd', 'cosine' or 'constant'; fix: use one of the allowed values$",
+        ),
     ],
 )
 def test_config_single_problem_messages(raw: dict, expected: str) -> None:
@@ -113,13 +127,27 @@ def params_strategy(draw: st.DrawFn) -> Params:
     ks = draw(st.lists(st.integers(1, 6), min_size=1, max_size=4, unique=True))
     window = draw(st.integers(16, 512))
     return Params(
-        data=DataParams(seed=draw(st.integers(0, 2**31)), window_length=window, flank_length=draw(st.integers(0, 64)),
-                        train_windows=draw(st.integers(1, 100)), valid_windows=draw(st.integers(1, 100)), genome_length=10_000_000),
-        runtime=RuntimeParams(device=draw(st.sampled_from(["auto", "cpu", "cuda", "cuda:1"])), deterministic=draw(st.booleans()),
-                              cpu_threads=draw(st.integers(1, 64))),
-        train=TrainParams(steps=steps, warmup_steps=draw(st.integers(0, steps - 1)), lr=draw(positive),
-                          schedule=draw(st.sampled_from(["wsd", "cosine", "constant"])),
-                          edit_type_weights={n: draw(positive) for n in edit_names}, rollout_step_mix={k: draw(positive) for k in ks}),
+        data=DataParams(
+            seed=draw(st.integers(0, 2**31)),
+            window_length=window,
+            flank_length=draw(st.integers(0, 64)),
+            train_windows=draw(st.integers(1, 100)),
+            valid_windows=draw(st.integers(1, 100)),
+            genome_length=10_000_000,
+        ),
+        runtime=RuntimeParams(
+            device=draw(st.sampled_from(["auto", "cpu", "cuda", "cuda:1"])),
+            deterministic=draw(st.booleans()),
+            cpu_threads=draw(st.integers(1, 64)),
+        ),
+        train=TrainParams(
+            steps=steps,
+            warmup_steps=draw(st.integers(0, steps - 1)),
+            lr=draw(positive),
+            schedule=draw(st.sampled_from(["wsd", "cosine", "constant"])),
+            edit_type_weights={n: draw(positive) for n in edit_names},
+            rollout_step_mix={k: draw(positive) for k in ks},
+        ),
         collapse=CollapseParams(log_every_steps=draw(st.integers(1, 1000)), on_alert=draw(st.sampled_from(["warn", "halt"]))),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,17 @@ def test_data_twice_identical_and_sha256sum_strict(tiny_root: Path) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), window=st.integers(16, 48), n_train=st.integers(1, 30), n_valid=st.integers(1, 10))
-def test_data_deterministic_over_seeds_and_sizes(tmp_path_factory: pytest.TempPathFactory, seed: int, window: int, n_train: int, n_valid: int) -> None:
-    params = DataParams(seed=seed, genome_length=(window + 8) * (n_train + n_valid) * 2, window_length=window, flank_length=8,
-                        train_windows=n_train, valid_windows=n_valid)
+def test_data_deterministic_over_seeds_and_sizes(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, window: int, n_train: int, n_valid: int
+) -> None:
+    params = DataParams(
+        seed=seed,
+        genome_length=(window + 8) * (n_train + n_valid) * 2,
+        window_length=window,
+        flank_length=8,
+        train_windows=n_train,
+        valid_windows=n_valid,
+    )
     a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
     ra = run(params, root=a, out_dir=a / "ds")
     rb = run(params, root=b, out_dir=b / "ds")
@@ -65,7 +74,7 @@ def test_data_windows_do_not_overlap() -> None:
     rec[0].codes[100:110] = 4  # an N run
     slots = candidate_slots(rec, 64)
     starts = sorted(s for _, s in slots)
-    assert all(b - a >= 64 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a >= 64 for a, b in itertools.pairwise(starts))
     assert all(not (s < 110 and s + 64 > 100) for s in starts)
 
 
@@ -77,8 +86,17 @@ def test_data_fasta_plain_gz_multi_record_softmask(tmp_path: Path) -> None:
     (tmp_path / "ref.fa.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
     assert [r.name for r in read_fasta(tmp_path / "ref.fa")] == ["chr1", "chr2"]
     for name in ("ref.fa", "ref.fa.gz"):
-        write_params(tmp_path, data={"source": "fasta", "fasta_path": name, "window_length": 64, "flank_length": 32,
-                                     "train_windows": 100, "valid_windows": 20})
+        write_params(
+            tmp_path,
+            data={
+                "source": "fasta",
+                "fasta_path": name,
+                "window_length": 64,
+                "flank_length": 32,
+                "train_windows": 100,
+                "valid_windows": 20,
+            },
+        )
         proc = cli(tmp_path, "data")
         assert proc.returncode == 0, proc.stderr
         ds = load_dataset(tmp_path / "artifacts" / "dataset")
@@ -90,11 +108,31 @@ BAD = [
     ("unknown key", {"data": {"colour": 1}}, None, "data.colour: unknown key"),
     ("wrong type", {"data": {"seed": "seventeen"}}, None, "data.seed = 'seventeen': Input should be a valid integer"),
     ("negative window", {"data": {"window_length": -4}}, None, "data.window_length = -4: Input should be greater than 0"),
-    ("window larger than genome", {"data": {"window_length": 70000}}, None, "data.window_length = 70000: is larger than genome_length (60000)"),
-    ("non-positive weight", {"train": {"edit_type_weights": {"SNV": 0.0}}}, None, "train.edit_type_weights.SNV = 0.0: weight must be a finite number > 0"),
-    ("nan weight", {"train": {"edit_type_weights": {"SNV": float("nan")}}}, None, "train.edit_type_weights.SNV = nan: weight must be a finite number > 0"),
+    (
+        "window larger than genome",
+        {"data": {"window_length": 70000}},
+        None,
+        "data.window_length = 70000: is larger than genome_length (60000)",
+    ),
+    (
+        "non-positive weight",
+        {"train": {"edit_type_weights": {"SNV": 0.0}}},
+        None,
+        "train.edit_type_weights.SNV = 0.0: weight must be a finite number > 0",
+    ),
+    (
+        "nan weight",
+        {"train": {"edit_type_weights": {"SNV": float("nan")}}},
+        None,
+        "train.edit_type_weights.SNV = nan: weight must be a finite number > 0",
+    ),
     ("missing fasta", {"data": {"source": "fasta", "fasta_path": "nope.fa"}}, None, "nope.fa: FASTA file not found (data.fasta_path)"),
-    ("invalid characters", {"data": {"source": "fasta", "fasta_path": "bad.fa"}}, ">r\nACGTXACGT\n", "bad.fa: line 2, column 5: invalid character 'X'"),
+    (
+        "invalid characters",
+        {"data": {"source": "fasta", "fasta_path": "bad.fa"}},
+        ">r\nACGTXACGT\n",
+        "bad.fa: line 2, column 5: invalid character 'X'",
+    ),
     ("empty fasta", {"data": {"source": "fasta", "fasta_path": "bad.fa"}}, "", "bad.fa: empty FASTA (no records)"),
 ]
 

@@ -69,7 +69,11 @@ def test_drift_readme_opens_with_two_commands_and_ci_runs_the_test_one() -> None
     assert head.count("```bash") == 2  # exactly two commands before the first section
     extracted = subprocess.run(
         ["bash", "-c", "source <(sed -n '/^readme_command()/,/^}/p' .ci/run); readme_command 2"],
-        cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert extracted == test_cmd
     ci = (REPO / ".ci" / "run").read_text()
     assert 'bash -euo pipefail -c "$test_cmd"' in ci
@@ -93,7 +97,9 @@ def test_drift_gitignore_and_dvc_config() -> None:
     assert re.search(r"analytics\s*=\s*false", (REPO / ".dvc" / "config").read_text())
 
 
-@pytest.mark.parametrize("command", [[], *[[c] for c in ("data", "preflight", "train", "release", "verify", "validate", "schemas", "repro-check", "bench")]])
+@pytest.mark.parametrize(
+    "command", [[], *[[c] for c in ("data", "preflight", "train", "release", "verify", "validate", "schemas", "repro-check", "bench")]]
+)
 def test_drift_help_explains_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args([*command, "--help"])

@@ -35,7 +35,9 @@ def gp(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The working tree's tracked and untracked-not-ignored files in a fresh git repo, with the tiny params."""
     root = tmp_path_factory.mktemp("pipeline") / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)

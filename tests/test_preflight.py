@@ -29,7 +29,11 @@ GIB = 1024**3
 
 class FakeNVMLError(Exception):
     def __init__(self, value: int) -> None:
-        super().__init__({12: "NVML Shared Library Not Found", 9: "Driver Not Loaded", 18: "RM has detected an NVML/RM version mismatch"}.get(value, "Unknown Error"))
+        super().__init__(
+            {12: "NVML Shared Library Not Found", 9: "Driver Not Loaded", 18: "RM has detected an NVML/RM version mismatch"}.get(
+                value, "Unknown Error"
+            )
+        )
         self.value = value
 
 
@@ -70,12 +74,23 @@ class FakeNvml:
             raise FakeNVMLError(self.init_error)
 
     def nvmlShutdown(self) -> None: ...
-    def nvmlSystemGetDriverVersion(self) -> str: return "550.54.15"
-    def nvmlSystemGetCudaDriverVersion_v2(self) -> int: return 12040
-    def nvmlDeviceGetCount(self) -> int: return len(self.gpus)
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu: return self.gpus[i]
-    def nvmlDeviceGetUUID(self, h: FakeGpu | str) -> str: return h if isinstance(h, str) else h.uuid
-    def nvmlDeviceGetName(self, h: FakeGpu) -> bytes: return h.name.encode()
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54.15"
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        return 12040
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
+        return self.gpus[i]
+
+    def nvmlDeviceGetUUID(self, h: FakeGpu | str) -> str:
+        return h if isinstance(h, str) else h.uuid
+
+    def nvmlDeviceGetName(self, h: FakeGpu) -> bytes:
+        return h.name.encode()
 
     def nvmlDeviceGetMemoryInfo(self, h: FakeGpu, version: int | None = None) -> _Mem:
         return _Mem(h.total, h.free, h.total - h.free)
@@ -85,28 +100,51 @@ class FakeNvml:
             raise FakeNVMLError(3)
         return (1, 1) if h.mig else (0, 0)
 
-    def nvmlDeviceGetMaxMigDeviceCount(self, h: FakeGpu) -> int: return len(h.mig_uuids)
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: FakeGpu, j: int) -> str: return h.mig_uuids[j]
-    def nvmlDeviceGetCudaComputeCapability(self, h: FakeGpu) -> tuple[int, int]: return (9, 0)
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: FakeGpu) -> int:
+        return len(h.mig_uuids)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: FakeGpu, j: int) -> str:
+        return h.mig_uuids[j]
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: FakeGpu) -> tuple[int, int]:
+        return (9, 0)
 
 
 def fake_torch(devices: list[tuple[str, int, int]] | None = None, *, available: bool | None = None) -> TorchCudaProbe:
-    devs = [TorchDevice(index=i, name=n, total_memory_bytes=t, free_memory_bytes=f, capability="9.0") for i, (n, t, f) in enumerate(devices or [])]
+    devs = [
+        TorchDevice(index=i, name=n, total_memory_bytes=t, free_memory_bytes=f, capability="9.0")
+        for i, (n, t, f) in enumerate(devices or [])
+    ]
     avail = bool(devs) if available is None else available
-    return TorchCudaProbe(torch_version="2.13.0", cuda_available=avail, device_count=len(devs) if avail else 0,
-                          cuda_version="12.4" if avail else None, cudnn_version=90100 if avail else None,
-                          cuda_initialized_before_probe=False, devices=devs if avail else [], error=None)
+    return TorchCudaProbe(
+        torch_version="2.13.0",
+        cuda_available=avail,
+        device_count=len(devs) if avail else 0,
+        cuda_version="12.4" if avail else None,
+        cudnn_version=90100 if avail else None,
+        cuda_initialized_before_probe=False,
+        devices=devs if avail else [],
+        error=None,
+    )
 
 
 def ok_dependency(spec: DependencySpec):
     from geno_pipeline.preflight.models import DependencyProbe
 
-    return DependencyProbe(import_name=spec.import_name, package=spec.package, required=spec.required, available=True,
-                           version="99.0", minimum_version=spec.minimum_version, version_ok=True, reason="ok", duration_ms=0.0)
+    return DependencyProbe(
+        import_name=spec.import_name,
+        package=spec.package,
+        required=spec.required,
+        available=True,
+        version="99.0",
+        minimum_version=spec.minimum_version,
+        version_ok=True,
+        reason="ok",
+        duration_ms=0.0,
+    )
 
 
-def report_for(root: Path, nvml: FakeNvml, torch_probe: TorchCudaProbe, env: dict[str, str] | None = None,
-               dependency_probe=ok_dependency):
+def report_for(root: Path, nvml: FakeNvml, torch_probe: TorchCudaProbe, env: dict[str, str] | None = None, dependency_probe=ok_dependency):
     request = TrainingPreflightRequest.for_root(root)
     return build_training_preflight_report(
         request,
@@ -189,9 +227,20 @@ def test_preflight_two_gpus_cuda_visible_devices(root: Path, selector: str) -> N
 def test_preflight_visible_devices_mapping_rules() -> None:
     from geno_pipeline.preflight.models import NvmlDevice
 
-    devs = [NvmlDevice(index=i, uuid=u, name="g", total_memory_bytes=1, free_memory_bytes=1, used_memory_bytes=0,
-                       mig_enabled=m, mig_instances=mi, compute_capability="9.0")
-            for i, (u, m, mi) in enumerate([(UUID0, False, []), (UUID1, True, ["MIG-1234abcd-0000-0000-0000-000000000000"])])]
+    devs = [
+        NvmlDevice(
+            index=i,
+            uuid=u,
+            name="g",
+            total_memory_bytes=1,
+            free_memory_bytes=1,
+            used_memory_bytes=0,
+            mig_enabled=m,
+            mig_instances=mi,
+            compute_capability="9.0",
+        )
+        for i, (u, m, mi) in enumerate([(UUID0, False, []), (UUID1, True, ["MIG-1234abcd-0000-0000-0000-000000000000"])])
+    ]
     assert [v.nvml_index for v in map_visible_devices(None, devs)] == [0, 1]
     assert [v.nvml_index for v in map_visible_devices("1,0", devs)] == [1, 0]
     assert [v.nvml_index for v in map_visible_devices("0,7,1", devs)] == [0]  # CUDA stops at an unknown entry
@@ -205,8 +254,12 @@ def test_preflight_mig_enabled(root: Path) -> None:
     gpu = FakeGpu(UUID0, "NVIDIA A100", 80 * GIB, 70 * GIB, mig=True, mig_uuids=["MIG-aaaa0000-0000-0000-0000-000000000000"])
     report = report_for(root, FakeNvml([gpu]), fake_torch([("NVIDIA A100", 80 * GIB, 70 * GIB)]))
     assert report.ok and codes(report) == {"accelerator.mig_enabled"}
-    report = report_for(root, FakeNvml([gpu]), fake_torch([("NVIDIA A100 MIG 3g.40gb", 40 * GIB, 39 * GIB)]),
-                        {"CUDA_VISIBLE_DEVICES": "MIG-aaaa0000-0000-0000-0000-000000000000"})
+    report = report_for(
+        root,
+        FakeNvml([gpu]),
+        fake_torch([("NVIDIA A100 MIG 3g.40gb", 40 * GIB, 39 * GIB)]),
+        {"CUDA_VISIBLE_DEVICES": "MIG-aaaa0000-0000-0000-0000-000000000000"},
+    )
     assert report.ok and codes(report) == set()
 
 
@@ -228,8 +281,11 @@ def test_preflight_dependency_raising_at_import(root: Path, tmp_path: Path, monk
     assert not probe.available and "RuntimeError: libfoo.so" in probe.reason
 
     def deps(spec: DependencySpec):
-        return probe_dependency(DependencySpec("broken_dep_for_test", spec.package, spec.required, spec.minimum_version)) \
-            if spec.import_name == "safetensors" else ok_dependency(spec)
+        return (
+            probe_dependency(DependencySpec("broken_dep_for_test", spec.package, spec.required, spec.minimum_version))
+            if spec.import_name == "safetensors"
+            else ok_dependency(spec)
+        )
 
     report = report_for(root, FakeNvml(init_error=12), fake_torch(), dependency_probe=deps)
     assert not report.ok and codes(report) == {"dependency.import_error"}
@@ -251,7 +307,9 @@ def test_preflight_probe_that_raises_becomes_issue(root: Path) -> None:
     def boom(rt: RuntimeParams, pf: PreflightParams):
         raise RuntimeError("kaboom")
 
-    report = build_training_preflight_report(TrainingPreflightRequest.for_root(root), dependency_probe=ok_dependency, accelerator_probe=boom)
+    report = build_training_preflight_report(
+        TrainingPreflightRequest.for_root(root), dependency_probe=ok_dependency, accelerator_probe=boom
+    )
     assert not report.ok and codes(report) == {"preflight.probe_error"}
     assert "kaboom" in report.issues[0].message
 

@@ -25,8 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,13 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_release_bundle_contents_and_coreutils(released: Path) -> None:
     bundle = released / "artifacts" / "release"
     assert sorted(p.name for p in bundle.iterdir()) == [
-        "MODEL_CARD.md", "SHA256SUMS", "metadata.json", "metrics.json", "model.safetensors", "provenance.intoto.json"]
+        "MODEL_CARD.md",
+        "SHA256SUMS",
+        "metadata.json",
+        "metrics.json",
+        "model.safetensors",
+        "provenance.intoto.json",
+    ]
     check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert verify_bundle(bundle) == []
@@ -96,13 +106,18 @@ def test_release_verify_flipped_byte(released: Path, tmp_path: Path, name: str) 
     assert f"{name}: sha256 mismatch" in proc.stderr
 
 
+def _append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
 TAMPER = {
     "deleted file": (lambda b: (b / "metrics.json").unlink(), "metrics.json: listed but missing"),
     "extra file": (lambda b: (b / "notes.txt").write_text("hi\n"), "notes.txt: present but not listed in SHA256SUMS"),
-    "dotdot entry": (lambda b: open(b / "SHA256SUMS", "a").write(f"{'0' * 64}  ../x\n"), "unsafe name '../x'"),
-    "absolute entry": (lambda b: open(b / "SHA256SUMS", "a").write(f"{'0' * 64}  /etc/passwd\n"), "unsafe name '/etc/passwd'"),
+    "dotdot entry": (lambda b: _append(b / "SHA256SUMS", f"{'0' * 64}  ../x\n"), "unsafe name '../x'"),
+    "absolute entry": (lambda b: _append(b / "SHA256SUMS", f"{'0' * 64}  /etc/passwd\n"), "unsafe name '/etc/passwd'"),
     "symlink": (lambda b: (b / "link").symlink_to(b / "metrics.json"), "link: symlink not allowed in bundle"),
-    "malformed line": (lambda b: open(b / "SHA256SUMS", "a").write("this is not a checksum line\n"), "malformed line"),
+    "malformed line": (lambda b: _append(b / "SHA256SUMS", "this is not a checksum line\n"), "malformed line"),
 }
 
 
@@ -131,8 +146,11 @@ def test_release_verify_provenance_must_agree(released: Path, tmp_path: Path) ->
     doc = json.loads((bundle / "provenance.intoto.json").read_text())
     doc["subject"][0]["digest"]["sha256"] = "0" * 64
     (bundle / "provenance.intoto.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    subprocess.run(["bash", "-c", "sha256sum MODEL_CARD.md metadata.json metrics.json model.safetensors provenance.intoto.json > SHA256SUMS"],
-                   cwd=bundle, check=True)
+    subprocess.run(
+        ["bash", "-c", "sha256sum MODEL_CARD.md metadata.json metrics.json model.safetensors provenance.intoto.json > SHA256SUMS"],
+        cwd=bundle,
+        check=True,
+    )
     problems = verify_bundle(bundle)
     assert any("digest differs from SHA256SUMS" in p for p in problems), problems
 
@@ -190,12 +208,17 @@ def test_release_load_released_model_round_trip(released: Path) -> None:
     model = load_released_model(released / "artifacts" / "release")
     params = TrainStageParams.from_params(load_params(released / "params.yaml"))
     seeds = TrainerSeeds.from_base(params.train.seed)
-    from geno_pipeline.data.dataset import load_dataset
     from safetensors.torch import load_file
 
+    from geno_pipeline.data.dataset import load_dataset
+
     dataset = load_dataset(released / "artifacts" / "dataset")
-    trained = build_world_model(window_length=dataset.manifest.counts.window_length, params=params.train.model,
-                                encoder_seed=seeds.encoder, init_seed=seeds.model_init)
+    trained = build_world_model(
+        window_length=dataset.manifest.counts.window_length,
+        params=params.train.model,
+        encoder_seed=seeds.encoder,
+        init_seed=seeds.model_init,
+    )
     trained.load_state_dict(load_file(released / "artifacts" / "train" / "model.safetensors"))
     held = _held_out(trained, dataset, params.train, params.collapse, seeds, "cpu")
     loss_a, pred_a, _, _ = _evaluate(trained, held)
@@ -208,5 +231,5 @@ def test_release_loader_refuses_tampered_bundle(released: Path, tmp_path: Path) 
     data = bytearray((bundle / "model.safetensors").read_bytes())
     data[-1] ^= 0x01
     (bundle / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(VerifyError, match="model.safetensors: sha256 mismatch"):
+    with pytest.raises(VerifyError, match=r"model\.safetensors: sha256 mismatch"):
         load_released_model(bundle)

@@ -42,7 +42,12 @@ def rollout_mixes(draw: st.DrawFn) -> tuple[RolloutStepWeight, ...]:
 
 def test_defaults_match_spec() -> None:
     assert {w.edit_type.value: w.weight for w in DEFAULT_EDIT_TYPE_WEIGHTS} == {
-        "SNV": 0.40, "INS": 0.20, "DEL": 0.20, "MNV": 0.10, "INDEL": 0.10}
+        "SNV": 0.40,
+        "INS": 0.20,
+        "DEL": 0.20,
+        "MNV": 0.10,
+        "INDEL": 0.10,
+    }
     assert {w.steps: w.weight for w in DEFAULT_ROLLOUT_STEP_MIX} == {1: 0.90, 2: 0.05, 3: 0.05}
 
 

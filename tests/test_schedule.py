@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -56,7 +57,7 @@ def test_schedule_wsd_warmup_is_linear_and_increasing(case) -> None:
     values = _all(total, warmup)
     for step in range(1, warmup + 1):
         assert values[step - 1] == step / warmup
-    assert all(a < b for a, b in zip(values[:warmup], values[1:warmup], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(values[:warmup]))
 
 
 @settings(max_examples=200)
@@ -74,7 +75,7 @@ def test_schedule_wsd_plateau_is_exactly_one(case) -> None:
 def test_schedule_wsd_non_increasing_after_warmup(case) -> None:
     total, warmup = case
     values = _all(total, warmup)[warmup:]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 @settings(max_examples=200)
@@ -85,7 +86,7 @@ def test_schedule_wsd_no_jumps(case) -> None:
     bound = _max_slope(total, warmup) + 1e-12
     if warmup:
         assert values[0] <= bound  # the first step rises from 0 at the warmup slope
-    assert all(abs(b - a) <= bound for a, b in zip(values, values[1:], strict=False))
+    assert all(abs(b - a) <= bound for a, b in itertools.pairwise(values))
 
 
 @settings(max_examples=200)
@@ -136,7 +137,7 @@ def test_schedule_cosine_shape(total, warmup) -> None:
     assert values[0] == 1.0
     if total > 1:
         assert values[-1] == pytest.approx(0.0, abs=1e-15)
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 @settings(max_examples=200)
@@ -150,16 +151,32 @@ def test_schedule_constant_is_one(total, warmup, data) -> None:
 # taper_start = warmup + max(1, int(0.98 post)).
 SPOT = [
     # total=10, warmup=2: decay_start=8, taper_start=9
-    (10, 2, 1, 0.5), (10, 2, 2, 1.0), (10, 2, 8, 1.0), (10, 2, 9, 0.1), (10, 2, 10, 0.01),
+    (10, 2, 1, 0.5),
+    (10, 2, 2, 1.0),
+    (10, 2, 8, 1.0),
+    (10, 2, 9, 0.1),
+    (10, 2, 10, 0.01),
     # total=1500, warmup=100: decay_start=1220, taper_start=1472
-    (1500, 100, 50, 0.5), (1500, 100, 1220, 1.0), (1500, 100, 1221, 1 - 0.9 / 252),
-    (1500, 100, 1346, 0.55), (1500, 100, 1472, 0.1), (1500, 100, 1486, 0.055), (1500, 100, 1500, 0.01),
+    (1500, 100, 50, 0.5),
+    (1500, 100, 1220, 1.0),
+    (1500, 100, 1221, 1 - 0.9 / 252),
+    (1500, 100, 1346, 0.55),
+    (1500, 100, 1472, 0.1),
+    (1500, 100, 1486, 0.055),
+    (1500, 100, 1500, 0.01),
     # total=100, warmup=0: decay_start=80, taper_start=98
-    (100, 0, 1, 1.0), (100, 0, 80, 1.0), (100, 0, 89, 0.55), (100, 0, 98, 0.1), (100, 0, 99, 0.055), (100, 0, 100, 0.01),
+    (100, 0, 1, 1.0),
+    (100, 0, 80, 1.0),
+    (100, 0, 89, 0.55),
+    (100, 0, 98, 0.1),
+    (100, 0, 99, 0.055),
+    (100, 0, 100, 0.01),
     # total <= warmup: all warmup
     (5, 10, 3, 0.3),
     # total=3, warmup=1: decay_start=taper_start=2
-    (3, 1, 1, 1.0), (3, 1, 2, 1.0), (3, 1, 3, 0.01),
+    (3, 1, 1, 1.0),
+    (3, 1, 2, 1.0),
+    (3, 1, 3, 0.01),
     # one post-warmup step: plateau only
     (4, 3, 4, 1.0),
 ]

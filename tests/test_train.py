@@ -85,8 +85,11 @@ def test_train_sigkill_then_resume_auto(tmp_path: Path) -> None:
     straight_root = tmp_path / "straight"
     shutil.copytree(root, straight_root)
     cli(straight_root, "train", "--no-progress")
-    proc = subprocess.Popen([sys.executable, "-m", "geno_pipeline", "train", "--no-progress", "--root", str(root)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geno_pipeline", "train", "--no-progress", "--root", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = root / "artifacts" / "train" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -189,7 +192,9 @@ def test_train_real_collapse_fires_alerts_and_halts(prepared: Path, tmp_path: Pa
     cli(root, "preflight")
     proc = cli(root, "train", "--no-progress")
     assert proc.returncode == 0
-    alerts = {a["criterion"] for x in (root / "artifacts" / "train" / "collapse.jsonl").read_text().splitlines() for a in json.loads(x)["alerts"]}
+    alerts = {
+        a["criterion"] for x in (root / "artifacts" / "train" / "collapse.jsonl").read_text().splitlines() for a in json.loads(x)["alerts"]
+    }
     assert {"pred_var_per_dim", "pairwise_pred_dist_mean"} <= alerts
     assert "COLLAPSE ALERT pred_var_per_dim" in (root / "artifacts" / "train" / "train.log").read_text()
 

@@ -188,7 +188,11 @@ def load_dataset(directory: Path) -> Dataset:
     directory = Path(directory)
     problems = dataset_problems(directory)
     if problems:
-        raise DataError("dataset is not usable:\n" + "\n".join(f"  - {m}" for _, m in problems) + "\nfix: rerun `geno-pipeline data` (or `dvc repro data`)")
+        raise DataError(
+            "dataset is not usable:\n"
+            + "\n".join(f"  - {m}" for _, m in problems)
+            + "\nfix: rerun `geno-pipeline data` (or `dvc repro data`)"
+        )
     manifest = DatasetManifest.model_validate(read_json(directory / MANIFEST_NAME))
     train = np.load(directory / TRAIN_FILE, allow_pickle=False)
     valid = np.load(directory / VALID_FILE, allow_pickle=False)

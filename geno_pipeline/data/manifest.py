@@ -63,7 +63,7 @@ class DatasetCounts(_Doc):
 class DatasetManifest(_Doc):
     """Identity and contents of a built dataset."""
 
-    schema_version: Literal["1.0"] = DATASET_SCHEMA_VERSION
+    schema_version: Literal["1.0"] = "1.0"
     """Version of this document's shape."""
     dataset_id: str = Field(pattern=r"^ds-[0-9a-f]{16}$")
     """Content-derived id: hash of the params and every file's sha256."""

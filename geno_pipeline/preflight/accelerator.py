@@ -7,6 +7,7 @@ machine; `assess_accelerator` turns a probe into checks and issues as a pure fun
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -107,15 +108,27 @@ def probe_nvml(nvml: Any | None = None) -> NvmlProbe:
         try:
             import pynvml as nvml_module
         except Exception as exc:
-            return NvmlProbe(available=False, error_code="nvml.module_missing", error=f"{type(exc).__name__}: {exc}",
-                             driver_version=None, cuda_driver_version=None, devices=[])
+            return NvmlProbe(
+                available=False,
+                error_code="nvml.module_missing",
+                error=f"{type(exc).__name__}: {exc}",
+                driver_version=None,
+                cuda_driver_version=None,
+                devices=[],
+            )
         nvml = nvml_module
     error_type = getattr(nvml, "NVMLError", Exception)
     try:
         nvml.nvmlInit()
     except error_type as exc:
-        return NvmlProbe(available=False, error_code=nvml_init_error_code(nvml, exc), error=str(exc),
-                         driver_version=None, cuda_driver_version=None, devices=[])
+        return NvmlProbe(
+            available=False,
+            error_code=nvml_init_error_code(nvml, exc),
+            error=str(exc),
+            driver_version=None,
+            cuda_driver_version=None,
+            devices=[],
+        )
     try:
         driver = _text(nvml.nvmlSystemGetDriverVersion())
         getter = getattr(nvml, "nvmlSystemGetCudaDriverVersion_v2", None) or nvml.nvmlSystemGetCudaDriverVersion
@@ -131,18 +144,23 @@ def probe_nvml(nvml: Any | None = None) -> NvmlProbe:
                 capability: str | None = f"{major}.{minor}"
             except Exception:
                 capability = None
-            devices.append(NvmlDevice(
-                index=index, uuid=_text(nvml.nvmlDeviceGetUUID(handle)), name=_text(nvml.nvmlDeviceGetName(handle)),
-                total_memory_bytes=total, free_memory_bytes=free, used_memory_bytes=used,
-                mig_enabled=mig_enabled, mig_instances=instances, compute_capability=capability,
-            ))
+            devices.append(
+                NvmlDevice(
+                    index=index,
+                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                    name=_text(nvml.nvmlDeviceGetName(handle)),
+                    total_memory_bytes=total,
+                    free_memory_bytes=free,
+                    used_memory_bytes=used,
+                    mig_enabled=mig_enabled,
+                    mig_instances=instances,
+                    compute_capability=capability,
+                )
+            )
     finally:
-        try:
+        with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
-        except Exception:
-            pass
-    return NvmlProbe(available=True, error_code=None, error=None, driver_version=driver,
-                     cuda_driver_version=cuda, devices=devices)
+    return NvmlProbe(available=True, error_code=None, error=None, driver_version=driver, cuda_driver_version=cuda, devices=devices)
 
 
 def probe_torch_cuda() -> TorchCudaProbe:
@@ -161,15 +179,29 @@ def probe_torch_cuda() -> TorchCudaProbe:
                 free_bytes: int | None = int(free)
             except Exception:
                 free_bytes = None
-            devices.append(TorchDevice(index=index, name=str(props.name), total_memory_bytes=int(props.total_memory),
-                                       free_memory_bytes=free_bytes, capability=f"{props.major}.{props.minor}"))
+            devices.append(
+                TorchDevice(
+                    index=index,
+                    name=str(props.name),
+                    total_memory_bytes=int(props.total_memory),
+                    free_memory_bytes=free_bytes,
+                    capability=f"{props.major}.{props.minor}",
+                )
+            )
         cudnn = torch.backends.cudnn.version() if available else None
         error = None
     except Exception as exc:
         available, count, devices, cudnn, error = False, 0, [], None, f"{type(exc).__name__}: {exc}"
-    return TorchCudaProbe(torch_version=str(torch.__version__), cuda_available=available, device_count=count,
-                          cuda_version=torch.version.cuda, cudnn_version=cudnn,
-                          cuda_initialized_before_probe=before, devices=devices, error=error)
+    return TorchCudaProbe(
+        torch_version=str(torch.__version__),
+        cuda_available=available,
+        device_count=count,
+        cuda_version=torch.version.cuda,
+        cudnn_version=cudnn,
+        cuda_initialized_before_probe=before,
+        devices=devices,
+        error=error,
+    )
 
 
 def map_visible_devices(cuda_visible_devices: str | None, devices: list[NvmlDevice]) -> list[VisibleDevice]:
@@ -242,10 +274,20 @@ def probe_accelerator(
     total = tdev.total_memory_bytes if tdev is not None else (ndev.total_memory_bytes if ndev else None)
     name = tdev.name if tdev is not None else (ndev.name if ndev else None)
     return AcceleratorProbe(
-        requested_device=requested, resolved_device=resolved, required=required, available=usable,
-        device_count=th.device_count if usable else 0, device_name=name, total_memory_bytes=total,
-        free_memory_bytes=free, min_memory_bytes=int(preflight.min_vram_gib * GIB), reason=reason,
-        cuda_visible_devices=cvd, visible=visible, nvml=nv, torch=th,
+        requested_device=requested,
+        resolved_device=resolved,
+        required=required,
+        available=usable,
+        device_count=th.device_count if usable else 0,
+        device_name=name,
+        total_memory_bytes=total,
+        free_memory_bytes=free,
+        min_memory_bytes=int(preflight.min_vram_gib * GIB),
+        reason=reason,
+        cuda_visible_devices=cvd,
+        visible=visible,
+        nvml=nv,
+        torch=th,
     )
 
 
@@ -262,8 +304,16 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
 
     # 1) NVML
     if nv.available:
-        checks.append(PreflightCheck(name="nvml", status="pass", code=None, remedy=None, duration_ms=duration_ms,
-                                     message=f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)"))
+        checks.append(
+            PreflightCheck(
+                name="nvml",
+                status="pass",
+                code=None,
+                remedy=None,
+                duration_ms=duration_ms,
+                message=f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)",
+            )
+        )
     else:
         code = nv.error_code or "nvml.init_failed"
         remedy = _NVML_REMEDY.get(code, _NVML_REMEDY["nvml.init_failed"])
@@ -275,81 +325,170 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
         else:
             issues.append(_issue("warning", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
             status = "warn"
-        checks.append(PreflightCheck(name="nvml", status=status, code=code, message=f"NVML unavailable: {nv.error}",  # type: ignore[arg-type]
-                                     remedy=remedy, duration_ms=duration_ms))
+        checks.append(
+            PreflightCheck(
+                name="nvml",
+                status=status,
+                code=code,
+                message=f"NVML unavailable: {nv.error}",  # type: ignore[arg-type]
+                remedy=remedy,
+                duration_ms=duration_ms,
+            )
+        )
 
     # 2) torch
-    torch_msg = (f"torch {th.torch_version}, CUDA {th.cuda_version or 'none (CPU build)'}, "
-                 f"{th.device_count} device(s) available" if th.cuda_available else
-                 f"torch {th.torch_version}: CUDA not available ({th.cuda_version or 'CPU build'})")
-    checks.append(PreflightCheck(name="torch_cuda", status="pass" if th.cuda_available or not wants_cuda else "fail",
-                                 code=None if th.cuda_available or not wants_cuda else "accelerator.not_found",
-                                 message=torch_msg, remedy=None, duration_ms=0.0))
+    torch_msg = (
+        f"torch {th.torch_version}, CUDA {th.cuda_version or 'none (CPU build)'}, {th.device_count} device(s) available"
+        if th.cuda_available
+        else f"torch {th.torch_version}: CUDA not available ({th.cuda_version or 'CPU build'})"
+    )
+    checks.append(
+        PreflightCheck(
+            name="torch_cuda",
+            status="pass" if th.cuda_available or not wants_cuda else "fail",
+            code=None if th.cuda_available or not wants_cuda else "accelerator.not_found",
+            message=torch_msg,
+            remedy=None,
+            duration_ms=0.0,
+        )
+    )
 
     # 3) cross-checks: NVML sees GPUs that torch cannot use; device counts disagree
     mapped = [v for v in probe.visible if v.nvml_index is not None]
     if nv.available and mapped and not th.cuda_available and probe.requested_device != "cpu":
-        issues.append(_issue(
-            "error", "accelerator.torch_cuda_unavailable", "torch",
-            f"NVML sees {len(mapped)} visible GPU(s) but torch {th.torch_version} cannot use CUDA "
-            f"(torch.version.cuda={th.cuda_version}){': ' + th.error if th.error else ''}",
-            f"install a CUDA build of torch that supports driver CUDA {nv.cuda_driver_version}, "
-            "or set runtime.device: cpu to train on the CPU"))
+        issues.append(
+            _issue(
+                "error",
+                "accelerator.torch_cuda_unavailable",
+                "torch",
+                f"NVML sees {len(mapped)} visible GPU(s) but torch {th.torch_version} cannot use CUDA "
+                f"(torch.version.cuda={th.cuda_version}){': ' + th.error if th.error else ''}",
+                f"install a CUDA build of torch that supports driver CUDA {nv.cuda_driver_version}, "
+                "or set runtime.device: cpu to train on the CPU",
+            )
+        )
     if nv.available and th.cuda_available and len(mapped) != th.device_count:
-        issues.append(_issue(
-            "warning", "accelerator.device_count_mismatch", "CUDA_VISIBLE_DEVICES",
-            f"NVML maps {len(mapped)} visible device(s) (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
-            f"but torch sees {th.device_count}",
-            "check CUDA_VISIBLE_DEVICES: entries after an unknown index or UUID are ignored by CUDA"))
+        issues.append(
+            _issue(
+                "warning",
+                "accelerator.device_count_mismatch",
+                "CUDA_VISIBLE_DEVICES",
+                f"NVML maps {len(mapped)} visible device(s) (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
+                f"but torch sees {th.device_count}",
+                "check CUDA_VISIBLE_DEVICES: entries after an unknown index or UUID are ignored by CUDA",
+            )
+        )
 
     # 4) resolution and VRAM gate
     name = "accelerator"
     if not probe.resolved_device.startswith("cuda"):
         if probe.required:
             why = "runtime.device is cpu" if probe.requested_device == "cpu" else "no usable CUDA device was found"
-            issues.append(_issue(
-                "error", "accelerator.not_found", "preflight.require_accelerator",
-                f"preflight.require_accelerator is true but {why}",
-                "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set preflight.require_accelerator: false"))
-            checks.append(PreflightCheck(name=name, status="fail", code="accelerator.not_found", message=probe.reason,
-                                         remedy="run on a GPU machine or set preflight.require_accelerator: false", duration_ms=0.0))
+            issues.append(
+                _issue(
+                    "error",
+                    "accelerator.not_found",
+                    "preflight.require_accelerator",
+                    f"preflight.require_accelerator is true but {why}",
+                    "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set preflight.require_accelerator: false",
+                )
+            )
+            checks.append(
+                PreflightCheck(
+                    name=name,
+                    status="fail",
+                    code="accelerator.not_found",
+                    message=probe.reason,
+                    remedy="run on a GPU machine or set preflight.require_accelerator: false",
+                    duration_ms=0.0,
+                )
+            )
         else:
-            checks.append(PreflightCheck(name=name, status="skip", code=None, message=f"{probe.reason}; no VRAM gate",
-                                         remedy=None, duration_ms=0.0))
+            checks.append(
+                PreflightCheck(name=name, status="skip", code=None, message=f"{probe.reason}; no VRAM gate", remedy=None, duration_ms=0.0)
+            )
         return checks, issues
     index = int(probe.resolved_device.split(":")[1])
     if not probe.available:
-        issues.append(_issue("error", "accelerator.not_found", "runtime.device",
-                             f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
-                             "run on a GPU machine with a CUDA build of torch, or set runtime.device: auto or cpu"))
-        checks.append(PreflightCheck(name=name, status="fail", code="accelerator.not_found", message=probe.reason,
-                                     remedy="set runtime.device: auto or cpu", duration_ms=0.0))
+        issues.append(
+            _issue(
+                "error",
+                "accelerator.not_found",
+                "runtime.device",
+                f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
+                "run on a GPU machine with a CUDA build of torch, or set runtime.device: auto or cpu",
+            )
+        )
+        checks.append(
+            PreflightCheck(
+                name=name,
+                status="fail",
+                code="accelerator.not_found",
+                message=probe.reason,
+                remedy="set runtime.device: auto or cpu",
+                duration_ms=0.0,
+            )
+        )
         return checks, issues
     if index >= probe.device_count:
-        issues.append(_issue("error", "accelerator.invalid_device_index", "runtime.device",
-                             f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
-                             f"use cuda:0..cuda:{probe.device_count - 1} or check CUDA_VISIBLE_DEVICES"))
-        checks.append(PreflightCheck(name=name, status="fail", code="accelerator.invalid_device_index", message=probe.reason,
-                                     remedy="pick a visible device", duration_ms=0.0))
+        issues.append(
+            _issue(
+                "error",
+                "accelerator.invalid_device_index",
+                "runtime.device",
+                f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
+                f"use cuda:0..cuda:{probe.device_count - 1} or check CUDA_VISIBLE_DEVICES",
+            )
+        )
+        checks.append(
+            PreflightCheck(
+                name=name,
+                status="fail",
+                code="accelerator.invalid_device_index",
+                message=probe.reason,
+                remedy="pick a visible device",
+                duration_ms=0.0,
+            )
+        )
         return checks, issues
     sel = probe.visible[index] if index < len(probe.visible) else None
     ndev = next((d for d in nv.devices if sel is not None and d.index == sel.nvml_index), None)
     if ndev is not None and ndev.mig_enabled and (sel is None or sel.mig_uuid is None):
-        issues.append(_issue("warning", "accelerator.mig_enabled", f"nvml:{ndev.index}",
-                             f"MIG is enabled on {ndev.name} ({ndev.uuid}); CUDA can only use its MIG instances",
-                             "set CUDA_VISIBLE_DEVICES to a MIG instance UUID (MIG-...) listed in the report, or disable MIG"))
+        issues.append(
+            _issue(
+                "warning",
+                "accelerator.mig_enabled",
+                f"nvml:{ndev.index}",
+                f"MIG is enabled on {ndev.name} ({ndev.uuid}); CUDA can only use its MIG instances",
+                "set CUDA_VISIBLE_DEVICES to a MIG instance UUID (MIG-...) listed in the report, or disable MIG",
+            )
+        )
     free, total = probe.free_memory_bytes, probe.total_memory_bytes
     gib = lambda b: "unknown" if b is None else f"{b / GIB:.2f} GiB"  # noqa: E731
     detail = f"{probe.device_name}: free {gib(free)} of {gib(total)}, need {gib(probe.min_memory_bytes)} free"
     if free is None or free < probe.min_memory_bytes:
         enough_total = total is not None and total >= probe.min_memory_bytes
-        issues.append(_issue(
-            "error", "accelerator.insufficient_vram", probe.resolved_device,
-            f"{detail}" + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
-            "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib"))
-        checks.append(PreflightCheck(name=name, status="fail", code="accelerator.insufficient_vram", message=detail,
-                                     remedy="free GPU memory or pick another device", duration_ms=0.0))
+        issues.append(
+            _issue(
+                "error",
+                "accelerator.insufficient_vram",
+                probe.resolved_device,
+                f"{detail}" + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
+                "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib",
+            )
+        )
+        checks.append(
+            PreflightCheck(
+                name=name,
+                status="fail",
+                code="accelerator.insufficient_vram",
+                message=detail,
+                remedy="free GPU memory or pick another device",
+                duration_ms=0.0,
+            )
+        )
     else:
-        checks.append(PreflightCheck(name=name, status="pass", code=None, message=f"{probe.resolved_device} {detail}",
-                                     remedy=None, duration_ms=0.0))
+        checks.append(
+            PreflightCheck(name=name, status="pass", code=None, message=f"{probe.resolved_device} {detail}", remedy=None, duration_ms=0.0)
+        )
     return checks, issues

@@ -316,7 +316,6 @@ class PreflightOutcome(_Doc):
     """Codes of warnings (sorted)."""
 
 
-
 TrainingPreflightReport = PreflightReport
 
 

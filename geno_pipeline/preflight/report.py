@@ -71,16 +71,40 @@ class _Collector:
         except Exception as exc:
             ms = (time.perf_counter() - start) * 1000.0
             text = f"{type(exc).__name__}: {exc}"
-            self.issues.append(_issue("error", "preflight.probe_error", name, f"probe {name!r} raised {text}",
-                                      "this is a bug or a broken installation; the exception text says where"))
-            self.checks.append(PreflightCheck(name=name, status="fail", code="preflight.probe_error", message=text,
-                                              remedy="see the issue text", duration_ms=round(ms, 3)))
+            self.issues.append(
+                _issue(
+                    "error",
+                    "preflight.probe_error",
+                    name,
+                    f"probe {name!r} raised {text}",
+                    "this is a bug or a broken installation; the exception text says where",
+                )
+            )
+            self.checks.append(
+                PreflightCheck(
+                    name=name,
+                    status="fail",
+                    code="preflight.probe_error",
+                    message=text,
+                    remedy="see the issue text",
+                    duration_ms=round(ms, 3),
+                )
+            )
             return None, ms
 
-    def check(self, name: str, status: str, message: str, *, code: str | None = None, remedy: str | None = None,
-              duration_ms: float = 0.0) -> None:
-        self.checks.append(PreflightCheck(name=name, status=status, code=code, message=message, remedy=remedy,  # type: ignore[arg-type]
-                                          duration_ms=round(duration_ms, 3)))
+    def check(
+        self, name: str, status: str, message: str, *, code: str | None = None, remedy: str | None = None, duration_ms: float = 0.0
+    ) -> None:
+        self.checks.append(
+            PreflightCheck(
+                name=name,
+                status=status,
+                code=code,
+                message=message,
+                remedy=remedy,  # type: ignore[arg-type]
+                duration_ms=round(duration_ms, 3),
+            )
+        )
 
 
 def _dependency_results(c: _Collector, root: Path, probe: DependencyProbeFn) -> list[DependencyProbe]:
@@ -97,14 +121,19 @@ def _dependency_results(c: _Collector, root: Path, probe: DependencyProbeFn) -> 
         label = f"{package} {result.version or '(not installed)'}"
         if not result.available:
             code = "dependency.missing" if result.version is None else "dependency.import_error"
-            remedy = ("pip install -c requirements.lock -e . (installs every pinned dependency)" if code == "dependency.missing"
-                      else f"reinstall {package} (pip install --force-reinstall -c requirements.lock {package}); the import error names the cause")
+            remedy = (
+                "pip install -c requirements.lock -e . (installs every pinned dependency)"
+                if code == "dependency.missing"
+                else f"reinstall {package} (pip install --force-reinstall -c requirements.lock {package}); the import error names the cause"
+            )
             c.issues.append(_issue(severity, code, import_name, f"{label}: {result.reason}", remedy))
             c.check(f"dependency.{import_name}", status, f"{label}: {result.reason}", code=code, remedy=remedy, duration_ms=ms)
         elif result.version_ok is False:
             remedy = f"pip install -c requirements.lock '{package}>={result.minimum_version}'"
             c.issues.append(_issue(severity, "dependency.too_old", import_name, f"{label}: {result.reason}", remedy))
-            c.check(f"dependency.{import_name}", status, f"{label}: {result.reason}", code="dependency.too_old", remedy=remedy, duration_ms=ms)
+            c.check(
+                f"dependency.{import_name}", status, f"{label}: {result.reason}", code="dependency.too_old", remedy=remedy, duration_ms=ms
+            )
         else:
             minimum = f" (>= {result.minimum_version})" if result.minimum_version else ""
             c.check(f"dependency.{import_name}", "pass", f"{label}{minimum}", duration_ms=ms)
@@ -138,30 +167,64 @@ def _determinism(runtime: RuntimeParams, resolved_device: str, torch_probe: Torc
 
 def _assess_determinism(c: _Collector, probe: DeterminismProbe, ms: float) -> None:
     if not probe.deterministic:
-        c.issues.append(_issue("warning", "determinism.disabled", "runtime.deterministic",
-                               "runtime.deterministic is false: results are not guaranteed to be reproducible",
-                               "set runtime.deterministic: true"))
-        c.check("determinism", "warn", "deterministic mode off", code="determinism.disabled",
-                remedy="set runtime.deterministic: true", duration_ms=ms)
+        c.issues.append(
+            _issue(
+                "warning",
+                "determinism.disabled",
+                "runtime.deterministic",
+                "runtime.deterministic is false: results are not guaranteed to be reproducible",
+                "set runtime.deterministic: true",
+            )
+        )
+        c.check(
+            "determinism",
+            "warn",
+            "deterministic mode off",
+            code="determinism.disabled",
+            remedy="set runtime.deterministic: true",
+            duration_ms=ms,
+        )
         return
     if not probe.deterministic_algorithms_supported:
-        c.issues.append(_issue("error", "determinism.unsupported", "runtime.deterministic",
-                               "torch.use_deterministic_algorithms(True) was refused",
-                               "upgrade torch to the locked version (requirements.lock)"))
+        c.issues.append(
+            _issue(
+                "error",
+                "determinism.unsupported",
+                "runtime.deterministic",
+                "torch.use_deterministic_algorithms(True) was refused",
+                "upgrade torch to the locked version (requirements.lock)",
+            )
+        )
         c.check("determinism", "fail", "deterministic algorithms unsupported", code="determinism.unsupported", duration_ms=ms)
         return
     if probe.cublas_workspace_config_applied and probe.cublas_workspace_config_env not in (None, *_VALID_CUBLAS):
-        c.issues.append(_issue("warning", "determinism.cublas_workspace_override", "CUBLAS_WORKSPACE_CONFIG",
-                               f"CUBLAS_WORKSPACE_CONFIG={probe.cublas_workspace_config_env!r} is not a deterministic setting; "
-                               f"train will override it with {CUBLAS_WORKSPACE_CONFIG}",
-                               f"unset CUBLAS_WORKSPACE_CONFIG or set it to {CUBLAS_WORKSPACE_CONFIG}"))
+        c.issues.append(
+            _issue(
+                "warning",
+                "determinism.cublas_workspace_override",
+                "CUBLAS_WORKSPACE_CONFIG",
+                f"CUBLAS_WORKSPACE_CONFIG={probe.cublas_workspace_config_env!r} is not a deterministic setting; "
+                f"train will override it with {CUBLAS_WORKSPACE_CONFIG}",
+                f"unset CUBLAS_WORKSPACE_CONFIG or set it to {CUBLAS_WORKSPACE_CONFIG}",
+            )
+        )
     if not probe.can_take_effect:
-        c.issues.append(_issue("warning", "determinism.cuda_already_initialized", "CUBLAS_WORKSPACE_CONFIG",
-                               "CUDA was initialised before preflight could check that CUBLAS_WORKSPACE_CONFIG can take effect",
-                               "do not import code that touches CUDA before geno-pipeline sets its determinism flags"))
+        c.issues.append(
+            _issue(
+                "warning",
+                "determinism.cuda_already_initialized",
+                "CUBLAS_WORKSPACE_CONFIG",
+                "CUDA was initialised before preflight could check that CUBLAS_WORKSPACE_CONFIG can take effect",
+                "do not import code that touches CUDA before geno-pipeline sets its determinism flags",
+            )
+        )
     applied = probe.cublas_workspace_config_applied or "n/a on CPU"
-    c.check("determinism", "pass" if probe.can_take_effect else "warn",
-            f"deterministic algorithms on, TF32 off, cuDNN benchmark off, CUBLAS_WORKSPACE_CONFIG {applied}", duration_ms=ms)
+    c.check(
+        "determinism",
+        "pass" if probe.can_take_effect else "warn",
+        f"deterministic algorithms on, TF32 off, cuDNN benchmark off, CUBLAS_WORKSPACE_CONFIG {applied}",
+        duration_ms=ms,
+    )
 
 
 def _disk(artifacts: Path, preflight: PreflightParams) -> DiskProbe:
@@ -187,8 +250,13 @@ def _disk(artifacts: Path, preflight: PreflightParams) -> DiskProbe:
 def _assess_disk(c: _Collector, disk: DiskProbe, ms: float) -> None:
     problems = []
     if disk.free_bytes < disk.min_free_bytes:
-        problems.append(("disk.insufficient_space", f"{disk.free_bytes / GIB:.2f} GiB free at {disk.path}, need {disk.min_free_bytes / GIB:.2f} GiB",
-                         "free disk space or lower preflight.min_free_disk_gib"))
+        problems.append(
+            (
+                "disk.insufficient_space",
+                f"{disk.free_bytes / GIB:.2f} GiB free at {disk.path}, need {disk.min_free_bytes / GIB:.2f} GiB",
+                "free disk space or lower preflight.min_free_disk_gib",
+            )
+        )
     if not disk.writable:
         problems.append(("disk.not_writable", f"cannot write to {disk.path}", "fix the directory's permissions or free its disk"))
     for code, message, remedy in problems:
@@ -208,13 +276,23 @@ def _assess_dataset(c: _Collector, dataset_dir: Path) -> str | None:
     for code, message in problems:
         c.issues.append(_issue("error", code, str(dataset_dir), message, "rebuild the dataset: geno-pipeline data (or dvc repro data)"))
     if problems:
-        c.check("dataset", "fail", problems[0][1] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
-                code=problems[0][0], remedy="rebuild the dataset: geno-pipeline data", duration_ms=ms)
+        c.check(
+            "dataset",
+            "fail",
+            problems[0][1] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+            code=problems[0][0],
+            remedy="rebuild the dataset: geno-pipeline data",
+            duration_ms=ms,
+        )
         return None
     manifest = read_json(dataset_dir / MANIFEST_NAME)
     counts = manifest["counts"]
-    c.check("dataset", "pass", f"{manifest['dataset_id']}: {counts['train_windows']} train / {counts['valid_windows']} valid windows, "
-            "every sha256 matches", duration_ms=ms)
+    c.check(
+        "dataset",
+        "pass",
+        f"{manifest['dataset_id']}: {counts['train_windows']} train / {counts['valid_windows']} valid windows, every sha256 matches",
+        duration_ms=ms,
+    )
     return str(manifest["dataset_id"])
 
 
@@ -231,12 +309,31 @@ def device_kind_for(probe: AcceleratorProbe) -> str:
 
 def _empty_accelerator(runtime: RuntimeParams, preflight: PreflightParams, error: str) -> AcceleratorProbe:
     return AcceleratorProbe(
-        requested_device=runtime.device, resolved_device="cpu", required=preflight.require_accelerator, available=False,
-        device_count=0, device_name=None, total_memory_bytes=None, free_memory_bytes=None,
-        min_memory_bytes=int(preflight.min_vram_gib * GIB), reason=f"probe failed: {error}", cuda_visible_devices=None, visible=[],
-        nvml=NvmlProbe(available=False, error_code="nvml.init_failed", error=error, driver_version=None, cuda_driver_version=None, devices=[]),
-        torch=TorchCudaProbe(torch_version=None, cuda_available=False, device_count=0, cuda_version=None, cudnn_version=None,
-                             cuda_initialized_before_probe=False, devices=[], error=error),
+        requested_device=runtime.device,
+        resolved_device="cpu",
+        required=preflight.require_accelerator,
+        available=False,
+        device_count=0,
+        device_name=None,
+        total_memory_bytes=None,
+        free_memory_bytes=None,
+        min_memory_bytes=int(preflight.min_vram_gib * GIB),
+        reason=f"probe failed: {error}",
+        cuda_visible_devices=None,
+        visible=[],
+        nvml=NvmlProbe(
+            available=False, error_code="nvml.init_failed", error=error, driver_version=None, cuda_driver_version=None, devices=[]
+        ),
+        torch=TorchCudaProbe(
+            torch_version=None,
+            cuda_available=False,
+            device_count=0,
+            cuda_version=None,
+            cudnn_version=None,
+            cuda_initialized_before_probe=False,
+            devices=[],
+            error=error,
+        ),
     )
 
 
@@ -259,8 +356,14 @@ def build_training_preflight_report(
         params, params_valid = Params(), False
         for problem in exc.problems or (str(exc),):
             c.issues.append(_issue("error", "params.invalid", str(request.params_path), problem, "fix params.yaml as the message says"))
-        c.check("params", "fail", f"{len(exc.problems) or 1} problem(s) in {request.params_path}; defaults used for the other checks",
-                code="params.invalid", remedy="fix params.yaml", duration_ms=(time.perf_counter() - start) * 1000)
+        c.check(
+            "params",
+            "fail",
+            f"{len(exc.problems) or 1} problem(s) in {request.params_path}; defaults used for the other checks",
+            code="params.invalid",
+            remedy="fix params.yaml",
+            duration_ms=(time.perf_counter() - start) * 1000,
+        )
     runtime = params.runtime
     overrides: dict[str, Any] = {}
     if request.min_cuda_vram_gb is not None:
@@ -304,8 +407,9 @@ def build_training_preflight_report(
         params_valid=params_valid,
         dataset_dir=str(request.dataset_dir),
         dataset_id=dataset_id,
-        environment=EnvironmentInfo(python=sys.version.split()[0], platform=platform.platform(), machine=platform.machine(),
-                                    packages=packages),
+        environment=EnvironmentInfo(
+            python=sys.version.split()[0], platform=platform.platform(), machine=platform.machine(), packages=packages
+        ),
         accelerator=accelerator,
         dependencies=dependencies,
         determinism=determinism,

@@ -35,8 +35,13 @@ def run_preflight_cli(*, root: Path, params_path: Path | None, output: Path | No
     warnings = len(report.issues) - errors
     verdict = "ok" if report.ok else "NOT OK"
     print(f"preflight: {verdict} (device {report.resolved_device}; {errors} error(s), {warnings} warning(s)); report: {out}")
-    write_runtime_report(root, "preflight", started_at=started, duration_s=time.perf_counter() - t0,
-                         facts={"ok": report.ok, "resolved_device": report.resolved_device})
+    write_runtime_report(
+        root,
+        "preflight",
+        started_at=started,
+        duration_s=time.perf_counter() - t0,
+        facts={"ok": report.ok, "resolved_device": report.resolved_device},
+    )
     if not report.ok:
         print("preflight: stopping here; fix the errors above and run again", file=sys.stderr)
         return 3

@@ -11,13 +11,20 @@ __all__ = ["model_card"]
 def model_card(meta: ReleaseMetadata, metrics: ReleaseMetrics, report: TrainingReport) -> str:
     """The model card text."""
     data, train, model = meta.params.data, meta.params.train, meta.params.train.model
-    source = f"FASTA `{data.fasta_path}`" if data.source == "fasta" else f"a seeded synthetic genome ({data.genome_length:,} bases, seed {data.seed})"
+    source = (
+        f"FASTA `{data.fasta_path}`"
+        if data.source == "fasta"
+        else f"a seeded synthetic genome ({data.genome_length:,} bases, seed {data.seed})"
+    )
     weights = ", ".join(f"{k} {v}" for k, v in train.edit_type_weights.items())
     mix = ", ".join(f"K={k} {v}" for k, v in sorted(train.rollout_step_mix.items()))
     final = report.collapse.final_check
-    collapse = ("no collapse alert at the final held-out observation" if meta.collapse_status == "no_alerts" else
-                "collapse alerts at the final observation, released under release.allow_collapse_alerts: "
-                + ", ".join(a.criterion for a in (final.alerts if final else [])))
+    collapse = (
+        "no collapse alert at the final held-out observation"
+        if meta.collapse_status == "no_alerts"
+        else "collapse alerts at the final observation, released under release.allow_collapse_alerts: "
+        + ", ".join(a.criterion for a in (final.alerts if final else []))
+    )
     ratio = f"{metrics.heldout_to_baseline:.3f}"
     return f"""# Model card: {meta.run_id}
 
@@ -65,5 +72,6 @@ Collapse status: {collapse}.
 - For research on latent world models of sequence edits and for testing reproducible training pipelines.
 - The encoder is a frozen random-feature stand-in, not a pretrained DNA language model: the latent space has no
   biological meaning, and predictions say nothing about variant effects, pathogenicity or any clinical question.
-- Trained on {"synthetic sequence" if data.source == "synthetic" else "the given FASTA only"}; do not expect it to transfer to other genomes.
+- Trained on {"synthetic sequence" if data.source == "synthetic" else "the given FASTA only"}; do not expect it to transfer
+  to other genomes.
 """

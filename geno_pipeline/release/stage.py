@@ -103,11 +103,15 @@ def check_gates(params: Params, paths: ReleasePaths) -> tuple[PreflightOutcome, 
         raise ReleaseError(f"gate 'training completed' failed: {paths.train_report} is missing; fix: run `geno-pipeline train`")
     report = TrainingReport.model_validate(read_json(paths.train_report, schema="train_report"))
     if report.status != "completed" or report.steps_completed != report.steps_requested:
-        failures.append(f"training completed: status {report.status}, {report.steps_completed}/{report.steps_requested} steps; "
-                        "fix: finish training (geno-pipeline train --resume auto)")
+        failures.append(
+            f"training completed: status {report.status}, {report.steps_completed}/{report.steps_requested} steps; "
+            "fix: finish training (geno-pipeline train --resume auto)"
+        )
     expected = train_params_sha256(params.runtime, params.train, params.collapse)
     if report.params_sha256 != expected:
-        failures.append("params unchanged since training: the runtime/train/collapse params differ from the ones trained with; fix: retrain")
+        failures.append(
+            "params unchanged since training: the runtime/train/collapse params differ from the ones trained with; fix: retrain"
+        )
     weights: dict[str, torch.Tensor] = {}
     model_path = paths.train_dir / MODEL_FILE
     if report.status == "completed":
@@ -124,8 +128,10 @@ def check_gates(params: Params, paths: ReleasePaths) -> tuple[PreflightOutcome, 
     final = report.collapse.final_check
     if final is not None and final.alerts and not params.release.allow_collapse_alerts:
         alerts = ", ".join(f"{a.criterion}={a.value:.4g} (threshold {a.threshold:.4g})" for a in final.alerts)
-        failures.append(f"no collapse alert at the final observation: step {final.step} has {alerts}; "
-                        "fix: investigate collapse, or set release.allow_collapse_alerts: true to release anyway")
+        failures.append(
+            f"no collapse alert at the final observation: step {final.step} has {alerts}; "
+            "fix: investigate collapse, or set release.allow_collapse_alerts: true to release anyway"
+        )
     if failures:
         raise ReleaseError("release refused; nothing was written. Failed gates:\n" + "\n".join(f"  - {f}" for f in failures))
     return outcome, report, weights
@@ -161,38 +167,75 @@ def run_release(params: Params, paths: ReleasePaths) -> ReleaseReport:
     stage = staging_dir(paths.bundle)
     try:
         # 1) weights, with identity in the safetensors header
-        meta = {"format": MODEL_FORMAT, "run_id": report.run_id, "params_sha256": report.params_sha256,
-                "seed": str(params.train.seed), "source_digest": digest, "window_length": str(params.data.window_length),
-                "model_params": json.dumps(params.train.model.model_dump(), sort_keys=True),
-                "encoder_seed": str(report.seeds.encoder), "init_seed": str(report.seeds.model_init)}
+        meta = {
+            "format": MODEL_FORMAT,
+            "run_id": report.run_id,
+            "params_sha256": report.params_sha256,
+            "seed": str(params.train.seed),
+            "source_digest": digest,
+            "window_length": str(params.data.window_length),
+            "model_params": json.dumps(params.train.model.model_dump(), sort_keys=True),
+            "encoder_seed": str(report.seeds.encoder),
+            "init_seed": str(report.seeds.model_init),
+        }
         atomic_write_bytes(stage / MODEL_FILE, serialize_tensors(weights, meta))
         # 2) metrics and metadata
         assert report.final_train_loss is not None and report.final_heldout_loss is not None and report.heldout_to_baseline is not None
         metrics = ReleaseMetrics(
-            run_id=report.run_id, steps=report.steps_completed, final_train_loss=report.final_train_loss,
-            final_heldout_loss=report.final_heldout_loss, identity_baseline_heldout_loss=report.identity_baseline_heldout_loss,
-            heldout_to_baseline=report.heldout_to_baseline, collapse_alerts=report.collapse.alert_count,
-            final_pred_var_ratio=(final.metrics.pred_var_per_dim / final.metrics.target_var_per_dim
-                                  if final and final.metrics.target_var_per_dim > 0 else None),
-            final_pairwise_ratio=(final.metrics.pairwise_pred_dist_mean / final.baseline_pairwise_pred_dist_mean
-                                  if final and final.baseline_pairwise_pred_dist_mean > 0 else None),
+            run_id=report.run_id,
+            steps=report.steps_completed,
+            final_train_loss=report.final_train_loss,
+            final_heldout_loss=report.final_heldout_loss,
+            identity_baseline_heldout_loss=report.identity_baseline_heldout_loss,
+            heldout_to_baseline=report.heldout_to_baseline,
+            collapse_alerts=report.collapse.alert_count,
+            final_pred_var_ratio=(
+                final.metrics.pred_var_per_dim / final.metrics.target_var_per_dim
+                if final and final.metrics.target_var_per_dim > 0
+                else None
+            ),
+            final_pairwise_ratio=(
+                final.metrics.pairwise_pred_dist_mean / final.baseline_pairwise_pred_dist_mean
+                if final and final.baseline_pairwise_pred_dist_mean > 0
+                else None
+            ),
             final_effective_rank=final.metrics.effective_rank if final else None,
         )
         write_json(stage / "metrics.json", metrics, schema="release_metrics")
         metadata = ReleaseMetadata(
-            run_id=report.run_id, package_version=__version__, source_digest=digest, created_at=created, params=params,
-            params_sha256=report.params_sha256, seeds=report.seeds, determinism=report.determinism, environment=fingerprint,
-            dataset_id=report.dataset_id, dataset_manifest_sha256=report.dataset_manifest_sha256, inputs=inputs, preflight=outcome,
-            collapse_status="alerts_acknowledged" if final is not None and final.alerts else "no_alerts", model_file=MODEL_FILE,
+            run_id=report.run_id,
+            package_version=__version__,
+            source_digest=digest,
+            created_at=created,
+            params=params,
+            params_sha256=report.params_sha256,
+            seeds=report.seeds,
+            determinism=report.determinism,
+            environment=fingerprint,
+            dataset_id=report.dataset_id,
+            dataset_manifest_sha256=report.dataset_manifest_sha256,
+            inputs=inputs,
+            preflight=outcome,
+            collapse_status="alerts_acknowledged" if final is not None and final.alerts else "no_alerts",
+            model_file=MODEL_FILE,
         )
         write_json(stage / "metadata.json", metadata, schema="release_metadata")
         # 3) people's card
         atomic_write_text(stage / "MODEL_CARD.md", model_card(metadata, metrics, report))
         # 4) provenance over every other file
-        subjects = [Subject(name=n, digest={"sha256": sha256_file(stage / n)}) for n in (MODEL_FILE, "metrics.json", "metadata.json", "MODEL_CARD.md")]
-        deps = [ResourceDescriptor(name="source", digest={"sha256": digest.removeprefix("sha256:")}),
-                ResourceDescriptor(name="dataset_manifest", uri=_rel(paths.root, paths.manifest), digest={"sha256": report.dataset_manifest_sha256})]
-        deps += [ResourceDescriptor(name=name, uri=f"pkg:pypi/{name.lower()}@{version}") for name, version in locked_packages(package_root())]
+        subjects = [
+            Subject(name=n, digest={"sha256": sha256_file(stage / n)})
+            for n in (MODEL_FILE, "metrics.json", "metadata.json", "MODEL_CARD.md")
+        ]
+        deps = [
+            ResourceDescriptor(name="source", digest={"sha256": digest.removeprefix("sha256:")}),
+            ResourceDescriptor(
+                name="dataset_manifest", uri=_rel(paths.root, paths.manifest), digest={"sha256": report.dataset_manifest_sha256}
+            ),
+        ]
+        deps += [
+            ResourceDescriptor(name=name, uri=f"pkg:pypi/{name.lower()}@{version}") for name, version in locked_packages(package_root())
+        ]
         statement = ProvenanceStatement(
             subject=subjects,
             predicate=SlsaPredicate(
@@ -202,8 +245,10 @@ def run_release(params: Params, paths: ReleasePaths) -> ReleaseReport:
                     internalParameters={"seeds": report.seeds.model_dump(), "environment": fingerprint.model_dump(mode="json")},
                     resolvedDependencies=deps,
                 ),
-                runDetails=RunDetails(builder=Builder(id="https://geno-pipeline.invalid/builders/local-dvc"),
-                                      metadata=BuildMetadata(invocationId=report.run_id, startedOn=created)),
+                runDetails=RunDetails(
+                    builder=Builder(id="https://geno-pipeline.invalid/builders/local-dvc"),
+                    metadata=BuildMetadata(invocationId=report.run_id, startedOn=created),
+                ),
             ),
         )
         document = statement.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -214,10 +259,16 @@ def run_release(params: Params, paths: ReleasePaths) -> ReleaseReport:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    files = [BundleFile(name=n, sha256=sha256_file(paths.bundle / n), bytes=(paths.bundle / n).stat().st_size)
-             for n in sorted((*BUNDLE_FILES, "SHA256SUMS"))]
-    release = ReleaseReport(run_id=report.run_id, bundle_dir=_rel(paths.root, paths.bundle), files=files,
-                            verify_command=f"geno-pipeline verify {_rel(paths.root, paths.bundle)}")
+    files = [
+        BundleFile(name=n, sha256=sha256_file(paths.bundle / n), bytes=(paths.bundle / n).stat().st_size)
+        for n in sorted((*BUNDLE_FILES, "SHA256SUMS"))
+    ]
+    release = ReleaseReport(
+        run_id=report.run_id,
+        bundle_dir=_rel(paths.root, paths.bundle),
+        files=files,
+        verify_command=f"geno-pipeline verify {_rel(paths.root, paths.bundle)}",
+    )
     write_json(paths.root / "reports" / "release.json", release, schema="release_report")
     return release
 
@@ -228,8 +279,13 @@ def run_release_cli(params: Params, *, root: Path) -> int:
     paths = ReleasePaths(Path(root))
     release = run_release(params, paths)
     commit, dirty = git_state(paths.root)
-    write_runtime_report(paths.root, "release", started_at=started, duration_s=time.perf_counter() - t0,
-                         facts={"run_id": release.run_id, "git_commit_at_release": commit, "git_dirty_at_release": dirty})
+    write_runtime_report(
+        paths.root,
+        "release",
+        started_at=started,
+        duration_s=time.perf_counter() - t0,
+        facts={"run_id": release.run_id, "git_commit_at_release": commit, "git_dirty_at_release": dirty},
+    )
     sums = next(f.sha256 for f in release.files if f.name == "SHA256SUMS")
     print(f"release: wrote {release.bundle_dir} ({len(release.files)} files, SHA256SUMS {sums[:16]}...) for {release.run_id}")
     print(f"release: check it with `{release.verify_command}` or `cd {release.bundle_dir} && sha256sum -c --strict SHA256SUMS`")

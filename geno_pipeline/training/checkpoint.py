@@ -30,12 +30,12 @@ __all__ = [
     "OptimizerGroupState",
     "SamplerState",
     "checkpoint_dir_name",
+    "group_states",
     "list_checkpoints",
     "load_checkpoint",
+    "optimizer_tensors",
     "prune_checkpoints",
     "remove_stale_staging",
-    "group_states",
-    "optimizer_tensors",
     "restore_optimizer",
     "save_checkpoint",
 ]
@@ -117,7 +117,7 @@ class OptimizerGroupState(_Doc):
 class CheckpointState(_Doc):
     """state.json of a resume checkpoint."""
 
-    schema_id: Literal["geno-pipeline/checkpoint-state"] = CHECKPOINT_SCHEMA_ID
+    schema_id: Literal["geno-pipeline/checkpoint-state"] = "geno-pipeline/checkpoint-state"
     """Identifies the document kind."""
     schema_version: Literal["1.0"] = "1.0"
     """Version of this document's shape."""
@@ -210,8 +210,11 @@ def load_checkpoint(path: Path, *, expected: Bindings, steps_total: int) -> Load
         raise TrainingCheckpointError(f"{path}: not a checkpoint (no {STATE_FILE}); fix: pass a step-NNNNNN directory or --resume auto")
     problems = check_sha256sums(path)
     if problems:
-        raise TrainingCheckpointError(f"{path}: checkpoint files are corrupt or were edited:\n" + "\n".join(f"  - {p}" for p in problems)
-                                      + "\nfix: resume from another checkpoint or train from scratch (without --resume)")
+        raise TrainingCheckpointError(
+            f"{path}: checkpoint files are corrupt or were edited:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\nfix: resume from another checkpoint or train from scratch (without --resume)"
+        )
     try:
         state = CheckpointState.model_validate(read_json(path / STATE_FILE, schema="checkpoint_state"))
     except (SchemaValidationError, ValidationError) as exc:
@@ -227,11 +230,18 @@ def load_checkpoint(path: Path, *, expected: Bindings, steps_total: int) -> Load
     if state.steps_total != steps_total:
         diffs.append(f"steps_total: checkpoint has {state.steps_total}, this run has {steps_total}")
     if diffs:
-        what = {"params_sha256": "params", "dataset_manifest_sha256": "dataset", "package_version": "package version",
-                "environment_sha256": "environment"}
+        what = {
+            "params_sha256": "params",
+            "dataset_manifest_sha256": "dataset",
+            "package_version": "package version",
+            "environment_sha256": "environment",
+        }
         names = ", ".join(what.get(d.split(":")[0], d.split(":")[0]) for d in diffs)
-        raise TrainingCheckpointError(f"{path}: checkpoint was made with different {names}:\n" + "\n".join(f"  - {d}" for d in diffs)
-                                      + "\nfix: restore the original inputs, or train from scratch (without --resume)")
+        raise TrainingCheckpointError(
+            f"{path}: checkpoint was made with different {names}:\n"
+            + "\n".join(f"  - {d}" for d in diffs)
+            + "\nfix: restore the original inputs, or train from scratch (without --resume)"
+        )
     return LoadedCheckpoint(path=path, state=state, model=load_file(path / MODEL_FILE), optimizer=load_file(path / OPTIMIZER_FILE))
 
 
@@ -258,8 +268,12 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -
     return out
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[OptimizerGroupState],
-                      params_by_name: dict[str, torch.nn.Parameter]) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    groups: list[OptimizerGroupState],
+    params_by_name: dict[str, torch.nn.Parameter],
+) -> None:
     """Load `optimizer_tensors` output and group hyper-parameters back into a fresh optimizer."""
     for group, saved in zip(optimizer.param_groups, groups, strict=True):
         if group.get("group_name") != saved.group_name:
@@ -278,9 +292,17 @@ def group_states(optimizer: torch.optim.Optimizer) -> list[OptimizerGroupState]:
     """Hyper-parameters of every group, for state.json."""
     out = []
     for group in optimizer.param_groups:
-        out.append(OptimizerGroupState(group_name=group["group_name"], names=list(group["names"]), lr=group["lr"],
-                                       initial_lr=group["initial_lr"], weight_decay=group["weight_decay"],
-                                       betas=list(group["betas"]), eps=group["eps"]))
+        out.append(
+            OptimizerGroupState(
+                group_name=group["group_name"],
+                names=list(group["names"]),
+                lr=group["lr"],
+                initial_lr=group["initial_lr"],
+                weight_decay=group["weight_decay"],
+                betas=list(group["betas"]),
+                eps=group["eps"],
+            )
+        )
     return out
 
 

@@ -143,7 +143,9 @@ def compute_collapse_metrics(prediction: object, target: object, *, kl_reg: floa
     )
 
 
-def reference_collapse_metrics(prediction: Sequence[Sequence[float]], target: Sequence[Sequence[float]], *, kl_reg: float) -> dict[str, float]:
+def reference_collapse_metrics(
+    prediction: Sequence[Sequence[float]], target: Sequence[Sequence[float]], *, kl_reg: float
+) -> dict[str, float]:
     """Slow pure-Python version of the seven seed metrics (for tests and benchmarks)."""
     n, d = len(prediction), len(prediction[0])
     cos_sum = l2_sum = 0.0
@@ -243,8 +245,14 @@ class CollapseMonitor:
         return step > 0 and step % self.log_every_steps == 0
 
     def observe(
-        self, prediction: object, target: object, *, kl_reg: float, step: int,
-        logger: CollapseLogger | None = None, force: bool = False,
+        self,
+        prediction: object,
+        target: object,
+        *,
+        kl_reg: float,
+        step: int,
+        logger: CollapseLogger | None = None,
+        force: bool = False,
     ) -> CollapseCheck | None:
         """Observe a held-out batch at `step`; None on non-scheduled steps unless `force`."""
         if not (force or self.should_log(step)):
@@ -252,8 +260,9 @@ class CollapseMonitor:
         metrics = compute_collapse_metrics(prediction, target, kl_reg=kl_reg)
         if self.initial_pairwise_pred_dist_mean is None:
             self.initial_pairwise_pred_dist_mean = metrics.pairwise_pred_dist_mean
-        alerts = detect_collapse(metrics, thresholds=self.thresholds,
-                                 initial_pairwise_pred_dist_mean=self.initial_pairwise_pred_dist_mean, step=step)
+        alerts = detect_collapse(
+            metrics, thresholds=self.thresholds, initial_pairwise_pred_dist_mean=self.initial_pairwise_pred_dist_mean, step=step
+        )
         check = CollapseCheck(step=step, metrics=metrics, alerts=alerts)
         self.history.append(check)
         record_collapse_metrics(metrics, alerts=alerts, logger=logger, step=step)

@@ -81,7 +81,7 @@ def configure_torch_reproducibility(
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeding the legacy global generator on purpose
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = False

@@ -29,6 +29,10 @@ class FrozenConvEncoder(nn.Module):
     segment keeps position information, so a local edit changes the state of its segment.
     """
 
+    conv_weight: Tensor
+    conv_bias: Tensor
+    projection: Tensor
+
     def __init__(self, *, window_length: int, params: ModelParams, seed: int) -> None:
         super().__init__()
         if window_length % params.segments:
@@ -70,8 +74,12 @@ class Predictor(nn.Module):
         super().__init__()
         self.residual = residual
         self.net = nn.Sequential(
-            nn.Linear(state_dim + hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, state_dim),
+            nn.Linear(state_dim + hidden_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, state_dim),
         )
 
     def forward(self, state: Tensor, action: Tensor) -> Tensor:

@@ -165,9 +165,7 @@ def draw_edit_type_counts(
     return counts
 
 
-def draw_rollout_step_counts(
-    n: int, *, rng: random.Random, mix: Sequence[RolloutStepWeight] = DEFAULT_ROLLOUT_STEP_MIX
-) -> dict[int, int]:
+def draw_rollout_step_counts(n: int, *, rng: random.Random, mix: Sequence[RolloutStepWeight] = DEFAULT_ROLLOUT_STEP_MIX) -> dict[int, int]:
     """Draw `n` rollout lengths; return counts for every K in the mix (summing to `n`)."""
     steps, cum = _mix_table(mix)
     counts = dict.fromkeys(steps, 0)

@@ -63,9 +63,7 @@ def wsd_lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedul
     return max(_FLOOR, _lerp(_FLOOR, _DECAY_END, total - step, total - taper_start))
 
 
-def set_optimizer_lr(
-    optimizer: Any, *, step: int, total_steps: int, warmup_steps: int, schedule: ScheduleName = "wsd"
-) -> float:
+def set_optimizer_lr(optimizer: Any, *, step: int, total_steps: int, warmup_steps: int, schedule: ScheduleName = "wsd") -> float:
     """Set every param group's lr to its `initial_lr` x multiplier; return the multiplier.
 
     A group without `initial_lr` gets it from its current `lr` first (as torch schedulers do).

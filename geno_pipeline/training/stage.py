@@ -94,7 +94,9 @@ class TrainPaths:
     @classmethod
     def for_root(cls, root: Path) -> TrainPaths:
         root = Path(root)
-        return cls(root=root, dataset_dir=root / "artifacts" / "dataset", out_dir=root / "artifacts" / "train", reports_dir=root / "reports")
+        return cls(
+            root=root, dataset_dir=root / "artifacts" / "dataset", out_dir=root / "artifacts" / "train", reports_dir=root / "reports"
+        )
 
     @property
     def checkpoints(self) -> Path:
@@ -113,8 +115,10 @@ def resolve_device(requested: str) -> str:
     if requested.startswith("cuda"):
         index = int(requested.split(":")[1]) if ":" in requested else 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise TrainingError(f"runtime.device is {requested} but torch cannot use that CUDA device; "
-                                "fix: run preflight to see why, or set runtime.device: auto or cpu")
+            raise TrainingError(
+                f"runtime.device is {requested} but torch cannot use that CUDA device; "
+                "fix: run preflight to see why, or set runtime.device: auto or cpu"
+            )
         return f"cuda:{index}"
     return "cpu"
 
@@ -156,11 +160,19 @@ def _encode(model: WorldModel, batch: TupleBatch, device: str) -> TorchTrainerBa
     )
 
 
-def _held_out(model: WorldModel, dataset: Dataset, train: TrainParams, collapse: CollapseParams, seeds: TrainerSeeds, device: str) -> HeldOut:
+def _held_out(
+    model: WorldModel, dataset: Dataset, train: TrainParams, collapse: CollapseParams, seeds: TrainerSeeds, device: str
+) -> HeldOut:
     rng = np.random.default_rng(seeds.validation)
-    raw = draw_tuples(rng, dataset.valid, collapse.valid_batch_size, window_length=dataset.manifest.counts.window_length,
-                      weights=edit_type_weights_from_mapping(train.edit_type_weights), mix=rollout_mix_from_mapping(train.rollout_step_mix),
-                      split="valid")
+    raw = draw_tuples(
+        rng,
+        dataset.valid,
+        collapse.valid_batch_size,
+        window_length=dataset.manifest.counts.window_length,
+        weights=edit_type_weights_from_mapping(train.edit_type_weights),
+        mix=rollout_mix_from_mapping(train.rollout_step_mix),
+        split="valid",
+    )
     enc = _encode(model, raw, device)
     identity = masked_prediction_loss(enc.state.unsqueeze(1).expand_as(enc.target), enc.target, enc.action_mask)
     last = torch.from_numpy(raw.rollout_steps - 1).to(device)
@@ -208,7 +220,8 @@ class RunLogs:
             if len(data) < want.bytes or sha256_bytes(data[: want.bytes]) != want.sha256:
                 raise TrainingCheckpointError(
                     f"{path}: does not start with the {want.bytes} bytes the checkpoint recorded (the metric history differs); "
-                    "fix: train from scratch (without --resume)")
+                    "fix: train from scratch (without --resume)"
+                )
             atomic_write_bytes(path, data[: want.bytes])
 
     def metrics(self, line: MetricsLine) -> None:
@@ -274,8 +287,11 @@ class CollapseTracker:
     def summary(self) -> CollapseSummary:
         later = [ln for ln in self.lines if ln.step > 0]
         ratios_var = [ln.metrics.pred_var_per_dim / ln.metrics.target_var_per_dim for ln in later if ln.metrics.target_var_per_dim > 0]
-        ratios_pair = [ln.metrics.pairwise_pred_dist_mean / ln.baseline_pairwise_pred_dist_mean for ln in later
-                       if ln.baseline_pairwise_pred_dist_mean > 0]
+        ratios_pair = [
+            ln.metrics.pairwise_pred_dist_mean / ln.baseline_pairwise_pred_dist_mean
+            for ln in later
+            if ln.baseline_pairwise_pred_dist_mean > 0
+        ]
         return CollapseSummary(
             final_check=self.lines[-1] if self.lines else None,
             alert_count=sum(len(ln.alerts) for ln in self.lines),
@@ -290,11 +306,20 @@ def _observe(model: WorldModel, held: HeldOut, step: int, tracker: CollapseTrack
     metrics = compute_collapse_metrics(pred, target, kl_reg=kl)
     if tracker.baseline is None:
         tracker.baseline = metrics.pairwise_pred_dist_mean
-    alerts = () if step == 0 else detect_collapse(
-        metrics, thresholds=CollapseThresholds(collapse.pred_var_to_target_var, collapse.pairwise_to_initial, collapse.kl_reg_max),
-        initial_pairwise_pred_dist_mean=tracker.baseline, step=step)
+    alerts = (
+        ()
+        if step == 0
+        else detect_collapse(
+            metrics,
+            thresholds=CollapseThresholds(collapse.pred_var_to_target_var, collapse.pairwise_to_initial, collapse.kl_reg_max),
+            initial_pairwise_pred_dist_mean=tracker.baseline,
+            step=step,
+        )
+    )
     line = CollapseLine(
-        step=step, heldout_loss=loss, baseline_pairwise_pred_dist_mean=tracker.baseline,
+        step=step,
+        heldout_loss=loss,
+        baseline_pairwise_pred_dist_mean=tracker.baseline,
         metrics=CollapseMetricsRecord(**vars(metrics)),
         alerts=[CollapseAlertRecord(criterion=a.criterion, value=a.value, threshold=a.threshold, step=step) for a in alerts],
     )
@@ -308,12 +333,19 @@ def _plots(paths: TrainPaths, logs: RunLogs) -> None:
 
     metrics = [json.loads(x) for x in logs.paths["metrics.jsonl"].read_text().splitlines() if x.strip()]
     collapse = [json.loads(x) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()]
-    atomic_write_text(plots / "loss.csv", "step,loss,pred_loss,kl_reg\n" + "".join(
-        f"{m['step']},{m['loss']!r},{m['pred_loss']!r},{m['kl_reg']!r}\n" for m in metrics))
+    atomic_write_text(
+        plots / "loss.csv",
+        "step,loss,pred_loss,kl_reg\n" + "".join(f"{m['step']},{m['loss']!r},{m['pred_loss']!r},{m['kl_reg']!r}\n" for m in metrics),
+    )
     atomic_write_text(plots / "lr.csv", "step,lr_multiplier\n" + "".join(f"{m['step']},{m['lr_multiplier']!r}\n" for m in metrics))
     keys = ("pred_var_per_dim", "target_var_per_dim", "pairwise_pred_dist_mean", "effective_rank", "pred_target_corr", "pred_cos_mean")
-    atomic_write_text(plots / "collapse.csv", "step,heldout_loss," + ",".join(keys) + "\n" + "".join(
-        f"{c['step']},{c['heldout_loss']!r}," + ",".join(repr(c["metrics"][k]) for k in keys) + "\n" for c in collapse))
+    atomic_write_text(
+        plots / "collapse.csv",
+        "step,heldout_loss,"
+        + ",".join(keys)
+        + "\n"
+        + "".join(f"{c['step']},{c['heldout_loss']!r}," + ",".join(repr(c["metrics"][k]) for k in keys) + "\n" for c in collapse),
+    )
 
 
 def _artifact(root: Path, path: Path) -> ArtifactIdentity:
@@ -340,36 +372,51 @@ def run_training(
     counts = dataset.manifest.counts
     k_max = max(train.rollout_step_mix)
     if counts.window_length % train.model.segments:
-        raise TrainingError(f"train.model.segments = {train.model.segments} must divide data.window_length = {counts.window_length}; "
-                            "fix: choose segments that divide the window length")
+        raise TrainingError(
+            f"train.model.segments = {train.model.segments} must divide data.window_length = {counts.window_length}; "
+            "fix: choose segments that divide the window length"
+        )
     if counts.flank_length < MAX_EDIT_BASES * k_max:
-        raise TrainingError(f"data.flank_length = {counts.flank_length} is too short for rollouts of K = {k_max} "
-                            f"(each edit may delete up to {MAX_EDIT_BASES} bases); fix: set data.flank_length >= {MAX_EDIT_BASES * k_max}")
+        raise TrainingError(
+            f"data.flank_length = {counts.flank_length} is too short for rollouts of K = {k_max} "
+            f"(each edit may delete up to {MAX_EDIT_BASES} bases); fix: set data.flank_length >= {MAX_EDIT_BASES * k_max}"
+        )
     if stop_after_step is not None and not 1 <= stop_after_step <= train.steps:
         raise TrainingError(f"--stop-after-step {stop_after_step} is outside 1..train.steps ({train.steps})")
     device = resolve_device(runtime.device)
     seeds = TrainerSeeds.from_base(train.seed)
-    determinism = configure_torch_reproducibility(train.seed, deterministic=runtime.deterministic, device=device,
-                                                  cpu_threads=runtime.cpu_threads)
+    determinism = configure_torch_reproducibility(
+        train.seed, deterministic=runtime.deterministic, device=device, cpu_threads=runtime.cpu_threads
+    )
     fingerprint = build_fingerprint(runtime, device_kind=device_kind(device))
     if expected_fingerprint is not None and expected_fingerprint != fingerprint:
         have, want = fingerprint.model_dump(), expected_fingerprint.model_dump()
         diffs = ", ".join(f"{k}: preflight {want[k]!r} vs now {have[k]!r}" for k in sorted(have) if have[k] != want[k])
         raise TrainingError(f"the environment differs from preflight's fingerprint ({diffs}); fix: rerun `geno-pipeline preflight`")
     params_sha = train_params_sha256(runtime, train, collapse)
-    bindings = Bindings(params_sha256=params_sha, dataset_manifest_sha256=dataset.manifest_sha256, package_version=__version__,
-                        environment_sha256=sha256_bytes(canonical_json(fingerprint).encode()))
+    bindings = Bindings(
+        params_sha256=params_sha,
+        dataset_manifest_sha256=dataset.manifest_sha256,
+        package_version=__version__,
+        environment_sha256=sha256_bytes(canonical_json(fingerprint).encode()),
+    )
     digest = source_digest()
     run_id = "run-" + sha256_bytes(f"{params_sha}:{dataset.manifest_sha256}:{digest}".encode())[:16]
 
-    factory = model_factory or (lambda tp, length, s: build_world_model(window_length=length, params=tp.model,
-                                                                         encoder_seed=s.encoder, init_seed=s.model_init))
+    factory = model_factory or (
+        lambda tp, length, s: build_world_model(window_length=length, params=tp.model, encoder_seed=s.encoder, init_seed=s.model_init)
+    )
     model = factory(train, counts.window_length, seeds).to(device)
     optimizer = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
-    trainer = TorchTrainer(predictor=model.predictor, action_encoder=model.action_encoder, optimizer=optimizer, config=train,
-                           total_steps=train.steps)
-    sampler = TupleSampler(seeds.sampler, window_length=counts.window_length,
-                           weights=edit_type_weights_from_mapping(train.edit_type_weights), mix=rollout_mix_from_mapping(train.rollout_step_mix))
+    trainer = TorchTrainer(
+        predictor=model.predictor, action_encoder=model.action_encoder, optimizer=optimizer, config=train, total_steps=train.steps
+    )
+    sampler = TupleSampler(
+        seeds.sampler,
+        window_length=counts.window_length,
+        weights=edit_type_weights_from_mapping(train.edit_type_weights),
+        mix=rollout_mix_from_mapping(train.rollout_step_mix),
+    )
     held = _held_out(model, dataset, train, collapse, seeds, device)
     names = {id(p): n for g in optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
     params_by_name = {n: p for g in optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
@@ -397,7 +444,9 @@ def run_training(
         tracker.baseline = loaded.state.monitor_baseline_pairwise
         import json
 
-        tracker.lines = [CollapseLine.model_validate(json.loads(x)) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()]
+        tracker.lines = [
+            CollapseLine.model_validate(json.loads(x)) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()
+        ]
         # not in train.log: a resumed run's logs must equal the straight run's
         print(f"train: resumed from {checkpoint_path} at step {start}", file=sys.stderr)
     else:
@@ -408,19 +457,31 @@ def run_training(
         logs.log(f"run {run_id}: {train.steps} steps, batch {train.batch_size}, device {device}, dataset {dataset.manifest.dataset_id}")
         line = _observe(model, held, 0, tracker, collapse)
         logs.collapse(line)
-        logs.log(f"step 0 held-out loss {line.heldout_loss:.6f} (identity baseline {held.identity_loss:.6f}), "
-                 f"pairwise baseline {tracker.baseline:.6f}")
+        logs.log(
+            f"step 0 held-out loss {line.heldout_loss:.6f} (identity baseline {held.identity_loss:.6f}), "
+            f"pairwise baseline {tracker.baseline:.6f}"
+        )
 
     def checkpoint(step: int, *, scheduled: bool) -> None:
         if scheduled:  # logged before the log digests are taken, so a resume from here keeps the line
             logs.log(f"step {step} checkpoint {step:06d}")
         else:  # an extra checkpoint (stop or halt) leaves the deterministic logs as the straight run has them
             print(f"train: checkpoint at step {step}", file=sys.stderr)
-        state = CheckpointState(step=step, steps_total=train.steps, run_id=run_id, sampler=SamplerState.model_validate(sampler.state()),
-                                monitor_baseline_pairwise=tracker.baseline, last_train_loss=last_loss, logs=logs.record(),
-                                tensors={}, optimizer_groups=group_states(optimizer), bindings=bindings)
-        save_checkpoint(paths.checkpoints, state=state, model_tensors=dict(model.state_dict()),
-                        optimizer_tensors=optimizer_tensors(optimizer, names))
+        state = CheckpointState(
+            step=step,
+            steps_total=train.steps,
+            run_id=run_id,
+            sampler=SamplerState.model_validate(sampler.state()),
+            monitor_baseline_pairwise=tracker.baseline,
+            last_train_loss=last_loss,
+            logs=logs.record(),
+            tensors={},
+            optimizer_groups=group_states(optimizer),
+            bindings=bindings,
+        )
+        save_checkpoint(
+            paths.checkpoints, state=state, model_tensors=dict(model.state_dict()), optimizer_tensors=optimizer_tensors(optimizer, names)
+        )
         prune_checkpoints(paths.checkpoints, keep=train.keep_checkpoints, every=train.checkpoint_every_steps, steps_total=train.steps)
 
     # 3) train loop
@@ -438,34 +499,50 @@ def run_training(
         steps_run += 1
         if not result.finite:
             status = "failed_nonfinite"
-            message = (f"non-finite {'loss' if not np.isfinite(result.loss) else 'gradient norm'} at step {step} "
-                       f"(loss={result.loss}, grad_norm={result.grad_norm}); weights of step {step - 1} kept; "
-                       "fix: lower train.lr or raise train.grad_clip_norm, then resume from the last checkpoint or start over")
+            message = (
+                f"non-finite {'loss' if not np.isfinite(result.loss) else 'gradient norm'} at step {step} "
+                f"(loss={result.loss}, grad_norm={result.grad_norm}); weights of step {step - 1} kept; "
+                "fix: lower train.lr or raise train.grad_clip_norm, then resume from the last checkpoint or start over"
+            )
             logs.log(f"step {step} FAILED: {message}")
             step -= 1
             break
         last_loss = result.loss
-        logs.metrics(MetricsLine(step=step, loss=result.loss, pred_loss=result.pred_loss, kl_reg=result.kl_reg,
-                                 lr_multiplier=result.lr_multiplier, grad_norm=result.grad_norm))
+        logs.metrics(
+            MetricsLine(
+                step=step,
+                loss=result.loss,
+                pred_loss=result.pred_loss,
+                kl_reg=result.kl_reg,
+                lr_multiplier=result.lr_multiplier,
+                grad_norm=result.grad_norm,
+            )
+        )
         bar.update(step, result.loss)
         halt = False
         if step % collapse.log_every_steps == 0 or step == train.steps:
             line = _observe(model, held, step, tracker, collapse)
             logs.collapse(line)
-            logs.log(f"step {step} loss {result.loss:.6f} held-out {line.heldout_loss:.6f} lr_mult {result.lr_multiplier:.6f} "
-                     f"pred_var {line.metrics.pred_var_per_dim:.6f} pairwise {line.metrics.pairwise_pred_dist_mean:.6f}")
+            logs.log(
+                f"step {step} loss {result.loss:.6f} held-out {line.heldout_loss:.6f} lr_mult {result.lr_multiplier:.6f} "
+                f"pred_var {line.metrics.pred_var_per_dim:.6f} pairwise {line.metrics.pairwise_pred_dist_mean:.6f}"
+            )
             for alert in line.alerts:
-                logs.log(f"step {step} COLLAPSE ALERT {alert.criterion} = {alert.value:.6g} below threshold {alert.threshold:.6g}"
-                         if alert.criterion != "kl_reg" else
-                         f"step {step} COLLAPSE ALERT kl_reg = {alert.value:.6g} above threshold {alert.threshold:.6g}")
+                logs.log(
+                    f"step {step} COLLAPSE ALERT {alert.criterion} = {alert.value:.6g} below threshold {alert.threshold:.6g}"
+                    if alert.criterion != "kl_reg"
+                    else f"step {step} COLLAPSE ALERT kl_reg = {alert.value:.6g} above threshold {alert.threshold:.6g}"
+                )
             halt = bool(line.alerts) and collapse.on_alert == "halt"
         scheduled = step % train.checkpoint_every_steps == 0 or step == train.steps
         if scheduled or halt or step == stop_after_step:
             checkpoint(step, scheduled=scheduled)
         if halt:
             status = "collapsed"
-            message = (f"collapse alert at step {step} ({', '.join(a.criterion for a in tracker.lines[-1].alerts)}) with "
-                       "collapse.on_alert: halt; checkpoint kept; see artifacts/train/collapse.jsonl")
+            message = (
+                f"collapse alert at step {step} ({', '.join(a.criterion for a in tracker.lines[-1].alerts)}) with "
+                "collapse.on_alert: halt; checkpoint kept; see artifacts/train/collapse.jsonl"
+            )
             break
         if step == stop_after_step and step < train.steps:
             status = "stopped"
@@ -480,39 +557,88 @@ def run_training(
     final_model = paths.out_dir / "model.safetensors"
     if status == "completed":
         message = f"trained {train.steps} steps"
-        atomic_write_bytes(final_model, serialize_tensors(model.state_dict(), {"run_id": run_id, "step": str(completed), "params_sha256": params_sha,
-                                                               "seed": str(train.seed), "source_digest": digest}))
+        atomic_write_bytes(
+            final_model,
+            serialize_tensors(
+                model.state_dict(),
+                {"run_id": run_id, "step": str(completed), "params_sha256": params_sha, "seed": str(train.seed), "source_digest": digest},
+            ),
+        )
         logs.log(f"done: {message}")
     _plots(paths, logs)
     summary = tracker.summary()
     heldout = tracker.lines[-1].heldout_loss if tracker.lines and tracker.lines[-1].step > 0 else None
-    artifacts = [_artifact(paths.root, p) for p in ([final_model] if final_model.is_file() else []) +
-                 [logs.paths[n] for n in LOGS] + sorted(paths.checkpoints.rglob("*.safetensors")) + sorted(paths.checkpoints.rglob("state.json"))]
+    artifacts = [
+        _artifact(paths.root, p)
+        for p in ([final_model] if final_model.is_file() else [])
+        + [logs.paths[n] for n in LOGS]
+        + sorted(paths.checkpoints.rglob("*.safetensors"))
+        + sorted(paths.checkpoints.rglob("state.json"))
+    ]
     report = TrainingReport(
-        run_id=run_id, status=status, message=message, steps_requested=train.steps, steps_completed=completed,
-        resumed_from_step=start if checkpoint_path is not None else 0, device=device, final_train_loss=last_loss,
-        final_heldout_loss=heldout, identity_baseline_heldout_loss=held.identity_loss,
+        run_id=run_id,
+        status=status,
+        message=message,
+        steps_requested=train.steps,
+        steps_completed=completed,
+        resumed_from_step=start if checkpoint_path is not None else 0,
+        device=device,
+        final_train_loss=last_loss,
+        final_heldout_loss=heldout,
+        identity_baseline_heldout_loss=held.identity_loss,
         heldout_to_baseline=heldout / held.identity_loss if heldout is not None and held.identity_loss > 0 else None,
-        params_sha256=params_sha, dataset_id=dataset.manifest.dataset_id, dataset_manifest_sha256=dataset.manifest_sha256,
-        source_digest=digest, package_version=__version__, seeds=seeds, determinism=determinism, environment=fingerprint,
-        collapse=summary, artifacts=artifacts,
+        params_sha256=params_sha,
+        dataset_id=dataset.manifest.dataset_id,
+        dataset_manifest_sha256=dataset.manifest_sha256,
+        source_digest=digest,
+        package_version=__version__,
+        seeds=seeds,
+        determinism=determinism,
+        environment=fingerprint,
+        collapse=summary,
+        artifacts=artifacts,
     )
     write_json(paths.reports_dir / "train.json", report, schema="train_report")
     final = summary.final_check
-    write_json(paths.reports_dir / "metrics.json", TrainMetrics(
-        status=status, steps_completed=completed, train_loss=last_loss, heldout_loss=heldout,
-        identity_baseline_loss=held.identity_loss, heldout_to_baseline=report.heldout_to_baseline, collapse_alerts=summary.alert_count,
-        pred_var_ratio=(final.metrics.pred_var_per_dim / final.metrics.target_var_per_dim
-                        if final is not None and final.metrics.target_var_per_dim > 0 else None),
-        pairwise_ratio=(final.metrics.pairwise_pred_dist_mean / final.baseline_pairwise_pred_dist_mean
-                        if final is not None and final.baseline_pairwise_pred_dist_mean > 0 else None),
-        effective_rank=final.metrics.effective_rank if final is not None else None,
-    ), schema="train_metrics")
+    write_json(
+        paths.reports_dir / "metrics.json",
+        TrainMetrics(
+            status=status,
+            steps_completed=completed,
+            train_loss=last_loss,
+            heldout_loss=heldout,
+            identity_baseline_loss=held.identity_loss,
+            heldout_to_baseline=report.heldout_to_baseline,
+            collapse_alerts=summary.alert_count,
+            pred_var_ratio=(
+                final.metrics.pred_var_per_dim / final.metrics.target_var_per_dim
+                if final is not None and final.metrics.target_var_per_dim > 0
+                else None
+            ),
+            pairwise_ratio=(
+                final.metrics.pairwise_pred_dist_mean / final.baseline_pairwise_pred_dist_mean
+                if final is not None and final.baseline_pairwise_pred_dist_mean > 0
+                else None
+            ),
+            effective_rank=final.metrics.effective_rank if final is not None else None,
+        ),
+        schema="train_metrics",
+    )
     wall = time.perf_counter() - t0
-    write_runtime_report(paths.root, "train", started_at=started, duration_s=wall, facts={
-        "steps_run": steps_run, "resumed_from_step": start, "status": status, "device": device,
-        "train_step_seconds": round(step_time, 4), "steps_per_second": round(steps_run / step_time, 3) if step_time > 0 else None,
-    })
+    write_runtime_report(
+        paths.root,
+        "train",
+        started_at=started,
+        duration_s=wall,
+        facts={
+            "steps_run": steps_run,
+            "resumed_from_step": start,
+            "status": status,
+            "device": device,
+            "train_step_seconds": round(step_time, 4),
+            "steps_per_second": round(steps_run / step_time, 3) if step_time > 0 else None,
+        },
+    )
     return report
 
 
@@ -526,13 +652,16 @@ def _preflight_fingerprint(root: Path) -> EnvironmentFingerprint:
 def run_train_cli(params: TrainStageParams, *, root: Path, resume: str | None, stop_after_step: int | None, progress: bool) -> int:
     """CLI wrapper: checks the preflight fingerprint, trains, prints the outcome; returns the exit code."""
     expected = _preflight_fingerprint(root)
-    report = run_training(params, TrainPaths.for_root(root), resume=resume, stop_after_step=stop_after_step, progress=progress,
-                          expected_fingerprint=expected)
+    report = run_training(
+        params, TrainPaths.for_root(root), resume=resume, stop_after_step=stop_after_step, progress=progress, expected_fingerprint=expected
+    )
     ratio = f"{report.heldout_to_baseline:.3f}" if report.heldout_to_baseline is not None else "n/a"
     print(f"train: {report.status}: {report.message}")
-    print(f"train: steps {report.steps_completed}/{report.steps_requested}, final loss {report.final_train_loss}, "
-          f"held-out {report.final_heldout_loss} vs identity baseline {report.identity_baseline_heldout_loss:.6f} (ratio {ratio}), "
-          f"collapse alerts {report.collapse.alert_count}")
+    print(
+        f"train: steps {report.steps_completed}/{report.steps_requested}, final loss {report.final_train_loss}, "
+        f"held-out {report.final_heldout_loss} vs identity baseline {report.identity_baseline_heldout_loss:.6f} (ratio {ratio}), "
+        f"collapse alerts {report.collapse.alert_count}"
+    )
     if report.status in ("failed_nonfinite", "collapsed"):
         print(f"train: error: {report.message}", file=sys.stderr)
         return EXIT_STOPPED

@@ -88,10 +88,22 @@ def build_adamw_optimizer(*, predictor: nn.Module, action_encoder: nn.Module, co
             if param.requires_grad:
                 (decay if param.dim() >= 2 else no_decay).append((f"{prefix}.{name}", param))
     groups = [
-        {"params": [p for _, p in decay], "names": [n for n, _ in decay], "group_name": "decay",
-         "weight_decay": config.weight_decay, "lr": config.lr, "initial_lr": config.lr},
-        {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "group_name": "no_decay",
-         "weight_decay": 0.0, "lr": config.lr, "initial_lr": config.lr},
+        {
+            "params": [p for _, p in decay],
+            "names": [n for n, _ in decay],
+            "group_name": "decay",
+            "weight_decay": config.weight_decay,
+            "lr": config.lr,
+            "initial_lr": config.lr,
+        },
+        {
+            "params": [p for _, p in no_decay],
+            "names": [n for n, _ in no_decay],
+            "group_name": "no_decay",
+            "weight_decay": 0.0,
+            "lr": config.lr,
+            "initial_lr": config.lr,
+        },
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
 
@@ -99,8 +111,9 @@ def build_adamw_optimizer(*, predictor: nn.Module, action_encoder: nn.Module, co
 class TorchTrainer:
     """Minimal optimizer loop for predictor training on encoded batches."""
 
-    def __init__(self, *, predictor: nn.Module, action_encoder: nn.Module, optimizer: torch.optim.Optimizer,
-                 config: TrainParams, total_steps: int) -> None:
+    def __init__(
+        self, *, predictor: nn.Module, action_encoder: nn.Module, optimizer: torch.optim.Optimizer, config: TrainParams, total_steps: int
+    ) -> None:
         self.predictor = predictor
         self.action_encoder = action_encoder
         self.optimizer = optimizer
@@ -111,8 +124,9 @@ class TorchTrainer:
     def train_step(self, batch: TorchTrainerBatch, *, step: int) -> TorchTrainerStepResult:
         """One optimizer step; on a non-finite loss or gradient the weights are left untouched."""
         cfg = self.config
-        multiplier = set_optimizer_lr(self.optimizer, step=step, total_steps=self.total_steps,
-                                      warmup_steps=cfg.warmup_steps, schedule=cfg.schedule)
+        multiplier = set_optimizer_lr(
+            self.optimizer, step=step, total_steps=self.total_steps, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule
+        )
         self.predictor.train()
         self.action_encoder.train()
         prediction = rollout(self.predictor, self.action_encoder, batch.state, batch.actions)
@@ -128,6 +142,13 @@ class TorchTrainer:
         with torch.no_grad():
             last = prediction[:, 0].detach()
             pred_var = float(last.var(dim=0, unbiased=False).mean())
-        return TorchTrainerStepResult(step=step, lr_multiplier=multiplier, loss=loss_value, pred_loss=float(pred_loss.detach()),
-                                      kl_reg=float(kl.detach()), action_count=int(batch.action_mask.sum()),
-                                      pred_var_per_dim=pred_var, grad_norm=grad_norm)
+        return TorchTrainerStepResult(
+            step=step,
+            lr_multiplier=multiplier,
+            loss=loss_value,
+            pred_loss=float(pred_loss.detach()),
+            kl_reg=float(kl.detach()),
+            action_count=int(batch.action_mask.sum()),
+            pred_var_per_dim=pred_var,
+            grad_norm=grad_norm,
+        )

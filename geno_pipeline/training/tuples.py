@@ -90,8 +90,9 @@ class TupleSampler:
 
     def draw(self, windows: np.ndarray, batch_size: int) -> TupleBatch:
         """The next batch."""
-        return draw_tuples(self._rng, windows, batch_size, window_length=self.window_length,
-                           weights=self.weights, mix=self.mix, split="train")
+        return draw_tuples(
+            self._rng, windows, batch_size, window_length=self.window_length, weights=self.weights, mix=self.mix, split="train"
+        )
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable generator state."""
