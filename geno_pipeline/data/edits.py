@@ -19,7 +19,6 @@ __all__ = [
     "RelEdit",
     "action_features",
     "apply_edit",
-    "max_shrink",
     "sample_edit",
 ]
 
@@ -38,10 +37,6 @@ class RelEdit:
     ref_length: int
     alt: tuple[int, ...]
 
-
-def max_shrink() -> int:
-    """Most bases one edit can remove from the buffer (a 10-base deletion)."""
-    return MAX_EDIT_BASES
 
 
 def sample_edit(rng: np.random.Generator, edit_type: EditType, buffer: np.ndarray, window: int) -> RelEdit:

@@ -8,9 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from geno_pipeline.config import DataParams
 
-__all__ = ["DATASET_SCHEMA_VERSION", "DatasetCounts", "DatasetFile", "DatasetManifest", "DatasetSource"]
-
-DATASET_SCHEMA_VERSION = "1.0"
+__all__ = ["DatasetCounts", "DatasetFile", "DatasetManifest", "DatasetSource"]
 
 
 class _Doc(BaseModel):

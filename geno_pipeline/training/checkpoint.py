@@ -10,7 +10,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,7 +22,6 @@ from geno_pipeline.jsonio import atomic_write_bytes, read_json, replace_dir_atom
 from geno_pipeline.tensorfile import serialize_tensors
 
 __all__ = [
-    "CHECKPOINT_SCHEMA_ID",
     "Bindings",
     "CheckpointState",
     "LoadedCheckpoint",
@@ -40,7 +39,6 @@ __all__ = [
     "save_checkpoint",
 ]
 
-CHECKPOINT_SCHEMA_ID = "geno-pipeline/checkpoint-state"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
@@ -304,8 +302,3 @@ def group_states(optimizer: torch.optim.Optimizer) -> list[OptimizerGroupState]:
             )
         )
     return out
-
-
-def to_plain(value: Any) -> Any:
-    """numpy bit-generator state -> plain JSON-able dict (ints stay ints)."""
-    return {k: to_plain(v) for k, v in value.items()} if isinstance(value, dict) else value

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from geno_pipeline.training.checkpoint import (
     save_checkpoint,
 )
 from geno_pipeline.training.collapse import CollapseThresholds, compute_collapse_metrics, detect_collapse
-from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds, configure_torch_reproducibility
+from geno_pipeline.training.determinism import TrainerSeeds, configure_torch_reproducibility
 from geno_pipeline.training.model import WorldModel, build_world_model
 from geno_pipeline.training.report import (
     ArtifactIdentity,
@@ -666,7 +666,3 @@ def run_train_cli(params: TrainStageParams, *, root: Path, resume: str | None, s
         print(f"train: error: {report.message}", file=sys.stderr)
         return EXIT_STOPPED
     return 0
-
-
-def _unused(_: Any) -> None:  # keeps mypy quiet about TorchDeterminismReport re-export use
-    _ = TorchDeterminismReport
