@@ -38,7 +38,6 @@ class RelEdit:
     alt: tuple[int, ...]
 
 
-
 def sample_edit(rng: np.random.Generator, edit_type: EditType, buffer: np.ndarray, window: int) -> RelEdit:
     """Draw one edit of `edit_type` inside the first `window` bases of `buffer`."""
     if edit_type is EditType.SNV:

@@ -189,16 +189,8 @@ def run_release(params: Params, paths: ReleasePaths) -> ReleaseReport:
             identity_baseline_heldout_loss=report.identity_baseline_heldout_loss,
             heldout_to_baseline=report.heldout_to_baseline,
             collapse_alerts=report.collapse.alert_count,
-            final_pred_var_ratio=(
-                final.metrics.pred_var_per_dim / final.metrics.target_var_per_dim
-                if final and final.metrics.target_var_per_dim > 0
-                else None
-            ),
-            final_pairwise_ratio=(
-                final.metrics.pairwise_pred_dist_mean / final.baseline_pairwise_pred_dist_mean
-                if final and final.baseline_pairwise_pred_dist_mean > 0
-                else None
-            ),
+            final_pred_var_ratio=final.pred_var_ratio() if final else None,
+            final_pairwise_ratio=final.pairwise_ratio() if final else None,
             final_effective_rank=final.metrics.effective_rank if final else None,
         )
         write_json(stage / "metrics.json", metrics, schema="release_metrics")

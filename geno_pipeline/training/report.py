@@ -93,6 +93,16 @@ class CollapseLine(_Doc):
     alerts: list[CollapseAlertRecord]
     """Criteria tripped (never evaluated at the step-0 baseline)."""
 
+    def pred_var_ratio(self) -> float | None:
+        """pred_var_per_dim / target_var_per_dim (None when the target variance is 0)."""
+        target = self.metrics.target_var_per_dim
+        return self.metrics.pred_var_per_dim / target if target > 0 else None
+
+    def pairwise_ratio(self) -> float | None:
+        """pairwise_pred_dist_mean / its step-0 baseline (None when the baseline is 0)."""
+        base = self.baseline_pairwise_pred_dist_mean
+        return self.metrics.pairwise_pred_dist_mean / base if base > 0 else None
+
 
 class CollapseSummary(_Doc):
     """Collapse outcome of the run."""

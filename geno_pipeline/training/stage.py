@@ -286,12 +286,8 @@ class CollapseTracker:
 
     def summary(self) -> CollapseSummary:
         later = [ln for ln in self.lines if ln.step > 0]
-        ratios_var = [ln.metrics.pred_var_per_dim / ln.metrics.target_var_per_dim for ln in later if ln.metrics.target_var_per_dim > 0]
-        ratios_pair = [
-            ln.metrics.pairwise_pred_dist_mean / ln.baseline_pairwise_pred_dist_mean
-            for ln in later
-            if ln.baseline_pairwise_pred_dist_mean > 0
-        ]
+        ratios_var = [r for ln in later if (r := ln.pred_var_ratio()) is not None]
+        ratios_pair = [r for ln in later if (r := ln.pairwise_ratio()) is not None]
         return CollapseSummary(
             final_check=self.lines[-1] if self.lines else None,
             alert_count=sum(len(ln.alerts) for ln in self.lines),
@@ -610,16 +606,8 @@ def run_training(
             identity_baseline_loss=held.identity_loss,
             heldout_to_baseline=report.heldout_to_baseline,
             collapse_alerts=summary.alert_count,
-            pred_var_ratio=(
-                final.metrics.pred_var_per_dim / final.metrics.target_var_per_dim
-                if final is not None and final.metrics.target_var_per_dim > 0
-                else None
-            ),
-            pairwise_ratio=(
-                final.metrics.pairwise_pred_dist_mean / final.baseline_pairwise_pred_dist_mean
-                if final is not None and final.baseline_pairwise_pred_dist_mean > 0
-                else None
-            ),
+            pred_var_ratio=final.pred_var_ratio() if final is not None else None,
+            pairwise_ratio=final.pairwise_ratio() if final is not None else None,
             effective_rank=final.metrics.effective_rank if final is not None else None,
         ),
         schema="train_metrics",
