@@ -22,6 +22,7 @@ from geno_pipeline.preflight.models import (
     TorchDevice,
     TrainingPreflightIssue,
     VisibleDevice,
+    preflight_issue,
 )
 
 __all__ = [
@@ -291,10 +292,6 @@ def probe_accelerator(
     )
 
 
-def _issue(severity: str, code: str, path: str | None, message: str, remedy: str) -> TrainingPreflightIssue:
-    return TrainingPreflightIssue(severity=severity, code=code, path=path, message=message, remedy=remedy)  # type: ignore[arg-type]
-
-
 def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> tuple[list[PreflightCheck], list[TrainingPreflightIssue]]:
     """Checks and issues for a probe: NVML state, cross-checks, device resolution and VRAM gate."""
     checks: list[PreflightCheck] = []
@@ -318,12 +315,12 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
         code = nv.error_code or "nvml.init_failed"
         remedy = _NVML_REMEDY.get(code, _NVML_REMEDY["nvml.init_failed"])
         if wants_cuda:
-            issues.append(_issue("error", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
+            issues.append(preflight_issue("error", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
             status = "fail"
         elif code in _NO_GPU_CODES:
             status = "skip"
         else:
-            issues.append(_issue("warning", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
+            issues.append(preflight_issue("warning", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
             status = "warn"
         checks.append(
             PreflightCheck(
@@ -357,7 +354,7 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
     mapped = [v for v in probe.visible if v.nvml_index is not None]
     if nv.available and mapped and not th.cuda_available and probe.requested_device != "cpu":
         issues.append(
-            _issue(
+            preflight_issue(
                 "error",
                 "accelerator.torch_cuda_unavailable",
                 "torch",
@@ -369,7 +366,7 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
         )
     if nv.available and th.cuda_available and len(mapped) != th.device_count:
         issues.append(
-            _issue(
+            preflight_issue(
                 "warning",
                 "accelerator.device_count_mismatch",
                 "CUDA_VISIBLE_DEVICES",
@@ -381,27 +378,21 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
 
     # 4) resolution and VRAM gate
     name = "accelerator"
+
+    def fail(code: str, path: str, message: str, remedy: str, *, check_message: str, check_remedy: str) -> None:
+        issues.append(preflight_issue("error", code, path, message, remedy))
+        checks.append(PreflightCheck(name=name, status="fail", code=code, message=check_message, remedy=check_remedy, duration_ms=0.0))
+
     if not probe.resolved_device.startswith("cuda"):
         if probe.required:
             why = "runtime.device is cpu" if probe.requested_device == "cpu" else "no usable CUDA device was found"
-            issues.append(
-                _issue(
-                    "error",
-                    "accelerator.not_found",
-                    "preflight.require_accelerator",
-                    f"preflight.require_accelerator is true but {why}",
-                    "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set preflight.require_accelerator: false",
-                )
-            )
-            checks.append(
-                PreflightCheck(
-                    name=name,
-                    status="fail",
-                    code="accelerator.not_found",
-                    message=probe.reason,
-                    remedy="run on a GPU machine or set preflight.require_accelerator: false",
-                    duration_ms=0.0,
-                )
+            fail(
+                "accelerator.not_found",
+                "preflight.require_accelerator",
+                f"preflight.require_accelerator is true but {why}",
+                "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set preflight.require_accelerator: false",
+                check_message=probe.reason,
+                check_remedy="run on a GPU machine or set preflight.require_accelerator: false",
             )
         else:
             checks.append(
@@ -410,52 +401,30 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
         return checks, issues
     index = int(probe.resolved_device.split(":")[1])
     if not probe.available:
-        issues.append(
-            _issue(
-                "error",
-                "accelerator.not_found",
-                "runtime.device",
-                f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
-                "run on a GPU machine with a CUDA build of torch, or set runtime.device: auto or cpu",
-            )
-        )
-        checks.append(
-            PreflightCheck(
-                name=name,
-                status="fail",
-                code="accelerator.not_found",
-                message=probe.reason,
-                remedy="set runtime.device: auto or cpu",
-                duration_ms=0.0,
-            )
+        fail(
+            "accelerator.not_found",
+            "runtime.device",
+            f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
+            "run on a GPU machine with a CUDA build of torch, or set runtime.device: auto or cpu",
+            check_message=probe.reason,
+            check_remedy="set runtime.device: auto or cpu",
         )
         return checks, issues
     if index >= probe.device_count:
-        issues.append(
-            _issue(
-                "error",
-                "accelerator.invalid_device_index",
-                "runtime.device",
-                f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
-                f"use cuda:0..cuda:{probe.device_count - 1} or check CUDA_VISIBLE_DEVICES",
-            )
-        )
-        checks.append(
-            PreflightCheck(
-                name=name,
-                status="fail",
-                code="accelerator.invalid_device_index",
-                message=probe.reason,
-                remedy="pick a visible device",
-                duration_ms=0.0,
-            )
+        fail(
+            "accelerator.invalid_device_index",
+            "runtime.device",
+            f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
+            f"use cuda:0..cuda:{probe.device_count - 1} or check CUDA_VISIBLE_DEVICES",
+            check_message=probe.reason,
+            check_remedy="pick a visible device",
         )
         return checks, issues
     sel = probe.visible[index] if index < len(probe.visible) else None
     ndev = next((d for d in nv.devices if sel is not None and d.index == sel.nvml_index), None)
     if ndev is not None and ndev.mig_enabled and (sel is None or sel.mig_uuid is None):
         issues.append(
-            _issue(
+            preflight_issue(
                 "warning",
                 "accelerator.mig_enabled",
                 f"nvml:{ndev.index}",
@@ -468,24 +437,13 @@ def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> 
     detail = f"{probe.device_name}: free {gib(free)} of {gib(total)}, need {gib(probe.min_memory_bytes)} free"
     if free is None or free < probe.min_memory_bytes:
         enough_total = total is not None and total >= probe.min_memory_bytes
-        issues.append(
-            _issue(
-                "error",
-                "accelerator.insufficient_vram",
-                probe.resolved_device,
-                f"{detail}" + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
-                "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib",
-            )
-        )
-        checks.append(
-            PreflightCheck(
-                name=name,
-                status="fail",
-                code="accelerator.insufficient_vram",
-                message=detail,
-                remedy="free GPU memory or pick another device",
-                duration_ms=0.0,
-            )
+        fail(
+            "accelerator.insufficient_vram",
+            probe.resolved_device,
+            f"{detail}" + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
+            "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib",
+            check_message=detail,
+            check_remedy="free GPU memory or pick another device",
         )
     else:
         checks.append(

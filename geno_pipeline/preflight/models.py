@@ -28,6 +28,7 @@ __all__ = [
     "TrainingPreflightReport",
     "TrainingPreflightRequest",
     "VisibleDevice",
+    "preflight_issue",
 ]
 
 MIN_CUDA_VRAM_GB = 2.0
@@ -53,6 +54,11 @@ class TrainingPreflightIssue(_Doc):
     """What is wrong."""
     remedy: str
     """How to fix it."""
+
+
+def preflight_issue(severity: Severity, code: str, path: str | None, message: str, remedy: str) -> TrainingPreflightIssue:
+    """One issue, positionally: the constructor every preflight check uses."""
+    return TrainingPreflightIssue(severity=severity, code=code, path=path, message=message, remedy=remedy)
 
 
 class PreflightCheck(_Doc):

@@ -35,9 +35,11 @@ from geno_pipeline.preflight.models import (
     PreflightCheck,
     PreflightOutcome,
     PreflightReport,
+    Severity,
     TorchCudaProbe,
     TrainingPreflightIssue,
     TrainingPreflightRequest,
+    preflight_issue,
 )
 from geno_pipeline.runtime_report import utc_now
 
@@ -51,10 +53,6 @@ __all__ = [
 GIB = 1024**3
 T = TypeVar("T")
 _VALID_CUBLAS = {":4096:8", ":16:8"}
-
-
-def _issue(severity: str, code: str, path: str | None, message: str, remedy: str) -> TrainingPreflightIssue:
-    return TrainingPreflightIssue(severity=severity, code=code, path=path, message=message, remedy=remedy)  # type: ignore[arg-type]
 
 
 class _Collector:
@@ -72,7 +70,7 @@ class _Collector:
             ms = (time.perf_counter() - start) * 1000.0
             text = f"{type(exc).__name__}: {exc}"
             self.issues.append(
-                _issue(
+                preflight_issue(
                     "error",
                     "preflight.probe_error",
                     name,
@@ -116,7 +114,7 @@ def _dependency_results(c: _Collector, root: Path, probe: DependencyProbeFn) -> 
         if result is None:
             continue
         results.append(result)
-        severity = "error" if result.required else "warning"
+        severity: Severity = "error" if result.required else "warning"
         status = "fail" if result.required else "warn"
         label = f"{package} {result.version or '(not installed)'}"
         if not result.available:
@@ -126,11 +124,11 @@ def _dependency_results(c: _Collector, root: Path, probe: DependencyProbeFn) -> 
                 if code == "dependency.missing"
                 else f"reinstall {package} (pip install --force-reinstall -c requirements.lock {package}); the import error names the cause"
             )
-            c.issues.append(_issue(severity, code, import_name, f"{label}: {result.reason}", remedy))
+            c.issues.append(preflight_issue(severity, code, import_name, f"{label}: {result.reason}", remedy))
             c.check(f"dependency.{import_name}", status, f"{label}: {result.reason}", code=code, remedy=remedy, duration_ms=ms)
         elif result.version_ok is False:
             remedy = f"pip install -c requirements.lock '{package}>={result.minimum_version}'"
-            c.issues.append(_issue(severity, "dependency.too_old", import_name, f"{label}: {result.reason}", remedy))
+            c.issues.append(preflight_issue(severity, "dependency.too_old", import_name, f"{label}: {result.reason}", remedy))
             c.check(
                 f"dependency.{import_name}", status, f"{label}: {result.reason}", code="dependency.too_old", remedy=remedy, duration_ms=ms
             )
@@ -168,7 +166,7 @@ def _determinism(runtime: RuntimeParams, resolved_device: str, torch_probe: Torc
 def _assess_determinism(c: _Collector, probe: DeterminismProbe, ms: float) -> None:
     if not probe.deterministic:
         c.issues.append(
-            _issue(
+            preflight_issue(
                 "warning",
                 "determinism.disabled",
                 "runtime.deterministic",
@@ -187,7 +185,7 @@ def _assess_determinism(c: _Collector, probe: DeterminismProbe, ms: float) -> No
         return
     if not probe.deterministic_algorithms_supported:
         c.issues.append(
-            _issue(
+            preflight_issue(
                 "error",
                 "determinism.unsupported",
                 "runtime.deterministic",
@@ -199,7 +197,7 @@ def _assess_determinism(c: _Collector, probe: DeterminismProbe, ms: float) -> No
         return
     if probe.cublas_workspace_config_applied and probe.cublas_workspace_config_env not in (None, *_VALID_CUBLAS):
         c.issues.append(
-            _issue(
+            preflight_issue(
                 "warning",
                 "determinism.cublas_workspace_override",
                 "CUBLAS_WORKSPACE_CONFIG",
@@ -210,7 +208,7 @@ def _assess_determinism(c: _Collector, probe: DeterminismProbe, ms: float) -> No
         )
     if not probe.can_take_effect:
         c.issues.append(
-            _issue(
+            preflight_issue(
                 "warning",
                 "determinism.cuda_already_initialized",
                 "CUBLAS_WORKSPACE_CONFIG",
@@ -260,7 +258,7 @@ def _assess_disk(c: _Collector, disk: DiskProbe, ms: float) -> None:
     if not disk.writable:
         problems.append(("disk.not_writable", f"cannot write to {disk.path}", "fix the directory's permissions or free its disk"))
     for code, message, remedy in problems:
-        c.issues.append(_issue("error", code, disk.path, message, remedy))
+        c.issues.append(preflight_issue("error", code, disk.path, message, remedy))
         c.check("disk", "fail", message, code=code, remedy=remedy, duration_ms=ms)
     if not problems:
         c.check("disk", "pass", f"{disk.free_bytes / GIB:.1f} GiB free at {disk.path}, writable", duration_ms=ms)
@@ -274,7 +272,9 @@ def _assess_dataset(c: _Collector, dataset_dir: Path) -> str | None:
     if problems is None:
         return None
     for code, message in problems:
-        c.issues.append(_issue("error", code, str(dataset_dir), message, "rebuild the dataset: geno-pipeline data (or dvc repro data)"))
+        c.issues.append(
+            preflight_issue("error", code, str(dataset_dir), message, "rebuild the dataset: geno-pipeline data (or dvc repro data)")
+        )
     if problems:
         c.check(
             "dataset",
@@ -355,7 +355,9 @@ def build_training_preflight_report(
     except ConfigError as exc:
         params, params_valid = Params(), False
         for problem in exc.problems or (str(exc),):
-            c.issues.append(_issue("error", "params.invalid", str(request.params_path), problem, "fix params.yaml as the message says"))
+            c.issues.append(
+                preflight_issue("error", "params.invalid", str(request.params_path), problem, "fix params.yaml as the message says")
+            )
         c.check(
             "params",
             "fail",

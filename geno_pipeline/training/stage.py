@@ -6,6 +6,7 @@ Durations and throughput go to reports/runtime/train.json.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -23,7 +24,7 @@ from geno_pipeline.config import CollapseParams, Params, RuntimeParams, TrainPar
 from geno_pipeline.data.dataset import Dataset, load_dataset
 from geno_pipeline.data.edits import MAX_EDIT_BASES
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint
-from geno_pipeline.errors import TrainingError
+from geno_pipeline.errors import TrainingCheckpointError, TrainingError
 from geno_pipeline.jsonio import (
     append_jsonl,
     atomic_write_bytes,
@@ -210,8 +211,6 @@ class RunLogs:
         return out
 
     def truncate_to(self, records: dict[str, LogRecord]) -> None:
-        from geno_pipeline.errors import TrainingCheckpointError
-
         for name, path in self.paths.items():
             want = records.get(name)
             if want is None:
@@ -325,8 +324,6 @@ def _observe(model: WorldModel, held: HeldOut, step: int, tracker: CollapseTrack
 
 def _plots(paths: TrainPaths, logs: RunLogs) -> None:
     plots = paths.reports_dir / "plots"
-    import json
-
     metrics = [json.loads(x) for x in logs.paths["metrics.jsonl"].read_text().splitlines() if x.strip()]
     collapse = [json.loads(x) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()]
     atomic_write_text(
@@ -438,8 +435,6 @@ def run_training(
             extra.unlink()
         start, last_loss = loaded.state.step, loaded.state.last_train_loss
         tracker.baseline = loaded.state.monitor_baseline_pairwise
-        import json
-
         tracker.lines = [
             CollapseLine.model_validate(json.loads(x)) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()
         ]
