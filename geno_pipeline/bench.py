@@ -12,17 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
+from geno_pipeline.documents import Document
 from geno_pipeline.jsonio import write_json
+from geno_pipeline.layout import Layout
 
 __all__ = ["BenchEntry", "BenchReport", "run_bench", "run_bench_cli"]
 
 
-class BenchEntry(BaseModel):
+class BenchEntry(Document):
     """One measured ratio."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: str
     """What was compared."""
@@ -36,10 +34,8 @@ class BenchEntry(BaseModel):
     """Sizes and repetitions."""
 
 
-class BenchReport(BaseModel):
+class BenchReport(Document):
     """reports/bench.json."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     schema_version: Literal["1.0"] = "1.0"
     """Version of this document's shape."""
@@ -218,24 +214,24 @@ def bench_preflight(root: Path, repeats: int) -> BenchEntry:
     return _entry("preflight_vs_import_torch", ours, ref, f"wall time of whole processes, median of {repeats}")
 
 
-def run_bench(root: Path, *, quick: bool) -> BenchReport:
+def run_bench(layout: Layout, *, quick: bool) -> BenchReport:
     """Run every benchmark and write reports/bench.json."""
     entries = [
         bench_samplers(200_000 if quick else 1_000_000, 3 if quick else 5),
         *bench_train_step(20 if quick else 60, 3),
         bench_collapse(256 if quick else 1024, 256),
         bench_sha256(16 if quick else 64, 3),
-        bench_preflight(root, 3 if quick else 5),
+        bench_preflight(layout.root, 3 if quick else 5),
     ]
     report = BenchReport(quick=quick, entries=entries, collapse_peak_rss_mib_n16384=None if quick else collapse_peak_rss_mib())
-    write_json(Path(root) / "reports" / "bench.json", report, schema="bench")
+    write_json(layout.bench_report, report, schema="bench")
     return report
 
 
-def run_bench_cli(*, root: Path, quick: bool) -> int:
+def run_bench_cli(layout: Layout, *, quick: bool) -> int:
     """Print the ratios; returns 0."""
     print("bench: measuring (the full run takes a few minutes; --quick is faster) ...", flush=True)
-    report = run_bench(root, quick=quick)
+    report = run_bench(layout, quick=quick)
     for e in report.entries:
         print(f"bench: {e.name}: ratio {e.ratio:.4f} (ours {e.ours_s:.4f}s vs reference {e.reference_s:.4f}s; {e.detail})")
     if report.collapse_peak_rss_mib_n16384 is not None:

@@ -8,22 +8,30 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from geno_pipeline import __version__
-from geno_pipeline.errors import GenoPipelineError
+from geno_pipeline.config import LoadedParams
+from geno_pipeline.errors import (
+    EXIT_CHECKPOINT,
+    EXIT_INTERNAL,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_PREFLIGHT,
+    EXIT_RELEASE_GATE,
+    EXIT_TRAINING_STOPPED,
+    EXIT_VERIFY,
+    GenoPipelineError,
+)
+from geno_pipeline.layout import Layout
+
+if TYPE_CHECKING:
+    from geno_pipeline.runtime_report import StageResult
 
 __all__ = ["EXIT_CODES", "build_parser", "entrypoint", "main"]
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_INVALID = 2
-EXIT_PREFLIGHT = 3
-EXIT_TRAINING_STOPPED = 4
-EXIT_CHECKPOINT = 5
-EXIT_RELEASE_GATE = 6
-EXIT_VERIFY = 7
 
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -152,48 +160,105 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from geno_pipeline.config import load_params
+@dataclass(frozen=True)
+class StageCommand:
+    """How the CLI runs one pipeline stage: params narrowed to the stage, its run, and what to print."""
 
-    return load_params(args.params if args.params is not None else args.root / "params.yaml")
+    announce: Callable[[LoadedParams], str | None]  # a first line before long work, or None
+    run: Callable[[LoadedParams, Layout, argparse.Namespace], StageResult[Any]]
+    summary: Callable[[Layout, Any, argparse.Namespace], list[str]]
+    status: Callable[[Any], str]  # a key of STATUS_EXIT
+    failure: Callable[[Any], str] = lambda _doc: ""  # the stderr line of a non-ok status
 
 
-def _cmd_data(args: argparse.Namespace) -> int:
-    from geno_pipeline.data.dataset import run
+STATUS_EXIT = {"ok": EXIT_OK, "preflight_not_ok": EXIT_PREFLIGHT, "training_stopped": EXIT_TRAINING_STOPPED}
+
+
+def _data_command() -> StageCommand:
+    from geno_pipeline.data import stage
+
+    def announce(loaded: LoadedParams) -> str:
+        d = loaded.require().data
+        return f"data: building {d.train_windows} train + {d.valid_windows} valid windows ({d.source}) ..."
+
+    return StageCommand(
+        announce=announce,
+        run=lambda loaded, layout, _args: stage.run(loaded.require().data, layout),
+        summary=lambda layout, manifest, _args: stage.summary(layout, manifest),
+        status=lambda _doc: "ok",
+    )
+
+
+def _preflight_command() -> StageCommand:
+    from geno_pipeline.preflight import stage
+
+    return StageCommand(
+        announce=lambda _loaded: None,
+        run=lambda loaded, layout, args: stage.run(loaded, layout, output=args.output),
+        summary=lambda layout, report, args: stage.summary(layout, report, args.output),
+        status=lambda report: "ok" if report.ok else "preflight_not_ok",
+        failure=lambda _report: "preflight: stopping here; fix the errors above and run again",
+    )
+
+
+def _train_command() -> StageCommand:
+    from geno_pipeline.config import TrainStageParams
+    from geno_pipeline.training import stage
+
+    def run(loaded: LoadedParams, layout: Layout, args: argparse.Namespace) -> StageResult[Any]:
+        params = TrainStageParams.from_params(loaded.require())
+        expected = stage.preflight_fingerprint(layout)
+        return stage.run(
+            params, layout, resume=args.resume, stop_after_step=args.stop_after_step, progress=not args.no_progress,
+            expected_fingerprint=expected,
+        )  # fmt: skip
+
+    return StageCommand(
+        announce=lambda _loaded: None,
+        run=run,
+        summary=lambda _layout, report, _args: stage.summary(report),
+        status=lambda report: "training_stopped" if report.status in ("failed_nonfinite", "collapsed") else "ok",
+        failure=lambda report: f"train: error: {report.message}",
+    )
+
+
+def _release_command() -> StageCommand:
+    from geno_pipeline.release import stage
+
+    return StageCommand(
+        announce=lambda _loaded: None,
+        run=lambda loaded, layout, _args: stage.run(loaded.require(), layout),
+        summary=lambda layout, release, _args: stage.summary(layout, release),
+        status=lambda _doc: "ok",
+    )
+
+
+def run_stage(name: str, command: StageCommand, args: argparse.Namespace) -> int:
+    """Load params once, run the stage, time it, write its runtime report, print its summary, map its status to an exit code."""
     from geno_pipeline.runtime_report import utc_now, write_runtime_report
 
     started, t0 = utc_now(), time.perf_counter()
-    params = _params(args)
-    print(
-        f"data: building {params.data.train_windows} train + {params.data.valid_windows} valid windows ({params.data.source}) ...",
-        flush=True,
-    )
-    result = run(params.data, root=args.root, out_dir=args.root / "artifacts" / "dataset")
-    write_runtime_report(
-        args.root, "data", started_at=started, duration_s=time.perf_counter() - t0, facts={"dataset_id": result.manifest.dataset_id}
-    )
-    print(f"data: wrote {result.directory} (dataset_id {result.manifest.dataset_id})")
-    return EXIT_OK
+    layout = Layout.for_root(args.root)
+    loaded = LoadedParams.read(args.params if args.params is not None else layout.params)
+    first = command.announce(loaded)
+    if first:
+        print(first, flush=True)
+    result = command.run(loaded, layout, args)
+    write_runtime_report(layout, name, started_at=started, duration_s=time.perf_counter() - t0, facts=result.facts)
+    for line in command.summary(layout, result.document, args):
+        print(line)
+    status = command.status(result.document)
+    if status != "ok":
+        print(command.failure(result.document), file=sys.stderr)
+    return STATUS_EXIT[status]
 
 
-def _cmd_preflight(args: argparse.Namespace) -> int:
-    from geno_pipeline.preflight.stage import run_preflight_cli
-
-    return run_preflight_cli(root=args.root, params_path=args.params, output=args.output)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from geno_pipeline.config import TrainStageParams
-    from geno_pipeline.training.stage import run_train_cli
-
-    params = TrainStageParams.from_params(_params(args))
-    return run_train_cli(params, root=args.root, resume=args.resume, stop_after_step=args.stop_after_step, progress=not args.no_progress)
-
-
-def _cmd_release(args: argparse.Namespace) -> int:
-    from geno_pipeline.release.stage import run_release_cli
-
-    return run_release_cli(_params(args), root=args.root)
+_STAGES: dict[str, Callable[[], StageCommand]] = {
+    "data": _data_command,
+    "preflight": _preflight_command,
+    "train": _train_command,
+    "release": _release_command,
+}
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -237,20 +302,16 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 def _cmd_repro_check(args: argparse.Namespace) -> int:
     from geno_pipeline.repro_check import run_repro_check_cli
 
-    return run_repro_check_cli(root=args.root, lock_ref=args.lock_ref)
+    return run_repro_check_cli(Layout.for_root(args.root), lock_ref=args.lock_ref)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from geno_pipeline.bench import run_bench_cli
 
-    return run_bench_cli(root=args.root, quick=args.quick)
+    return run_bench_cli(Layout.for_root(args.root), quick=args.quick)
 
 
-_HANDLERS = {
-    "data": _cmd_data,
-    "preflight": _cmd_preflight,
-    "train": _cmd_train,
-    "release": _cmd_release,
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": _cmd_verify,
     "validate": _cmd_validate,
     "schemas": _cmd_schemas,
@@ -263,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES)."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command in _STAGES:
+            return run_stage(args.command, _STAGES[args.command](), args)
         return _HANDLERS[args.command](args)
     except GenoPipelineError as exc:
         print(f"geno-pipeline {args.command}: error: {exc}", file=sys.stderr)

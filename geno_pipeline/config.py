@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from geno_pipeline.canonical import canonical_json
+from geno_pipeline.checksums import sha256_bytes
+from geno_pipeline.data.edits import EDIT_TYPE_NAMES
+from geno_pipeline.documents import Document, FiniteFloat
 from geno_pipeline.errors import ConfigError
 
 __all__ = [
     "EDIT_TYPE_NAMES",
     "CollapseParams",
     "DataParams",
+    "LoadedParams",
     "ModelParams",
     "Params",
     "PreflightParams",
@@ -29,13 +35,11 @@ __all__ = [
     "stage_params",
 ]
 
-EDIT_TYPE_NAMES = ("SNV", "INS", "DEL", "MNV", "INDEL")
-MAX_EDIT_LENGTH = 10  # longest inserted or deleted run of one edit (bases)
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
+class _Section(Document):
+    model_config = ConfigDict(strict=True)
 
 
 class _Problem(ValueError):
@@ -134,17 +138,10 @@ class PreflightParams(_Section):
 
     require_accelerator: bool = False
     """Fail preflight when no usable CUDA device is found."""
-    min_vram_gib: float = Field(2.0, ge=0)
+    min_vram_gib: FiniteFloat = Field(2.0, ge=0)
     """Free memory (GiB) the selected CUDA device must have."""
-    min_free_disk_gib: float = Field(1.0, ge=0)
+    min_free_disk_gib: FiniteFloat = Field(1.0, ge=0)
     """Free disk space (GiB) where artifacts/ lives."""
-
-    @field_validator("min_vram_gib", "min_free_disk_gib")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
 
 class ModelParams(_Section):
@@ -203,17 +200,17 @@ class TrainParams(_Section):
     """Total optimizer steps."""
     batch_size: int = Field(64, ge=1)
     """Tuples per optimizer step."""
-    lr: float = Field(0.001, gt=0)
+    lr: FiniteFloat = Field(0.001, gt=0)
     """Peak learning rate."""
-    weight_decay: float = Field(0.05, ge=0)
+    weight_decay: FiniteFloat = Field(0.05, ge=0)
     """AdamW decoupled weight decay (not applied to biases and norms)."""
     warmup_steps: int = Field(100, ge=0)
     """Linear warmup steps of the schedule."""
     schedule: Literal["wsd", "cosine", "constant"] = "wsd"
     """Learning-rate schedule: warmup-stable-decay, cosine or constant."""
-    grad_clip_norm: float = Field(1.0, gt=0)
+    grad_clip_norm: FiniteFloat = Field(1.0, gt=0)
     """Global gradient-norm clip."""
-    kl_weight: float = Field(0.01, ge=0)
+    kl_weight: FiniteFloat = Field(0.01, ge=0)
     """Weight of the Gaussian KL regulariser on predicted states' batch statistics."""
     checkpoint_every_steps: int = Field(250, ge=1)
     """Write a resume checkpoint every this many steps (and at the end)."""
@@ -225,13 +222,6 @@ class TrainParams(_Section):
     """Sampling weight of each rollout length K >= 1; normalised by their sum."""
     model: ModelParams = Field(default_factory=ModelParams)
     """Model shape."""
-
-    @field_validator("lr", "weight_decay", "grad_clip_norm", "kl_weight")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
     @field_validator("edit_type_weights")
     @classmethod
@@ -268,21 +258,14 @@ class CollapseParams(_Section):
     """Observe collapse metrics every this many steps (and always at the final step)."""
     valid_batch_size: int = Field(512, ge=2)
     """Held-out tuples in the fixed collapse batch."""
-    pred_var_to_target_var: float = Field(0.5, gt=0)
+    pred_var_to_target_var: FiniteFloat = Field(0.5, gt=0)
     """Alert when prediction variance per dim < this x target variance per dim."""
-    pairwise_to_initial: float = Field(0.5, gt=0)
+    pairwise_to_initial: FiniteFloat = Field(0.5, gt=0)
     """Alert when mean pairwise prediction distance < this x its step-0 baseline."""
-    kl_reg_max: float = Field(10.0, gt=0)
+    kl_reg_max: FiniteFloat = Field(10.0, gt=0)
     """Alert when the KL regulariser exceeds this."""
     on_alert: Literal["warn", "halt"] = "warn"
     """`warn` logs alerts and continues; `halt` stops the run with status `collapsed`."""
-
-    @field_validator("pred_var_to_target_var", "pairwise_to_initial", "kl_reg_max")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
 
 class ReleaseParams(_Section):
@@ -323,6 +306,10 @@ class TrainStageParams(_Section):
     def from_params(cls, params: Params) -> TrainStageParams:
         """Narrow the whole params to the train stage's sections."""
         return cls(runtime=params.runtime, train=params.train, collapse=params.collapse)
+
+    def sha256(self) -> str:
+        """Hash of exactly the params the train stage reads (checkpoints and the release bind to it)."""
+        return sha256_bytes(canonical_json(self).encode())
 
 
 def section_keys(model: type[BaseModel], prefix: str) -> list[str]:
@@ -397,6 +384,34 @@ def params_from_mapping(raw: Any, *, source: str = "params.yaml") -> Params:
         body = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"
         raise ConfigError(f"{source}: {len(problems)} {noun}:\n{body}", problems) from None
+
+
+@dataclass(frozen=True)
+class LoadedParams:
+    """A params file as read once per command: valid params, or the defaults plus every problem."""
+
+    path: Path
+    params: Params
+    error: ConfigError | None = None
+
+    @property
+    def valid(self) -> bool:
+        """The file validated."""
+        return self.error is None
+
+    @classmethod
+    def read(cls, path: Path | str) -> LoadedParams:
+        """Read `path`; an invalid file is kept as its error (preflight reports it as findings)."""
+        try:
+            return cls(Path(path), load_params(path))
+        except ConfigError as exc:
+            return cls(Path(path), Params(), exc)
+
+    def require(self) -> Params:
+        """The params, or raise the file's `ConfigError`."""
+        if self.error is not None:
+            raise self.error
+        return self.params
 
 
 def load_params(path: Path | str) -> Params:

@@ -12,19 +12,28 @@ import sys
 from importlib import metadata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from geno_pipeline.config import RuntimeParams
+from geno_pipeline.documents import Document
+from geno_pipeline.errors import TrainingError
 
-__all__ = ["CUBLAS_WORKSPACE_CONFIG", "EnvironmentFingerprint", "build_fingerprint", "package_version"]
+__all__ = [
+    "CUBLAS_WORKSPACE_CONFIG",
+    "EnvironmentFingerprint",
+    "build_fingerprint",
+    "device_kind",
+    "package_version",
+    "requested_cuda_index",
+    "resolve_device",
+    "torch_training_device",
+]
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
-class EnvironmentFingerprint(BaseModel):
+class EnvironmentFingerprint(Document):
     """Everything about the environment that can change training results."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     schema_version: Literal["1.0"] = "1.0"
     """Version of this document's shape."""
@@ -72,3 +81,45 @@ def build_fingerprint(runtime: RuntimeParams, *, device_kind: str) -> Environmen
         cublas_workspace_config=CUBLAS_WORKSPACE_CONFIG if (cuda and runtime.deterministic) else None,
         tf32=False,
     )
+
+
+def requested_cuda_index(device: str) -> int | None:
+    """`cuda:N` -> N, `cuda` -> 0, anything else -> None."""
+    if device.startswith("cuda"):
+        return int(device.split(":", 1)[1]) if ":" in device else 0
+    return None
+
+
+def resolve_device(requested: str, *, cuda_usable: bool) -> str:
+    """The device training uses: `auto` -> `cuda:0` when CUDA is usable, else `cpu`; `cuda[:N]` -> `cuda:N`."""
+    if requested == "auto":
+        return "cuda:0" if cuda_usable else "cpu"
+    index = requested_cuda_index(requested)
+    return "cpu" if index is None else f"cuda:{index}"
+
+
+def device_kind(device: str, *, name: str | None, capability: str | None) -> str:
+    """The fingerprint's device kind: `cpu`, or `cuda:<name>:sm_<capability>` (preflight and train both call this)."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    if name is None or capability is None:
+        return "cuda"
+    return f"cuda:{name}:sm_{capability.replace('.', '')}"
+
+
+def torch_training_device(requested: str) -> tuple[str, str]:
+    """(device, device kind) for training, asking torch; raises `TrainingError` when a CUDA device is not usable."""
+    import torch
+
+    usable = bool(torch.cuda.is_available())
+    device = resolve_device(requested, cuda_usable=usable)
+    index = requested_cuda_index(device)
+    if index is None:
+        return device, device_kind(device, name=None, capability=None)
+    if not usable or index >= torch.cuda.device_count():
+        raise TrainingError(
+            f"runtime.device is {requested} but torch cannot use that CUDA device; "
+            "fix: run preflight to see why, or set runtime.device: auto or cpu"
+        )
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return device, device_kind(device, name=str(props.name), capability=f"{props.major}.{props.minor}")

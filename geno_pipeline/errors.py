@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CHECKPOINT",
+    "EXIT_INTERNAL",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_PREFLIGHT",
+    "EXIT_RELEASE_GATE",
+    "EXIT_TRAINING_STOPPED",
+    "EXIT_VERIFY",
     "ChecksumError",
     "ConfigError",
     "DataError",
@@ -16,11 +24,20 @@ __all__ = [
     "VerifyError",
 ]
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INVALID = 2
+EXIT_PREFLIGHT = 3
+EXIT_TRAINING_STOPPED = 4
+EXIT_CHECKPOINT = 5
+EXIT_RELEASE_GATE = 6
+EXIT_VERIFY = 7
+
 
 class GenoPipelineError(Exception):
     """Base class for errors the CLI reports as one clear message (no traceback)."""
 
-    exit_code: int = 2
+    exit_code: int = EXIT_INVALID
 
 
 class ConfigError(GenoPipelineError):
@@ -54,19 +71,19 @@ class TrainingError(GenoPipelineError):
 class TrainingCheckpointError(TrainingError):
     """A checkpoint is missing, corrupt, or bound to different inputs."""
 
-    exit_code = 5
+    exit_code = EXIT_CHECKPOINT
 
 
 class ReleaseError(GenoPipelineError):
     """A release gate failed or the bundle could not be written."""
 
-    exit_code = 6
+    exit_code = EXIT_RELEASE_GATE
 
 
 class VerifyError(GenoPipelineError):
     """A release bundle failed verification."""
 
-    exit_code = 7
+    exit_code = EXIT_VERIFY
 
 
 class ReproCheckError(GenoPipelineError):

@@ -15,22 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
 
 from geno_pipeline.checksums import sha256_file
+from geno_pipeline.documents import Document
 from geno_pipeline.errors import ReproCheckError
 from geno_pipeline.jsonio import write_json
+from geno_pipeline.layout import Layout
 
 __all__ = ["CHECKED_STAGES", "ReproCheckReport", "dvc_md5", "run_repro_check", "run_repro_check_cli"]
 
 CHECKED_STAGES = ("data", "train", "release")
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class OutputCheck(_Doc):
+class OutputCheck(Document):
     """One declared output of a stage."""
 
     path: str
@@ -43,7 +40,7 @@ class OutputCheck(_Doc):
     """Verdict for this output."""
 
 
-class StageCheck(_Doc):
+class StageCheck(Document):
     """Verdict for one stage."""
 
     stage: str
@@ -56,7 +53,7 @@ class StageCheck(_Doc):
     """Files that differ from the committed reference, where the reference lists files."""
 
 
-class ReproCheckReport(_Doc):
+class ReproCheckReport(Document):
     """reports/repro_check.json."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -102,23 +99,16 @@ def _git_show(root: Path, ref: str, path: str) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
-def _reference_files(root: Path, ref: str, stage: str) -> dict[str, str]:
-    """path -> sha256 of the reference run's files, from the committed reports."""
-    if stage == "train":
-        text = _git_show(root, ref, "reports/train.json")
-        return {a["path"]: a["sha256"] for a in json.loads(text)["artifacts"]} if text else {}
-    if stage == "release":
-        text = _git_show(root, ref, "reports/release.json")
-        if not text:
-            return {}
-        doc = json.loads(text)
-        return {f"{doc['bundle_dir']}/{f['name']}": f["sha256"] for f in doc["files"]}
-    return {}
+def _reference_files(layout: Layout, ref: str, stage: str) -> dict[str, str]:
+    """path -> sha256 of the reference run's files, from the committed reports (both list them as `path`)."""
+    report, key = {"train": (layout.train_report, "artifacts"), "release": (layout.release_report, "files")}.get(stage, (None, ""))
+    text = _git_show(layout.root, ref, layout.rel(report)) if report is not None else None
+    return {a["path"]: a["sha256"] for a in json.loads(text)[key]} if text else {}
 
 
-def _environment_differences(root: Path, ref: str) -> list[str]:
-    text = _git_show(root, ref, "reports/train.json")
-    current = root / "artifacts" / "preflight" / "environment.json"
+def _environment_differences(layout: Layout, ref: str) -> list[str]:
+    text = _git_show(layout.root, ref, layout.rel(layout.train_report))
+    current = layout.environment
     if not text or not current.is_file():
         return []
     want: dict[str, Any] = json.loads(text)["environment"]
@@ -126,9 +116,9 @@ def _environment_differences(root: Path, ref: str) -> list[str]:
     return [f"{k}: reference {want.get(k)!r}, here {have.get(k)!r}" for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
 
 
-def run_repro_check(root: Path, *, lock_ref: str = "HEAD") -> ReproCheckReport:
+def run_repro_check(layout: Layout, *, lock_ref: str = "HEAD") -> ReproCheckReport:
     """Compare the workspace's outputs of data/train/release with the committed dvc.lock."""
-    root = Path(root)
+    root = layout.root
     text = _git_show(root, lock_ref, "dvc.lock")
     if text is None:
         raise ReproCheckError(f"no dvc.lock committed at {lock_ref}; fix: commit dvc.lock from a reference run, or pass --lock-ref")
@@ -145,7 +135,7 @@ def run_repro_check(root: Path, *, lock_ref: str = "HEAD") -> ReproCheckReport:
             outputs.append(OutputCheck(path=out["path"], expected_md5=out.get("md5"), actual_md5=actual, status=status))  # type: ignore[arg-type]
         changed_files: list[str] = []
         if any(o.status != "reproduced" for o in outputs):
-            for path, sha in sorted(_reference_files(root, lock_ref, name).items()):
+            for path, sha in sorted(_reference_files(layout, lock_ref, name).items()):
                 file = root / path
                 if not file.is_file() or sha256_file(file) != sha:
                     changed_files.append(path)
@@ -154,7 +144,7 @@ def run_repro_check(root: Path, *, lock_ref: str = "HEAD") -> ReproCheckReport:
         verdict = "reproduced" if all(o.status == "reproduced" for o in outputs) else "changed"
         stages.append(StageCheck(stage=name, verdict=verdict, outputs=outputs, changed_files=changed_files))  # type: ignore[arg-type]
     ok = all(s.verdict == "reproduced" for s in stages)
-    env = _environment_differences(root, lock_ref)
+    env = _environment_differences(layout, lock_ref)
     if ok:
         explanation = "every data, train and release output is bit-identical to the committed dvc.lock"
     elif env:
@@ -168,16 +158,16 @@ def run_repro_check(root: Path, *, lock_ref: str = "HEAD") -> ReproCheckReport:
     return ReproCheckReport(lock_ref=lock_ref, ok=ok, stages=stages, environment_differences=env, explanation=explanation)
 
 
-def run_repro_check_cli(*, root: Path, lock_ref: str) -> int:
+def run_repro_check_cli(layout: Layout, *, lock_ref: str) -> int:
     """Print one verdict line per stage, write reports/repro_check.json; exit 7 on a mismatch."""
-    report = run_repro_check(root, lock_ref=lock_ref)
+    report = run_repro_check(layout, lock_ref=lock_ref)
     for stage in report.stages:
         if stage.verdict == "reproduced":
             print(f"repro-check: {stage.stage}: reproduced ({', '.join(o.path for o in stage.outputs)})")
         else:
             print(f"repro-check: {stage.stage}: CHANGED: {', '.join(stage.changed_files)}")
     print(f"repro-check: {report.explanation}")
-    write_json(Path(root) / "reports" / "repro_check.json", report, schema="repro_check")
+    write_json(layout.repro_check_report, report, schema="repro_check")
     if not report.ok:
         print("repro-check: outputs do not match the committed dvc.lock", file=sys.stderr)
         return 7

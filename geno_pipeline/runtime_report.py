@@ -8,20 +8,33 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from geno_pipeline.documents import Document
 from geno_pipeline.jsonio import write_json
+from geno_pipeline.layout import Layout
 
-__all__ = ["RuntimeReport", "git_state", "utc_now", "write_runtime_report"]
+__all__ = ["Fact", "RuntimeReport", "StageResult", "git_state", "utc_now", "write_runtime_report"]
+
+Fact = float | int | str | bool | None
+DocT = TypeVar("DocT")
 
 
-class RuntimeReport(BaseModel):
+@dataclass(frozen=True)
+class StageResult(Generic[DocT]):
+    """What a stage's `run` returns: its report document, and volatile facts for reports/runtime/<stage>.json."""
+
+    document: DocT
+    facts: Mapping[str, Fact] = field(default_factory=dict)
+
+
+class RuntimeReport(Document):
     """Wall-clock and host facts of one stage run (not a DVC output)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     schema_version: Literal["1.0"] = "1.0"
     """Version of this document's shape."""
@@ -37,7 +50,7 @@ class RuntimeReport(BaseModel):
     """Commit of the working tree, when it is a git checkout."""
     git_dirty: bool | None
     """Whether the working tree had uncommitted changes."""
-    facts: dict[str, float | int | str | bool | None]
+    facts: dict[str, Fact]
     """Stage-specific volatile facts (throughput, steps run, ...)."""
 
 
@@ -60,11 +73,9 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
     return commit or None, bool(status.strip())
 
 
-def write_runtime_report(
-    root: Path, stage: str, *, started_at: str, duration_s: float, facts: dict[str, float | int | str | bool | None]
-) -> Path:
+def write_runtime_report(layout: Layout, stage: str, *, started_at: str, duration_s: float, facts: Mapping[str, Fact]) -> Path:
     """Write reports/runtime/<stage>.json and return its path."""
-    commit, dirty = git_state(root)
+    commit, dirty = git_state(layout.root)
     report = RuntimeReport(
         stage=stage,
         started_at=started_at,
@@ -72,8 +83,8 @@ def write_runtime_report(
         host=platform.node(),
         git_commit=commit,
         git_dirty=dirty,
-        facts=facts,
+        facts=dict(facts),
     )
-    path = Path(root) / "reports" / "runtime" / f"{stage}.json"
+    path = layout.runtime_report(stage)
     write_json(path, report, schema="runtime_report")
     return path

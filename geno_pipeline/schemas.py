@@ -14,7 +14,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
-from geno_pipeline.jsonio import canonical_json
+from geno_pipeline.canonical import canonical_json
+from geno_pipeline.fsio import atomic_write_text
 
 __all__ = [
     "SCHEMA_MODELS",
@@ -32,19 +33,19 @@ SCHEMA_BASE_ID = "https://geno-pipeline.invalid/schemas/"
 SCHEMA_MODELS: dict[str, str] = {
     "params": "geno_pipeline.config:Params",
     "dataset_manifest": "geno_pipeline.data.manifest:DatasetManifest",
-    "preflight_report": "geno_pipeline.preflight.models:PreflightReport",
+    "preflight_report": "geno_pipeline.preflight.documents:PreflightReport",
     "environment": "geno_pipeline.environment:EnvironmentFingerprint",
     "runtime_report": "geno_pipeline.runtime_report:RuntimeReport",
-    "train_report": "geno_pipeline.training.report:TrainingReport",
-    "train_metrics": "geno_pipeline.training.report:TrainMetrics",
-    "metrics_line": "geno_pipeline.training.report:MetricsLine",
-    "collapse_line": "geno_pipeline.training.report:CollapseLine",
+    "train_report": "geno_pipeline.training.documents:TrainingReport",
+    "train_metrics": "geno_pipeline.training.documents:TrainMetrics",
+    "metrics_line": "geno_pipeline.training.documents:MetricsLine",
+    "collapse_line": "geno_pipeline.training.documents:CollapseLine",
     "checkpoint_state": "geno_pipeline.training.checkpoint:CheckpointState",
-    "release_metadata": "geno_pipeline.release.models:ReleaseMetadata",
-    "release_metrics": "geno_pipeline.release.models:ReleaseMetrics",
-    "provenance": "geno_pipeline.release.models:ProvenanceStatement",
-    "release_report": "geno_pipeline.release.models:ReleaseReport",
-    "preflight_outcome": "geno_pipeline.preflight.models:PreflightOutcome",
+    "release_metadata": "geno_pipeline.release.documents:ReleaseMetadata",
+    "release_metrics": "geno_pipeline.release.documents:ReleaseMetrics",
+    "provenance": "geno_pipeline.release.documents:ProvenanceStatement",
+    "release_report": "geno_pipeline.release.documents:ReleaseReport",
+    "preflight_outcome": "geno_pipeline.preflight.documents:PreflightOutcome",
     "repro_check": "geno_pipeline.repro_check:ReproCheckReport",
     "bench": "geno_pipeline.bench:BenchReport",
 }
@@ -88,8 +89,6 @@ def schema_dir(root: Path) -> Path:
 
 def write_schemas(root: Path) -> list[Path]:
     """Regenerate every committed schema file; returns the paths written."""
-    from geno_pipeline.jsonio import atomic_write_text
-
     out = []
     for name in sorted(SCHEMA_MODELS):
         path = schema_dir(root) / f"{name}.schema.json"

@@ -34,7 +34,7 @@ def tiny_root(tmp_path: Path) -> Path:
 def tiny_dataset(tiny_root: Path) -> Path:
     """tiny_root with artifacts/dataset built."""
     from geno_pipeline.config import load_params
-    from geno_pipeline.data.dataset import run
+    from geno_pipeline.data.dataset import build_dataset
 
-    run(load_params(tiny_root / "params.yaml").data, root=tiny_root, out_dir=tiny_root / "artifacts" / "dataset")
+    build_dataset(load_params(tiny_root / "params.yaml").data, root=tiny_root, out_dir=tiny_root / "artifacts" / "dataset")
     return tiny_root

@@ -21,7 +21,7 @@ from geno_pipeline.preflight import (
     probe_accelerator,
     probe_dependency,
 )
-from geno_pipeline.preflight.models import TorchCudaProbe, TorchDevice
+from geno_pipeline.preflight.documents import TorchCudaProbe, TorchDevice
 from tests.conftest import write_params
 
 GIB = 1024**3
@@ -129,7 +129,7 @@ def fake_torch(devices: list[tuple[str, int, int]] | None = None, *, available: 
 
 
 def ok_dependency(spec: DependencySpec):
-    from geno_pipeline.preflight.models import DependencyProbe
+    from geno_pipeline.preflight.documents import DependencyProbe
 
     return DependencyProbe(
         import_name=spec.import_name,
@@ -225,7 +225,7 @@ def test_preflight_two_gpus_cuda_visible_devices(root: Path, selector: str) -> N
 
 
 def test_preflight_visible_devices_mapping_rules() -> None:
-    from geno_pipeline.preflight.models import NvmlDevice
+    from geno_pipeline.preflight.documents import NvmlDevice
 
     devs = [
         NvmlDevice(

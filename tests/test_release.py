@@ -18,7 +18,7 @@ from geno_pipeline.errors import VerifyError
 from geno_pipeline.release.verify import verify_bundle
 from geno_pipeline.training.determinism import TrainerSeeds
 from geno_pipeline.training.model import build_world_model
-from geno_pipeline.training.stage import _evaluate, _held_out
+from geno_pipeline.training.heldout import build_held_out, evaluate
 from tests.conftest import write_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,9 +220,9 @@ def test_release_load_released_model_round_trip(released: Path) -> None:
         init_seed=seeds.model_init,
     )
     trained.load_state_dict(load_file(released / "artifacts" / "train" / "model.safetensors"))
-    held = _held_out(trained, dataset, params.train, params.collapse, seeds, "cpu")
-    loss_a, pred_a, _, _ = _evaluate(trained, held)
-    loss_b, pred_b, _, _ = _evaluate(model, held)
+    held = build_held_out(trained, dataset, params.train, params.collapse, seeds, "cpu")
+    a, b = evaluate(trained, held), evaluate(model, held)
+    loss_a, pred_a, loss_b, pred_b = a.loss, a.prediction, b.loss, b.prediction
     assert torch.equal(pred_a, pred_b) and loss_a == loss_b
 
 

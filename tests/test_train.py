@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from geno_pipeline.config import load_params
 from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.training.model import build_world_model
-from geno_pipeline.training.stage import TrainPaths, run_training
+from geno_pipeline.layout import Layout
+from geno_pipeline.training.stage import run_training
 from tests.conftest import write_params
 
 
@@ -55,7 +56,7 @@ def clone(prepared: Path, dest: Path) -> Path:
 def test_train_two_runs_identical(prepared: Path, tmp_path: Path) -> None:
     other = clone(prepared, tmp_path / "other")
     params = load_params(other / "params.yaml")
-    report = run_training(params, TrainPaths.for_root(other))  # in-process vs the CLI's process
+    report = run_training(params, Layout.for_root(other))  # in-process vs the CLI's process
     assert report.status == "completed" and report.steps_completed == 12
     straight = tree(prepared / "artifacts" / "train")
     assert tree(other / "artifacts" / "train") == straight
@@ -169,7 +170,7 @@ def test_train_nonfinite_guard_keeps_last_checkpoint(prepared: Path, tmp_path: P
         return model
 
     params = params.model_copy(update={"train": params.train.model_copy(update={"rollout_step_mix": {3: 1.0}})})
-    report = run_training(params, TrainPaths.for_root(root), model_factory=factory)
+    report = run_training(params, Layout.for_root(root), model_factory=factory)
     assert report.status == "failed_nonfinite"
     assert report.steps_completed == 5 and "non-finite loss at step 6" in report.message
     checkpoints = sorted(p.name for p in (root / "artifacts" / "train" / "checkpoints").iterdir())

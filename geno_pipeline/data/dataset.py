@@ -1,4 +1,4 @@
-"""The `data` stage: reference -> non-overlapping train/valid windows + manifest + SHA256SUMS."""
+"""The dataset: reference -> non-overlapping train/valid windows + manifest + SHA256SUMS, and its verified loader."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ __all__ = [
     "VALID_FILE",
     "Dataset",
     "DatasetResult",
+    "build_dataset",
     "candidate_slots",
     "dataset_problems",
     "load_dataset",
     "npy_bytes",
-    "run",
 ]
 
 MANIFEST_NAME = "dataset_manifest.json"
@@ -118,7 +118,7 @@ def build_windows(params: DataParams, records: list[Record]) -> tuple[np.ndarray
     return gather(train_idx), gather(valid_idx), len(slots)
 
 
-def run(params: DataParams, *, root: Path, out_dir: Path) -> DatasetResult:
+def build_dataset(params: DataParams, *, root: Path, out_dir: Path) -> DatasetResult:
     """Build the dataset into `out_dir` atomically (a failure leaves the previous dataset intact)."""
     records, source = _reference(params, root)
     train, valid, n_slots = build_windows(params, records)

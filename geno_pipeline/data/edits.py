@@ -8,21 +8,36 @@ insertion or by pulling in following reference bases after a deletion.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
-from geno_pipeline.training.sampling import EDIT_TYPES, EditType
-
 __all__ = [
     "ACTION_FEATURES",
+    "EDIT_TYPES",
+    "EDIT_TYPE_NAMES",
     "MAX_EDIT_BASES",
+    "EditType",
     "RelEdit",
     "action_features",
     "apply_edit",
     "sample_edit",
 ]
 
-MAX_EDIT_BASES = 10  # longest inserted or deleted run
+
+class EditType(str, Enum):
+    """Kinds of relative edit applied to a DNA window."""
+
+    SNV = "SNV"
+    INS = "INS"
+    DEL = "DEL"
+    MNV = "MNV"
+    INDEL = "INDEL"
+
+
+EDIT_TYPES: tuple[EditType, ...] = tuple(EditType)
+EDIT_TYPE_NAMES: tuple[str, ...] = tuple(t.value for t in EDIT_TYPES)
+MAX_EDIT_BASES = 10  # longest inserted or deleted run of one edit (bases)
 _POS_FREQS = (1.0, 2.0, 4.0, 8.0)
 # type one-hot, position, 2 x 4 sinusoidal position features, ref/alt lengths, alt bases one-hot
 ACTION_FEATURES = len(EDIT_TYPES) + 1 + 2 * len(_POS_FREQS) + 2 + 4 * MAX_EDIT_BASES

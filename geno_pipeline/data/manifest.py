@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from geno_pipeline.config import DataParams
+from geno_pipeline.documents import Document
 
 __all__ = ["DatasetCounts", "DatasetFile", "DatasetManifest", "DatasetSource"]
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class DatasetFile(_Doc):
+class DatasetFile(Document):
     """One file of the dataset."""
 
     path: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -26,7 +23,7 @@ class DatasetFile(_Doc):
     """Size in bytes."""
 
 
-class DatasetSource(_Doc):
+class DatasetSource(Document):
     """Where the reference came from."""
 
     kind: Literal["synthetic", "fasta"]
@@ -41,7 +38,7 @@ class DatasetSource(_Doc):
     """Total bases in the reference (N included)."""
 
 
-class DatasetCounts(_Doc):
+class DatasetCounts(Document):
     """Sizes of the splits."""
 
     train_windows: int = Field(ge=1)
@@ -58,7 +55,7 @@ class DatasetCounts(_Doc):
     """GC fraction over training windows."""
 
 
-class DatasetManifest(_Doc):
+class DatasetManifest(Document):
     """Identity and contents of a built dataset."""
 
     schema_version: Literal["1.0"] = "1.0"

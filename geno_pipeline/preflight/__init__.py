@@ -1,25 +1,25 @@
-"""Preflight: will this machine run the job, and if not, why not."""
+"""Preflight: will this machine run the job, and if not, why not (a list of checks: probe -> findings)."""
 
 from __future__ import annotations
 
-from geno_pipeline.preflight.accelerator import (
+from geno_pipeline.preflight.checks.accelerator import (
     assess_accelerator,
     map_visible_devices,
     probe_accelerator,
     probe_nvml,
     probe_torch_cuda,
 )
-from geno_pipeline.preflight.dependencies import DependencySpec, probe_dependency
-from geno_pipeline.preflight.models import (
+from geno_pipeline.preflight.checks.dependencies import DependencySpec, probe_dependency
+from geno_pipeline.preflight.documents import (
     MIN_CUDA_VRAM_GB,
     AcceleratorProbe,
     DependencyProbe,
     PreflightReport,
     TrainingPreflightIssue,
     TrainingPreflightReport,
-    TrainingPreflightRequest,
 )
-from geno_pipeline.preflight.report import build_training_preflight_report, write_training_preflight_report
+from geno_pipeline.preflight.runner import TrainingPreflightRequest, build_training_preflight_report
+from geno_pipeline.preflight.stage import write_training_preflight_report
 
 __all__ = [
     "MIN_CUDA_VRAM_GB",

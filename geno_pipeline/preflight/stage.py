@@ -1,18 +1,66 @@
-"""`geno-pipeline preflight`: print the table, write the report, exit 0 (ok) or 3 (not ok)."""
+"""The `preflight` stage: run the checks, write reports/preflight.json, the environment fingerprint and the outcome."""
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
-from geno_pipeline.preflight.models import PreflightReport, TrainingPreflightRequest
-from geno_pipeline.preflight.report import write_training_preflight_report
-from geno_pipeline.runtime_report import utc_now, write_runtime_report
+from geno_pipeline.config import LoadedParams
+from geno_pipeline.environment import build_fingerprint
+from geno_pipeline.jsonio import write_json
+from geno_pipeline.layout import Layout
+from geno_pipeline.preflight.checks.accelerator import AcceleratorProbeFn, fingerprint_device_kind
+from geno_pipeline.preflight.checks.dependencies import DependencyProbeFn
+from geno_pipeline.preflight.documents import PreflightReport
+from geno_pipeline.preflight.runner import TrainingPreflightRequest, build_report, outcome_of
+from geno_pipeline.runtime_report import StageResult
 
-__all__ = ["format_table", "run_preflight_cli"]
+__all__ = ["format_table", "run", "summary", "write_training_preflight_report"]
 
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+
+
+def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout, output: Path) -> None:
+    """reports/preflight.json (volatile), artifacts/preflight/environment.json and outcome.json (deterministic)."""
+    write_json(output, report, schema="preflight_report")
+    fingerprint = build_fingerprint(loaded.params.runtime, device_kind=fingerprint_device_kind(report.accelerator))
+    write_json(layout.environment, fingerprint, schema="environment")
+    write_json(layout.preflight_outcome, outcome_of(report), schema="preflight_outcome")
+
+
+def run(
+    loaded: LoadedParams,
+    layout: Layout,
+    *,
+    output: Path | None = None,
+    generated_at: str | None = None,
+    dependency_probe: DependencyProbeFn | None = None,
+    accelerator_probe: AcceleratorProbeFn | None = None,
+) -> StageResult[PreflightReport]:
+    """Probe this machine for the job described by `loaded` (invalid params are findings, not a crash)."""
+    request = TrainingPreflightRequest.for_root(layout.root, loaded.path)
+    report = build_report(
+        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe
+    )
+    write_outputs(report, loaded, layout, output or layout.preflight_report)
+    return StageResult(report, {"ok": report.ok, "resolved_device": report.resolved_device})
+
+
+def write_training_preflight_report(
+    request: TrainingPreflightRequest,
+    output: Path | None = None,
+    *,
+    generated_at: str | None = None,
+    dependency_probe: DependencyProbeFn | None = None,
+    accelerator_probe: AcceleratorProbeFn | None = None,
+) -> PreflightReport:
+    """Seed API: build the report for `request`, write it and the fingerprint; return it."""
+    loaded = LoadedParams.read(request.params_path)
+    report = build_report(
+        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe
+    )
+    layout = Layout.for_root(request.root)
+    write_outputs(report, loaded, layout, Path(output) if output is not None else layout.preflight_report)
+    return report
 
 
 def format_table(report: PreflightReport) -> str:
@@ -24,25 +72,10 @@ def format_table(report: PreflightReport) -> str:
     return "\n".join(lines)
 
 
-def run_preflight_cli(*, root: Path, params_path: Path | None, output: Path | None) -> int:
-    """Run preflight for a project root; returns the CLI exit code."""
-    started, t0 = utc_now(), time.perf_counter()
-    request = TrainingPreflightRequest.for_root(root, params_path)
-    out = output if output is not None else root / "reports" / "preflight.json"
-    report = write_training_preflight_report(request, out, generated_at=started)
-    print(format_table(report))
+def summary(layout: Layout, report: PreflightReport, output: Path | None = None) -> list[str]:
+    """The table and the verdict line the CLI prints."""
     errors = sum(1 for i in report.issues if i.severity == "error")
-    warnings = len(report.issues) - errors
     verdict = "ok" if report.ok else "NOT OK"
-    print(f"preflight: {verdict} (device {report.resolved_device}; {errors} error(s), {warnings} warning(s)); report: {out}")
-    write_runtime_report(
-        root,
-        "preflight",
-        started_at=started,
-        duration_s=time.perf_counter() - t0,
-        facts={"ok": report.ok, "resolved_device": report.resolved_device},
-    )
-    if not report.ok:
-        print("preflight: stopping here; fix the errors above and run again", file=sys.stderr)
-        return 3
-    return 0
+    where = output or layout.preflight_report
+    counts = f"{errors} error(s), {len(report.issues) - errors} warning(s)"
+    return [format_table(report), f"preflight: {verdict} (device {report.resolved_device}; {counts}); report: {where}"]

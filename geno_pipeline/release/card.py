@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from geno_pipeline.release.models import ReleaseMetadata, ReleaseMetrics
-from geno_pipeline.training.report import TrainingReport
+from geno_pipeline.release.documents import ReleaseMetadata, ReleaseMetrics
+from geno_pipeline.training.documents import TrainingReport
 
 __all__ = ["model_card"]
 

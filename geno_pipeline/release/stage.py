@@ -8,8 +8,6 @@ import math
 import os
 import re
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,17 +15,18 @@ from safetensors.torch import load_file
 
 from geno_pipeline import __version__
 from geno_pipeline.checksums import sha256_file, write_sha256sums
-from geno_pipeline.config import Params
+from geno_pipeline.config import Params, TrainStageParams
+from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.errors import ReleaseError
 from geno_pipeline.jsonio import atomic_write_bytes, atomic_write_text, read_json, replace_dir_atomically, staging_dir, write_json
-from geno_pipeline.preflight.models import PreflightOutcome
+from geno_pipeline.layout import Layout
+from geno_pipeline.preflight.documents import PreflightOutcome
 from geno_pipeline.release.card import model_card
-from geno_pipeline.release.models import (
+from geno_pipeline.release.documents import (
     BuildDefinition,
     Builder,
     BuildMetadata,
-    BundleFile,
     ConsumedInput,
     ProvenanceStatement,
     ReleaseMetadata,
@@ -38,48 +37,16 @@ from geno_pipeline.release.models import (
     SlsaPredicate,
     Subject,
 )
-from geno_pipeline.runtime_report import git_state, utc_now, write_runtime_report
+from geno_pipeline.runtime_report import StageResult, git_state
 from geno_pipeline.source import LOCK_FILE, package_root, source_digest
 from geno_pipeline.tensorfile import serialize_tensors
-from geno_pipeline.training.report import TrainingReport
-from geno_pipeline.training.stage import train_params_sha256
+from geno_pipeline.training.documents import TrainingReport
 
-__all__ = ["BUNDLE_FILES", "ReleasePaths", "check_gates", "locked_packages", "run_release", "run_release_cli"]
+__all__ = ["BUNDLE_FILES", "check_gates", "locked_packages", "run", "run_release", "summary"]
 
 MODEL_FILE = "model.safetensors"
 BUNDLE_FILES = (MODEL_FILE, "metrics.json", "metadata.json", "provenance.intoto.json", "MODEL_CARD.md")
 MODEL_FORMAT = "geno-pipeline/world-model/v1"
-
-
-@dataclass(frozen=True)
-class ReleasePaths:
-    """What the release stage reads and writes."""
-
-    root: Path
-
-    @property
-    def outcome(self) -> Path:
-        return self.root / "artifacts" / "preflight" / "outcome.json"
-
-    @property
-    def fingerprint(self) -> Path:
-        return self.root / "artifacts" / "preflight" / "environment.json"
-
-    @property
-    def train_report(self) -> Path:
-        return self.root / "reports" / "train.json"
-
-    @property
-    def train_dir(self) -> Path:
-        return self.root / "artifacts" / "train"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "artifacts" / "dataset" / "dataset_manifest.json"
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / "artifacts" / "release"
 
 
 def _created_at() -> str | None:
@@ -91,29 +58,29 @@ def _created_at() -> str | None:
     return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def check_gates(params: Params, paths: ReleasePaths) -> tuple[PreflightOutcome, TrainingReport, dict[str, torch.Tensor]]:
+def check_gates(params: Params, layout: Layout) -> tuple[PreflightOutcome, TrainingReport, dict[str, torch.Tensor]]:
     """Every release gate; raises `ReleaseError` listing each one that failed."""
     failures: list[str] = []
-    if not paths.outcome.is_file():
-        raise ReleaseError(f"gate 'preflight ok' failed: {paths.outcome} is missing; fix: run `geno-pipeline preflight`")
-    outcome = PreflightOutcome.model_validate(read_json(paths.outcome, schema="preflight_outcome"))
+    if not layout.preflight_outcome.is_file():
+        raise ReleaseError(f"gate 'preflight ok' failed: {layout.preflight_outcome} is missing; fix: run `geno-pipeline preflight`")
+    outcome = PreflightOutcome.model_validate(read_json(layout.preflight_outcome, schema="preflight_outcome"))
     if not outcome.ok:
         failures.append(f"preflight ok: preflight reported errors {', '.join(outcome.error_codes)}; fix: see reports/preflight.json")
-    if not paths.train_report.is_file():
-        raise ReleaseError(f"gate 'training completed' failed: {paths.train_report} is missing; fix: run `geno-pipeline train`")
-    report = TrainingReport.model_validate(read_json(paths.train_report, schema="train_report"))
+    if not layout.train_report.is_file():
+        raise ReleaseError(f"gate 'training completed' failed: {layout.train_report} is missing; fix: run `geno-pipeline train`")
+    report = TrainingReport.model_validate(read_json(layout.train_report, schema="train_report"))
     if report.status != "completed" or report.steps_completed != report.steps_requested:
         failures.append(
             f"training completed: status {report.status}, {report.steps_completed}/{report.steps_requested} steps; "
             "fix: finish training (geno-pipeline train --resume auto)"
         )
-    expected = train_params_sha256(params.runtime, params.train, params.collapse)
+    expected = TrainStageParams.from_params(params).sha256()
     if report.params_sha256 != expected:
         failures.append(
             "params unchanged since training: the runtime/train/collapse params differ from the ones trained with; fix: retrain"
         )
     weights: dict[str, torch.Tensor] = {}
-    model_path = paths.train_dir / MODEL_FILE
+    model_path = layout.train_dir / MODEL_FILE
     if report.status == "completed":
         if not model_path.is_file():
             failures.append(f"training completed: {model_path} is missing; fix: retrain")
@@ -150,135 +117,145 @@ def locked_packages(root: Path) -> list[tuple[str, str]]:
     return sorted(out, key=lambda p: p[0].lower())
 
 
-def _rel(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
+def _weights_metadata(params: Params, report: TrainingReport) -> dict[str, str]:
+    """The safetensors header of the released weights: identity, and what `load_released_model` rebuilds the model from."""
+    return {
+        "format": MODEL_FORMAT,
+        "run_id": report.run_id,
+        "params_sha256": report.params_sha256,
+        "seed": str(params.train.seed),
+        "source_digest": source_digest(),
+        "window_length": str(params.data.window_length),
+        "model_params": json.dumps(params.train.model.model_dump(), sort_keys=True),
+        "encoder_seed": str(report.seeds.encoder),
+        "init_seed": str(report.seeds.model_init),
+    }
 
 
-def run_release(params: Params, paths: ReleasePaths) -> ReleaseReport:
-    """Check the gates and write the bundle atomically; returns the report also written to reports/release.json."""
-    outcome, report, weights = check_gates(params, paths)
-    created = _created_at()
-    digest = source_digest()
-    fingerprint = EnvironmentFingerprint.model_validate(read_json(paths.fingerprint, schema="environment"))
-    train_files = [paths.train_dir / MODEL_FILE, paths.train_dir / "metrics.jsonl", paths.train_dir / "collapse.jsonl"]
-    consumed = [paths.outcome, paths.fingerprint, paths.manifest, paths.train_report, *train_files]
-    inputs = [ConsumedInput(path=_rel(paths.root, p), sha256=sha256_file(p)) for p in consumed]
+def release_metrics(report: TrainingReport) -> ReleaseMetrics:
+    """metrics.json of the bundle, from the training report."""
     final = report.collapse.final_check
-    stage = staging_dir(paths.bundle)
+    assert report.final_train_loss is not None and report.final_heldout_loss is not None and report.heldout_to_baseline is not None
+    return ReleaseMetrics(
+        run_id=report.run_id,
+        steps=report.steps_completed,
+        final_train_loss=report.final_train_loss,
+        final_heldout_loss=report.final_heldout_loss,
+        identity_baseline_heldout_loss=report.identity_baseline_heldout_loss,
+        heldout_to_baseline=report.heldout_to_baseline,
+        collapse_alerts=report.collapse.alert_count,
+        final_pred_var_ratio=final.pred_var_ratio() if final else None,
+        final_pairwise_ratio=final.pairwise_ratio() if final else None,
+        final_effective_rank=final.metrics.effective_rank if final else None,
+    )
+
+
+def _metadata(params: Params, layout: Layout, outcome: PreflightOutcome, report: TrainingReport, created: str | None) -> ReleaseMetadata:
+    train_files = [layout.final_model, layout.log("metrics.jsonl"), layout.log("collapse.jsonl")]
+    consumed = [layout.preflight_outcome, layout.environment, layout.dataset_manifest, layout.train_report, *train_files]
+    final = report.collapse.final_check
+    return ReleaseMetadata(
+        run_id=report.run_id,
+        package_version=__version__,
+        source_digest=source_digest(),
+        created_at=created,
+        params=params,
+        params_sha256=report.params_sha256,
+        seeds=report.seeds,
+        determinism=report.determinism,
+        environment=EnvironmentFingerprint.model_validate(read_json(layout.environment, schema="environment")),
+        dataset_id=report.dataset_id,
+        dataset_manifest_sha256=report.dataset_manifest_sha256,
+        inputs=[ConsumedInput(path=layout.rel(p), sha256=sha256_file(p)) for p in consumed],
+        preflight=outcome,
+        collapse_status="alerts_acknowledged" if final is not None and final.alerts else "no_alerts",
+        model_file=MODEL_FILE,
+    )
+
+
+def _provenance(bundle: Path, layout: Layout, metadata: ReleaseMetadata) -> dict[str, object]:
+    """An unsigned in-toto Statement (SLSA provenance v1) over every other bundle file."""
+    subjects = [
+        Subject(name=n, digest={"sha256": sha256_file(bundle / n)}) for n in (MODEL_FILE, "metrics.json", "metadata.json", "MODEL_CARD.md")
+    ]
+    deps = [
+        ResourceDescriptor(name="source", digest={"sha256": metadata.source_digest.removeprefix("sha256:")}),
+        ResourceDescriptor(
+            name="dataset_manifest", uri=layout.rel(layout.dataset_manifest), digest={"sha256": metadata.dataset_manifest_sha256}
+        ),
+    ]
+    deps += [ResourceDescriptor(name=name, uri=f"pkg:pypi/{name.lower()}@{version}") for name, version in locked_packages(package_root())]
+    statement = ProvenanceStatement(
+        subject=subjects,
+        predicate=SlsaPredicate(
+            buildDefinition=BuildDefinition(
+                buildType="https://geno-pipeline.invalid/build-types/dvc-repro/v1",
+                externalParameters={"params": metadata.params.model_dump(mode="json")},
+                internalParameters={"seeds": metadata.seeds.model_dump(), "environment": metadata.environment.model_dump(mode="json")},
+                resolvedDependencies=deps,
+            ),
+            runDetails=RunDetails(
+                builder=Builder(id="https://geno-pipeline.invalid/builders/local-dvc"),
+                metadata=BuildMetadata(invocationId=metadata.run_id, startedOn=metadata.created_at),
+            ),
+        ),
+    )
+    return statement.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def write_bundle(params: Params, layout: Layout, gated: tuple[PreflightOutcome, TrainingReport, dict[str, torch.Tensor]]) -> None:
+    """Write the bundle in a staging directory, then swap it into artifacts/release (a failure leaves the old one)."""
+    outcome, report, weights = gated
+    stage = staging_dir(layout.release_dir)
     try:
         # 1) weights, with identity in the safetensors header
-        meta = {
-            "format": MODEL_FORMAT,
-            "run_id": report.run_id,
-            "params_sha256": report.params_sha256,
-            "seed": str(params.train.seed),
-            "source_digest": digest,
-            "window_length": str(params.data.window_length),
-            "model_params": json.dumps(params.train.model.model_dump(), sort_keys=True),
-            "encoder_seed": str(report.seeds.encoder),
-            "init_seed": str(report.seeds.model_init),
-        }
-        atomic_write_bytes(stage / MODEL_FILE, serialize_tensors(weights, meta))
+        atomic_write_bytes(stage / MODEL_FILE, serialize_tensors(weights, _weights_metadata(params, report)))
         # 2) metrics and metadata
-        assert report.final_train_loss is not None and report.final_heldout_loss is not None and report.heldout_to_baseline is not None
-        metrics = ReleaseMetrics(
-            run_id=report.run_id,
-            steps=report.steps_completed,
-            final_train_loss=report.final_train_loss,
-            final_heldout_loss=report.final_heldout_loss,
-            identity_baseline_heldout_loss=report.identity_baseline_heldout_loss,
-            heldout_to_baseline=report.heldout_to_baseline,
-            collapse_alerts=report.collapse.alert_count,
-            final_pred_var_ratio=final.pred_var_ratio() if final else None,
-            final_pairwise_ratio=final.pairwise_ratio() if final else None,
-            final_effective_rank=final.metrics.effective_rank if final else None,
-        )
+        metrics = release_metrics(report)
         write_json(stage / "metrics.json", metrics, schema="release_metrics")
-        metadata = ReleaseMetadata(
-            run_id=report.run_id,
-            package_version=__version__,
-            source_digest=digest,
-            created_at=created,
-            params=params,
-            params_sha256=report.params_sha256,
-            seeds=report.seeds,
-            determinism=report.determinism,
-            environment=fingerprint,
-            dataset_id=report.dataset_id,
-            dataset_manifest_sha256=report.dataset_manifest_sha256,
-            inputs=inputs,
-            preflight=outcome,
-            collapse_status="alerts_acknowledged" if final is not None and final.alerts else "no_alerts",
-            model_file=MODEL_FILE,
-        )
+        metadata = _metadata(params, layout, outcome, report, _created_at())
         write_json(stage / "metadata.json", metadata, schema="release_metadata")
         # 3) people's card
         atomic_write_text(stage / "MODEL_CARD.md", model_card(metadata, metrics, report))
         # 4) provenance over every other file
-        subjects = [
-            Subject(name=n, digest={"sha256": sha256_file(stage / n)})
-            for n in (MODEL_FILE, "metrics.json", "metadata.json", "MODEL_CARD.md")
-        ]
-        deps = [
-            ResourceDescriptor(name="source", digest={"sha256": digest.removeprefix("sha256:")}),
-            ResourceDescriptor(
-                name="dataset_manifest", uri=_rel(paths.root, paths.manifest), digest={"sha256": report.dataset_manifest_sha256}
-            ),
-        ]
-        deps += [
-            ResourceDescriptor(name=name, uri=f"pkg:pypi/{name.lower()}@{version}") for name, version in locked_packages(package_root())
-        ]
-        statement = ProvenanceStatement(
-            subject=subjects,
-            predicate=SlsaPredicate(
-                buildDefinition=BuildDefinition(
-                    buildType="https://geno-pipeline.invalid/build-types/dvc-repro/v1",
-                    externalParameters={"params": params.model_dump(mode="json")},
-                    internalParameters={"seeds": report.seeds.model_dump(), "environment": fingerprint.model_dump(mode="json")},
-                    resolvedDependencies=deps,
-                ),
-                runDetails=RunDetails(
-                    builder=Builder(id="https://geno-pipeline.invalid/builders/local-dvc"),
-                    metadata=BuildMetadata(invocationId=report.run_id, startedOn=created),
-                ),
-            ),
-        )
-        document = statement.model_dump(mode="json", by_alias=True, exclude_none=True)
-        write_json(stage / "provenance.intoto.json", document, schema="provenance")
+        write_json(stage / "provenance.intoto.json", _provenance(stage, layout, metadata), schema="provenance")
         # 5) SHA256SUMS over every other file, then swap into place
         write_sha256sums(stage, sorted(BUNDLE_FILES))
-        replace_dir_atomically(stage, paths.bundle)
+        replace_dir_atomically(stage, layout.release_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def run(params: Params, layout: Layout) -> StageResult[ReleaseReport]:
+    """Check the gates and write the bundle atomically; returns the report also written to reports/release.json."""
+    gated = check_gates(params, layout)
+    report = gated[1]
+    write_bundle(params, layout, gated)
     files = [
-        BundleFile(name=n, sha256=sha256_file(paths.bundle / n), bytes=(paths.bundle / n).stat().st_size)
-        for n in sorted((*BUNDLE_FILES, "SHA256SUMS"))
+        ArtifactIdentity(path=layout.rel(p), sha256=sha256_file(p), bytes=p.stat().st_size)
+        for p in (layout.release_dir / n for n in sorted((*BUNDLE_FILES, "SHA256SUMS")))
     ]
     release = ReleaseReport(
         run_id=report.run_id,
-        bundle_dir=_rel(paths.root, paths.bundle),
+        bundle_dir=layout.rel(layout.release_dir),
         files=files,
-        verify_command=f"geno-pipeline verify {_rel(paths.root, paths.bundle)}",
+        verify_command=f"geno-pipeline verify {layout.rel(layout.release_dir)}",
     )
-    write_json(paths.root / "reports" / "release.json", release, schema="release_report")
-    return release
+    write_json(layout.release_report, release, schema="release_report")
+    commit, dirty = git_state(layout.root)
+    return StageResult(release, {"run_id": release.run_id, "git_commit_at_release": commit, "git_dirty_at_release": dirty})
 
 
-def run_release_cli(params: Params, *, root: Path) -> int:
-    """CLI wrapper; returns the exit code."""
-    started, t0 = utc_now(), time.perf_counter()
-    paths = ReleasePaths(Path(root))
-    release = run_release(params, paths)
-    commit, dirty = git_state(paths.root)
-    write_runtime_report(
-        paths.root,
-        "release",
-        started_at=started,
-        duration_s=time.perf_counter() - t0,
-        facts={"run_id": release.run_id, "git_commit_at_release": commit, "git_dirty_at_release": dirty},
-    )
-    sums = next(f.sha256 for f in release.files if f.name == "SHA256SUMS")
-    print(f"release: wrote {release.bundle_dir} ({len(release.files)} files, SHA256SUMS {sums[:16]}...) for {release.run_id}")
-    print(f"release: check it with `{release.verify_command}` or `cd {release.bundle_dir} && sha256sum -c --strict SHA256SUMS`")
-    return 0
+def run_release(params: Params, layout: Layout) -> ReleaseReport:
+    """Programmatic form of the stage: the report also written to reports/release.json."""
+    return run(params, layout).document
+
+
+def summary(layout: Layout, release: ReleaseReport) -> list[str]:
+    """What the CLI prints after the stage."""
+    sums = next(f.sha256 for f in release.files if f.path.endswith("/SHA256SUMS"))
+    return [
+        f"release: wrote {release.bundle_dir} ({len(release.files)} files, SHA256SUMS {sums[:16]}...) for {release.run_id}",
+        f"release: check it with `{release.verify_command}` or `cd {release.bundle_dir} && sha256sum -c --strict SHA256SUMS`",
+    ]

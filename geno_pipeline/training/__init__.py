@@ -42,7 +42,7 @@ _LAZY = {
     "build_adamw_optimizer": "geno_pipeline.training.trainer",
     "make_action_mask": "geno_pipeline.training.trainer",
     "TrainingCheckpointError": "geno_pipeline.errors",
-    "TrainingReport": "geno_pipeline.training.report",
+    "TrainingReport": "geno_pipeline.training.documents",
     "run_training": "geno_pipeline.training.stage",
     "AcceleratorProbe": "geno_pipeline.preflight",
     "DependencyProbe": "geno_pipeline.preflight",

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from safetensors.torch import load_file
 
 from geno_pipeline.checksums import check_sha256sums, sha256_bytes, sha256_file, write_sha256sums
+from geno_pipeline.documents import Document
 from geno_pipeline.errors import SchemaValidationError, TrainingCheckpointError
 from geno_pipeline.jsonio import atomic_write_bytes, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.tensorfile import serialize_tensors
@@ -45,11 +46,7 @@ STATE_FILE = "state.json"
 _DIR = re.compile(r"^step-(\d{6,})$")
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class Bindings(_Doc):
+class Bindings(Document):
     """What the checkpoint is bound to; resuming under anything else is refused."""
 
     params_sha256: str
@@ -62,7 +59,7 @@ class Bindings(_Doc):
     """Hash of the environment fingerprint."""
 
 
-class LogRecord(_Doc):
+class LogRecord(Document):
     """Length and hash of a log file at checkpoint time (the prefix a resume keeps)."""
 
     bytes: int = Field(ge=0)
@@ -71,7 +68,7 @@ class LogRecord(_Doc):
     """SHA-256 of those bytes."""
 
 
-class PCG64Inner(_Doc):
+class PCG64Inner(Document):
     """PCG64 128-bit state."""
 
     state: int
@@ -80,7 +77,7 @@ class PCG64Inner(_Doc):
     """Increment."""
 
 
-class SamplerState(_Doc):
+class SamplerState(Document):
     """numpy PCG64 bit-generator state of the tuple sampler."""
 
     bit_generator: Literal["PCG64"]
@@ -93,7 +90,7 @@ class SamplerState(_Doc):
     """Buffered 32-bit value."""
 
 
-class OptimizerGroupState(_Doc):
+class OptimizerGroupState(Document):
     """Hyper-parameters of one AdamW param group."""
 
     group_name: str
@@ -112,7 +109,7 @@ class OptimizerGroupState(_Doc):
     """Adam epsilon."""
 
 
-class CheckpointState(_Doc):
+class CheckpointState(Document):
     """state.json of a resume checkpoint."""
 
     schema_id: Literal["geno-pipeline/checkpoint-state"] = "geno-pipeline/checkpoint-state"

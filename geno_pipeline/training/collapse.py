@@ -15,6 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from geno_pipeline.config import CollapseParams
+from geno_pipeline.training.documents import CollapseMetrics
+
 __all__ = [
     "CollapseAlert",
     "CollapseCheck",
@@ -34,20 +37,6 @@ _CHUNK_ELEMENTS = 1 << 22  # distances held at once (~32 MiB in float64)
 # Up to this N, distances come from explicit differences (exact to rounding even for near-equal
 # rows); beyond it, from the matmul expansion (about 5x faster, ~1e-8 absolute error per pair).
 _EXACT_MAX_N = 4096
-
-
-@dataclass(frozen=True)
-class CollapseMetrics:
-    """Scalar collapse diagnostics for one [N, D] batch of predictions and targets."""
-
-    pred_cos_mean: float
-    pred_l2_mean: float
-    target_var_per_dim: float
-    pred_var_per_dim: float
-    pred_target_corr: float
-    pairwise_pred_dist_mean: float
-    kl_reg: float
-    effective_rank: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +229,14 @@ class CollapseMonitor:
         if isinstance(self.log_every_steps, bool) or not isinstance(self.log_every_steps, int) or self.log_every_steps < 1:
             raise ValueError(f"log_every_steps must be an integer >= 1, got {self.log_every_steps!r}")
 
+    @classmethod
+    def from_params(cls, params: CollapseParams) -> CollapseMonitor:
+        """A monitor with the schedule and thresholds of the `collapse` params."""
+        return cls(
+            log_every_steps=params.log_every_steps,
+            thresholds=CollapseThresholds(params.pred_var_to_target_var, params.pairwise_to_initial, params.kl_reg_max),
+        )
+
     def should_log(self, step: int) -> bool:
         """Whether `step` is a scheduled monitoring step."""
         return step > 0 and step % self.log_every_steps == 0
@@ -254,14 +251,22 @@ class CollapseMonitor:
         logger: CollapseLogger | None = None,
         force: bool = False,
     ) -> CollapseCheck | None:
-        """Observe a held-out batch at `step`; None on non-scheduled steps unless `force`."""
+        """Observe a held-out batch at `step`; None on non-scheduled steps unless `force`.
+
+        Step 0 (before any update) is the baseline: it sets the pairwise-distance baseline when none
+        is set and raises no alert.
+        """
         if not (force or self.should_log(step)):
             return None
         metrics = compute_collapse_metrics(prediction, target, kl_reg=kl_reg)
         if self.initial_pairwise_pred_dist_mean is None:
             self.initial_pairwise_pred_dist_mean = metrics.pairwise_pred_dist_mean
-        alerts = detect_collapse(
-            metrics, thresholds=self.thresholds, initial_pairwise_pred_dist_mean=self.initial_pairwise_pred_dist_mean, step=step
+        alerts = (
+            ()
+            if step == 0
+            else detect_collapse(
+                metrics, thresholds=self.thresholds, initial_pairwise_pred_dist_mean=self.initial_pairwise_pred_dist_mean, step=step
+            )
         )
         check = CollapseCheck(step=step, metrics=metrics, alerts=alerts)
         self.history.append(check)

@@ -7,18 +7,17 @@ import random
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from geno_pipeline.documents import Document
 from geno_pipeline.environment import CUBLAS_WORKSPACE_CONFIG
 from geno_pipeline.seeding import derive_seed
 
 __all__ = ["TorchDeterminismReport", "TrainerSeeds", "configure_torch_reproducibility"]
 
 
-class TrainerSeeds(BaseModel):
+class TrainerSeeds(Document):
     """Distinct seeds for each random purpose, derived from `train.seed` by hashing."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     base: int = Field(ge=0)
     """train.seed."""
@@ -43,10 +42,8 @@ class TrainerSeeds(BaseModel):
         )
 
 
-class TorchDeterminismReport(BaseModel):
+class TorchDeterminismReport(Document):
     """Runtime settings applied before a torch training run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     seed: int
     """Seed given to the global Python/NumPy/torch generators (belt and braces: nothing reads them)."""

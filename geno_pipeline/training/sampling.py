@@ -11,10 +11,11 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
+
+from geno_pipeline.data.edits import EDIT_TYPES, EditType
 
 __all__ = [
     "DEFAULT_EDIT_TYPE_WEIGHTS",
@@ -32,19 +33,6 @@ __all__ = [
     "sample_rollout_steps",
     "sample_rollout_steps_array",
 ]
-
-
-class EditType(str, Enum):
-    """Kinds of relative edit applied to a DNA window."""
-
-    SNV = "SNV"
-    INS = "INS"
-    DEL = "DEL"
-    MNV = "MNV"
-    INDEL = "INDEL"
-
-
-EDIT_TYPES: tuple[EditType, ...] = tuple(EditType)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
-"""Documents the train stage writes: metrics lines, collapse lines, the training report, DVC metrics."""
+"""JSON documents of the train stage: metrics lines, collapse lines, the training report, DVC metrics."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
+from geno_pipeline.documents import ArtifactIdentity, Document
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds
 
@@ -13,22 +15,19 @@ __all__ = [
     "ArtifactIdentity",
     "CollapseAlertRecord",
     "CollapseLine",
-    "CollapseMetricsRecord",
+    "CollapseMetrics",
     "CollapseSummary",
     "MetricsLine",
     "TrainMetrics",
     "TrainingReport",
     "TrainingStatus",
+    "summarize_collapse",
 ]
 
 TrainingStatus = Literal["completed", "stopped", "failed_nonfinite", "collapsed"]
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class MetricsLine(_Doc):
+class MetricsLine(Document):
     """One line of artifacts/train/metrics.jsonl (one optimizer step)."""
 
     step: int = Field(ge=1)
@@ -45,8 +44,9 @@ class MetricsLine(_Doc):
     """Global gradient norm before clipping."""
 
 
-class CollapseMetricsRecord(_Doc):
-    """Collapse metrics of one observation."""
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", use_attribute_docstrings=True))
+class CollapseMetrics:
+    """Scalar collapse diagnostics for one [N, D] batch of predictions and targets (a dataclass, as in the seed API)."""
 
     pred_cos_mean: float
     """Mean cosine similarity of prediction and target rows."""
@@ -62,11 +62,11 @@ class CollapseMetricsRecord(_Doc):
     """Mean pairwise distance between predictions."""
     kl_reg: float
     """KL regulariser on the held-out predictions."""
-    effective_rank: float
+    effective_rank: float = 1.0
     """RankMe effective rank of the centred predictions."""
 
 
-class CollapseAlertRecord(_Doc):
+class CollapseAlertRecord(Document):
     """One tripped criterion."""
 
     criterion: Literal["pred_var_per_dim", "pairwise_pred_dist_mean", "kl_reg"]
@@ -79,14 +79,14 @@ class CollapseAlertRecord(_Doc):
     """Step of the observation."""
 
 
-class CollapseLine(_Doc):
+class CollapseLine(Document):
     """One line of artifacts/train/collapse.jsonl (one held-out observation)."""
 
     step: int = Field(ge=0)
     """Step (0 = baseline before any update)."""
     heldout_loss: float
     """Prediction loss on the fixed held-out batch."""
-    metrics: CollapseMetricsRecord
+    metrics: CollapseMetrics
     """Collapse metrics of the final-step predictions."""
     baseline_pairwise_pred_dist_mean: float
     """Pairwise distance measured at step 0."""
@@ -104,7 +104,7 @@ class CollapseLine(_Doc):
         return self.metrics.pairwise_pred_dist_mean / base if base > 0 else None
 
 
-class CollapseSummary(_Doc):
+class CollapseSummary(Document):
     """Collapse outcome of the run."""
 
     final_check: CollapseLine | None
@@ -119,18 +119,7 @@ class CollapseSummary(_Doc):
     """Highest held-out kl_reg seen after step 0."""
 
 
-class ArtifactIdentity(_Doc):
-    """A file the stage wrote."""
-
-    path: str
-    """Path relative to the project root."""
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    """Hex SHA-256."""
-    bytes: int = Field(ge=0)
-    """Size."""
-
-
-class TrainingReport(_Doc):
+class TrainingReport(Document):
     """reports/train.json: what the training run did."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -179,7 +168,7 @@ class TrainingReport(_Doc):
     """Files written, with sha256."""
 
 
-class TrainMetrics(_Doc):
+class TrainMetrics(Document):
     """reports/metrics.json: the DVC metrics of the train stage."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -204,3 +193,17 @@ class TrainMetrics(_Doc):
     """Final pairwise distance / step-0 baseline."""
     effective_rank: float | None
     """Final effective rank of held-out predictions."""
+
+
+def summarize_collapse(lines: list[CollapseLine]) -> CollapseSummary:
+    """The run's collapse outcome from its observations (step 0 is the baseline and never counts as worst)."""
+    later = [ln for ln in lines if ln.step > 0]
+    ratios_var = [r for ln in later if (r := ln.pred_var_ratio()) is not None]
+    ratios_pair = [r for ln in later if (r := ln.pairwise_ratio()) is not None]
+    return CollapseSummary(
+        final_check=lines[-1] if lines else None,
+        alert_count=sum(len(ln.alerts) for ln in lines),
+        worst_pred_var_ratio=min(ratios_var) if ratios_var else None,
+        worst_pairwise_ratio=min(ratios_pair) if ratios_pair else None,
+        worst_kl_reg=max((ln.metrics.kl_reg for ln in later), default=None),
+    )

@@ -1,4 +1,4 @@
-"""Dependency probes: a real import, the installed version, and the minimum from pyproject.toml."""
+"""Dependency checks: a real import, the installed version, and the minimum from pyproject.toml."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from geno_pipeline.preflight.models import DependencyProbe
+from geno_pipeline.preflight.checks.base import Finding, problem
+from geno_pipeline.preflight.documents import DependencyProbe, Severity
 
 __all__ = [
     "DEPENDENCIES",
+    "DependencyCheck",
     "DependencyProbeFn",
     "DependencySpec",
     "declared_minimums",
+    "dependency_checks",
     "probe_dependency",
     "version_at_least",
 ]
@@ -121,3 +124,43 @@ def probe_dependency(spec: DependencySpec) -> DependencyProbe:
         reason=reason,
         duration_ms=round(duration, 3),
     )
+
+
+@dataclass(frozen=True)
+class DependencyCheck:
+    """`dependency.<module>`: importable, and not older than the declared minimum."""
+
+    spec: DependencySpec
+    probe_fn: DependencyProbeFn = probe_dependency
+
+    @property
+    def name(self) -> str:
+        return f"dependency.{self.spec.import_name}"
+
+    def probe(self) -> DependencyProbe:
+        return self.probe_fn(self.spec)
+
+    def assess(self, facts: DependencyProbe) -> list[Finding]:
+        package = facts.package
+        label = f"{package} {facts.version or '(not installed)'}"
+        severity: Severity = "error" if facts.required else "warning"
+        if not facts.available:
+            code = "dependency.missing" if facts.version is None else "dependency.import_error"
+            remedy = (
+                "pip install -c requirements.lock -e . (installs every pinned dependency)"
+                if code == "dependency.missing"
+                else f"reinstall {package} (pip install --force-reinstall -c requirements.lock {package}); the import error names the cause"
+            )
+            return [problem(self.name, severity, code, self.spec.import_name, f"{label}: {facts.reason}", remedy)]
+        if facts.version_ok is False:
+            remedy = f"pip install -c requirements.lock '{package}>={facts.minimum_version}'"
+            return [problem(self.name, severity, "dependency.too_old", self.spec.import_name, f"{label}: {facts.reason}", remedy)]
+        minimum = f" (>= {facts.minimum_version})" if facts.minimum_version else ""
+        return [Finding(self.name, "pass", f"{label}{minimum}")]
+
+
+def dependency_checks(root: Path | None, probe_fn: DependencyProbeFn | None = None) -> list[DependencyCheck]:
+    """One check per dependency, with the minimums the project declares."""
+    minimums = declared_minimums(root)
+    specs = [DependencySpec(i, p, r, minimums.get(p.lower().replace("_", "-"))) for i, p, r in DEPENDENCIES]
+    return [DependencyCheck(spec, probe_fn or probe_dependency) for spec in specs]

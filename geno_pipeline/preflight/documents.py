@@ -1,12 +1,12 @@
-"""Data shapes of the preflight report (pydantic, so the JSON Schema is generated from them)."""
+"""JSON documents of the preflight stage: the report and its parts, and the deterministic outcome."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from geno_pipeline.documents import Document
 
 __all__ = [
     "MIN_CUDA_VRAM_GB",
@@ -26,9 +26,7 @@ __all__ = [
     "TorchDevice",
     "TrainingPreflightIssue",
     "TrainingPreflightReport",
-    "TrainingPreflightRequest",
     "VisibleDevice",
-    "preflight_issue",
 ]
 
 MIN_CUDA_VRAM_GB = 2.0
@@ -37,11 +35,7 @@ CheckStatus = Literal["pass", "warn", "fail", "skip"]
 Severity = Literal["error", "warning"]
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class TrainingPreflightIssue(_Doc):
+class TrainingPreflightIssue(Document):
     """One preflight issue with a stable code and a remedy."""
 
     severity: Severity
@@ -56,12 +50,7 @@ class TrainingPreflightIssue(_Doc):
     """How to fix it."""
 
 
-def preflight_issue(severity: Severity, code: str, path: str | None, message: str, remedy: str) -> TrainingPreflightIssue:
-    """One issue, positionally: the constructor every preflight check uses."""
-    return TrainingPreflightIssue(severity=severity, code=code, path=path, message=message, remedy=remedy)
-
-
-class PreflightCheck(_Doc):
+class PreflightCheck(Document):
     """One line of the preflight table."""
 
     name: str
@@ -78,7 +67,7 @@ class PreflightCheck(_Doc):
     """Time the check took."""
 
 
-class DependencyProbe(_Doc):
+class DependencyProbe(Document):
     """Importability and version of one dependency."""
 
     import_name: str
@@ -101,7 +90,7 @@ class DependencyProbe(_Doc):
     """Import time."""
 
 
-class NvmlDevice(_Doc):
+class NvmlDevice(Document):
     """A physical GPU (or MIG instance) as NVML reports it."""
 
     index: int = Field(ge=0)
@@ -124,7 +113,7 @@ class NvmlDevice(_Doc):
     """e.g. `9.0`."""
 
 
-class NvmlProbe(_Doc):
+class NvmlProbe(Document):
     """What NVML (pynvml from nvidia-ml-py) says about the machine."""
 
     available: bool
@@ -141,7 +130,7 @@ class NvmlProbe(_Doc):
     """Every GPU NVML sees."""
 
 
-class TorchDevice(_Doc):
+class TorchDevice(Document):
     """A CUDA device as torch sees it (after CUDA_VISIBLE_DEVICES)."""
 
     index: int = Field(ge=0)
@@ -156,7 +145,7 @@ class TorchDevice(_Doc):
     """Compute capability, e.g. `9.0`."""
 
 
-class TorchCudaProbe(_Doc):
+class TorchCudaProbe(Document):
     """What torch says about CUDA."""
 
     torch_version: str | None
@@ -177,7 +166,7 @@ class TorchCudaProbe(_Doc):
     """Error text if probing failed."""
 
 
-class VisibleDevice(_Doc):
+class VisibleDevice(Document):
     """A CUDA ordinal mapped to the NVML device behind it."""
 
     ordinal: int = Field(ge=0)
@@ -190,7 +179,7 @@ class VisibleDevice(_Doc):
     """MIG instance UUID when the entry selects one."""
 
 
-class AcceleratorProbe(_Doc):
+class AcceleratorProbe(Document):
     """CUDA readiness: NVML, torch, visibility mapping and the VRAM gate."""
 
     requested_device: str
@@ -225,7 +214,7 @@ class AcceleratorProbe(_Doc):
     """torch view."""
 
 
-class DeterminismProbe(_Doc):
+class DeterminismProbe(Document):
     """The determinism settings train will apply and whether they can take effect."""
 
     deterministic: bool
@@ -244,7 +233,7 @@ class DeterminismProbe(_Doc):
     """False when CUDA was already initialised before the workspace setting could apply."""
 
 
-class DiskProbe(_Doc):
+class DiskProbe(Document):
     """Free space and writability where artifacts/ lives."""
 
     path: str
@@ -257,7 +246,7 @@ class DiskProbe(_Doc):
     """A real file write and delete succeeded."""
 
 
-class EnvironmentInfo(_Doc):
+class EnvironmentInfo(Document):
     """Where preflight ran (volatile: this report is not a DVC output)."""
 
     python: str
@@ -270,7 +259,7 @@ class EnvironmentInfo(_Doc):
     """Installed versions of the pipeline's dependencies."""
 
 
-class PreflightReport(_Doc):
+class PreflightReport(Document):
     """Machine-readable readiness evidence for a training run (reports/preflight.json)."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -307,7 +296,7 @@ class PreflightReport(_Doc):
     """Every problem found, errors first."""
 
 
-class PreflightOutcome(_Doc):
+class PreflightOutcome(Document):
     """Deterministic summary of the preflight run (artifacts/preflight/outcome.json)."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -323,32 +312,3 @@ class PreflightOutcome(_Doc):
 
 
 TrainingPreflightReport = PreflightReport
-
-
-@dataclass(frozen=True)
-class TrainingPreflightRequest:
-    """Inputs of a preflight run."""
-
-    root: Path
-    """Project root."""
-    params_path: Path
-    """params.yaml to validate and read thresholds from."""
-    dataset_dir: Path
-    """Built dataset to verify."""
-    artifacts_dir: Path
-    """Where artifacts are written (disk checks)."""
-    min_cuda_vram_gb: float | None = None
-    """Override of preflight.min_vram_gib."""
-    require_accelerator: bool | None = None
-    """Override of preflight.require_accelerator."""
-
-    @classmethod
-    def for_root(cls, root: Path, params_path: Path | None = None) -> TrainingPreflightRequest:
-        """The default request for a project root."""
-        root = Path(root)
-        return cls(
-            root=root,
-            params_path=params_path if params_path is not None else root / "params.yaml",
-            dataset_dir=root / "artifacts" / "dataset",
-            artifacts_dir=root / "artifacts",
-        )

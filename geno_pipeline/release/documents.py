@@ -1,18 +1,18 @@
-"""Documents of the release bundle and the release report."""
+"""JSON documents of the release bundle and the release report."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from geno_pipeline.config import Params
+from geno_pipeline.documents import ArtifactIdentity, Document
 from geno_pipeline.environment import EnvironmentFingerprint
-from geno_pipeline.preflight.models import PreflightOutcome
+from geno_pipeline.preflight.documents import PreflightOutcome
 from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds
 
 __all__ = [
-    "BundleFile",
     "ConsumedInput",
     "ProvenanceStatement",
     "ReleaseMetadata",
@@ -21,11 +21,7 @@ __all__ = [
 ]
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class ConsumedInput(_Doc):
+class ConsumedInput(Document):
     """A file the release stage read."""
 
     path: str
@@ -34,7 +30,7 @@ class ConsumedInput(_Doc):
     """Hex SHA-256."""
 
 
-class ReleaseMetrics(_Doc):
+class ReleaseMetrics(Document):
     """metrics.json of the bundle."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -61,7 +57,7 @@ class ReleaseMetrics(_Doc):
     """Final effective rank of held-out predictions."""
 
 
-class ReleaseMetadata(_Doc):
+class ReleaseMetadata(Document):
     """metadata.json of the bundle: everything needed to know what was released and how."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -98,7 +94,7 @@ class ReleaseMetadata(_Doc):
     """Weights file name."""
 
 
-class ResourceDescriptor(_Doc):
+class ResourceDescriptor(Document):
     """in-toto ResourceDescriptor."""
 
     name: str | None = None
@@ -109,7 +105,7 @@ class ResourceDescriptor(_Doc):
     """Digests by algorithm."""
 
 
-class Subject(_Doc):
+class Subject(Document):
     """A bundle file named by the statement."""
 
     name: str
@@ -118,7 +114,7 @@ class Subject(_Doc):
     """{"sha256": hex}."""
 
 
-class BuildDefinition(_Doc):
+class BuildDefinition(Document):
     """SLSA v1 buildDefinition."""
 
     buildType: str
@@ -131,14 +127,14 @@ class BuildDefinition(_Doc):
     """Source digest, dataset manifest and locked packages."""
 
 
-class Builder(_Doc):
+class Builder(Document):
     """SLSA builder."""
 
     id: str
     """Builder id."""
 
 
-class BuildMetadata(_Doc):
+class BuildMetadata(Document):
     """SLSA run metadata."""
 
     invocationId: str
@@ -147,7 +143,7 @@ class BuildMetadata(_Doc):
     """SOURCE_DATE_EPOCH time, if set."""
 
 
-class RunDetails(_Doc):
+class RunDetails(Document):
     """SLSA v1 runDetails."""
 
     builder: Builder
@@ -156,7 +152,7 @@ class RunDetails(_Doc):
     """Run metadata."""
 
 
-class SlsaPredicate(_Doc):
+class SlsaPredicate(Document):
     """SLSA provenance v1 predicate."""
 
     buildDefinition: BuildDefinition
@@ -165,10 +161,10 @@ class SlsaPredicate(_Doc):
     """The run."""
 
 
-class ProvenanceStatement(_Doc):
+class ProvenanceStatement(Document):
     """provenance.intoto.json: an unsigned in-toto Statement v1 with a SLSA provenance v1 predicate."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
 
     type_: Literal["https://in-toto.io/Statement/v1"] = Field("https://in-toto.io/Statement/v1", alias="_type")
     """Statement type."""
@@ -180,18 +176,7 @@ class ProvenanceStatement(_Doc):
     """SLSA provenance."""
 
 
-class BundleFile(_Doc):
-    """A file of the bundle."""
-
-    name: str
-    """File name."""
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    """Hex SHA-256."""
-    bytes: int = Field(ge=0)
-    """Size."""
-
-
-class ReleaseReport(_Doc):
+class ReleaseReport(Document):
     """reports/release.json."""
 
     schema_version: Literal["1.0"] = "1.0"
@@ -200,7 +185,7 @@ class ReleaseReport(_Doc):
     """Run id."""
     bundle_dir: str
     """Bundle directory relative to the project root."""
-    files: list[BundleFile]
+    files: list[ArtifactIdentity]
     """Every bundle file (SHA256SUMS included)."""
     verify_command: str
     """How to check the bundle."""

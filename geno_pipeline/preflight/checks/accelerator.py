@@ -1,8 +1,8 @@
-"""CUDA readiness: NVML (pynvml from nvidia-ml-py) and torch probes, CUDA_VISIBLE_DEVICES mapping,
+"""Accelerator check: NVML (pynvml from nvidia-ml-py) and torch probes, CUDA_VISIBLE_DEVICES mapping,
 device resolution, cross-checks and the free-VRAM gate.
 
 The probes take their NVML module, torch probe and environment as arguments so tests can fake any
-machine; `assess_accelerator` turns a probe into checks and issues as a pure function.
+machine; `assess_accelerator` turns a probe into findings as a pure function.
 """
 
 from __future__ import annotations
@@ -10,24 +10,27 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from geno_pipeline.config import PreflightParams, RuntimeParams
-from geno_pipeline.preflight.models import (
+from geno_pipeline.environment import device_kind, requested_cuda_index, resolve_device
+from geno_pipeline.preflight.checks.base import Finding, passed, problem, skipped
+from geno_pipeline.preflight.documents import (
     AcceleratorProbe,
     NvmlDevice,
     NvmlProbe,
-    PreflightCheck,
     TorchCudaProbe,
     TorchDevice,
-    TrainingPreflightIssue,
     VisibleDevice,
-    preflight_issue,
 )
 
 __all__ = [
+    "AcceleratorCheck",
     "AcceleratorProbeFn",
     "assess_accelerator",
+    "empty_accelerator",
+    "fingerprint_device_kind",
     "map_visible_devices",
     "nvml_init_error_code",
     "probe_accelerator",
@@ -233,12 +236,6 @@ def map_visible_devices(cuda_visible_devices: str | None, devices: list[NvmlDevi
     return out
 
 
-def _requested_index(device: str) -> int | None:
-    if device.startswith("cuda"):
-        return int(device.split(":", 1)[1]) if ":" in device else 0
-    return None
-
-
 def probe_accelerator(
     runtime: RuntimeParams,
     preflight: PreflightParams,
@@ -255,18 +252,13 @@ def probe_accelerator(
     visible = map_visible_devices(cvd, nv.devices) if nv.available else []
     usable = th.cuda_available and th.device_count > 0
     requested = runtime.device
-    index = _requested_index(requested)
-    required = preflight.require_accelerator or index is not None
-    if requested == "cpu":
-        resolved, reason = "cpu", "runtime.device is cpu"
-    elif requested == "auto":
-        resolved = "cuda:0" if usable else "cpu"
+    required = preflight.require_accelerator or requested_cuda_index(requested) is not None
+    resolved = resolve_device(requested, cuda_usable=usable)
+    if requested == "auto":
         reason = "auto: a usable CUDA device was found" if usable else "auto: no usable CUDA device, using the CPU"
     else:
-        assert index is not None
-        resolved = f"cuda:{index}"
         reason = f"runtime.device is {requested}"
-    selected = _requested_index(resolved)
+    selected = requested_cuda_index(resolved)
     tdev = th.devices[selected] if selected is not None and selected < len(th.devices) else None
     ndev = None
     if selected is not None and selected < len(visible) and visible[selected].nvml_index is not None:
@@ -292,161 +284,155 @@ def probe_accelerator(
     )
 
 
-def assess_accelerator(probe: AcceleratorProbe, *, duration_ms: float = 0.0) -> tuple[list[PreflightCheck], list[TrainingPreflightIssue]]:
-    """Checks and issues for a probe: NVML state, cross-checks, device resolution and VRAM gate."""
-    checks: list[PreflightCheck] = []
-    issues: list[TrainingPreflightIssue] = []
-    nv, th = probe.nvml, probe.torch
-    wants_cuda = probe.required or probe.resolved_device.startswith("cuda")
-
-    # 1) NVML
+def _nvml_finding(probe: AcceleratorProbe, wants_cuda: bool) -> Finding:
+    nv = probe.nvml
     if nv.available:
-        checks.append(
-            PreflightCheck(
-                name="nvml",
-                status="pass",
-                code=None,
-                remedy=None,
-                duration_ms=duration_ms,
-                message=f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)",
-            )
-        )
-    else:
-        code = nv.error_code or "nvml.init_failed"
-        remedy = _NVML_REMEDY.get(code, _NVML_REMEDY["nvml.init_failed"])
-        if wants_cuda:
-            issues.append(preflight_issue("error", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
-            status = "fail"
-        elif code in _NO_GPU_CODES:
-            status = "skip"
-        else:
-            issues.append(preflight_issue("warning", code, "nvml", f"NVML unavailable: {nv.error}", remedy))
-            status = "warn"
-        checks.append(
-            PreflightCheck(
-                name="nvml",
-                status=status,
-                code=code,
-                message=f"NVML unavailable: {nv.error}",  # type: ignore[arg-type]
-                remedy=remedy,
-                duration_ms=duration_ms,
-            )
-        )
+        return passed("nvml", f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)")
+    code = nv.error_code or "nvml.init_failed"
+    remedy = _NVML_REMEDY.get(code, _NVML_REMEDY["nvml.init_failed"])
+    message = f"NVML unavailable: {nv.error}"
+    if wants_cuda:
+        return problem("nvml", "error", code, "nvml", message, remedy)
+    if code in _NO_GPU_CODES:  # simply no NVIDIA GPU here
+        return Finding("nvml", "skip", message, code, remedy)
+    return problem("nvml", "warning", code, "nvml", message, remedy)
 
-    # 2) torch
-    torch_msg = (
-        f"torch {th.torch_version}, CUDA {th.cuda_version or 'none (CPU build)'}, {th.device_count} device(s) available"
-        if th.cuda_available
-        else f"torch {th.torch_version}: CUDA not available ({th.cuda_version or 'CPU build'})"
-    )
-    checks.append(
-        PreflightCheck(
-            name="torch_cuda",
-            status="pass" if th.cuda_available or not wants_cuda else "fail",
-            code=None if th.cuda_available or not wants_cuda else "accelerator.not_found",
-            message=torch_msg,
-            remedy=None,
-            duration_ms=0.0,
-        )
-    )
 
-    # 3) cross-checks: NVML sees GPUs that torch cannot use; device counts disagree
+def _torch_finding(probe: AcceleratorProbe, wants_cuda: bool) -> Finding:
+    th = probe.torch
+    if th.cuda_available:
+        return passed(
+            "torch_cuda", f"torch {th.torch_version}, CUDA {th.cuda_version or 'none (CPU build)'}, {th.device_count} device(s) available"
+        )
+    message = f"torch {th.torch_version}: CUDA not available ({th.cuda_version or 'CPU build'})"
+    return Finding("torch_cuda", "fail", message, "accelerator.not_found") if wants_cuda else passed("torch_cuda", message)
+
+
+def _cross_checks(probe: AcceleratorProbe) -> list[Finding]:
+    """NVML sees GPUs that torch cannot use; device counts disagree (issues without rows of their own)."""
+    nv, th = probe.nvml, probe.torch
     mapped = [v for v in probe.visible if v.nvml_index is not None]
+    out = []
     if nv.available and mapped and not th.cuda_available and probe.requested_device != "cpu":
-        issues.append(
-            preflight_issue(
-                "error",
-                "accelerator.torch_cuda_unavailable",
-                "torch",
-                f"NVML sees {len(mapped)} visible GPU(s) but torch {th.torch_version} cannot use CUDA "
-                f"(torch.version.cuda={th.cuda_version}){': ' + th.error if th.error else ''}",
-                f"install a CUDA build of torch that supports driver CUDA {nv.cuda_driver_version}, "
-                "or set runtime.device: cpu to train on the CPU",
-            )
+        message = (
+            f"NVML sees {len(mapped)} visible GPU(s) but torch {th.torch_version} cannot use CUDA "
+            f"(torch.version.cuda={th.cuda_version}){': ' + th.error if th.error else ''}"
         )
+        remedy = (
+            f"install a CUDA build of torch that supports driver CUDA {nv.cuda_driver_version}, "
+            "or set runtime.device: cpu to train on the CPU"
+        )
+        out.append(problem("accelerator", "error", "accelerator.torch_cuda_unavailable", "torch", message, remedy, row=False))
     if nv.available and th.cuda_available and len(mapped) != th.device_count:
-        issues.append(
-            preflight_issue(
-                "warning",
-                "accelerator.device_count_mismatch",
-                "CUDA_VISIBLE_DEVICES",
-                f"NVML maps {len(mapped)} visible device(s) (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
-                f"but torch sees {th.device_count}",
-                "check CUDA_VISIBLE_DEVICES: entries after an unknown index or UUID are ignored by CUDA",
-            )
+        message = (
+            f"NVML maps {len(mapped)} visible device(s) (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
+            f"but torch sees {th.device_count}"
         )
+        remedy = "check CUDA_VISIBLE_DEVICES: entries after an unknown index or UUID are ignored by CUDA"
+        out.append(problem("accelerator", "warning", "accelerator.device_count_mismatch", "CUDA_VISIBLE_DEVICES", message, remedy,
+                           row=False))  # fmt: skip
+    return out
 
-    # 4) resolution and VRAM gate
-    name = "accelerator"
 
-    def fail(code: str, path: str, message: str, remedy: str, *, check_message: str, check_remedy: str) -> None:
-        issues.append(preflight_issue("error", code, path, message, remedy))
-        checks.append(PreflightCheck(name=name, status="fail", code=code, message=check_message, remedy=check_remedy, duration_ms=0.0))
+def _cpu_resolution(probe: AcceleratorProbe) -> Finding:
+    if not probe.required:
+        return skipped("accelerator", f"{probe.reason}; no VRAM gate")
+    why = "runtime.device is cpu" if probe.requested_device == "cpu" else "no usable CUDA device was found"
+    return problem(
+        "accelerator", "error", "accelerator.not_found", "preflight.require_accelerator", probe.reason,
+        "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set preflight.require_accelerator: false",
+        detail=f"preflight.require_accelerator is true but {why}",
+    )  # fmt: skip
 
-    if not probe.resolved_device.startswith("cuda"):
-        if probe.required:
-            why = "runtime.device is cpu" if probe.requested_device == "cpu" else "no usable CUDA device was found"
-            fail(
-                "accelerator.not_found",
-                "preflight.require_accelerator",
-                f"preflight.require_accelerator is true but {why}",
-                "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set preflight.require_accelerator: false",
-                check_message=probe.reason,
-                check_remedy="run on a GPU machine or set preflight.require_accelerator: false",
-            )
-        else:
-            checks.append(
-                PreflightCheck(name=name, status="skip", code=None, message=f"{probe.reason}; no VRAM gate", remedy=None, duration_ms=0.0)
-            )
-        return checks, issues
+
+def _mig_warning(probe: AcceleratorProbe, index: int) -> list[Finding]:
+    sel = probe.visible[index] if index < len(probe.visible) else None
+    ndev = next((d for d in probe.nvml.devices if sel is not None and d.index == sel.nvml_index), None)
+    if ndev is None or not ndev.mig_enabled or (sel is not None and sel.mig_uuid is not None):
+        return []
+    message = f"MIG is enabled on {ndev.name} ({ndev.uuid}); CUDA can only use its MIG instances"
+    remedy = "set CUDA_VISIBLE_DEVICES to a MIG instance UUID (MIG-...) listed in the report, or disable MIG"
+    return [problem("accelerator", "warning", "accelerator.mig_enabled", f"nvml:{ndev.index}", message, remedy, row=False)]
+
+
+def _vram_gate(probe: AcceleratorProbe) -> Finding:
+    free, total = probe.free_memory_bytes, probe.total_memory_bytes
+
+    def gib(b: int | None) -> str:
+        return "unknown" if b is None else f"{b / GIB:.2f} GiB"
+
+    detail = f"{probe.device_name}: free {gib(free)} of {gib(total)}, need {gib(probe.min_memory_bytes)} free"
+    if free is not None and free >= probe.min_memory_bytes:
+        return passed("accelerator", f"{probe.resolved_device} {detail}")
+    enough_total = total is not None and total >= probe.min_memory_bytes
+    return problem(
+        "accelerator", "error", "accelerator.insufficient_vram", probe.resolved_device, detail,
+        "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib",
+        detail=detail + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
+    )  # fmt: skip
+
+
+def _cuda_resolution(probe: AcceleratorProbe) -> list[Finding]:
     index = int(probe.resolved_device.split(":")[1])
     if not probe.available:
-        fail(
-            "accelerator.not_found",
-            "runtime.device",
-            f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
+        return [problem(
+            "accelerator", "error", "accelerator.not_found", "runtime.device", probe.reason,
             "run on a GPU machine with a CUDA build of torch, or set runtime.device: auto or cpu",
-            check_message=probe.reason,
-            check_remedy="set runtime.device: auto or cpu",
-        )
-        return checks, issues
+            detail=f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
+        )]  # fmt: skip
     if index >= probe.device_count:
-        fail(
-            "accelerator.invalid_device_index",
-            "runtime.device",
-            f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
+        return [problem(
+            "accelerator", "error", "accelerator.invalid_device_index", "runtime.device", probe.reason,
             f"use cuda:0..cuda:{probe.device_count - 1} or check CUDA_VISIBLE_DEVICES",
-            check_message=probe.reason,
-            check_remedy="pick a visible device",
-        )
-        return checks, issues
-    sel = probe.visible[index] if index < len(probe.visible) else None
-    ndev = next((d for d in nv.devices if sel is not None and d.index == sel.nvml_index), None)
-    if ndev is not None and ndev.mig_enabled and (sel is None or sel.mig_uuid is None):
-        issues.append(
-            preflight_issue(
-                "warning",
-                "accelerator.mig_enabled",
-                f"nvml:{ndev.index}",
-                f"MIG is enabled on {ndev.name} ({ndev.uuid}); CUDA can only use its MIG instances",
-                "set CUDA_VISIBLE_DEVICES to a MIG instance UUID (MIG-...) listed in the report, or disable MIG",
-            )
-        )
-    free, total = probe.free_memory_bytes, probe.total_memory_bytes
-    gib = lambda b: "unknown" if b is None else f"{b / GIB:.2f} GiB"  # noqa: E731
-    detail = f"{probe.device_name}: free {gib(free)} of {gib(total)}, need {gib(probe.min_memory_bytes)} free"
-    if free is None or free < probe.min_memory_bytes:
-        enough_total = total is not None and total >= probe.min_memory_bytes
-        fail(
-            "accelerator.insufficient_vram",
-            probe.resolved_device,
-            f"{detail}" + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
-            "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib",
-            check_message=detail,
-            check_remedy="free GPU memory or pick another device",
-        )
-    else:
-        checks.append(
-            PreflightCheck(name=name, status="pass", code=None, message=f"{probe.resolved_device} {detail}", remedy=None, duration_ms=0.0)
-        )
-    return checks, issues
+            detail=f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
+        )]  # fmt: skip
+    return [*_mig_warning(probe, index), _vram_gate(probe)]
+
+
+def assess_accelerator(probe: AcceleratorProbe) -> list[Finding]:
+    """Findings for a probe: NVML state, torch, cross-checks, device resolution and the VRAM gate."""
+    wants_cuda = probe.required or probe.resolved_device.startswith("cuda")
+    findings = [_nvml_finding(probe, wants_cuda), _torch_finding(probe, wants_cuda), *_cross_checks(probe)]
+    if probe.resolved_device.startswith("cuda"):
+        return findings + _cuda_resolution(probe)
+    return [*findings, _cpu_resolution(probe)]
+
+
+def fingerprint_device_kind(probe: AcceleratorProbe) -> str:
+    """The fingerprint's device kind for the device preflight resolved (the same function train calls)."""
+    index = requested_cuda_index(probe.resolved_device)
+    if index is None or not probe.available:
+        return "cpu"
+    dev = probe.torch.devices[index] if index < len(probe.torch.devices) else None
+    return device_kind(probe.resolved_device, name=dev.name if dev else None, capability=dev.capability if dev else None)
+
+
+def empty_accelerator(runtime: RuntimeParams, preflight: PreflightParams, error: str) -> AcceleratorProbe:
+    """The report's accelerator section when the probe itself raised."""
+    nvml = NvmlProbe(available=False, error_code="nvml.init_failed", error=error, driver_version=None, cuda_driver_version=None, devices=[])
+    torch = TorchCudaProbe(
+        torch_version=None, cuda_available=False, device_count=0, cuda_version=None, cudnn_version=None,
+        cuda_initialized_before_probe=False, devices=[], error=error,
+    )  # fmt: skip
+    return AcceleratorProbe(
+        requested_device=runtime.device, resolved_device="cpu", required=preflight.require_accelerator, available=False,
+        device_count=0, device_name=None, total_memory_bytes=None, free_memory_bytes=None,
+        min_memory_bytes=int(preflight.min_vram_gib * GIB), reason=f"probe failed: {error}", cuda_visible_devices=None, visible=[],
+        nvml=nvml, torch=torch,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AcceleratorCheck:
+    """`nvml`, `torch_cuda` and `accelerator` rows from one probe of NVML and torch."""
+
+    runtime: RuntimeParams
+    preflight: PreflightParams
+    probe_fn: AcceleratorProbeFn | None = None
+    name: str = "accelerator"
+
+    def probe(self) -> AcceleratorProbe:
+        return (self.probe_fn or probe_accelerator)(self.runtime, self.preflight)
+
+    def assess(self, facts: AcceleratorProbe) -> list[Finding]:
+        return assess_accelerator(facts)

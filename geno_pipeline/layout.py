@@ -1,0 +1,168 @@
+"""Every path the pipeline reads or writes, named once.
+
+Stages, the CLI, repro-check, verify and bench take a `Layout`; nothing else spells a path. A test
+checks that `dvc.yaml`'s deps and outs are exactly what `Layout.dvc_stages()` names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["LOG_FILES", "Layout", "StageFiles"]
+
+LOG_FILES = ("metrics.jsonl", "collapse.jsonl", "train.log")
+"""The train stage's deterministic logs, in the order checkpoints record them."""
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """A DVC stage's deps and outs, as project-relative POSIX paths."""
+
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The project tree under `root`."""
+
+    root: Path
+
+    @classmethod
+    def for_root(cls, root: Path | str = ".") -> Layout:
+        """The layout of the project at `root`."""
+        return cls(Path(root))
+
+    def rel(self, path: Path) -> str:
+        """`path` relative to the root, POSIX style (how reports and dvc.yaml name files)."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    # ------------------------------------------------------------ inputs and top-level folders
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    # ------------------------------------------------------------ data
+    @property
+    def dataset_dir(self) -> Path:
+        return self.artifacts / "dataset"
+
+    @property
+    def dataset_manifest(self) -> Path:
+        return self.dataset_dir / "dataset_manifest.json"
+
+    # ------------------------------------------------------------ preflight
+    @property
+    def preflight_dir(self) -> Path:
+        return self.artifacts / "preflight"
+
+    @property
+    def environment(self) -> Path:
+        return self.preflight_dir / "environment.json"
+
+    @property
+    def preflight_outcome(self) -> Path:
+        return self.preflight_dir / "outcome.json"
+
+    @property
+    def preflight_report(self) -> Path:
+        return self.reports / "preflight.json"
+
+    # ------------------------------------------------------------ train
+    @property
+    def train_dir(self) -> Path:
+        return self.artifacts / "train"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.train_dir / "checkpoints"
+
+    @property
+    def final_model(self) -> Path:
+        return self.train_dir / "model.safetensors"
+
+    def log(self, name: str) -> Path:
+        """One of `LOG_FILES` under artifacts/train."""
+        if name not in LOG_FILES:
+            raise ValueError(f"unknown log {name!r}; known: {', '.join(LOG_FILES)}")
+        return self.train_dir / name
+
+    @property
+    def train_report(self) -> Path:
+        return self.reports / "train.json"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.reports / "plots"
+
+    # ------------------------------------------------------------ release
+    @property
+    def release_dir(self) -> Path:
+        return self.artifacts / "release"
+
+    @property
+    def release_report(self) -> Path:
+        return self.reports / "release.json"
+
+    # ------------------------------------------------------------ tools
+    def runtime_report(self, stage: str) -> Path:
+        """Volatile wall-clock facts of one stage run (not a DVC output)."""
+        return self.reports / "runtime" / f"{stage}.json"
+
+    @property
+    def repro_check_report(self) -> Path:
+        return self.reports / "repro_check.json"
+
+    @property
+    def bench_report(self) -> Path:
+        return self.reports / "bench.json"
+
+    # ------------------------------------------------------------ the DVC pipeline
+    def dvc_stages(self) -> dict[str, StageFiles]:
+        """What each stage of dvc.yaml depends on and writes (code deps included)."""
+        r = self.rel
+        code = ("geno_pipeline", "pyproject.toml", "requirements.lock")  # run ids and reports name the code by its digest
+        return {
+            "data": StageFiles(
+                deps=(
+                    "geno_pipeline/data",
+                    "geno_pipeline/config.py",
+                    "geno_pipeline/checksums.py",
+                    "geno_pipeline/jsonio.py",
+                    "geno_pipeline/seeding.py",
+                ),
+                outs=(r(self.dataset_dir),),
+            ),
+            "preflight": StageFiles(
+                deps=(r(self.dataset_dir), "geno_pipeline/preflight", "geno_pipeline/environment.py"),
+                outs=(r(self.preflight_report), r(self.environment), r(self.preflight_outcome)),
+            ),
+            "train": StageFiles(
+                deps=(r(self.dataset_dir), r(self.environment), *code),
+                outs=(r(self.train_dir), r(self.train_report), r(self.plots), r(self.train_metrics)),
+            ),
+            "release": StageFiles(
+                deps=(
+                    r(self.train_dir),
+                    r(self.dataset_manifest),
+                    r(self.preflight_outcome),
+                    r(self.environment),
+                    r(self.train_report),
+                    *code,
+                ),
+                outs=(r(self.release_dir), r(self.release_report)),
+            ),
+        }

@@ -1,0 +1,1 @@
+"""One module per preflight subject; each defines a check with `probe()` and `assess(facts)`."""

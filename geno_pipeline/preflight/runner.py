@@ -1,0 +1,129 @@
+"""Preflight orchestration: build the list of checks, run each, and assemble the report from their facts and findings."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geno_pipeline import __version__
+from geno_pipeline.config import LoadedParams
+from geno_pipeline.environment import package_version
+from geno_pipeline.layout import Layout
+from geno_pipeline.preflight.checks.accelerator import AcceleratorCheck, AcceleratorProbeFn, empty_accelerator
+from geno_pipeline.preflight.checks.base import CheckRun, Finding, run_check
+from geno_pipeline.preflight.checks.dataset import DatasetCheck
+from geno_pipeline.preflight.checks.dependencies import DEPENDENCIES, DependencyProbeFn, dependency_checks
+from geno_pipeline.preflight.checks.determinism import DeterminismCheck
+from geno_pipeline.preflight.checks.disk import DiskCheck
+from geno_pipeline.preflight.checks.params import ParamsCheck
+from geno_pipeline.preflight.documents import EnvironmentInfo, PreflightOutcome, PreflightReport
+from geno_pipeline.runtime_report import utc_now
+
+__all__ = ["TrainingPreflightRequest", "build_report", "build_training_preflight_report", "outcome_of"]
+
+
+@dataclass(frozen=True)
+class TrainingPreflightRequest:
+    """Inputs of a preflight run (seed API)."""
+
+    root: Path
+    """Project root."""
+    params_path: Path
+    """params.yaml to validate and read thresholds from."""
+    dataset_dir: Path
+    """Built dataset to verify."""
+    artifacts_dir: Path
+    """Where artifacts are written (disk checks)."""
+    min_cuda_vram_gb: float | None = None
+    """Override of preflight.min_vram_gib."""
+    require_accelerator: bool | None = None
+    """Override of preflight.require_accelerator."""
+
+    @classmethod
+    def for_root(cls, root: Path, params_path: Path | None = None) -> TrainingPreflightRequest:
+        """The default request for a project root."""
+        layout = Layout.for_root(root)
+        return cls(
+            root=layout.root,
+            params_path=params_path if params_path is not None else layout.params,
+            dataset_dir=layout.dataset_dir,
+            artifacts_dir=layout.artifacts,
+        )
+
+
+def _rows_and_issues(runs: list[CheckRun[Any]]) -> tuple[list[Any], list[Any]]:
+    """Render every finding once as a row and once as an issue (errors first)."""
+    rows, issues = [], []
+    for r in runs:
+        findings: list[Finding] = r.findings
+        rows += [f.check_row(r.duration_ms) for f in findings if f.row]
+        issues += [i for f in findings if (i := f.issue()) is not None]
+    return rows, sorted(issues, key=lambda i: (i.severity != "error", i.code))
+
+
+def build_report(
+    loaded: LoadedParams,
+    request: TrainingPreflightRequest,
+    *,
+    generated_at: str | None = None,
+    dependency_probe: DependencyProbeFn | None = None,
+    accelerator_probe: AcceleratorProbeFn | None = None,
+) -> PreflightReport:
+    """Run every check in order (params, dependencies, accelerator, determinism, disk, dataset) and assemble the report."""
+    runtime = loaded.params.runtime
+    overrides = {"min_vram_gib": request.min_cuda_vram_gb, "require_accelerator": request.require_accelerator}
+    preflight = loaded.params.preflight.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    params_run = run_check(ParamsCheck(loaded))
+    dependency_runs = [run_check(c) for c in dependency_checks(request.root, dependency_probe)]
+    acc_run = run_check(AcceleratorCheck(runtime, preflight, accelerator_probe))
+    accelerator = acc_run.facts or empty_accelerator(runtime, preflight, acc_run.findings[0].message)
+    det_run = run_check(DeterminismCheck(runtime, accelerator.resolved_device, accelerator.torch))
+    disk_run = run_check(DiskCheck(request.artifacts_dir, preflight))
+    dataset_run = run_check(DatasetCheck(request.dataset_dir))
+    rows, issues = _rows_and_issues([params_run, *dependency_runs, acc_run, det_run, disk_run, dataset_run])
+    packages = {package: package_version(package) for _, package, _ in DEPENDENCIES}
+    packages["geno-pipeline"] = __version__
+    return PreflightReport(
+        generated_by=f"geno-pipeline {__version__}",
+        generated_at=generated_at or utc_now(),
+        ok=not any(i.severity == "error" for i in issues),
+        resolved_device=accelerator.resolved_device,
+        params_path=str(loaded.path),
+        params_valid=loaded.valid,
+        dataset_dir=str(request.dataset_dir),
+        dataset_id=dataset_run.facts.dataset_id if dataset_run.facts else None,
+        environment=EnvironmentInfo(
+            python=sys.version.split()[0], platform=platform.platform(), machine=platform.machine(), packages=packages
+        ),
+        accelerator=accelerator,
+        dependencies=[r.facts for r in dependency_runs if r.facts is not None],
+        determinism=det_run.facts,
+        disk=disk_run.facts,
+        checks=rows,
+        issues=issues,
+    )
+
+
+def build_training_preflight_report(
+    request: TrainingPreflightRequest,
+    *,
+    generated_at: str | None = None,
+    dependency_probe: DependencyProbeFn | None = None,
+    accelerator_probe: AcceleratorProbeFn | None = None,
+) -> PreflightReport:
+    """Seed API: read the request's params file and probe everything the training run needs (never raises for probe failures)."""
+    loaded = LoadedParams.read(request.params_path)
+    return build_report(loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe)
+
+
+def outcome_of(report: PreflightReport) -> PreflightOutcome:
+    """The deterministic part of a report: ok, device and issue codes (what release gates on)."""
+    return PreflightOutcome(
+        ok=report.ok,
+        resolved_device=report.resolved_device,
+        error_codes=sorted({i.code for i in report.issues if i.severity == "error"}),
+        warning_codes=sorted({i.code for i in report.issues if i.severity == "warning"}),
+    )

@@ -1,0 +1,85 @@
+"""The fixed held-out batch: drawn once from the valid windows, encoded once, evaluated at each observation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geno_pipeline.config import CollapseParams, TrainParams
+from geno_pipeline.data.dataset import Dataset
+from geno_pipeline.training.determinism import TrainerSeeds
+from geno_pipeline.training.model import WorldModel
+from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
+from geno_pipeline.training.trainer import TorchTrainerBatch, gaussian_kl, masked_prediction_loss
+from geno_pipeline.training.tuples import TupleBatch, draw_tuples
+
+__all__ = ["Evaluation", "HeldOut", "build_held_out", "encode_batch", "evaluate"]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The fixed held-out batch, encoded once."""
+
+    state: torch.Tensor
+    target: torch.Tensor
+    actions: torch.Tensor
+    mask: torch.Tensor
+    last_index: torch.Tensor  # [N] index of each example's last real rollout step
+    identity_loss: float  # held-out loss of predicting "no change"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The model on the held-out batch."""
+
+    loss: float  # masked prediction loss over every rollout step
+    prediction: torch.Tensor  # [N, D] predictions at each example's last real step
+    target: torch.Tensor  # [N, D] their targets
+    kl_reg: float  # Gaussian KL regulariser of the predictions
+
+
+def encode_batch(model: WorldModel, batch: TupleBatch, device: str) -> TorchTrainerBatch:
+    """Encode a drawn tuple batch with the frozen encoder into the trainer's input."""
+    b, k, length = batch.targets.shape
+    sources = torch.from_numpy(batch.sources).to(device)
+    targets = torch.from_numpy(batch.targets.reshape(b * k, length)).to(device)
+    return TorchTrainerBatch(
+        state=model.encoder.encode(sources),
+        target=model.encoder.encode(targets).reshape(b, k, -1),
+        actions=torch.from_numpy(batch.actions).to(device),
+        action_mask=torch.from_numpy(batch.mask).to(device),
+        rel_edits=batch.rel_edits,
+        window_ids=batch.window_ids,
+    )
+
+
+def build_held_out(
+    model: WorldModel, dataset: Dataset, train: TrainParams, collapse: CollapseParams, seeds: TrainerSeeds, device: str
+) -> HeldOut:
+    """Draw `collapse.valid_batch_size` tuples from the valid windows with the validation seed and encode them."""
+    rng = np.random.default_rng(seeds.validation)
+    raw = draw_tuples(
+        rng,
+        dataset.valid,
+        collapse.valid_batch_size,
+        window_length=dataset.manifest.counts.window_length,
+        weights=edit_type_weights_from_mapping(train.edit_type_weights),
+        mix=rollout_mix_from_mapping(train.rollout_step_mix),
+        split="valid",
+    )
+    enc = encode_batch(model, raw, device)
+    identity = masked_prediction_loss(enc.state.unsqueeze(1).expand_as(enc.target), enc.target, enc.action_mask)
+    last = torch.from_numpy(raw.rollout_steps - 1).to(device)
+    return HeldOut(enc.state, enc.target, enc.actions, enc.action_mask, last, float(identity))
+
+
+@torch.no_grad()
+def evaluate(model: WorldModel, held: HeldOut) -> Evaluation:
+    """Roll the model out on the held-out batch (eval mode, no gradients)."""
+    model.eval()
+    pred = model.rollout(held.state, held.actions)
+    loss = float(masked_prediction_loss(pred, held.target, held.mask))
+    rows = torch.arange(pred.shape[0], device=pred.device)
+    return Evaluation(loss, pred[rows, held.last_index], held.target[rows, held.last_index], float(gaussian_kl(pred, held.mask)))

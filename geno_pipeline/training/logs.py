@@ -1,0 +1,98 @@
+"""The train stage's deterministic logs (metrics.jsonl, collapse.jsonl, train.log) and the CSV plots made from them.
+
+Logs are append-only; a checkpoint records each one's length and hash, and a resume truncates them
+back to that prefix, so a resumed run's logs equal the straight run's byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+
+from geno_pipeline.checksums import sha256_bytes
+from geno_pipeline.errors import TrainingCheckpointError
+from geno_pipeline.jsonio import append_jsonl, atomic_write_bytes, atomic_write_text, jsonl_line, validate_document
+from geno_pipeline.layout import LOG_FILES, Layout
+from geno_pipeline.training.checkpoint import LogRecord
+from geno_pipeline.training.documents import CollapseLine, MetricsLine
+
+__all__ = ["COLLAPSE_PLOT_KEYS", "RunLogs", "write_plots"]
+
+COLLAPSE_PLOT_KEYS = (
+    "pred_var_per_dim",
+    "target_var_per_dim",
+    "pairwise_pred_dist_mean",
+    "effective_rank",
+    "pred_target_corr",
+    "pred_cos_mean",
+)
+
+
+class RunLogs:
+    """Append-only deterministic logs; truncated back to a checkpoint's prefix on resume."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.paths = {name: layout.log(name) for name in LOG_FILES}
+
+    def reset(self) -> None:
+        """Start every log empty."""
+        for path in self.paths.values():
+            path.write_bytes(b"")
+
+    def record(self) -> dict[str, LogRecord]:
+        """Length and hash of every log now (what a checkpoint keeps)."""
+        out = {}
+        for name, path in self.paths.items():
+            data = path.read_bytes()
+            out[name] = LogRecord(bytes=len(data), sha256=sha256_bytes(data))
+        return out
+
+    def truncate_to(self, records: dict[str, LogRecord]) -> None:
+        """Cut every log back to the prefix a checkpoint recorded; refuse when the prefix differs."""
+        for name, path in self.paths.items():
+            want = records.get(name)
+            if want is None:
+                raise TrainingCheckpointError(f"checkpoint has no record of {name}")
+            data = path.read_bytes() if path.is_file() else b""
+            if len(data) < want.bytes or sha256_bytes(data[: want.bytes]) != want.sha256:
+                raise TrainingCheckpointError(
+                    f"{path}: does not start with the {want.bytes} bytes the checkpoint recorded (the metric history differs); "
+                    "fix: train from scratch (without --resume)"
+                )
+            atomic_write_bytes(path, data[: want.bytes])
+
+    def metrics(self, line: MetricsLine) -> None:
+        """Append one step's metrics (validated like every JSON we write; not fsynced per step, checkpoints fsync)."""
+        document = line.model_dump(mode="json")
+        validate_document(document, "metrics_line", source=str(self.paths["metrics.jsonl"]))
+        with open(self.paths["metrics.jsonl"], "a", encoding="utf-8") as handle:
+            handle.write(jsonl_line(document))
+
+    def collapse(self, line: CollapseLine) -> None:
+        """Append one held-out observation."""
+        append_jsonl(self.paths["collapse.jsonl"], [line], schema="collapse_line")
+
+    def log(self, text: str) -> None:
+        """Append one line to train.log."""
+        with open(self.paths["train.log"], "a", encoding="utf-8") as handle:
+            handle.write(text.rstrip("\n") + "\n")
+
+    def collapse_lines(self) -> list[CollapseLine]:
+        """Every observation in collapse.jsonl."""
+        text = self.paths["collapse.jsonl"].read_text(encoding="utf-8")
+        return [CollapseLine.model_validate(json.loads(x)) for x in text.splitlines() if x.strip()]
+
+
+def write_plots(layout: Layout, logs: RunLogs) -> None:
+    """reports/plots/{loss,lr,collapse}.csv from the logs (floats as repr, so the CSVs are as exact as the logs)."""
+    metrics = [json.loads(x) for x in logs.paths["metrics.jsonl"].read_text().splitlines() if x.strip()]
+    collapse = [json.loads(x) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()]
+    atomic_write_text(
+        layout.plots / "loss.csv",
+        "step,loss,pred_loss,kl_reg\n" + "".join(f"{m['step']},{m['loss']!r},{m['pred_loss']!r},{m['kl_reg']!r}\n" for m in metrics),
+    )
+    atomic_write_text(layout.plots / "lr.csv", "step,lr_multiplier\n" + "".join(f"{m['step']},{m['lr_multiplier']!r}\n" for m in metrics))
+    header = "step,heldout_loss," + ",".join(COLLAPSE_PLOT_KEYS) + "\n"
+    rows = "".join(
+        f"{c['step']},{c['heldout_loss']!r}," + ",".join(repr(c["metrics"][k]) for k in COLLAPSE_PLOT_KEYS) + "\n" for c in collapse
+    )
+    atomic_write_text(layout.plots / "collapse.csv", header + rows)
