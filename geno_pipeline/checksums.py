@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geno_pipeline.errors import ChecksumError
-from geno_pipeline.jsonio import atomic_write_text
+from geno_pipeline.fsio import atomic_write_text
 
 __all__ = [
     "SumsEntry",

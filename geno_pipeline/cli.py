@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geno_pipeline import __version__
 from geno_pipeline.config import LoadedParams
 from geno_pipeline.errors import (
     EXIT_CHECKPOINT,
@@ -27,6 +26,7 @@ from geno_pipeline.errors import (
     GenoPipelineError,
 )
 from geno_pipeline.layout import Layout
+from geno_pipeline.version import __version__
 
 if TYPE_CHECKING:
     from geno_pipeline.runtime_report import StageResult
@@ -64,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"geno-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_stage_parsers(sub)
+    _add_tool_parsers(sub)
+    return parser
 
+
+def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """data, preflight, train, release: the four DVC stages."""
     p = sub.add_parser(
         "data",
         help="build artifacts/dataset/ from the `data` params",
@@ -114,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
+
+def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """verify, validate, schemas, repro-check, bench."""
     p = sub.add_parser(
         "verify",
         help="verify a release bundle directory",
@@ -157,7 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    return parser
 
 
 @dataclass(frozen=True)

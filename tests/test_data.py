@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geno_pipeline.config import DataParams
-from geno_pipeline.data.dataset import candidate_slots, dataset_problems, load_dataset
 from geno_pipeline.data.dataset import build_dataset as run
+from geno_pipeline.data.dataset import candidate_slots, dataset_problems, load_dataset
 from geno_pipeline.data.genome import Record, read_fasta, synthetic_genome
 from tests.conftest import write_params
 

@@ -51,6 +51,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_and_reproducible(project: Path) -> None:
     first = dvc(project, "repro")
     order = [line.split("'")[1] for line in first.stdout.splitlines() if line.startswith("Running stage")]
@@ -94,6 +95,7 @@ def test_pipeline_end_to_end_and_reproducible(project: Path) -> None:
     assert "release: CHANGED" in changed.stdout and "artifacts/release/model.safetensors" in changed.stdout
 
 
+@pytest.mark.slow
 def test_pipeline_preflight_failure_stops_dvc(project: Path, tmp_path: Path) -> None:
     other = tmp_path / "fail"
     shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))

@@ -17,8 +17,8 @@ from geno_pipeline.config import TrainStageParams, load_params
 from geno_pipeline.errors import VerifyError
 from geno_pipeline.release.verify import verify_bundle
 from geno_pipeline.training.determinism import TrainerSeeds
-from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.heldout import build_held_out, evaluate
+from geno_pipeline.training.model import build_world_model
 from tests.conftest import write_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,6 +184,7 @@ def test_release_gate_training_stopped_early(released: Path, tmp_path: Path) -> 
     _gate(released, tmp_path, mutate, "status stopped, 5/12 steps")
 
 
+@pytest.mark.slow
 def test_release_gate_collapse_alert_at_final_observation(released: Path, tmp_path: Path) -> None:
     def mutate(root: Path) -> None:
         model = load_params(root / "params.yaml").train.model.model_dump()
@@ -194,6 +195,7 @@ def test_release_gate_collapse_alert_at_final_observation(released: Path, tmp_pa
     _gate(released, tmp_path, mutate, "no collapse alert at the final observation")
 
 
+@pytest.mark.slow
 def test_release_allow_collapse_alerts_releases(released: Path, tmp_path: Path) -> None:
     root = tmp_path / "allow"
     shutil.copytree(released, root, symlinks=True)

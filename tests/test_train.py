@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from geno_pipeline.config import load_params
 from geno_pipeline.errors import TrainingCheckpointError
-from geno_pipeline.training.model import build_world_model
 from geno_pipeline.layout import Layout
+from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.stage import run_training
 from tests.conftest import write_params
 
@@ -65,6 +65,7 @@ def test_train_two_runs_identical(prepared: Path, tmp_path: Path) -> None:
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 13))
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=st.integers(1, 11))
 def test_train_resume_equivalence_any_stop_step(prepared: Path, tmp_path_factory: pytest.TempPathFactory, k: int) -> None:
@@ -76,6 +77,7 @@ def test_train_resume_equivalence_any_stop_step(prepared: Path, tmp_path_factory
     assert json.loads((root / "reports" / "train.json").read_text())["resumed_from_step"] == k
 
 
+@pytest.mark.slow
 def test_train_sigkill_then_resume_auto(tmp_path: Path) -> None:
     root = tmp_path / "kill"
     root.mkdir()
@@ -185,6 +187,7 @@ def test_train_default_profile_fires_no_collapse_alert(prepared: Path) -> None:
     assert [json.loads(x)["step"] for x in lines] == [0, 4, 8, 12]
 
 
+@pytest.mark.slow
 def test_train_real_collapse_fires_alerts_and_halts(prepared: Path, tmp_path: Path) -> None:
     root = clone(prepared, tmp_path / "collapse")
     # a non-residual predictor under huge weight decay is driven to its (undecayed) biases: a constant

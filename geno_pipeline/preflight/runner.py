@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geno_pipeline import __version__
 from geno_pipeline.config import LoadedParams
 from geno_pipeline.environment import package_version
 from geno_pipeline.layout import Layout
@@ -21,6 +20,7 @@ from geno_pipeline.preflight.checks.disk import DiskCheck
 from geno_pipeline.preflight.checks.params import ParamsCheck
 from geno_pipeline.preflight.documents import EnvironmentInfo, PreflightOutcome, PreflightReport
 from geno_pipeline.runtime_report import utc_now
+from geno_pipeline.version import __version__
 
 __all__ = ["TrainingPreflightRequest", "build_report", "build_training_preflight_report", "outcome_of"]
 

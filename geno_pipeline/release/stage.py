@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from geno_pipeline import __version__
 from geno_pipeline.checksums import sha256_file, write_sha256sums
 from geno_pipeline.config import Params, TrainStageParams
 from geno_pipeline.documents import ArtifactIdentity
@@ -41,6 +40,7 @@ from geno_pipeline.runtime_report import StageResult, git_state
 from geno_pipeline.source import LOCK_FILE, package_root, source_digest
 from geno_pipeline.tensorfile import serialize_tensors
 from geno_pipeline.training.documents import TrainingReport
+from geno_pipeline.version import __version__
 
 __all__ = ["BUNDLE_FILES", "check_gates", "locked_packages", "run", "run_release", "summary"]
 

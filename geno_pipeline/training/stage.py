@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geno_pipeline import __version__
 from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes, sha256_file
 from geno_pipeline.config import Params, TrainParams, TrainStageParams
@@ -62,6 +61,7 @@ from geno_pipeline.training.progress import Progress
 from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
 from geno_pipeline.training.trainer import TorchTrainer, TorchTrainerStepResult, build_adamw_optimizer
 from geno_pipeline.training.tuples import TupleSampler
+from geno_pipeline.version import __version__
 
 __all__ = ["LoopOutcome", "ModelFactory", "TrainingRun", "preflight_fingerprint", "run", "run_training", "summary"]
 
