@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geno_pipeline.config import LoadedParams
 from geno_pipeline.errors import (
     EXIT_CHECKPOINT,
     EXIT_INTERNAL,
@@ -28,7 +27,8 @@ from geno_pipeline.errors import (
 from geno_pipeline.layout import Layout
 from geno_pipeline.version import __version__
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the CLI imports params, pydantic and numpy only when a stage runs, so --help stays light
+    from geno_pipeline.config import LoadedParams
     from geno_pipeline.runtime_report import StageResult
 
 __all__ = ["EXIT_CODES", "build_parser", "entrypoint", "main"]
@@ -243,6 +243,7 @@ def _release_command() -> StageCommand:
 
 def run_stage(name: str, command: StageCommand, args: argparse.Namespace) -> int:
     """Load params once, run the stage, time it, write its runtime report, print its summary, map its status to an exit code."""
+    from geno_pipeline.config import LoadedParams
     from geno_pipeline.runtime_report import utc_now, write_runtime_report
 
     started, t0 = utc_now(), time.perf_counter()
