@@ -6,8 +6,10 @@ argv is parsed only here; each handler reads its own params section and calls th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from geno_pipeline.errors import (
     EXIT_OK,
     EXIT_PREFLIGHT,
     EXIT_RELEASE_GATE,
+    EXIT_STORAGE,
     EXIT_TRAINING_STOPPED,
     EXIT_VERIFY,
     GenoPipelineError,
@@ -35,13 +38,14 @@ __all__ = ["EXIT_CODES", "build_parser", "entrypoint", "main"]
 
 EXIT_CODES = {
     EXIT_OK: "success",
-    EXIT_INTERNAL: "internal error (a bug: a traceback is printed)",
+    EXIT_INTERNAL: "internal error (a bug): one line; the traceback with --debug or GENO_PIPELINE_DEBUG=1",
     EXIT_INVALID: "invalid input: params, data, arguments or a file that fails its schema",
     EXIT_PREFLIGHT: "preflight ran and the machine is not ready (report written)",
     EXIT_TRAINING_STOPPED: "training stopped early: non-finite loss/gradient or collapse with on_alert: halt",
     EXIT_CHECKPOINT: "a resume checkpoint is corrupt or bound to different params/dataset/code",
     EXIT_RELEASE_GATE: "a release gate failed; no bundle was written",
     EXIT_VERIFY: "verification failed: bundle, schema or reproducibility mismatch",
+    EXIT_STORAGE: "a file could not be written: read-only directory, full disk or permissions (nothing half-written)",
 }
 
 
@@ -63,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"geno-pipeline {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error (or set GENO_PIPELINE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_stage_parsers(sub)
     _add_tool_parsers(sub)
@@ -177,6 +182,7 @@ class StageCommand:
     summary: Callable[[Layout, Any, argparse.Namespace], list[str]]
     status: Callable[[Any], str]  # a key of STATUS_EXIT
     failure: Callable[[Any], str] = lambda _doc: ""  # the stderr line of a non-ok status
+    persist: Callable[[LoadedParams, Layout, argparse.Namespace, Any], None] | None = None  # writes after the summary
 
 
 STATUS_EXIT = {"ok": EXIT_OK, "preflight_not_ok": EXIT_PREFLIGHT, "training_stopped": EXIT_TRAINING_STOPPED}
@@ -200,12 +206,16 @@ def _data_command() -> StageCommand:
 def _preflight_command() -> StageCommand:
     from geno_pipeline.preflight import stage
 
+    def persist(loaded: LoadedParams, layout: Layout, args: argparse.Namespace, report: Any) -> None:
+        stage.write_outputs(report, loaded, layout, args.output or layout.preflight_report)
+
     return StageCommand(
         announce=lambda _loaded: None,
-        run=lambda loaded, layout, args: stage.run(loaded, layout, output=args.output),
+        run=lambda loaded, layout, _args: stage.assess(loaded, layout),
         summary=lambda layout, report, args: stage.summary(layout, report, args.output),
         status=lambda report: "ok" if report.ok else "preflight_not_ok",
         failure=lambda _report: "preflight: stopping here; fix the errors above and run again",
+        persist=persist,
     )
 
 
@@ -253,9 +263,14 @@ def run_stage(name: str, command: StageCommand, args: argparse.Namespace) -> int
     if first:
         print(first, flush=True)
     result = command.run(loaded, layout, args)
-    write_runtime_report(layout, name, started_at=started, duration_s=time.perf_counter() - t0, facts=result.facts)
     for line in command.summary(layout, result.document, args):
-        print(line)
+        print(line, flush=True)
+    if command.persist is not None:
+        command.persist(loaded, layout, args, result.document)
+    try:
+        write_runtime_report(layout, name, started_at=started, duration_s=time.perf_counter() - t0, facts=result.facts)
+    except GenoPipelineError as exc:  # volatile facts only: the stage's own outputs are written
+        print(f"geno-pipeline {name}: warning: runtime report not written: {exc}", file=sys.stderr)
     status = command.status(result.document)
     if status != "ok":
         print(command.failure(result.document), file=sys.stderr)
@@ -329,6 +344,13 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+DEBUG_ENV = "GENO_PIPELINE_DEBUG"
+
+
+def _debugging(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES)."""
     args = build_parser().parse_args(argv)
@@ -342,6 +364,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"geno-pipeline {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a write or read outside the typed boundary: still one named line
+        from geno_pipeline.fsio import storage_error
+
+        error = storage_error(Path(exc.filename) if exc.filename else Path("."), exc, "failed")
+        print(f"geno-pipeline {args.command}: error: {error}", file=sys.stderr)
+        if _debugging(args):
+            traceback.print_exc()
+        return error.exit_code
+    except Exception as exc:
+        print(
+            f"geno-pipeline {args.command}: internal error (a bug; please report it): {type(exc).__name__}: {exc}; "
+            f"rerun with --debug (or {DEBUG_ENV}=1) for the traceback",
+            file=sys.stderr,
+        )
+        if _debugging(args):
+            traceback.print_exc()
+        return EXIT_INTERNAL
 
 
 def entrypoint() -> None:

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes
-from geno_pipeline.data.edits import EDIT_TYPE_NAMES
+from geno_pipeline.data.edits import EDIT_TYPE_NAMES, MAX_EDIT_BASES
 from geno_pipeline.documents import Document, FiniteFloat
 from geno_pipeline.errors import ConfigError
 
@@ -29,6 +28,7 @@ __all__ = [
     "RuntimeParams",
     "TrainParams",
     "TrainStageParams",
+    "cross_section_problems",
     "load_params",
     "params_from_mapping",
     "section_keys",
@@ -275,6 +275,37 @@ class ReleaseParams(_Section):
     """Release even when the final collapse observation raised alerts."""
 
 
+def cross_section_problems(window_length: int, flank_length: int, train: TrainParams) -> list[tuple[str, Any, str, str]]:
+    """Every problem between the data shape and the train params, as (dotted key, value, message, fix).
+
+    The same function checks params.yaml (every stage, preflight included) and the built dataset (train).
+    """
+    problems: list[tuple[str, Any, str, str]] = []
+    segments = train.model.segments
+    if window_length % segments:
+        divisors = [d for d in range(1, min(window_length, 64) + 1) if window_length % d == 0]
+        problems.append(
+            (
+                "train.model.segments",
+                segments,
+                f"must divide data.window_length ({window_length})",
+                f"choose segments that divide the window length, e.g. one of {', '.join(map(str, divisors[-6:]))}",
+            )
+        )
+    k_max = max(train.rollout_step_mix, default=1)
+    if flank_length < MAX_EDIT_BASES * k_max:
+        problems.append(
+            (
+                "data.flank_length",
+                flank_length,
+                f"is too short for rollouts of K = {k_max} (train.rollout_step_mix): each edit may delete up to "
+                f"{MAX_EDIT_BASES} bases, which the flank must refill",
+                f"set data.flank_length >= {MAX_EDIT_BASES * k_max} or drop the longer rollouts",
+            )
+        )
+    return problems
+
+
 class Params(_Section):
     """The whole params.yaml: one section per stage."""
 
@@ -290,6 +321,11 @@ class Params(_Section):
     """Collapse diagnostics."""
     release: ReleaseParams = Field(default_factory=ReleaseParams)
     """Release gates."""
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Params:
+        _raise_if(cross_section_problems(self.data.window_length, self.data.flank_length, self.train))
+        return self
 
 
 class TrainStageParams(_Section):
@@ -346,6 +382,33 @@ _FIXES = {
 }
 
 
+def _exponent_string(value: Any) -> bool:
+    """`3e-3` and friends: YAML 1.1 (PyYAML, DVC) reads an exponent without a dot as a string."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return "e" in value.lower()
+
+
+def _fix_for(kind: str, value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "use a finite number (not .nan or .inf)"
+    if kind in ("float_type", "int_type") and _exponent_string(value):
+        number = float(value)
+        if kind == "int_type":
+            return f"YAML reads {value!r} as text; write the integer {int(number)}" if number.is_integer() else "use an integer"
+        return f"YAML reads {value!r} as text; write {number:.10g} or {_with_dot(value)}"
+    return _FIXES.get(kind, "correct the value")
+
+
+def _with_dot(value: str) -> str:
+    mantissa, _, exponent = value.lower().partition("e")
+    return (mantissa if "." in mantissa else f"{mantissa}.0") + "e" + exponent
+
+
 def _fmt_value(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -363,13 +426,16 @@ def _problems_from(exc: ValidationError) -> list[str]:
                 out.append(f"{full} = {_fmt_value(value)}: {message}; fix: {fix}")
             continue
         message = err["msg"].removeprefix("Value error, ")
-        fix = _FIXES.get(err["type"], "correct the value")
+        fix = _fix_for(err["type"], err.get("input"))
         if err["type"] == "extra_forbidden":
             out.append(f"{loc}: unknown key; fix: {fix}")
         elif err["type"] == "missing":
             out.append(f"{loc}: missing; fix: {fix}")
         else:
-            out.append(f"{loc} = {_fmt_value(err.get('input'))}: {message}; fix: {fix}")
+            value = err.get("input")
+            if isinstance(value, float) and not math.isfinite(value):
+                message = "is not a finite number"
+            out.append(f"{loc} = {_fmt_value(value)}: {message}; fix: {fix}")
     return out
 
 
@@ -415,14 +481,21 @@ class LoadedParams:
 
 
 def load_params(path: Path | str) -> Params:
-    """Read and validate params.yaml; raise `ConfigError` listing every problem."""
+    """Read and validate a params file; raise `ConfigError` listing every problem.
+
+    The file must hold every section (an empty file or a missing section is refused, not defaulted),
+    and a repeated key is refused, as DVC refuses it.
+    """
+    from geno_pipeline.readers import read_yaml
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found; fix: run from the project root or pass --params") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}); fix: correct the syntax") from None
-    return params_from_mapping({} if raw is None else raw, source=str(path))
+    raw = read_yaml(path, error=ConfigError, fix="run from the project root or pass --params PATH to a UTF-8 YAML params file")
+    if raw is None:
+        raise ConfigError(f"{path}: empty params file; fix: write every section ({', '.join(Params.model_fields)}), as in the README")
+    if isinstance(raw, dict):
+        missing = [name for name in Params.model_fields if name not in raw]
+        if missing:
+            problems = tuple(f"{name}: missing section; fix: add the `{name}:` section (see the README's params table)" for name in missing)
+            body = "\n".join(f"  - {p}" for p in problems)
+            raise ConfigError(f"{path}: {len(problems)} missing section(s):\n{body}", problems)
+    return params_from_mapping(raw, source=str(path))

@@ -9,6 +9,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PREFLIGHT",
     "EXIT_RELEASE_GATE",
+    "EXIT_STORAGE",
     "EXIT_TRAINING_STOPPED",
     "EXIT_VERIFY",
     "ChecksumError",
@@ -19,6 +20,7 @@ __all__ = [
     "ReleaseError",
     "ReproCheckError",
     "SchemaValidationError",
+    "StorageError",
     "TrainingCheckpointError",
     "TrainingError",
     "VerifyError",
@@ -32,6 +34,7 @@ EXIT_TRAINING_STOPPED = 4
 EXIT_CHECKPOINT = 5
 EXIT_RELEASE_GATE = 6
 EXIT_VERIFY = 7
+EXIT_STORAGE = 8
 
 
 class GenoPipelineError(Exception):
@@ -88,3 +91,9 @@ class VerifyError(GenoPipelineError):
 
 class ReproCheckError(GenoPipelineError):
     """The reproducibility check could not run."""
+
+
+class StorageError(GenoPipelineError):
+    """A file could not be written or read back: read-only directory, full disk, permissions. Nothing is half-written."""
+
+    exit_code = EXIT_STORAGE

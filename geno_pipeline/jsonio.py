@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,7 +9,8 @@ from typing import Any
 
 from geno_pipeline.canonical import canonical_json, jsonl_line, to_jsonable
 from geno_pipeline.errors import GenoPipelineError, SchemaValidationError
-from geno_pipeline.fsio import atomic_write_bytes, atomic_write_text, fsync_dir, replace_dir_atomically, staging_dir
+from geno_pipeline.fsio import atomic_write_bytes, atomic_write_text, fsync_dir, replace_dir_atomically, staging_dir, writing
+from geno_pipeline.readers import read_json_text
 from geno_pipeline.schemas import validator_for
 
 __all__ = [
@@ -48,19 +48,23 @@ def write_json(path: Path, obj: Any, *, schema: str) -> None:
     atomic_write_text(Path(path), canonical_json(document))
 
 
-def read_json(path: Path, *, schema: str | None = None) -> Any:
-    """Read a JSON file; with `schema`, also validate it. Errors name the file."""
+def read_json(
+    path: Path, *, schema: str | None = None, error: type[GenoPipelineError] = SchemaValidationError, fix: str | None = None
+) -> Any:
+    """Read a JSON file through the untrusted-bytes boundary; with `schema`, also validate it.
+
+    Every failure is `error` (default `SchemaValidationError`) naming the file, what is wrong and `fix`.
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise GenoPipelineError(f"{path}: file not found") from exc
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SchemaValidationError(f"{path}: not valid JSON ({exc})") from exc
+    remedy = fix or "rerun the stage that writes this file"
+    document = read_json_text(path, error=error, fix=remedy)
     if schema is not None:
-        validate_document(document, schema, source=str(path))
+        try:
+            validate_document(document, schema, source=str(path))
+        except SchemaValidationError as exc:
+            if error is SchemaValidationError:
+                raise
+            raise error(f"{exc}\nfix: {remedy}") from None
     return document
 
 
@@ -73,7 +77,7 @@ def append_jsonl(path: Path, records: Iterable[Any], *, schema: str) -> None:
         lines.append(jsonl_line(document))
     if not lines:
         return
-    with open(path, "a", encoding="utf-8") as handle:
+    with writing(path), open(path, "a", encoding="utf-8") as handle:
         handle.write("".join(lines))
         handle.flush()
         os.fsync(handle.fileno())

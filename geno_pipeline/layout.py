@@ -44,6 +44,11 @@ class Layout:
         return self.root / "params.yaml"
 
     @property
+    def genomes(self) -> Path:
+        """The data stage's input folder: a FASTA given as `data.fasta_path` lives here (or is linked from here)."""
+        return self.root / "genomes"
+
+    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 
@@ -75,6 +80,7 @@ class Layout:
 
     @property
     def preflight_report(self) -> Path:
+        """The human- and machine-readable report; volatile (free memory, timings), so not a DVC output nor tracked."""
         return self.reports / "preflight.json"
 
     # ------------------------------------------------------------ train
@@ -124,7 +130,12 @@ class Layout:
 
     @property
     def repro_check_report(self) -> Path:
-        return self.reports / "repro_check.json"
+        """Volatile: the verdict for this workspace, not part of the project's tracked files."""
+        return self.reports / "runtime" / "repro_check.json"
+
+    @property
+    def reliability_report(self) -> Path:
+        return self.reports / "reliability.json"
 
     @property
     def bench_report(self) -> Path:
@@ -138,17 +149,21 @@ class Layout:
         return {
             "data": StageFiles(
                 deps=(
+                    r(self.genomes),
                     "geno_pipeline/data",
                     "geno_pipeline/config.py",
                     "geno_pipeline/checksums.py",
+                    "geno_pipeline/fsio.py",
                     "geno_pipeline/jsonio.py",
+                    "geno_pipeline/readers.py",
                     "geno_pipeline/seeding.py",
+                    "geno_pipeline/yamlio.py",
                 ),
                 outs=(r(self.dataset_dir),),
             ),
             "preflight": StageFiles(
                 deps=(r(self.dataset_dir), "geno_pipeline/preflight", "geno_pipeline/environment.py"),
-                outs=(r(self.preflight_report), r(self.environment), r(self.preflight_outcome)),
+                outs=(r(self.environment), r(self.preflight_outcome)),
             ),
             "train": StageFiles(
                 deps=(r(self.dataset_dir), r(self.environment), *code),
@@ -166,3 +181,22 @@ class Layout:
                 outs=(r(self.release_dir), r(self.release_report)),
             ),
         }
+
+    def stage_writes(self, stage: str) -> tuple[Path, ...]:
+        """Every file or folder a stage writes: its DVC outs, and for preflight its volatile report."""
+        extra = (self.preflight_report,) if stage == "preflight" else ()
+        return tuple(self.root / out for out in self.dvc_stages()[stage].outs) + extra
+
+    def sweep_stage_temporaries(self, stage: str) -> list[Path]:
+        """Remove the temporary files and staging folders an interrupted run of `stage` left; returns them.
+
+        Inside a folder output everything temporary goes; beside each output only that output's own temporaries.
+        """
+        from geno_pipeline.fsio import sweep_temporaries
+
+        removed: list[Path] = []
+        for path in self.stage_writes(stage):
+            if path.is_dir() and not path.is_symlink():
+                removed += sweep_temporaries(path)
+            removed += sweep_temporaries(path.parent, recursive=False, only=path.name)
+        return removed

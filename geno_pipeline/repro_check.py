@@ -19,7 +19,7 @@ import yaml
 from geno_pipeline.checksums import sha256_file
 from geno_pipeline.documents import Document
 from geno_pipeline.errors import ReproCheckError
-from geno_pipeline.jsonio import write_json
+from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import Layout
 
 __all__ = ["CHECKED_STAGES", "ReproCheckReport", "dvc_md5", "run_repro_check", "run_repro_check_cli"]
@@ -51,6 +51,8 @@ class StageCheck(Document):
     """Per-output results."""
     changed_files: list[str]
     """Files that differ from the committed reference, where the reference lists files."""
+    field_differences: list[str]
+    """For committed JSON and CSV outputs: which field or line differs (`reports/train.json: final_train_loss`)."""
 
 
 class ReproCheckReport(Document):
@@ -66,6 +68,8 @@ class ReproCheckReport(Document):
     """data, train and release."""
     environment_differences: list[str]
     """Fingerprint fields that differ from the reference run (torch version, device kind, threads, ...)."""
+    changed_inputs: list[str]
+    """Tracked inputs (params, code, lock files, genomes) that differ from the reference revision."""
     explanation: str
     """One sentence for people."""
 
@@ -112,8 +116,87 @@ def _environment_differences(layout: Layout, ref: str) -> list[str]:
     if not text or not current.is_file():
         return []
     want: dict[str, Any] = json.loads(text)["environment"]
-    have: dict[str, Any] = json.loads(current.read_text())
+    have: dict[str, Any] = read_json(current, error=ReproCheckError, fix="rerun `geno-pipeline preflight`")
     return [f"{k}: reference {want.get(k)!r}, here {have.get(k)!r}" for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+
+
+def _keyed_by_path(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in value)
+
+
+def json_differences(want: Any, have: Any, prefix: str = "") -> list[str]:
+    """Paths where two JSON values differ: `a.b`, `files[i]`, or `artifacts[<path>].sha256` for lists of files."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        out: list[str] = []
+        for key in sorted(set(want) | set(have)):
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            out += [dotted] if key not in want or key not in have else json_differences(want[key], have[key], dotted)
+        return out
+    if _keyed_by_path(want) and _keyed_by_path(have):  # file lists: name the file, not its index
+        a, b = {e["path"]: e for e in want}, {e["path"]: e for e in have}
+        out = []
+        for path in sorted(set(a) | set(b)):
+            item = f"{prefix}[{path}]"
+            out += [item] if path not in a or path not in b else json_differences(a[path], b[path], item)
+        return out
+    if isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+        return [d for i, (x, y) in enumerate(zip(want, have, strict=True)) for d in json_differences(x, y, f"{prefix}[{i}]")]
+    return [] if want == have else [prefix or "<root>"]
+
+
+def _file_differences(root: Path, ref: str, path: str) -> list[str]:
+    """`path: field` (JSON) or `path: line N` (text) for a committed file that differs from its reference version."""
+    reference = _git_show(root, ref, path)
+    current = root / path
+    if reference is None or not current.is_file():
+        return []
+    try:
+        text = current.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return [f"{path}: unreadable"]
+    if text == reference:
+        return []
+    if path.endswith(".json"):
+        try:
+            fields = sorted(json_differences(json.loads(reference), json.loads(text)), key=lambda f: f.count("["))  # scalars first
+        except json.JSONDecodeError:
+            return [f"{path}: not valid JSON"]
+        shown = [f"{path}: {f}" for f in fields[:8]]
+        return shown + ([f"{path}: ... and {len(fields) - 8} more fields"] if len(fields) > 8 else [])
+    lines = [i for i, (a, b) in enumerate(zip(reference.splitlines(), text.splitlines(), strict=False), start=1) if a != b]
+    first = lines[0] if lines else min(len(reference.splitlines()), len(text.splitlines())) + 1
+    return [f"{path}: line {first} differs"]
+
+
+def _committed_files(root: Path, ref: str, out: str) -> list[str]:
+    proc = subprocess.run(["git", "ls-tree", "-r", "--name-only", ref, "--", out], cwd=root, capture_output=True, text=True)
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def changed_inputs(root: Path, ref: str) -> list[str]:
+    """Tracked pipeline inputs that differ between `ref` and the working tree."""
+    inputs = ["params.yaml", "dvc.yaml", "geno_pipeline", "pyproject.toml", "requirements.lock", "genomes"]
+    proc = subprocess.run(["git", "diff", "--name-only", ref, "--", *inputs], cwd=root, capture_output=True, text=True)
+    return sorted(set(proc.stdout.split())) if proc.returncode == 0 else []
+
+
+def _explain(ok: bool, env: list[str], inputs: list[str], stages: list[StageCheck]) -> str:
+    if ok:
+        return "every data, train and release output is bit-identical to the committed dvc.lock"
+    if env:
+        return (
+            "outputs differ and the environment fingerprint differs from the reference run ("
+            + "; ".join(env)
+            + "): bit-identity is only promised within one environment class"
+        )
+    first = [d for s in stages for d in s.field_differences][:4] or [f for s in stages for f in s.changed_files][:4]
+    what = "; ".join(first)
+    if inputs:
+        return f"outputs differ because these inputs changed since the reference: {', '.join(inputs)} (first differences: {what})"
+    return (
+        f"outputs differ in the same environment class with unchanged params, code and genomes (first differences: {what}); "
+        "this is a reproducibility bug or a machine outside the reference's class (CPU instruction set, BLAS)"
+    )
 
 
 def run_repro_check(layout: Layout, *, lock_ref: str = "HEAD") -> ReproCheckReport:
@@ -141,21 +224,26 @@ def run_repro_check(layout: Layout, *, lock_ref: str = "HEAD") -> ReproCheckRepo
                     changed_files.append(path)
             if not changed_files:
                 changed_files = [o.path for o in outputs if o.status != "reproduced"]
+        fields = [
+            d
+            for o in outputs
+            if o.status == "changed"
+            for f in _committed_files(root, lock_ref, o.path)
+            for d in _file_differences(root, lock_ref, f)
+        ]
         verdict = "reproduced" if all(o.status == "reproduced" for o in outputs) else "changed"
-        stages.append(StageCheck(stage=name, verdict=verdict, outputs=outputs, changed_files=changed_files))  # type: ignore[arg-type]
+        stages.append(StageCheck(stage=name, verdict=verdict, outputs=outputs, changed_files=changed_files, field_differences=fields))  # type: ignore[arg-type]
     ok = all(s.verdict == "reproduced" for s in stages)
     env = _environment_differences(layout, lock_ref)
-    if ok:
-        explanation = "every data, train and release output is bit-identical to the committed dvc.lock"
-    elif env:
-        explanation = (
-            "outputs differ and the environment fingerprint differs from the reference run ("
-            + "; ".join(env)
-            + "): bit-identity is only promised within one environment class"
-        )
-    else:
-        explanation = "outputs differ in the same environment class: params, data or code changed (see the changed files)"
-    return ReproCheckReport(lock_ref=lock_ref, ok=ok, stages=stages, environment_differences=env, explanation=explanation)
+    inputs = [] if ok else changed_inputs(root, lock_ref)
+    return ReproCheckReport(
+        lock_ref=lock_ref,
+        ok=ok,
+        stages=stages,
+        environment_differences=env,
+        changed_inputs=inputs,
+        explanation=_explain(ok, env, inputs, stages),
+    )
 
 
 def run_repro_check_cli(layout: Layout, *, lock_ref: str) -> int:
@@ -166,6 +254,8 @@ def run_repro_check_cli(layout: Layout, *, lock_ref: str) -> int:
             print(f"repro-check: {stage.stage}: reproduced ({', '.join(o.path for o in stage.outputs)})")
         else:
             print(f"repro-check: {stage.stage}: CHANGED: {', '.join(stage.changed_files)}")
+            for difference in stage.field_differences:
+                print(f"repro-check:   {difference}")
     print(f"repro-check: {report.explanation}")
     write_json(layout.repro_check_report, report, schema="repro_check")
     if not report.ok:

@@ -134,7 +134,7 @@ _FILE_SCHEMAS = {
 def schema_name_for_file(path: Path, document: Any) -> str | None:
     """Best guess of the schema of one of our files from its name, path and content."""
     path = Path(path)
-    if path.parent.name == "runtime":
+    if path.parent.name == "runtime" and path.name not in _FILE_SCHEMAS:
         return "runtime_report"
     if path.suffix == ".jsonl":
         return "collapse_line" if "collapse" in path.name else "metrics_line"

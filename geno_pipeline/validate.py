@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from geno_pipeline.errors import SchemaValidationError
 from geno_pipeline.jsonio import validate_document
+from geno_pipeline.readers import read_text
 from geno_pipeline.schemas import SCHEMA_MODELS, schema_name_for_file
 
 __all__ = ["validate_file"]
@@ -17,18 +16,23 @@ __all__ = ["validate_file"]
 def validate_file(path: Path, *, schema: str | None = None) -> int:
     """Validate `path` (every line for .jsonl); return the number of documents checked."""
     path = Path(path)
-    if not path.is_file():
-        raise SchemaValidationError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    fix = "give one of the pipeline's JSON, JSONL or params YAML files"
     if path.name.endswith((".yaml", ".yml")):
-        from geno_pipeline.config import params_from_mapping
+        from geno_pipeline.config import load_params
 
-        params_from_mapping(yaml.safe_load(text) or {}, source=str(path))
+        load_params(path)
         return 1
-    try:
-        documents = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else [json.loads(text)]
-    except json.JSONDecodeError as exc:
-        raise SchemaValidationError(f"{path}: not valid JSON ({exc})") from None
+    text = read_text(path, error=SchemaValidationError, what="JSON", fix=fix)
+    documents = []
+    lines = text.splitlines() if path.suffix == ".jsonl" else [text]
+    for number, line in enumerate(lines, start=1):
+        if path.suffix == ".jsonl" and not line.strip():
+            continue
+        try:
+            documents.append(json.loads(line))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            where = f" line {number}" if path.suffix == ".jsonl" else ""
+            raise SchemaValidationError(f"{path}{where}: not valid JSON ({exc}); fix: {fix}") from None
     if not documents:
         raise SchemaValidationError(f"{path}: no JSON documents in the file")
     name = schema or schema_name_for_file(path, documents[0])

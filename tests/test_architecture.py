@@ -19,6 +19,8 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.documents": 0,
     "geno_pipeline.canonical": 0,
     "geno_pipeline.fsio": 0,
+    "geno_pipeline.readers": 0,  # the boundary for untrusted bytes
+    "geno_pipeline.yamlio": 0,
     "geno_pipeline.checksums": 0,
     "geno_pipeline.seeding": 0,
     "geno_pipeline.source": 0,

@@ -24,6 +24,7 @@ from geno_pipeline.config import (
     params_from_mapping,
 )
 from geno_pipeline.errors import ConfigError
+from tests.conftest import write_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,7 +83,13 @@ def test_config_lists_every_problem_at_once() -> None:
         ({"train": {"rollout_step_mix": {0: 1.0}}}, r"^train\.rollout_step_mix\.0 = 0: rollout length K must be >= 1; fix: .*$"),
         ({"train": {"warmup_steps": 1500}}, r"^train\.warmup_steps = 1500: must be < steps \(1500\) for the wsd schedule; fix: .*$"),
         ({"data": {"source": "fasta"}}, r"^data\.fasta_path = None: is required when source is 'fasta'; fix: .*$"),
-        ({"train": {"lr": math.inf}}, r"^train\.lr = inf: must be a finite number; fix: correct the value$"),
+        ({"train": {"lr": math.inf}}, r"^train\.lr = inf: is not a finite number; fix: use a finite number \(not \.nan or \.inf\)$"),
+        ({"train": {"lr": math.nan}}, r"^train\.lr = nan: is not a finite number; fix: use a finite number \(not \.nan or \.inf\)$"),
+        (
+            {"train": {"lr": "3e-3"}},
+            r"^train\.lr = '3e-3': .*; fix: YAML reads '3e-3' as text; write 0\.003 or 3\.0e-3$",
+        ),
+        ({"train": {"steps": "1e3"}}, r"^train\.steps = '1e3': .*; fix: YAML reads '1e3' as text; write the integer 1000$"),
         (
             {"train": {"schedule": "linear"}},
             r"^train\.schedule = 'linear': Input should be 'wsd', 'cosine' or 'constant'; fix: use one of the allowed values$",
@@ -96,9 +103,14 @@ def test_config_single_problem_messages(raw: dict, expected: str) -> None:
 
 
 def test_config_load_params_names_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "params.yaml"
-    path.write_text("data: {window_length: -1}\n")
+    path = write_params(tmp_path, data={"window_length": -1})
     with pytest.raises(ConfigError, match=rf"^{path}: 1 problem:\n  - data\.window_length = -1"):
+        load_params(path)
+    path.write_text("data: {window_length: 32}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: 5 missing section\(s\):\n  - runtime: missing section"):
+        load_params(path)
+    path.write_text("")
+    with pytest.raises(ConfigError, match="empty params file"):
         load_params(path)
     path.write_text("data: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -125,12 +137,12 @@ def params_strategy(draw: st.DrawFn) -> Params:
     steps = draw(st.integers(2, 10_000))
     edit_names = draw(st.lists(st.sampled_from(["SNV", "INS", "DEL", "MNV", "INDEL"]), min_size=1, unique=True))
     ks = draw(st.lists(st.integers(1, 6), min_size=1, max_size=4, unique=True))
-    window = draw(st.integers(16, 512))
+    window = 16 * draw(st.integers(1, 32))  # segments (16) must divide the window
     return Params(
         data=DataParams(
             seed=draw(st.integers(0, 2**31)),
             window_length=window,
-            flank_length=draw(st.integers(0, 64)),
+            flank_length=draw(st.integers(10 * max(ks), 64)),  # each of K edits may delete up to 10 bases
             train_windows=draw(st.integers(1, 100)),
             valid_windows=draw(st.integers(1, 100)),
             genome_length=10_000_000,

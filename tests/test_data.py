@@ -83,10 +83,11 @@ def test_data_fasta_plain_gz_multi_record_softmask(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     seq = lambda n: "".join("ACGT"[i] for i in rng.integers(0, 4, n))  # noqa: E731
     text = f">chr1 first\n{seq(3000)}\n{seq(3000).lower()}\nNNNNNNNNNN\n{seq(2000)}\n>chr2\n{seq(4000)}\n"
-    (tmp_path / "ref.fa").write_text(text)
-    (tmp_path / "ref.fa.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
-    assert [r.name for r in read_fasta(tmp_path / "ref.fa")] == ["chr1", "chr2"]
-    for name in ("ref.fa", "ref.fa.gz"):
+    (tmp_path / "genomes").mkdir()
+    (tmp_path / "genomes" / "ref.fa").write_text(text)
+    (tmp_path / "genomes" / "ref.fa.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+    assert [r.name for r in read_fasta(tmp_path / "genomes" / "ref.fa")] == ["chr1", "chr2"]
+    for name in ("genomes/ref.fa", "genomes/ref.fa.gz"):
         write_params(
             tmp_path,
             data={
@@ -127,14 +128,19 @@ BAD = [
         None,
         "train.edit_type_weights.SNV = nan: weight must be a finite number > 0",
     ),
-    ("missing fasta", {"data": {"source": "fasta", "fasta_path": "nope.fa"}}, None, "nope.fa: FASTA file not found (data.fasta_path)"),
+    (
+        "missing fasta",
+        {"data": {"source": "fasta", "fasta_path": "genomes/nope.fa"}},
+        None,
+        "nope.fa: FASTA file not found (data.fasta_path)",
+    ),
     (
         "invalid characters",
-        {"data": {"source": "fasta", "fasta_path": "bad.fa"}},
+        {"data": {"source": "fasta", "fasta_path": "genomes/bad.fa"}},
         ">r\nACGTXACGT\n",
         "bad.fa: line 2, column 5: invalid character 'X'",
     ),
-    ("empty fasta", {"data": {"source": "fasta", "fasta_path": "bad.fa"}}, "", "bad.fa: empty FASTA (no records)"),
+    ("empty fasta", {"data": {"source": "fasta", "fasta_path": "genomes/bad.fa"}}, "", "bad.fa: empty FASTA (no records)"),
 ]
 
 
@@ -142,7 +148,8 @@ BAD = [
 def test_data_bad_input_one_message_no_partial_output(tiny_root: Path, case: str, overrides: dict, fasta: str | None, needle: str) -> None:
     write_params(tiny_root, **overrides)
     if fasta is not None:
-        (tiny_root / "bad.fa").write_text(fasta)
+        (tiny_root / "genomes").mkdir()
+        (tiny_root / "genomes" / "bad.fa").write_text(fasta)
     proc = cli(tiny_root, "data")
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr, proc.stderr
@@ -162,7 +169,8 @@ def test_data_failure_keeps_previous_dataset(tiny_root: Path) -> None:
 
 
 def test_data_not_enough_slots_in_fasta(tmp_path: Path) -> None:
-    (tmp_path / "small.fa").write_text(">r\n" + "ACGT" * 50 + "\n")
-    write_params(tmp_path, data={"source": "fasta", "fasta_path": "small.fa"})
+    (tmp_path / "genomes").mkdir()
+    (tmp_path / "genomes" / "small.fa").write_text(">r\n" + "ACGT" * 50 + "\n")
+    write_params(tmp_path, data={"source": "fasta", "fasta_path": "genomes/small.fa"})
     proc = cli(tmp_path, "data")
     assert proc.returncode == 2 and "non-overlapping N-free slots" in proc.stderr

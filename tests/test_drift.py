@@ -13,6 +13,7 @@ import yaml
 from geno_pipeline.cli import EXIT_CODES, build_parser, main
 from geno_pipeline.config import stage_params
 from geno_pipeline.schemas import SCHEMA_MODELS, schema_drift, schema_for
+from tests.conftest import write_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,7 +110,7 @@ def test_drift_help_explains_every_command(command: list[str], capsys: pytest.Ca
 
 
 def test_drift_cli_bad_params_no_traceback(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("train: {lr: -1, nope: 2}\n")
+    write_params(tmp_path, train={"lr": -1, "nope": 2})
     proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "train", "--root", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train.lr = -1" in proc.stderr and "train.nope: unknown key" in proc.stderr

@@ -74,7 +74,10 @@ def test_train_resume_equivalence_any_stop_step(prepared: Path, tmp_path_factory
     assert json.loads((root / "reports" / "train.json").read_text())["status"] == "stopped", stopped.stdout
     cli(root, "train", "--no-progress", "--resume", "auto")  # a new process
     assert tree(root / "artifacts" / "train") == tree(prepared / "artifacts" / "train")
-    assert json.loads((root / "reports" / "train.json").read_text())["resumed_from_step"] == k
+    for report in ("train.json", "metrics.json"):  # the path taken is not in any declared output
+        assert (root / "reports" / report).read_bytes() == (prepared / "reports" / report).read_bytes()
+    assert tree(root / "reports" / "plots") == tree(prepared / "reports" / "plots")
+    assert json.loads((root / "reports" / "runtime" / "train.json").read_text())["facts"]["resumed_from_step"] == k
 
 
 @pytest.mark.slow
@@ -139,13 +142,13 @@ def test_train_tamper_edited_state(stopped: Path) -> None:
 
 def test_train_tamper_changed_params(stopped: Path) -> None:
     write_params(stopped, train={"lr": 0.004})
-    _resume_fails(stopped, "different params")
+    _resume_fails(stopped, "params train.lr: checkpoint has")
 
 
 def test_train_tamper_changed_dataset(stopped: Path) -> None:
     write_params(stopped, data={"seed": 4})
     cli(stopped, "data")
-    _resume_fails(stopped, "different dataset")
+    _resume_fails(stopped, "dataset_manifest_sha256: checkpoint has")
 
 
 def test_train_nonfinite_guard_keeps_last_checkpoint(prepared: Path, tmp_path: Path) -> None:
@@ -213,7 +216,7 @@ def test_train_real_collapse_fires_alerts_and_halts(prepared: Path, tmp_path: Pa
 
 def test_train_checkpoint_loader_never_unpickles() -> None:
     source = (Path(__file__).resolve().parent.parent / "geno_pipeline" / "training" / "checkpoint.py").read_text()
-    assert "torch.load(" not in source and "import pickle" not in source and "load_file" in source
+    assert "torch.load(" not in source and "import pickle" not in source and "read_tensors" in source
 
 
 def test_train_requires_preflight_fingerprint(tmp_path: Path) -> None:

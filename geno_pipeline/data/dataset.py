@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from geno_pipeline.data.genome import N_CODE, Record, read_fasta, synthetic_geno
 from geno_pipeline.data.manifest import DatasetCounts, DatasetFile, DatasetManifest, DatasetSource
 from geno_pipeline.errors import DataError
 from geno_pipeline.jsonio import atomic_write_bytes, canonical_json, read_json, replace_dir_atomically, staging_dir, write_json
+from geno_pipeline.layout import Layout
+from geno_pipeline.readers import read_npy
 from geno_pipeline.seeding import derive_seed
 
 __all__ = [
@@ -25,9 +28,12 @@ __all__ = [
     "DatasetResult",
     "build_dataset",
     "candidate_slots",
+    "check_memory",
     "dataset_problems",
     "load_dataset",
+    "memory_needed",
     "npy_bytes",
+    "resolve_fasta",
 ]
 
 MANIFEST_NAME = "dataset_manifest.json"
@@ -75,15 +81,65 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def resolve_fasta(fasta_path: str, root: Path) -> Path:
+    """The file `data.fasta_path` names, which must lie under the project's genomes/ folder (a dependency of `data`).
+
+    A file outside it would change without DVC noticing; a symlink inside genomes/ to a file elsewhere is fine.
+    """
+    genomes = Layout.for_root(root).genomes
+    path = Path(os.path.normpath(Path(root) / fasta_path))
+    if not path.is_relative_to(os.path.normpath(genomes)):
+        raise DataError(
+            f"params: data.fasta_path = {fasta_path!r} is outside {genomes}/, so `dvc repro` could not notice when the file "
+            f"changes; fix: move the FASTA into genomes/ (or link it there: ln -s /abs/path/ref.fa genomes/) and set "
+            "data.fasta_path: genomes/<name>"
+        )
+    return path
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_needed(params: DataParams, fasta: Path | None = None) -> int:
+    """Peak bytes the data stage needs, estimated before any work (reference codes, masks and the windows)."""
+    windows = (params.train_windows + params.valid_windows) * (params.window_length + params.flank_length) * 2
+    if fasta is None:
+        return 4 * params.genome_length + windows
+    size = fasta.stat().st_size if fasta.is_file() else 0
+    uncompressed = size * 4 if fasta.suffix == ".gz" else size  # gzip compresses DNA about 4x
+    return 7 * uncompressed + windows
+
+
+def check_memory(params: DataParams, fasta: Path | None = None, available: int | None = None) -> None:
+    """Refuse up front, naming the memory the reference would need, when this machine does not have it."""
+    need = memory_needed(params, fasta)
+    have = _available_memory() if available is None else available
+    if have is not None and need > have:
+        what = f"data.genome_length = {params.genome_length}" if fasta is None else f"the FASTA {fasta}"
+        raise DataError(
+            f"params: {what} needs about {need / 2**30:.1f} GiB of memory to build the dataset, but this machine has "
+            f"{have / 2**30:.1f} GiB available; fix: use a smaller genome_length or reference, or a machine with more memory"
+        )
+
+
 def _reference(params: DataParams, root: Path) -> tuple[list[Record], DatasetSource]:
     if params.source == "synthetic":
+        check_memory(params)
         codes = synthetic_genome(params.seed, params.genome_length)
         source = DatasetSource(kind="synthetic", fasta_path=None, fasta_sha256=None, records=1, reference_bases=int(codes.size))
         return [Record("synthetic", codes)], source
     assert params.fasta_path is not None  # guaranteed by DataParams validation
-    path = Path(params.fasta_path)
-    if not path.is_absolute():
-        path = root / path
+    path = resolve_fasta(params.fasta_path, root)
+    if path.is_file():
+        check_memory(params, path)
     records = read_fasta(path)
     source = DatasetSource(
         kind="fasta",
@@ -193,9 +249,10 @@ def load_dataset(directory: Path) -> Dataset:
             + "\n".join(f"  - {m}" for _, m in problems)
             + "\nfix: rerun `geno-pipeline data` (or `dvc repro data`)"
         )
-    manifest = DatasetManifest.model_validate(read_json(directory / MANIFEST_NAME))
-    train = np.load(directory / TRAIN_FILE, allow_pickle=False)
-    valid = np.load(directory / VALID_FILE, allow_pickle=False)
+    fix = "rerun `geno-pipeline data` (or `dvc repro data`)"
+    manifest = DatasetManifest.model_validate(read_json(directory / MANIFEST_NAME, error=DataError, fix=fix))
+    train = read_npy(directory / TRAIN_FILE, error=DataError, fix=fix)
+    valid = read_npy(directory / VALID_FILE, error=DataError, fix=fix)
     slot = manifest.counts.window_length + manifest.counts.flank_length
     for name, array, n in ((TRAIN_FILE, train, manifest.counts.train_windows), (VALID_FILE, valid, manifest.counts.valid_windows)):
         if array.dtype != np.uint8 or array.shape != (n, slot) or array.size == 0 or int(array.max()) > 3:

@@ -6,12 +6,14 @@ Sequences are uint8 codes: A=0, C=1, G=2, T=3, N=4.
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from geno_pipeline.errors import DataError
+from geno_pipeline.readers import read_bytes
 from geno_pipeline.seeding import derive_seed
 
 __all__ = ["BASES", "N_CODE", "Record", "decode", "encode_text", "read_fasta", "synthetic_genome"]
@@ -86,14 +88,19 @@ def synthetic_genome(seed: int, length: int) -> np.ndarray:
     return out
 
 
+_GZIP_FIX = "the file is damaged (an interrupted download or copy?): fetch it again, check it with `gzip -t`, or use a plain FASTA"
+
+
 def _open_text(path: Path) -> bytes:
-    raw = path.read_bytes()
+    raw = read_bytes(path, error=DataError, fix="point data.fasta_path at a readable FASTA file under genomes/")
     if raw[:2] == b"\x1f\x8b":
         try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: corrupt gzip data ({exc}); fix: re-compress or use a plain FASTA") from None
-    return raw
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise DataError(f"{path}: truncated gzip data (the stream ends early); fix: {_GZIP_FIX}") from None
+        except (OSError, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt gzip data ({exc}); fix: {_GZIP_FIX}") from None
+    return raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not sequence
 
 
 def read_fasta(path: Path) -> list[Record]:
@@ -103,8 +110,8 @@ def read_fasta(path: Path) -> list[Record]:
     sequence before the first header, an empty record, or a character outside ACGTN/acgtn.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: FASTA file not found (data.fasta_path); fix: point data.fasta_path at an existing file")
+    if not path.exists():
+        raise DataError(f"{path}: FASTA file not found (data.fasta_path); fix: point data.fasta_path at an existing file under genomes/")
     text = _open_text(path)
     records: list[Record] = []
     name: str | None = None

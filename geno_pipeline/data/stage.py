@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from geno_pipeline.config import DataParams
 from geno_pipeline.data.dataset import build_dataset
 from geno_pipeline.data.manifest import DatasetManifest
@@ -13,6 +15,8 @@ __all__ = ["run", "summary"]
 
 def run(params: DataParams, layout: Layout) -> StageResult[DatasetManifest]:
     """Build the dataset atomically (a failure leaves the previous one intact); returns its manifest."""
+    for leftover in layout.sweep_stage_temporaries("data"):
+        print(f"data: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
     result = build_dataset(params, root=layout.root, out_dir=layout.dataset_dir)
     return StageResult(result.manifest, {"dataset_id": result.manifest.dataset_id})
 

@@ -82,7 +82,7 @@ def build_report(
     accelerator = acc_run.facts or empty_accelerator(runtime, preflight, acc_run.findings[0].message)
     det_run = run_check(DeterminismCheck(runtime, accelerator.resolved_device, accelerator.torch))
     disk_run = run_check(DiskCheck(request.artifacts_dir, preflight))
-    dataset_run = run_check(DatasetCheck(request.dataset_dir))
+    dataset_run = run_check(DatasetCheck(request.dataset_dir, request.root, loaded.params.data if loaded.valid else None))
     rows, issues = _rows_and_issues([params_run, *dependency_runs, acc_run, det_run, disk_run, dataset_run])
     packages = {package: package_version(package) for _, package, _ in DEPENDENCIES}
     packages["geno-pipeline"] = __version__

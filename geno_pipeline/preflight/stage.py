@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from geno_pipeline.config import LoadedParams
@@ -14,7 +15,7 @@ from geno_pipeline.preflight.documents import PreflightReport
 from geno_pipeline.preflight.runner import TrainingPreflightRequest, build_report, outcome_of
 from geno_pipeline.runtime_report import StageResult
 
-__all__ = ["format_table", "run", "summary", "write_training_preflight_report"]
+__all__ = ["assess", "format_table", "run", "summary", "write_outputs", "write_training_preflight_report"]
 
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
 
@@ -27,6 +28,28 @@ def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout,
     write_json(layout.preflight_outcome, outcome_of(report), schema="preflight_outcome")
 
 
+def assess(
+    loaded: LoadedParams,
+    layout: Layout,
+    *,
+    generated_at: str | None = None,
+    dependency_probe: DependencyProbeFn | None = None,
+    accelerator_probe: AcceleratorProbeFn | None = None,
+) -> StageResult[PreflightReport]:
+    """Probe this machine for the job described by `loaded`, writing nothing (invalid params are findings, not a crash).
+
+    The CLI prints the result before it writes, so a finding such as `disk.not_writable` reaches the user even when
+    the writes then fail.
+    """
+    for leftover in layout.sweep_stage_temporaries("preflight"):
+        print(f"preflight: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
+    request = TrainingPreflightRequest.for_root(layout.root, loaded.path)
+    report = build_report(
+        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe
+    )
+    return StageResult(report, {"ok": report.ok, "resolved_device": report.resolved_device})
+
+
 def run(
     loaded: LoadedParams,
     layout: Layout,
@@ -36,13 +59,10 @@ def run(
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
 ) -> StageResult[PreflightReport]:
-    """Probe this machine for the job described by `loaded` (invalid params are findings, not a crash)."""
-    request = TrainingPreflightRequest.for_root(layout.root, loaded.path)
-    report = build_report(
-        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe
-    )
-    write_outputs(report, loaded, layout, output or layout.preflight_report)
-    return StageResult(report, {"ok": report.ok, "resolved_device": report.resolved_device})
+    """`assess`, then write the report, the fingerprint and the outcome."""
+    result = assess(loaded, layout, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe)
+    write_outputs(result.document, loaded, layout, output or layout.preflight_report)
+    return result
 
 
 def write_training_preflight_report(

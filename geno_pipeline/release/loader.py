@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
+from pydantic import ValidationError
 
 from geno_pipeline.config import ModelParams
 from geno_pipeline.errors import VerifyError
+from geno_pipeline.readers import read_tensors
 from geno_pipeline.release.verify import safetensors_metadata, verify_bundle
 from geno_pipeline.training.model import WorldModel, build_world_model
 
@@ -25,12 +26,20 @@ def load_released_model(directory: Path | str, *, device: str = "cpu") -> WorldM
     if problems:
         raise VerifyError(f"{directory}: bundle does not verify:\n" + "\n".join(f"  - {p}" for p in problems))
     path = directory / "model.safetensors"
-    meta = safetensors_metadata(path)
-    model = build_world_model(
-        window_length=int(meta["window_length"]),
-        params=ModelParams.model_validate(json.loads(meta["model_params"])),
-        encoder_seed=int(meta["encoder_seed"]),
-        init_seed=int(meta["init_seed"]),
-    )
-    model.load_state_dict(load_file(path), strict=True)
+    fix = "use a bundle written by `geno-pipeline release` (check it with `geno-pipeline verify`)"
+    try:
+        meta = safetensors_metadata(path)
+        model = build_world_model(
+            window_length=int(meta["window_length"]),
+            params=ModelParams.model_validate(json.loads(meta["model_params"])),
+            encoder_seed=int(meta["encoder_seed"]),
+            init_seed=int(meta["init_seed"]),
+        )
+    except (OSError, KeyError, ValueError, ValidationError) as exc:
+        raise VerifyError(f"{path}: the header cannot rebuild the model ({type(exc).__name__}: {exc}); fix: {fix}") from None
+    tensors = read_tensors(path, error=VerifyError, fix=fix)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise VerifyError(f"{path}: the tensors do not fit the model the header describes ({exc}); fix: {fix}") from None
     return model.to(device).eval()

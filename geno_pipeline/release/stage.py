@@ -8,10 +8,10 @@ import math
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from geno_pipeline.checksums import sha256_file, write_sha256sums
 from geno_pipeline.config import Params, TrainStageParams
@@ -21,6 +21,7 @@ from geno_pipeline.errors import ReleaseError
 from geno_pipeline.jsonio import atomic_write_bytes, atomic_write_text, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.preflight.documents import PreflightOutcome
+from geno_pipeline.readers import read_tensors
 from geno_pipeline.release.card import model_card
 from geno_pipeline.release.documents import (
     BuildDefinition,
@@ -63,12 +64,14 @@ def check_gates(params: Params, layout: Layout) -> tuple[PreflightOutcome, Train
     failures: list[str] = []
     if not layout.preflight_outcome.is_file():
         raise ReleaseError(f"gate 'preflight ok' failed: {layout.preflight_outcome} is missing; fix: run `geno-pipeline preflight`")
-    outcome = PreflightOutcome.model_validate(read_json(layout.preflight_outcome, schema="preflight_outcome"))
+    outcome = PreflightOutcome.model_validate(
+        read_json(layout.preflight_outcome, schema="preflight_outcome", fix="rerun `geno-pipeline preflight`")
+    )
     if not outcome.ok:
         failures.append(f"preflight ok: preflight reported errors {', '.join(outcome.error_codes)}; fix: see reports/preflight.json")
     if not layout.train_report.is_file():
         raise ReleaseError(f"gate 'training completed' failed: {layout.train_report} is missing; fix: run `geno-pipeline train`")
-    report = TrainingReport.model_validate(read_json(layout.train_report, schema="train_report"))
+    report = TrainingReport.model_validate(read_json(layout.train_report, schema="train_report", fix="rerun `geno-pipeline train`"))
     if report.status != "completed" or report.steps_completed != report.steps_requested:
         failures.append(
             f"training completed: status {report.status}, {report.steps_completed}/{report.steps_requested} steps; "
@@ -85,7 +88,7 @@ def check_gates(params: Params, layout: Layout) -> tuple[PreflightOutcome, Train
         if not model_path.is_file():
             failures.append(f"training completed: {model_path} is missing; fix: retrain")
         else:
-            weights = load_file(model_path)
+            weights = read_tensors(model_path, error=ReleaseError, fix="retrain (geno-pipeline train)")
             bad = sorted(name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
             if bad:
                 failures.append(f"no non-finite values: weights {', '.join(bad[:5])} hold NaN or inf")
@@ -163,7 +166,9 @@ def _metadata(params: Params, layout: Layout, outcome: PreflightOutcome, report:
         params_sha256=report.params_sha256,
         seeds=report.seeds,
         determinism=report.determinism,
-        environment=EnvironmentFingerprint.model_validate(read_json(layout.environment, schema="environment")),
+        environment=EnvironmentFingerprint.model_validate(
+            read_json(layout.environment, schema="environment", fix="rerun `geno-pipeline preflight`")
+        ),
         dataset_id=report.dataset_id,
         dataset_manifest_sha256=report.dataset_manifest_sha256,
         inputs=[ConsumedInput(path=layout.rel(p), sha256=sha256_file(p)) for p in consumed],
@@ -229,6 +234,8 @@ def write_bundle(params: Params, layout: Layout, gated: tuple[PreflightOutcome, 
 
 def run(params: Params, layout: Layout) -> StageResult[ReleaseReport]:
     """Check the gates and write the bundle atomically; returns the report also written to reports/release.json."""
+    for leftover in layout.sweep_stage_temporaries("release"):
+        print(f"release: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
     gated = check_gates(params, layout)
     report = gated[1]
     write_bundle(params, layout, gated)

@@ -18,18 +18,41 @@ _SCHEMAS = {"metadata.json": "release_metadata", "metrics.json": "release_metric
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file, read from its header (no tensor is loaded)."""
+    """The `__metadata__` of a safetensors file, read from its header (no tensor is loaded).
+
+    Raises `ValueError` for anything that is not a safetensors header with a string-to-string metadata map.
+    """
     with open(path, "rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError("file shorter than a safetensors header")
+        size = struct.unpack("<Q", prefix)[0]
         if size > 100_000_000:
             raise ValueError("header too large")
-        header = json.loads(handle.read(size))
-    return dict(header.get("__metadata__") or {})
+        raw = handle.read(size)
+    if len(raw) < size:
+        raise ValueError("header truncated")
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"header is not JSON ({exc})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError("__metadata__ is not a map of strings")
+    return dict(metadata)
 
 
 def verify_bundle(directory: Path) -> list[str]:
-    """Every problem of the bundle at `directory` (empty when it verifies)."""
-    directory = Path(directory)
+    """Every problem of the bundle at `directory` (empty when it verifies); never raises for a malformed file."""
+    try:
+        return _verify(Path(directory))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        return [f"{directory}: a bundle file is malformed and could not be checked ({type(exc).__name__}: {exc})"]
+
+
+def _verify(directory: Path) -> list[str]:
     if directory.is_symlink():
         return [f"{directory}: the bundle directory is a symlink"]
     if not directory.is_dir():
@@ -51,7 +74,7 @@ def verify_bundle(directory: Path) -> list[str]:
         try:
             documents[name] = json.loads(path.read_text(encoding="utf-8"))
             validate_document(documents[name], schema, source=name)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             problems.append(f"{name}: not valid JSON ({exc})")
             documents.pop(name, None)
         except SchemaValidationError as exc:
@@ -75,6 +98,6 @@ def verify_bundle(directory: Path) -> list[str]:
             header = safetensors_metadata(model)
             if header.get("run_id") != metadata["run_id"]:
                 problems.append(f"model.safetensors: run_id {header.get('run_id')!r} differs from metadata.json {metadata['run_id']!r}")
-        except (ValueError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError, struct.error) as exc:
             problems.append(f"model.safetensors: unreadable header ({exc})")
     return problems

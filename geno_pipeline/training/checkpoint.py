@@ -10,21 +10,22 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, ValidationError
-from safetensors.torch import load_file
 
 from geno_pipeline.checksums import check_sha256sums, sha256_bytes, sha256_file, write_sha256sums
 from geno_pipeline.documents import Document
-from geno_pipeline.errors import SchemaValidationError, TrainingCheckpointError
+from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.jsonio import atomic_write_bytes, read_json, replace_dir_atomically, staging_dir, write_json
+from geno_pipeline.readers import read_tensors
 from geno_pipeline.tensorfile import serialize_tensors
 
 __all__ = [
     "Bindings",
     "CheckpointState",
+    "Expected",
     "LoadedCheckpoint",
     "LogRecord",
     "OptimizerGroupState",
@@ -34,10 +35,11 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "optimizer_tensors",
+    "params_differences",
     "prune_checkpoints",
-    "remove_stale_staging",
     "restore_optimizer",
     "save_checkpoint",
+    "tensor_specs",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -136,6 +138,8 @@ class CheckpointState(Document):
     """AdamW param groups."""
     bindings: Bindings
     """Inputs the checkpoint is bound to."""
+    params: dict[str, Any]
+    """The runtime, train and collapse params of the run (to name a differing key on resume)."""
 
 
 @dataclass(frozen=True)
@@ -165,14 +169,6 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def remove_stale_staging(directory: Path) -> None:
-    """Delete half-written staging directories left by a killed process."""
-    if Path(directory).is_dir():
-        for path in Path(directory).iterdir():
-            if path.name.startswith(".") and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-
-
 def save_checkpoint(
     directory: Path,
     *,
@@ -198,46 +194,132 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, *, expected: Bindings, steps_total: int) -> LoadedCheckpoint:
-    """Verify and load a checkpoint; raise `TrainingCheckpointError` naming every difference."""
+@dataclass(frozen=True)
+class Expected:
+    """What a checkpoint must match to resume this run."""
+
+    bindings: Bindings
+    steps_total: int
+    params: dict[str, Any]  # the train stage params of this run, as JSON
+    model: dict[str, tuple[tuple[int, ...], str]]  # tensor name -> (shape, dtype) of the model's state dict
+    groups: list[tuple[str, list[str]]]  # (group name, parameter names) of the optimizer
+    optimizer: dict[str, tuple[tuple[int, ...], str]]  # AdamW state tensor name -> (shape, dtype)
+
+
+def tensor_specs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, dtype name) of a tensor mapping."""
+    return {name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in tensors.items()}
+
+
+def params_differences(have: Any, want: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON values, with both values."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        out: list[str] = []
+        for key in sorted(set(have) | set(want), key=str):
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key not in have or key not in want:
+                out.append(f"{dotted}: checkpoint has {have.get(key, '<absent>')!r}, this run has {want.get(key, '<absent>')!r}")
+            else:
+                out += params_differences(have[key], want[key], dotted)
+        return out
+    return [] if have == want else [f"{prefix}: checkpoint has {have!r}, this run has {want!r}"]
+
+
+def _fail(path: Path, what: str, problems: list[str]) -> TrainingCheckpointError:
+    return TrainingCheckpointError(
+        f"{path}: {what}:\n"
+        + "\n".join(f"  - {p}" for p in problems)
+        + "\nfix: resume from another checkpoint or train from scratch (without --resume)"
+    )
+
+
+def _read_state(path: Path) -> CheckpointState:
+    fix = "resume from another checkpoint or train from scratch (without --resume)"
+    document = read_json(path / STATE_FILE, schema="checkpoint_state", error=TrainingCheckpointError, fix=fix)
+    try:
+        return CheckpointState.model_validate(document)
+    except ValidationError as exc:
+        raise TrainingCheckpointError(
+            f"{path / STATE_FILE}: invalid checkpoint state ({exc.error_count()} problem(s)); fix: {fix}"
+        ) from None
+
+
+def _binding_problems(state: CheckpointState, expected: Expected) -> list[str]:
+    diffs = []
+    have, want = state.bindings.model_dump(), expected.bindings.model_dump()
+    for key in sorted(want):
+        if key == "params_sha256" and have[key] != want[key]:
+            detail = params_differences(state.params, expected.params) or [
+                f"params_sha256: checkpoint has {have[key]}, this run has {want[key]}"
+            ]
+            diffs += [f"params {d}" for d in detail]
+        elif have.get(key) != want[key]:
+            diffs.append(f"{key}: checkpoint has {have.get(key)!r}, this run has {want[key]!r}")
+    if state.steps_total != expected.steps_total:
+        diffs.append(f"steps_total: checkpoint has {state.steps_total}, this run has train.steps = {expected.steps_total}")
+    return diffs
+
+
+def _shape_problems(what: str, have: dict[str, tuple[tuple[int, ...], str]], want: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    problems = [f"{what}: tensor {n!r} is not in this model" for n in sorted(set(have) - set(want))]
+    problems += [f"{what}: tensor {n!r} of this model is missing" for n in sorted(set(want) - set(have))]
+    for name in sorted(set(have) & set(want)):
+        if have[name] != want[name]:
+            problems.append(
+                f"{what}: tensor {name!r} is {have[name][1]} {list(have[name][0])}, this model has {want[name][1]} {list(want[name][0])}"
+            )
+    return problems
+
+
+def _content_problems(
+    state: CheckpointState, expected: Expected, model: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor]
+) -> list[str]:
+    problems = []
+    if not 1 <= state.step <= expected.steps_total:
+        problems.append(f"step {state.step} is outside 1..train.steps ({expected.steps_total})")
+    problems += _shape_problems(MODEL_FILE, tensor_specs(model), expected.model)
+    problems += _shape_problems(OPTIMIZER_FILE, tensor_specs(optimizer), expected.optimizer)
+    groups = [(g.group_name, g.names) for g in state.optimizer_groups]
+    if groups != expected.groups:
+        problems.append(f"optimizer groups {groups} differ from this model's {expected.groups}")
+    return problems
+
+
+def load_checkpoint(path: Path, *, expected: Expected) -> LoadedCheckpoint:
+    """Verify and load a checkpoint; raise `TrainingCheckpointError` naming every difference.
+
+    Checked: the SHA256SUMS, the state's schema, the tensor files it names, the bindings (params key by key,
+    dataset, package version, environment), the step range, every tensor's name, shape and dtype against this
+    model and optimizer, and the optimizer groups.
+    """
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise TrainingCheckpointError(f"{path}: not a checkpoint (no {STATE_FILE}); fix: pass a step-NNNNNN directory or --resume auto")
     problems = check_sha256sums(path)
     if problems:
-        raise TrainingCheckpointError(
-            f"{path}: checkpoint files are corrupt or were edited:\n"
-            + "\n".join(f"  - {p}" for p in problems)
-            + "\nfix: resume from another checkpoint or train from scratch (without --resume)"
+        raise _fail(path, "checkpoint files are corrupt or were edited", problems)
+    state = _read_state(path)
+    if set(state.tensors) != {MODEL_FILE, OPTIMIZER_FILE}:
+        raise _fail(
+            path, f"{STATE_FILE} names tensor files {sorted(state.tensors)}", [f"expected exactly {MODEL_FILE} and {OPTIMIZER_FILE}"]
         )
-    try:
-        state = CheckpointState.model_validate(read_json(path / STATE_FILE, schema="checkpoint_state"))
-    except (SchemaValidationError, ValidationError) as exc:
-        raise TrainingCheckpointError(f"{path / STATE_FILE}: invalid checkpoint state: {exc}") from None
     for name, digest in state.tensors.items():
-        if sha256_file(path / name) != digest:
-            raise TrainingCheckpointError(f"{path / name}: sha256 differs from the one recorded in {STATE_FILE}")
-    diffs = []
-    have, want = state.bindings.model_dump(), expected.model_dump()
-    for key in sorted(want):
-        if have.get(key) != want[key]:
-            diffs.append(f"{key}: checkpoint has {have.get(key)!r}, this run has {want[key]!r}")
-    if state.steps_total != steps_total:
-        diffs.append(f"steps_total: checkpoint has {state.steps_total}, this run has {steps_total}")
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
+            raise _fail(path, "tensor files differ from the state", [f"{name}: missing or its sha256 differs from the one in {STATE_FILE}"])
+    diffs = _binding_problems(state, expected)
     if diffs:
-        what = {
-            "params_sha256": "params",
-            "dataset_manifest_sha256": "dataset",
-            "package_version": "package version",
-            "environment_sha256": "environment",
-        }
-        names = ", ".join(what.get(d.split(":")[0], d.split(":")[0]) for d in diffs)
         raise TrainingCheckpointError(
-            f"{path}: checkpoint was made with different {names}:\n"
+            f"{path}: checkpoint was made with different inputs:\n"
             + "\n".join(f"  - {d}" for d in diffs)
             + "\nfix: restore the original inputs, or train from scratch (without --resume)"
         )
-    return LoadedCheckpoint(path=path, state=state, model=load_file(path / MODEL_FILE), optimizer=load_file(path / OPTIMIZER_FILE))
+    fix = "resume from another checkpoint or train from scratch (without --resume)"
+    model = read_tensors(path / MODEL_FILE, error=TrainingCheckpointError, fix=fix)
+    optimizer = read_tensors(path / OPTIMIZER_FILE, error=TrainingCheckpointError, fix=fix)
+    problems = _content_problems(state, expected, model, optimizer)
+    if problems:
+        raise _fail(path, "checkpoint does not fit this run", problems)
+    return LoadedCheckpoint(path=path, state=state, model=model, optimizer=optimizer)
 
 
 def prune_checkpoints(directory: Path, *, keep: int, every: int, steps_total: int) -> None:

@@ -134,8 +134,6 @@ class TrainingReport(Document):
     """train.steps."""
     steps_completed: int = Field(ge=0)
     """Optimizer steps done."""
-    resumed_from_step: int = Field(ge=0)
-    """Checkpoint step this process resumed from (0 = fresh)."""
     device: str
     """Device trained on."""
     final_train_loss: float | None

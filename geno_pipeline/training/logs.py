@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+
 from geno_pipeline.checksums import sha256_bytes
 from geno_pipeline.errors import TrainingCheckpointError
+from geno_pipeline.fsio import writing
 from geno_pipeline.jsonio import append_jsonl, atomic_write_bytes, atomic_write_text, jsonl_line, validate_document
 from geno_pipeline.layout import LOG_FILES, Layout
+from geno_pipeline.readers import read_text
 from geno_pipeline.training.checkpoint import LogRecord
 from geno_pipeline.training.documents import CollapseLine, MetricsLine
 
@@ -36,7 +40,7 @@ class RunLogs:
     def reset(self) -> None:
         """Start every log empty."""
         for path in self.paths.values():
-            path.write_bytes(b"")
+            atomic_write_bytes(path, b"")
 
     def record(self) -> dict[str, LogRecord]:
         """Length and hash of every log now (what a checkpoint keeps)."""
@@ -64,7 +68,7 @@ class RunLogs:
         """Append one step's metrics (validated like every JSON we write; not fsynced per step, checkpoints fsync)."""
         document = line.model_dump(mode="json")
         validate_document(document, "metrics_line", source=str(self.paths["metrics.jsonl"]))
-        with open(self.paths["metrics.jsonl"], "a", encoding="utf-8") as handle:
+        with writing(self.paths["metrics.jsonl"]), open(self.paths["metrics.jsonl"], "a", encoding="utf-8") as handle:
             handle.write(jsonl_line(document))
 
     def collapse(self, line: CollapseLine) -> None:
@@ -73,13 +77,18 @@ class RunLogs:
 
     def log(self, text: str) -> None:
         """Append one line to train.log."""
-        with open(self.paths["train.log"], "a", encoding="utf-8") as handle:
+        with writing(self.paths["train.log"]), open(self.paths["train.log"], "a", encoding="utf-8") as handle:
             handle.write(text.rstrip("\n") + "\n")
 
     def collapse_lines(self) -> list[CollapseLine]:
         """Every observation in collapse.jsonl."""
-        text = self.paths["collapse.jsonl"].read_text(encoding="utf-8")
-        return [CollapseLine.model_validate(json.loads(x)) for x in text.splitlines() if x.strip()]
+        path = self.paths["collapse.jsonl"]
+        fix = "train from scratch (without --resume)"
+        text = read_text(path, error=TrainingCheckpointError, what="JSON lines", fix=fix)
+        try:
+            return [CollapseLine.model_validate(json.loads(x)) for x in text.splitlines() if x.strip()]
+        except (ValueError, ValidationError) as exc:
+            raise TrainingCheckpointError(f"{path}: a line is not a valid collapse observation ({exc}); fix: {fix}") from None
 
 
 def write_plots(layout: Layout, logs: RunLogs) -> None:

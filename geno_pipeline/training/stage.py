@@ -6,6 +6,7 @@ Durations and throughput are returned as facts for reports/runtime/train.json.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -18,9 +19,8 @@ import torch
 
 from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes, sha256_file
-from geno_pipeline.config import Params, TrainParams, TrainStageParams
+from geno_pipeline.config import Params, TrainParams, TrainStageParams, cross_section_problems
 from geno_pipeline.data.dataset import Dataset, load_dataset
-from geno_pipeline.data.edits import MAX_EDIT_BASES
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint, torch_training_device
 from geno_pipeline.errors import TrainingError
@@ -33,15 +33,16 @@ from geno_pipeline.tensorfile import serialize_tensors
 from geno_pipeline.training.checkpoint import (
     Bindings,
     CheckpointState,
+    Expected,
     SamplerState,
     group_states,
     list_checkpoints,
     load_checkpoint,
     optimizer_tensors,
     prune_checkpoints,
-    remove_stale_staging,
     restore_optimizer,
     save_checkpoint,
+    tensor_specs,
 )
 from geno_pipeline.training.collapse import CollapseMonitor
 from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds, configure_torch_reproducibility
@@ -142,6 +143,7 @@ class TrainingRun:
             tensors={},
             optimizer_groups=group_states(self.optimizer),
             bindings=self.bindings,
+            params=json.loads(canonical_json(self.params)),
         )
         save_checkpoint(
             self.layout.checkpoints,
@@ -157,18 +159,13 @@ class TrainingRun:
 
 
 def check_cross_section(params: TrainStageParams, dataset: Dataset) -> None:
-    """Checks that span the dataset and the train params; raises `TrainingError` naming the keys."""
-    counts, train = dataset.manifest.counts, params.train
-    k_max = max(train.rollout_step_mix)
-    if counts.window_length % train.model.segments:
+    """The params' cross-section checks against the built dataset's shape; raises `TrainingError` listing every problem."""
+    counts = dataset.manifest.counts
+    problems = cross_section_problems(counts.window_length, counts.flank_length, params.train)
+    if problems:
+        lines = "\n".join(f"  - {key} = {value!r}: {message}; fix: {fix}" for key, value, message, fix in problems)
         raise TrainingError(
-            f"train.model.segments = {train.model.segments} must divide data.window_length = {counts.window_length}; "
-            "fix: choose segments that divide the window length"
-        )
-    if counts.flank_length < MAX_EDIT_BASES * k_max:
-        raise TrainingError(
-            f"data.flank_length = {counts.flank_length} is too short for rollouts of K = {k_max} "
-            f"(each edit may delete up to {MAX_EDIT_BASES} bases); fix: set data.flank_length >= {MAX_EDIT_BASES * k_max}"
+            f"the dataset ({counts.window_length}-base windows, {counts.flank_length}-base flanks) does not fit the train params:\n{lines}"
         )
 
 
@@ -194,6 +191,8 @@ def setup(
 ) -> TrainingRun:
     """Load and check the inputs, apply determinism, and build the model, optimizer, sampler and held-out batch."""
     runtime, train = params.runtime, params.train
+    for leftover in layout.sweep_stage_temporaries("train"):
+        print(f"train: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
     dataset = load_dataset(layout.dataset_dir)
     check_cross_section(params, dataset)
     device, kind = torch_training_device(runtime.device)
@@ -230,8 +229,27 @@ def setup(
 def _checkpoint_to_resume(layout: Layout, resume: str | Path | None) -> Path | None:
     if resume == "auto":
         found = list_checkpoints(layout.checkpoints)
+        if not found:
+            print(f"train: --resume auto: no checkpoint in {layout.checkpoints}; starting from step 0", file=sys.stderr)
         return found[-1][1] if found else None
     return None if resume is None else Path(resume)
+
+
+def expected_checkpoint(run: TrainingRun) -> Expected:
+    """What a checkpoint must hold to resume `run`: its bindings, params, and every tensor's name, shape and dtype."""
+    named = {n: p for g in run.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
+    optimizer: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, param in named.items():
+        spec = (tuple(param.shape), str(param.dtype).removeprefix("torch."))
+        optimizer |= {f"{name}.exp_avg": spec, f"{name}.exp_avg_sq": spec, f"{name}.step": ((), "float32")}
+    return Expected(
+        bindings=run.bindings,
+        steps_total=run.train.steps,
+        params=json.loads(canonical_json(run.params)),
+        model=tensor_specs(dict(run.model.state_dict())),
+        groups=[(g["group_name"], list(g["names"])) for g in run.optimizer.param_groups],
+        optimizer=optimizer,
+    )
 
 
 def start_fresh(run: TrainingRun) -> None:
@@ -253,13 +271,12 @@ def start_fresh(run: TrainingRun) -> None:
 
 def resume_from(run: TrainingRun, path: Path) -> None:
     """Restore model, optimizer, sampler, logs and monitor from a verified checkpoint."""
-    loaded = load_checkpoint(path, expected=run.bindings, steps_total=run.train.steps)
+    loaded = load_checkpoint(path, expected=expected_checkpoint(run))
     params_by_name = {n: p for g in run.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
     run.model.load_state_dict(loaded.model)
     restore_optimizer(run.optimizer, loaded.optimizer, loaded.state.optimizer_groups, params_by_name)
     run.sampler.set_state(loaded.state.sampler.model_dump())
     run.logs.truncate_to(loaded.state.logs)
-    remove_stale_staging(run.layout.checkpoints)
     run.layout.final_model.unlink(missing_ok=True)
     run.start, run.last_loss, run.resumed_from = loaded.state.step, loaded.state.last_train_loss, path
     run.monitor.initial_pairwise_pred_dist_mean = loaded.state.monitor_baseline_pairwise
@@ -384,7 +401,7 @@ def finish(run: TrainingRun, outcome: LoopOutcome) -> TrainingReport:
     identity = run.held.identity_loss
     report = TrainingReport(
         run_id=run.run_id, status=outcome.status, message=outcome.message, steps_requested=run.train.steps,
-        steps_completed=outcome.last_step, resumed_from_step=run.start if run.resumed_from is not None else 0, device=run.device,
+        steps_completed=outcome.last_step, device=run.device,
         final_train_loss=run.last_loss, final_heldout_loss=heldout, identity_baseline_heldout_loss=identity,
         heldout_to_baseline=heldout / identity if heldout is not None and identity > 0 else None,
         params_sha256=run.bindings.params_sha256, dataset_id=run.dataset.manifest.dataset_id,
@@ -403,7 +420,8 @@ def preflight_fingerprint(layout: Layout) -> EnvironmentFingerprint:
     """The fingerprint preflight wrote; training refuses to run in another environment."""
     if not layout.environment.is_file():
         raise TrainingError(f"{layout.environment}: missing; fix: run `geno-pipeline preflight` first (dvc repro runs it before train)")
-    return EnvironmentFingerprint.model_validate(read_json(layout.environment, schema="environment"))
+    fix = "rerun `geno-pipeline preflight`"
+    return EnvironmentFingerprint.model_validate(read_json(layout.environment, schema="environment", error=TrainingError, fix=fix))
 
 
 def run(
