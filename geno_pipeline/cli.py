@@ -127,7 +127,7 @@ def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """verify, validate, schemas, repro-check, bench."""
+    """verify, validate, schemas, repro-check, bench, reliability."""
     p = sub.add_parser(
         "verify",
         help="verify a release bundle directory",
@@ -171,6 +171,21 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
+
+    p = sub.add_parser(
+        "reliability",
+        help="fault injection: SIGKILL stages, fail writes; write reports/reliability.json",
+        description="In a scratch copy of the project with a small params profile: run the pipeline straight as the reference, "
+        "then SIGKILL data, train and release at seeded moments (some inside final writes) and inject ENOSPC and EROFS "
+        "at the write layer; after each fault rerun or resume and compare every declared output with the reference. "
+        "Counts divergences, tracebacks and leftovers; exit 7 when any is non-zero. Takes minutes.",
+    )
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--params", type=Path, default=None, help="params profile (default: ROOT/tests/params_tiny.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments and failing writes (default 0)")
+    p.add_argument("--train-kills", type=int, default=30, help="SIGKILLs of train (default 30; every third inside a write)")
+    p.add_argument("--other-kills", type=int, default=8, help="SIGKILLs each of data and release (default 8)")
+    p.add_argument("--storage-rounds", type=int, default=2, help="rounds of ENOSPC + EROFS on data, train, release (default 2)")
 
 
 @dataclass(frozen=True)
@@ -329,6 +344,15 @@ def _cmd_repro_check(args: argparse.Namespace) -> int:
     return run_repro_check_cli(Layout.for_root(args.root), lock_ref=args.lock_ref)
 
 
+def _cmd_reliability(args: argparse.Namespace) -> int:
+    from geno_pipeline.reliability import run_reliability_cli
+
+    return run_reliability_cli(
+        Layout.for_root(args.root), params=args.params, seed=args.seed, train_kills=args.train_kills,
+        other_kills=args.other_kills, storage=args.storage_rounds,
+    )  # fmt: skip
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from geno_pipeline.bench import run_bench_cli
 
@@ -341,6 +365,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "schemas": _cmd_schemas,
     "repro-check": _cmd_repro_check,
     "bench": _cmd_bench,
+    "reliability": _cmd_reliability,
 }
 
 

@@ -48,6 +48,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "preflight_outcome": "geno_pipeline.preflight.documents:PreflightOutcome",
     "repro_check": "geno_pipeline.repro_check:ReproCheckReport",
     "bench": "geno_pipeline.bench:BenchReport",
+    "reliability": "geno_pipeline.reliability:ReliabilityReport",
 }
 
 
@@ -128,6 +129,7 @@ _FILE_SCHEMAS = {
     "outcome.json": "preflight_outcome",
     "repro_check.json": "repro_check",
     "bench.json": "bench",
+    "reliability.json": "reliability",
 }
 
 

@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.release": 6,
     "geno_pipeline.cli": 7,
     "geno_pipeline.bench": 7,
+    "geno_pipeline.reliability": 7,
     "geno_pipeline.repro_check": 7,
     "geno_pipeline.validate": 7,
     "geno_pipeline.__main__": 7,
