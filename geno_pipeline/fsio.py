@@ -48,7 +48,10 @@ def storage_error(path: Path, exc: OSError, action: str = "cannot write") -> Sto
     """A `StorageError` naming `path`, the OS reason and a fix."""
     reason = exc.strerror or type(exc).__name__
     fix = _FIXES.get(exc.errno or 0, "check the path, its permissions and free space, then run again")
-    return StorageError(f"{path}: {action}: {reason} (errno {exc.errno}); nothing was half-written; fix: {fix}")
+    shown = str(path)
+    if len(shown) > 200:
+        shown = f"{shown[:60]}...{shown[-40:]} ({len(shown)} characters)"
+    return StorageError(f"{shown}: {action}: {reason} (errno {exc.errno}); nothing was half-written; fix: {fix}")
 
 
 @contextmanager

@@ -191,19 +191,45 @@ def prepare(scratch: Path, params: Path, pyproject: Path | None) -> Campaign:
     return campaign
 
 
+def _watched(root: Path) -> list[Path]:
+    """The folders where stages create their temporaries (scanned without recursion, so polling stays cheap)."""
+    a = root / "artifacts"
+    return [
+        a,
+        a / "dataset",
+        a / "train",
+        a / "train" / "checkpoints",
+        a / "release",
+        a / "preflight",
+        root / "reports",
+        root / "reports" / "plots",
+    ]
+
+
+def _appeared(places: list[Path], pattern: str) -> bool:
+    for place in places:
+        try:
+            with os.scandir(place) as entries:
+                if any(e.name.startswith(pattern) for e in entries):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def _kill_when(proc: subprocess.Popen[str], root: Path, *, delay: float | None, pattern: str | None, limit: float) -> bool:
     """SIGKILL `proc` after `delay` s, or as soon as a temporary starting with `pattern` appears; True if it was running."""
     start = time.perf_counter()
-    places = [root / "artifacts", root / "reports"]
+    places = _watched(root)
     while proc.poll() is None:
         elapsed = time.perf_counter() - start
         if delay is not None and elapsed >= delay:
             break
-        if pattern is not None and any(p.name.startswith(pattern) for top in places if top.is_dir() for p in top.rglob(".*")):
+        if pattern is not None and _appeared(places, pattern):
             break
         if elapsed > limit:
             break
-        time.sleep(0.0005 if pattern is not None else 0.002)
+        time.sleep(0.001 if pattern is not None else 0.005)
     if proc.poll() is not None:
         return False
     proc.send_signal(signal.SIGKILL)

@@ -94,6 +94,15 @@ def resolve_fasta(fasta_path: str, root: Path) -> Path:
             f"changes; fix: move the FASTA into genomes/ (or link it there: ln -s /abs/path/ref.fa genomes/) and set "
             "data.fasta_path: genomes/<name>"
         )
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass  # read_fasta names the missing file
+    except OSError as exc:
+        shown = fasta_path if len(fasta_path) <= 80 else f"{fasta_path[:40]}...{fasta_path[-20:]} ({len(fasta_path)} characters)"
+        raise DataError(
+            f"params: data.fasta_path = {shown!r}: {exc.strerror}; fix: point data.fasta_path at a FASTA file under genomes/"
+        ) from None
     return path
 
 

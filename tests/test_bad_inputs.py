@@ -1,0 +1,618 @@
+"""The bad-input corpus: every malformed params, FASTA, dataset, environment, checkpoint, release and JSON file.
+
+Each case copies a finished tiny project, breaks one input, runs one command in process and asserts:
+the exit code from the README's table, no traceback, a message naming the file or key, and that every
+declared output is byte-identical before and after (nothing half-written, nothing removed).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geno_pipeline.checksums import sha256_file, write_sha256sums
+from geno_pipeline.cli import main
+from geno_pipeline.errors import VerifyError
+from geno_pipeline.release.loader import load_released_model
+from geno_pipeline.reliability import declared_outputs
+from geno_pipeline.tensorfile import serialize_tensors
+from tests.conftest import TINY, write_params
+
+REPO = Path(__file__).resolve().parent.parent
+CKPT = "artifacts/train/checkpoints/step-000012"
+DATASET = "artifacts/dataset"
+RELEASE = "artifacts/release"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline run to a release, in process."""
+    root = tmp_path_factory.mktemp("finished")
+    write_params(root)
+    (root / "genomes").mkdir()
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    for args in (["data"], ["preflight"], ["train", "--no-progress"], ["release"]):
+        assert main([*args, "--root", str(root)]) == 0
+    return root
+
+
+# ------------------------------------------------------------------ mutation helpers
+
+
+def text(rel: str, content: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(content)
+
+    return mutate
+
+
+def raw(rel: str, content: bytes) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+
+    return mutate
+
+
+def params(**sections: dict) -> Callable[[Path], None]:
+    return lambda root: write_params(root, **sections) and None
+
+
+def params_text(transform: Callable[[str], str]) -> Callable[[Path], None]:
+    return lambda root: (root / "params.yaml").write_text(transform(TINY.read_text())) and None
+
+
+def fasta(content: bytes, name: str = "ref.fa") -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        write_params(root, data={"source": "fasta", "fasta_path": f"genomes/{name}"})
+        (root / "genomes" / name).write_bytes(content)
+
+    return mutate
+
+
+def _resum(directory: Path) -> None:
+    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
+    write_sha256sums(directory, names)
+
+
+def dataset(edit: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Edit a dataset file, then recompute the manifest's entries and SHA256SUMS so every digest passes."""
+
+    def mutate(root: Path) -> None:
+        directory = root / DATASET
+        edit(directory)
+        manifest = json.loads((directory / "dataset_manifest.json").read_text())
+        for entry in manifest["files"]:
+            entry["sha256"] = sha256_file(directory / entry["path"])
+            entry["bytes"] = (directory / entry["path"]).stat().st_size
+        (directory / "dataset_manifest.json").write_text(json.dumps(manifest))
+        _resum(directory)
+
+    return mutate
+
+
+def npy(array: np.ndarray, name: str = "train_windows.npy", allow_pickle: bool = False) -> Callable[[Path], None]:
+    def edit(directory: Path) -> None:
+        np.save(directory / name, array, allow_pickle=allow_pickle)
+
+    return dataset(edit)
+
+
+def checkpoint(edit: Callable[[Path, dict], None]) -> Callable[[Path], None]:
+    """Edit a checkpoint's state (and files), then recompute the tensor digests and SHA256SUMS so every digest passes."""
+
+    def mutate(root: Path) -> None:
+        directory = root / CKPT
+        state = json.loads((directory / "state.json").read_text())
+        edit(directory, state)
+        state["tensors"] = {n: sha256_file(directory / n) if (directory / n).is_file() else d for n, d in state["tensors"].items()}
+        (directory / "state.json").write_text(json.dumps(state))
+        _resum(directory)
+
+    return mutate
+
+
+def state_field(key: str, value: object) -> Callable[[Path], None]:
+    return checkpoint(lambda _d, state: state.__setitem__(key, value))
+
+
+def model_tensors(change: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[Path], None]:
+    def edit(directory: Path, _state: dict) -> None:
+        tensors = load_file(directory / "model.safetensors")
+        change(tensors)
+        (directory / "model.safetensors").write_bytes(serialize_tensors(tensors))
+
+    return checkpoint(edit)
+
+
+def bundle(edit: Callable[[Path], None], resum: bool = True) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        edit(root / RELEASE)
+        if resum:
+            _resum(root / RELEASE)
+
+    return mutate
+
+
+def symlink(rel: str, target: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).unlink(missing_ok=True)
+        (root / rel).symlink_to(target)
+
+    return mutate
+
+
+def remove(rel: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        path = root / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return mutate
+
+
+def truncate(rel: str, size: int) -> Callable[[Path], None]:
+    return lambda root: (root / rel).write_bytes((root / rel).read_bytes()[:size]) and None
+
+
+def flip_byte(rel: str, offset: int = -20) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        data = bytearray((root / rel).read_bytes())
+        data[offset] ^= 0xFF
+        (root / rel).write_bytes(bytes(data))
+
+    return mutate
+
+
+def both(*mutations: Callable[[Path], None]) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        for m in mutations:
+            m(root)
+
+    return mutate
+
+
+def _corrupt_gzip_middle() -> bytes:
+    data = bytearray(gzip.compress((">r\n" + "ACGT" * 20000 + "\n").encode(), mtime=0))
+    for i in range(len(data) // 2, len(data) // 2 + 16):
+        data[i] ^= 0x5A
+    return bytes(data)
+
+
+def _truncated_gzip() -> bytes:
+    rng = np.random.default_rng(0)
+    data = gzip.compress(b">r\n" + bytes(rng.choice(list(b"ACGT"), 40000).astype(np.uint8)), mtime=0)
+    return data[: len(data) // 2]
+
+
+def _env_edit(key: str, value: object) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        path = root / "artifacts/preflight/environment.json"
+        document = json.loads(path.read_text())
+        document[key] = value
+        path.write_text(json.dumps(document))
+
+    return mutate
+
+
+def _group_rename(_directory: Path, state: dict) -> None:
+    state["optimizer_groups"][0]["group_name"] = "renamed"
+
+
+def _add_tensor(tensors: dict[str, torch.Tensor]) -> None:
+    tensors["predictor.extra"] = torch.zeros(3)
+
+
+def _reshape_first(tensors: dict[str, torch.Tensor]) -> None:
+    name = sorted(tensors)[0]
+    tensors[name] = torch.zeros(tensors[name].numel() + 1)
+
+
+def _rename_tensor_file(directory: Path, state: dict) -> None:
+    state["tensors"] = {"weights.safetensors": state["tensors"]["model.safetensors"], **{"optimizer.safetensors": "0" * 64}}
+
+
+def _truncate_ckpt_model(directory: Path, _state: dict) -> None:
+    path = directory / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _bad_subject(directory: Path) -> None:
+    path = directory / "provenance.intoto.json"
+    document = json.loads(path.read_text())
+    document["subject"][0]["digest"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(document))
+
+
+def _tiny_model() -> dict:
+    return {"state_dim": 16, "hidden_dim": 32, "conv_channels": 8, "kernel_size": 5, "segments": 4, "residual": True}
+
+
+def _card_as_symlink(directory: Path) -> None:
+    (directory / "MODEL_CARD.md").unlink()
+    (directory / "MODEL_CARD.md").symlink_to("metrics.json")
+
+
+# ------------------------------------------------------------------ the corpus
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    mutate: Callable[[Path], None]
+    argv: tuple[str, ...]
+    code: int
+    needle: str  # must appear in the output, naming the file or key
+
+
+P = "params.yaml"
+DUP = "data:\n  seed: 1\n"
+CASES = [
+    # ---------------- params: the file itself
+    Case("params-binary", raw(P, b"\x89PNG\r\n\x1a\n\x00\x00\xff"), ("train",), 2, "params.yaml: not UTF-8"),
+    Case("params-utf16", raw(P, TINY.read_text().encode("utf-16")), ("data",), 2, "params.yaml: not UTF-8"),
+    Case("params-nul", raw(P, TINY.read_bytes() + b"\x00"), ("data",), 2, "params.yaml: contains NUL"),
+    Case("params-directory", lambda r: (r / "pdir").mkdir(), ("data", "--params", "{root}/pdir"), 2, "pdir: is a directory"),
+    Case("params-missing", lambda r: None, ("train", "--params", "{root}/nope.yaml"), 2, "nope.yaml: file not found"),
+    Case("params-empty", text(P, ""), ("data",), 2, "params.yaml: empty params file"),
+    Case("params-comments-only", text(P, "# nothing\n"), ("train",), 2, "params.yaml: empty params file"),
+    Case("params-missing-sections", text(P, "data:\n  seed: 1\n"), ("data",), 2, "runtime: missing section"),
+    Case("params-duplicate-section", params_text(lambda t: t + DUP), ("data",), 2, "duplicate key 'data'"),
+    Case(
+        "params-duplicate-key",
+        params_text(lambda t: t.replace("  seed: 5\n", "  seed: 5\n  seed: 6\n")),
+        ("train",),
+        2,
+        "duplicate key 'seed'",
+    ),
+    Case("params-invalid-yaml", params_text(lambda t: t + "extra: [1, 2\n"), ("data",), 2, "params.yaml: not valid YAML"),
+    Case("params-tab-indent", params_text(lambda t: t.replace("  seed: 3", "\tseed: 3")), ("data",), 2, "params.yaml: not valid YAML"),
+    Case("params-top-list", text(P, "- a\n- b\n"), ("data",), 2, "top level must be a mapping"),
+    Case("params-top-scalar", text(P, "42\n"), ("release",), 2, "top level must be a mapping"),
+    Case("params-mapping-key", params_text(lambda t: t + "? [a, b]\n: 1\n"), ("data",), 2, "a mapping key must be a plain value"),
+    # ---------------- params: values
+    Case("params-unknown-section", params(extra={"a": 1}), ("data",), 2, "extra: unknown key"),
+    Case("params-unknown-key", params(data={"colour": 1}), ("data",), 2, "data.colour: unknown key"),
+    Case("params-lr-exponent", params_text(lambda t: t.replace("lr: 0.003", "lr: 3e-3")), ("train",), 2, "write 0.003 or 3.0e-3"),
+    Case(
+        "params-lr-nan", params_text(lambda t: t.replace("lr: 0.003", "lr: .nan")), ("train",), 2, "train.lr = nan: is not a finite number"
+    ),
+    Case("params-lr-inf", params_text(lambda t: t.replace("lr: 0.003", "lr: .inf")), ("train",), 2, "train.lr = inf"),
+    Case("params-lr-negative", params(train={"lr": -1.0}), ("train",), 2, "train.lr = -1.0"),
+    Case("params-steps-text", params(train={"steps": "ten"}), ("train",), 2, "train.steps = 'ten'"),
+    Case("params-steps-exponent", params_text(lambda t: t.replace("steps: 12", "steps: 1e3")), ("train",), 2, "write the integer 1000"),
+    Case("params-steps-bool", params(train={"steps": True}), ("train",), 2, "train.steps = True"),
+    Case("params-batch-zero", params(train={"batch_size": 0}), ("train",), 2, "train.batch_size = 0"),
+    Case("params-segments", params(train={"model": {**_tiny_model(), "segments": 7}}), ("preflight",), 3, "train.model.segments = 7"),
+    Case("params-flank-short", params(data={"flank_length": 12}), ("train",), 2, "data.flank_length = 12: is too short"),
+    Case(
+        "params-cross-both",
+        params(data={"flank_length": 5}, train={"model": {**_tiny_model(), "segments": 5}}),
+        ("data",),
+        2,
+        "2 problems",
+    ),
+    Case("params-warmup", params(train={"warmup_steps": 12}), ("train",), 2, "train.warmup_steps = 12"),
+    Case("params-kernel-even", params(train={"model": {**_tiny_model(), "kernel_size": 4}}), ("train",), 2, "kernel_size = 4: must be odd"),
+    Case("params-edit-unknown", params(train={"edit_type_weights": {"XYZ": 1.0}}), ("train",), 2, "unknown entry 'XYZ'"),
+    Case("params-edit-zero", params(train={"edit_type_weights": {"SNV": 0.0}}), ("train",), 2, "edit_type_weights.SNV = 0.0"),
+    Case(
+        "params-edit-empty",
+        params_text(
+            lambda t: t.replace("edit_type_weights: {SNV: 0.40, INS: 0.20, DEL: 0.20, MNV: 0.10, INDEL: 0.10}", "edit_type_weights: {}")
+        ),
+        ("train",),
+        2,
+        "must not be empty",
+    ),
+    Case("params-rollout-zero", params(train={"rollout_step_mix": {0: 1.0}}), ("train",), 2, "rollout length K must be >= 1"),
+    Case("params-device", params(runtime={"device": "gpu"}), ("train",), 2, "runtime.device = 'gpu'"),
+    Case("params-threads-zero", params(runtime={"cpu_threads": 0}), ("train",), 2, "runtime.cpu_threads = 0"),
+    Case("params-schedule", params(train={"schedule": "linear"}), ("train",), 2, "train.schedule = 'linear'"),
+    Case("params-on-alert", params(collapse={"on_alert": "stop"}), ("train",), 2, "collapse.on_alert = 'stop'"),
+    Case("params-vram-negative", params(preflight={"min_vram_gib": -1.0}), ("release",), 2, "preflight.min_vram_gib = -1.0"),
+    Case("params-valid-zero", params(data={"valid_windows": 0}), ("data",), 2, "data.valid_windows = 0"),
+    Case("params-window-small", params(data={"window_length": 8}), ("data",), 2, "data.window_length = 8"),
+    Case("params-genome-short", params(data={"genome_length": 1000}), ("data",), 2, "data.genome_length = 1000"),
+    Case("params-genome-huge", params(data={"genome_length": 10**14}), ("data",), 2, "GiB of memory"),
+    Case("params-fasta-no-path", params(data={"source": "fasta"}), ("data",), 2, "data.fasta_path = None"),
+    Case(
+        "params-fasta-outside",
+        params(data={"source": "fasta", "fasta_path": "../ref.fa"}),
+        ("data",),
+        2,
+        "data.fasta_path = '../ref.fa' is outside",
+    ),
+    Case("params-fasta-absolute", params(data={"source": "fasta", "fasta_path": "/etc/hostname"}), ("data",), 2, "is outside"),
+    Case("params-fasta-too-long", params(data={"source": "fasta", "fasta_path": "genomes/" + "a" * 5000}), ("data",), 2, "too long"),
+    Case("validate-params-binary", raw(P, b"\xff\xfe\x00"), ("validate", "{root}/params.yaml"), 2, "params.yaml: not UTF-8"),
+    Case("validate-params-invalid-yaml", text(P, "a: [\n"), ("validate", "{root}/params.yaml"), 2, "not valid YAML"),
+    # ---------------- FASTA
+    Case("fasta-missing", params(data={"source": "fasta", "fasta_path": "genomes/nope.fa"}), ("data",), 2, "nope.fa: FASTA file not found"),
+    Case("fasta-empty", fasta(b""), ("data",), 2, "ref.fa: empty FASTA"),
+    Case("fasta-invalid-char", fasta(b">r\nACGTXACGT\n"), ("data",), 2, "ref.fa: line 2, column 5: invalid character 'X'"),
+    Case("fasta-before-header", fasta(b"ACGT\n>r\nACGT\n"), ("data",), 2, "sequence before the first '>' header"),
+    Case("fasta-empty-record", fasta(b">a\n>b\nACGT\n"), ("data",), 2, "record 'a' (line 1) has no sequence"),
+    Case("fasta-gzip-corrupt-middle", fasta(_corrupt_gzip_middle(), "ref.fa.gz"), ("data",), 2, "ref.fa.gz: corrupt gzip"),
+    Case("fasta-gzip-truncated", fasta(_truncated_gzip(), "ref.fa.gz"), ("data",), 2, "ref.fa.gz: truncated gzip"),
+    Case("fasta-gzip-binary", fasta(gzip.compress(bytes(range(256))), "ref.fa.gz"), ("data",), 2, "ref.fa.gz: line"),
+    Case("fasta-binary", fasta(b">r\n\x00\x01\x02\xff\n"), ("data",), 2, "invalid character"),
+    Case(
+        "fasta-directory",
+        both(params(data={"source": "fasta", "fasta_path": "genomes/dir"}), lambda r: (r / "genomes/dir").mkdir()),
+        ("data",),
+        2,
+        "dir: is a directory",
+    ),
+    Case(
+        "fasta-dangling-link",
+        both(params(data={"source": "fasta", "fasta_path": "genomes/l.fa"}), symlink("genomes/l.fa", "/nonexistent/x.fa")),
+        ("data",),
+        2,
+        "l.fa: FASTA file not found",
+    ),
+    Case("fasta-too-few-slots", fasta(b">r\n" + b"ACGT" * 50 + b"\n"), ("data",), 2, "non-overlapping N-free slots"),
+    Case("fasta-all-n", fasta(b">r\n" + b"N" * 40000 + b"\n"), ("data",), 2, "non-overlapping N-free slots"),
+    Case("fasta-utf16", fasta(">r\nACGT\n".encode("utf-16")), ("data",), 2, "ref.fa: line 1"),
+    # ---------------- dataset
+    Case("dataset-missing", remove(DATASET), ("train",), 2, "dataset_manifest.json: missing"),
+    Case("dataset-manifest-missing", remove(f"{DATASET}/dataset_manifest.json"), ("train",), 2, "dataset_manifest.json: missing"),
+    Case("dataset-manifest-not-json", text(f"{DATASET}/dataset_manifest.json", "{nope"), ("train",), 2, "dataset_manifest.json: invalid"),
+    Case(
+        "dataset-manifest-binary", raw(f"{DATASET}/dataset_manifest.json", b"\xff\xd8\xff"), ("train",), 2, "dataset_manifest.json: invalid"
+    ),
+    Case(
+        "dataset-object-array",
+        npy(np.array([{"a": 1}], dtype=object), allow_pickle=True),
+        ("train",),
+        2,
+        "train_windows.npy: not a numeric .npy",
+    ),
+    Case(
+        "dataset-npy-truncated",
+        dataset(lambda d: (d / "valid_windows.npy").write_bytes((d / "valid_windows.npy").read_bytes()[:90])),
+        ("train",),
+        2,
+        "valid_windows.npy: not a numeric .npy",
+    ),
+    Case("dataset-npy-dtype", npy(np.zeros((300, 96), dtype=np.int64)), ("train",), 2, "train_windows.npy: expected uint8"),
+    Case(
+        "dataset-npy-shape",
+        npy(np.zeros((10, 96), dtype=np.uint8)),
+        ("train",),
+        2,
+        "train_windows.npy: expected uint8 codes of shape (300, 96)",
+    ),
+    Case("dataset-npy-codes", npy(np.full((300, 96), 9, dtype=np.uint8)), ("train",), 2, "train_windows.npy: expected uint8 codes"),
+    Case(
+        "dataset-file-deleted",
+        remove(f"{DATASET}/valid_windows.npy"),
+        ("train",),
+        2,
+        "valid_windows.npy: listed in the manifest but missing",
+    ),
+    Case("dataset-tampered", flip_byte(f"{DATASET}/train_windows.npy"), ("train",), 2, "train_windows.npy: sha256 does not match"),
+    Case("dataset-sums-edited", text(f"{DATASET}/SHA256SUMS", "not a sums line\n"), ("train",), 2, "SHA256SUMS"),
+    # ---------------- environment fingerprint
+    Case("environment-binary", raw("artifacts/preflight/environment.json", b"\x00\xff\xfe"), ("train",), 2, "environment.json: not UTF-8"),
+    Case("environment-not-json", text("artifacts/preflight/environment.json", "{"), ("train",), 2, "environment.json: not valid JSON"),
+    Case(
+        "environment-schema",
+        text("artifacts/preflight/environment.json", '{"a": 1}'),
+        ("train",),
+        2,
+        "environment.json does not match schema",
+    ),
+    Case("environment-missing", remove("artifacts/preflight/environment.json"), ("train",), 2, "environment.json: missing"),
+    Case("environment-other-class", _env_edit("torch_version", "0.0.1"), ("train",), 2, "torch_version: preflight '0.0.1'"),
+    # ---------------- checkpoints (digests recomputed so they pass)
+    Case(
+        "ckpt-missing-tensor-file",
+        checkpoint(_rename_tensor_file),
+        ("train", "--resume", "auto"),
+        5,
+        "names tensor files ['optimizer.safetensors', 'weights.safetensors']",
+    ),
+    Case(
+        "ckpt-truncated-tensors",
+        checkpoint(_truncate_ckpt_model),
+        ("train", "--resume", "auto"),
+        5,
+        "model.safetensors: not a readable safetensors",
+    ),
+    Case("ckpt-step-999", state_field("step", 999), ("train", "--resume", "auto"), 5, "step 999 is outside 1..train.steps (12)"),
+    Case("ckpt-step-0", state_field("step", 0), ("train", "--resume", "auto"), 5, "step 0 is outside"),
+    Case("ckpt-steps-total", state_field("steps_total", 99), ("train", "--resume", "auto"), 5, "steps_total: checkpoint has 99"),
+    Case(
+        "ckpt-package-version",
+        checkpoint(lambda _d, s: s["bindings"].__setitem__("package_version", "0.0.0")),
+        ("train", "--resume", "auto"),
+        5,
+        "package_version: checkpoint has '0.0.0'",
+    ),
+    Case(
+        "ckpt-params-key",
+        params(train={"lr": 0.004}),
+        ("train", "--resume", "auto"),
+        5,
+        "params train.lr: checkpoint has 0.003, this run has 0.004",
+    ),
+    Case("ckpt-tensor-shape", model_tensors(_reshape_first), ("train", "--resume", "auto"), 5, "model.safetensors: tensor"),
+    Case(
+        "ckpt-extra-tensor", model_tensors(_add_tensor), ("train", "--resume", "auto"), 5, "tensor 'predictor.extra' is not in this model"
+    ),
+    Case("ckpt-optimizer-groups", checkpoint(_group_rename), ("train", "--resume", "auto"), 5, "optimizer groups"),
+    Case(
+        "ckpt-state-not-json",
+        both(text(f"{CKPT}/state.json", "{"), lambda r: _resum(r / CKPT)),
+        ("train", "--resume", "auto"),
+        5,
+        "state.json: not valid JSON",
+    ),
+    Case("ckpt-state-schema", state_field("run_id", 7), ("train", "--resume", "auto"), 5, "state.json does not match schema"),
+    Case(
+        "ckpt-state-binary",
+        both(raw(f"{CKPT}/state.json", b"\xff\x00"), lambda r: _resum(r / CKPT)),
+        ("train", "--resume", "auto"),
+        5,
+        "state.json: not UTF-8",
+    ),
+    Case(
+        "ckpt-tampered",
+        flip_byte(f"{CKPT}/optimizer.safetensors"),
+        ("train", "--resume", "auto"),
+        5,
+        "optimizer.safetensors: sha256 mismatch",
+    ),
+    Case("ckpt-not-a-checkpoint", lambda r: None, ("train", "--resume", "{root}/artifacts/train"), 5, "not a checkpoint (no state.json)"),
+    Case(
+        "ckpt-log-prefix",
+        truncate("artifacts/train/metrics.jsonl", 10),
+        ("train", "--resume", "auto"),
+        5,
+        "metrics.jsonl: does not start with",
+    ),
+    # ---------------- release gates
+    Case("release-train-report-binary", raw("reports/train.json", b"\xff\xfe"), ("release",), 2, "train.json: not UTF-8"),
+    Case("release-train-report-missing", remove("reports/train.json"), ("release",), 6, "train.json is missing"),
+    Case("release-outcome-not-json", text("artifacts/preflight/outcome.json", "[}"), ("release",), 2, "outcome.json: not valid JSON"),
+    Case("release-params-changed", params(train={"lr": 0.004}), ("release",), 6, "params unchanged since training"),
+    Case(
+        "release-model-truncated",
+        truncate("artifacts/train/model.safetensors", 64),
+        ("release",),
+        6,
+        "model.safetensors: not a readable safetensors",
+    ),
+    # ---------------- verify (exit 7, every problem listed)
+    Case("verify-tampered", flip_byte(f"{RELEASE}/model.safetensors"), ("verify", "{root}/" + RELEASE), 7, "model.safetensors"),
+    Case("verify-extra-file", text(f"{RELEASE}/extra.txt", "x"), ("verify", "{root}/" + RELEASE), 7, "extra.txt"),
+    Case("verify-missing-file", remove(f"{RELEASE}/MODEL_CARD.md"), ("verify", "{root}/" + RELEASE), 7, "MODEL_CARD.md"),
+    Case("verify-listed-symlink", bundle(_card_as_symlink, resum=False), ("verify", "{root}/" + RELEASE), 7, "MODEL_CARD.md"),
+    Case(
+        "verify-sums-malformed", text(f"{RELEASE}/SHA256SUMS", "zzz  model.safetensors\n"), ("verify", "{root}/" + RELEASE), 7, "SHA256SUMS"
+    ),
+    Case(
+        "verify-metadata-not-json",
+        bundle(lambda d: (d / "metadata.json").write_text("{")),
+        ("verify", "{root}/" + RELEASE),
+        7,
+        "metadata.json: not valid JSON",
+    ),
+    Case(
+        "verify-metadata-binary",
+        bundle(lambda d: (d / "metadata.json").write_bytes(b"\xff\xfe\x00")),
+        ("verify", "{root}/" + RELEASE),
+        7,
+        "metadata.json: not valid JSON",
+    ),
+    Case(
+        "verify-metadata-array",
+        bundle(lambda d: (d / "metadata.json").write_text("[]")),
+        ("verify", "{root}/" + RELEASE),
+        7,
+        "metadata.json does not match schema",
+    ),
+    Case("verify-provenance-subject", bundle(_bad_subject), ("verify", "{root}/" + RELEASE), 7, "provenance.intoto.json: subject"),
+    Case(
+        "verify-model-truncated",
+        bundle(lambda d: (d / "model.safetensors").write_bytes(b"\x01\x02")),
+        ("verify", "{root}/" + RELEASE),
+        7,
+        "model.safetensors",
+    ),
+    Case(
+        "verify-model-header-garbage",
+        bundle(lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"\xff" * 16)),
+        ("verify", "{root}/" + RELEASE),
+        7,
+        "model.safetensors: unreadable header",
+    ),
+    Case("verify-bundle-missing", remove(RELEASE), ("verify", "{root}/" + RELEASE), 7, "release: not a directory"),
+    Case(
+        "verify-bundle-is-file", both(remove(RELEASE), text(RELEASE, "x")), ("verify", "{root}/" + RELEASE), 7, "release: not a directory"
+    ),
+    # ---------------- validate (our JSON files)
+    Case("validate-not-json", text("reports/train.json", "{"), ("validate", "{root}/reports/train.json"), 2, "train.json: not valid JSON"),
+    Case(
+        "validate-binary",
+        raw("reports/metrics.json", b"\x89PNG\x00"),
+        ("validate", "{root}/reports/metrics.json"),
+        2,
+        "metrics.json: not UTF-8",
+    ),
+    Case(
+        "validate-schema",
+        text("reports/release.json", '{"run_id": 1}'),
+        ("validate", "{root}/reports/release.json"),
+        2,
+        "does not match schema 'release_report'",
+    ),
+    Case(
+        "validate-jsonl-line",
+        lambda r: (r / "artifacts/train/metrics.jsonl").write_text('{"step": 1}\n{oops\n'),
+        ("validate", "{root}/artifacts/train/metrics.jsonl"),
+        2,
+        "metrics.jsonl line 2: not valid JSON",
+    ),
+    Case("validate-unknown", text("notes.json", "{}"), ("validate", "{root}/notes.json"), 2, "cannot tell which schema"),
+    Case("validate-missing", lambda r: None, ("validate", "{root}/none.json"), 2, "none.json: file not found"),
+    Case("validate-directory", lambda r: (r / "adir.json").mkdir(), ("validate", "{root}/adir.json"), 2, "adir.json: is a directory"),
+    Case(
+        "validate-deep-json",
+        text("reports/train.json", "[" * 100_000 + "]" * 100_000),
+        ("validate", "{root}/reports/train.json"),
+        2,
+        "train.json: ",
+    ),
+]
+
+
+def test_corpus_is_large_and_unique() -> None:
+    assert len(CASES) >= 80
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    case.mutate(root)
+    before = declared_outputs(root) if not (root / RELEASE).is_symlink() else {}
+    argv = [a.replace("{root}", str(root)) for a in case.argv]
+    if argv[0] in ("data", "preflight", "train", "release"):
+        argv += ["--root", str(root)] + (["--no-progress"] if argv[0] == "train" else [])
+    code = main(argv)
+    out = capsys.readouterr()
+    both_streams = out.out + out.err
+    assert "Traceback" not in both_streams
+    assert code == case.code, both_streams
+    assert case.needle in both_streams, both_streams
+    if case.code not in (3,):  # preflight writes its report even when the machine is not ready
+        assert declared_outputs(root) == before, "a failed command changed a declared output"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        flip_byte(f"{RELEASE}/model.safetensors"),
+        remove(f"{RELEASE}/metadata.json"),
+        bundle(lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 8)),
+    ],
+    ids=["tampered", "missing-file", "garbage-model-resummed"],
+)
+def test_load_released_model_raises_verify_error(finished: Path, tmp_path: Path, mutate: Callable[[Path], None]) -> None:
+    root = tmp_path / "p"
+    shutil.copytree(finished, root)
+    mutate(root)
+    with pytest.raises(VerifyError):
+        load_released_model(root / RELEASE)
