@@ -150,3 +150,23 @@ def test_fault_campaign_has_no_divergence_traceback_or_leftover(tmp_path: Path) 
     assert (report.divergences, report.tracebacks, report.leftovers) == (0, 0, 0), failures
     write_json(tmp_path / "reliability.json", report, schema="reliability")  # validates against schemas/reliability.schema.json
     assert Layout.for_root(tmp_path).reliability_report == tmp_path / "reports" / "reliability.json"
+
+
+def test_an_unexpected_exception_is_one_line_and_the_traceback_only_with_debug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_params(tmp_path)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("geno_pipeline.data.stage.build_dataset", broken)
+    monkeypatch.delenv("GENO_PIPELINE_DEBUG", raising=False)
+    assert gp(tmp_path, "data") == 1
+    err = capsys.readouterr().err
+    assert "internal error (a bug; please report it): RuntimeError: boom" in err and "Traceback" not in err
+    assert main(["--debug", "data", "--root", str(tmp_path)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("GENO_PIPELINE_DEBUG", "1")
+    assert gp(tmp_path, "data") == 1
+    assert "Traceback" in capsys.readouterr().err
