@@ -393,8 +393,12 @@ def _exponent_string(value: Any) -> bool:
     return "e" in value.lower()
 
 
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def _fix_for(kind: str, value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
+    if _non_finite(value):
         return "use a finite number (not .nan or .inf)"
     if kind in ("float_type", "int_type") and _exponent_string(value):
         number = float(value)
@@ -433,8 +437,7 @@ def _problems_from(exc: ValidationError) -> list[str]:
             out.append(f"{loc}: missing; fix: {fix}")
         else:
             value = err.get("input")
-            if isinstance(value, float) and not math.isfinite(value):
-                message = "is not a finite number"
+            message = "is not a finite number" if _non_finite(value) else message
             out.append(f"{loc} = {_fmt_value(value)}: {message}; fix: {fix}")
     return out
 

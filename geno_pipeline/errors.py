@@ -24,6 +24,7 @@ __all__ = [
     "TrainingCheckpointError",
     "TrainingError",
     "VerifyError",
+    "shorten",
 ]
 
 EXIT_OK = 0
@@ -35,6 +36,11 @@ EXIT_CHECKPOINT = 5
 EXIT_RELEASE_GATE = 6
 EXIT_VERIFY = 7
 EXIT_STORAGE = 8
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """`text`, or its head and tail and its length when longer than `limit` (over-long paths in messages)."""
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-(limit // 4) :]} ({len(text)} characters)"
 
 
 class GenoPipelineError(Exception):

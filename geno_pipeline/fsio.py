@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from geno_pipeline.errors import StorageError
+from geno_pipeline.errors import StorageError, shorten
 
 __all__ = [
     "atomic_write_bytes",
@@ -48,10 +48,7 @@ def storage_error(path: Path, exc: OSError, action: str = "cannot write") -> Sto
     """A `StorageError` naming `path`, the OS reason and a fix."""
     reason = exc.strerror or type(exc).__name__
     fix = _FIXES.get(exc.errno or 0, "check the path, its permissions and free space, then run again")
-    shown = str(path)
-    if len(shown) > 200:
-        shown = f"{shown[:60]}...{shown[-40:]} ({len(shown)} characters)"
-    return StorageError(f"{shown}: {action}: {reason} (errno {exc.errno}); nothing was half-written; fix: {fix}")
+    return StorageError(f"{shorten(str(path), 200)}: {action}: {reason} (errno {exc.errno}); nothing was half-written; fix: {fix}")
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from geno_pipeline.errors import GenoPipelineError
+from geno_pipeline.errors import GenoPipelineError, shorten
 
 __all__ = ["read_bytes", "read_json_text", "read_npy", "read_tensors", "read_text", "read_yaml"]
 
@@ -34,11 +34,8 @@ _OS_REASONS = {
 
 def _os_message(path: Path, exc: OSError, fix: str) -> str:
     reason = _OS_REASONS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
-    if exc.errno == errno.ENAMETOOLONG:
-        shown = str(path)
-        path_text = shown if len(shown) <= 80 else shown[:40] + "..." + shown[-20:] + f" ({len(shown)} characters)"
-        return f"{path_text}: {reason}; fix: {fix}"
-    return f"{path}: {reason}; fix: {fix}"
+    shown = shorten(str(path)) if exc.errno == errno.ENAMETOOLONG else str(path)
+    return f"{shown}: {reason}; fix: {fix}"
 
 
 def read_bytes(path: Path, *, error: ErrorType, fix: str) -> bytes:

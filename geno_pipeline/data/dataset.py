@@ -14,7 +14,7 @@ from geno_pipeline.checksums import check_sha256sums, is_plain_relative_name, sh
 from geno_pipeline.config import DataParams
 from geno_pipeline.data.genome import N_CODE, Record, read_fasta, synthetic_genome
 from geno_pipeline.data.manifest import DatasetCounts, DatasetFile, DatasetManifest, DatasetSource
-from geno_pipeline.errors import DataError
+from geno_pipeline.errors import DataError, shorten
 from geno_pipeline.jsonio import atomic_write_bytes, canonical_json, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.readers import read_npy
@@ -99,9 +99,8 @@ def resolve_fasta(fasta_path: str, root: Path) -> Path:
     except FileNotFoundError:
         pass  # read_fasta names the missing file
     except OSError as exc:
-        shown = fasta_path if len(fasta_path) <= 80 else f"{fasta_path[:40]}...{fasta_path[-20:]} ({len(fasta_path)} characters)"
         raise DataError(
-            f"params: data.fasta_path = {shown!r}: {exc.strerror}; fix: point data.fasta_path at a FASTA file under genomes/"
+            f"params: data.fasta_path = {shorten(fasta_path)!r}: {exc.strerror}; fix: point data.fasta_path at a FASTA file under genomes/"
         ) from None
     return path
 

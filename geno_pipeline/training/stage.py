@@ -109,6 +109,14 @@ class TrainingRun:
     def train(self) -> TrainParams:
         return self.params.train
 
+    def parameters_by_name(self) -> dict[str, torch.nn.Parameter]:
+        """The optimizer's parameters by the names its groups list (how checkpoints name their state)."""
+        return {n: p for g in self.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
+
+    def params_document(self) -> dict[str, object]:
+        """The train stage params as checkpoints store them (canonical JSON, parsed back)."""
+        return dict(json.loads(canonical_json(self.params)))
+
     def observe(self, step: int) -> CollapseLine:
         """Evaluate the held-out batch, feed the collapse monitor and append the collapse line."""
         ev = evaluate(self.model, self.held)
@@ -131,7 +139,7 @@ class TrainingRun:
             self.logs.log(f"step {step} checkpoint {step:06d}")
         else:
             print(f"train: checkpoint at step {step}", file=sys.stderr)
-        names = {id(p): n for g in self.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
+        names = {id(p): n for n, p in self.parameters_by_name().items()}
         state = CheckpointState(
             step=step,
             steps_total=self.train.steps,
@@ -143,7 +151,7 @@ class TrainingRun:
             tensors={},
             optimizer_groups=group_states(self.optimizer),
             bindings=self.bindings,
-            params=json.loads(canonical_json(self.params)),
+            params=self.params_document(),
         )
         save_checkpoint(
             self.layout.checkpoints,
@@ -237,15 +245,14 @@ def _checkpoint_to_resume(layout: Layout, resume: str | Path | None) -> Path | N
 
 def expected_checkpoint(run: TrainingRun) -> Expected:
     """What a checkpoint must hold to resume `run`: its bindings, params, and every tensor's name, shape and dtype."""
-    named = {n: p for g in run.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
     optimizer: dict[str, tuple[tuple[int, ...], str]] = {}
-    for name, param in named.items():
+    for name, param in run.parameters_by_name().items():
         spec = (tuple(param.shape), str(param.dtype).removeprefix("torch."))
         optimizer |= {f"{name}.exp_avg": spec, f"{name}.exp_avg_sq": spec, f"{name}.step": ((), "float32")}
     return Expected(
         bindings=run.bindings,
         steps_total=run.train.steps,
-        params=json.loads(canonical_json(run.params)),
+        params=run.params_document(),
         model=tensor_specs(dict(run.model.state_dict())),
         groups=[(g["group_name"], list(g["names"])) for g in run.optimizer.param_groups],
         optimizer=optimizer,
@@ -272,9 +279,8 @@ def start_fresh(run: TrainingRun) -> None:
 def resume_from(run: TrainingRun, path: Path) -> None:
     """Restore model, optimizer, sampler, logs and monitor from a verified checkpoint."""
     loaded = load_checkpoint(path, expected=expected_checkpoint(run))
-    params_by_name = {n: p for g in run.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
     run.model.load_state_dict(loaded.model)
-    restore_optimizer(run.optimizer, loaded.optimizer, loaded.state.optimizer_groups, params_by_name)
+    restore_optimizer(run.optimizer, loaded.optimizer, loaded.state.optimizer_groups, run.parameters_by_name())
     run.sampler.set_state(loaded.state.sampler.model_dump())
     run.logs.truncate_to(loaded.state.logs)
     run.layout.final_model.unlink(missing_ok=True)
