@@ -55,6 +55,46 @@ def _raise_if(problems: list[tuple[str, Any, str, str]]) -> None:
         raise _Problem(problems)
 
 
+def record_list_problems(source: str, records: list[str] | None, valid_records: list[str] | None) -> list[tuple[str, Any, str, str]]:
+    """Problems of `data.records` / `data.valid_records` that need no FASTA to see, as (key, value, what, fix)."""
+    problems: list[tuple[str, Any, str, str]] = []
+    for key, names in (("records", records), ("valid_records", valid_records)):
+        if names is None:
+            continue
+        if source != "fasta":
+            problems.append((key, names, "selects FASTA records, but source is not 'fasta'", f"set data.{key}: null or use source: fasta"))
+        elif not names:
+            problems.append((key, names, "is an empty list", f"name at least one record, or set data.{key}: null"))
+        elif len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            problems.append((key, names, f"names {', '.join(repeated)} more than once", "list each record once"))
+        elif any(not n or n != n.strip() or len(n.split()) != 1 for n in names):
+            problems.append(
+                (key, names, "holds an empty name or one with white space", "use record names as the first word of each '>' line")
+            )
+    if source == "fasta" and records and valid_records:
+        outside = [n for n in valid_records if n not in set(records)]
+        if outside:
+            problems.append(
+                (
+                    "valid_records",
+                    valid_records,
+                    f"names {', '.join(outside)}, not in data.records",
+                    "add them to data.records or drop them here",
+                )
+            )
+        elif set(valid_records) == set(records):
+            problems.append(
+                (
+                    "valid_records",
+                    valid_records,
+                    "holds every record of data.records, leaving none for training",
+                    "keep at least one record for training",
+                )
+            )
+    return problems
+
+
 class DataParams(_Section):
     """Inputs of the `data` stage."""
 
@@ -74,6 +114,10 @@ class DataParams(_Section):
     """Number of training windows."""
     valid_windows: int = Field(1024, gt=0)
     """Number of held-out validation windows (disjoint from training windows)."""
+    records: list[str] | None = None
+    """FASTA records to use, by name (the first word of the '>' line), e.g. chr1..chr22; null keeps every record."""
+    valid_records: list[str] | None = None
+    """Chromosome hold-out: validation windows only from these records, training windows only from the others; null draws a random split."""
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
@@ -89,6 +133,7 @@ class DataParams(_Section):
             )
         if self.window_length < 16:
             problems.append(("window_length", self.window_length, "must be >= 16", "use a window of 16 bases or more"))
+        problems += record_list_problems(self.source, self.records, self.valid_records)
         if self.source == "synthetic":
             slot = self.window_length + self.flank_length
             need = slot * (self.train_windows + self.valid_windows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from geno_pipeline.errors import GenoPipelineError, shorten
 
-__all__ = ["read_bytes", "read_json_text", "read_npy", "read_tensors", "read_text", "read_yaml"]
+__all__ = ["read_bytes", "read_chunks", "read_json_text", "read_npy", "read_tensors", "read_text", "read_yaml"]
 
 ErrorType = type[GenoPipelineError]
 
@@ -45,6 +46,19 @@ def read_bytes(path: Path, *, error: ErrorType, fix: str) -> bytes:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
         return path.read_bytes()
+    except OSError as exc:
+        raise error(_os_message(path, exc, fix)) from None
+
+
+def read_chunks(path: Path, *, size: int, error: ErrorType, fix: str) -> Iterator[bytes]:
+    """The file's bytes in chunks of at most `size` (bounded memory for large inputs), or `error` as `read_bytes`."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        with path.open("rb") as handle:
+            while chunk := handle.read(size):
+                yield chunk
     except OSError as exc:
         raise error(_os_message(path, exc, fix)) from None
 

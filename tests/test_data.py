@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from geno_pipeline.config import DataParams
 from geno_pipeline.data.dataset import build_dataset as run
-from geno_pipeline.data.dataset import candidate_slots, dataset_problems, load_dataset
-from geno_pipeline.data.genome import Record, read_fasta, synthetic_genome
+from geno_pipeline.data.dataset import dataset_problems, load_dataset
+from geno_pipeline.data.fasta import read_fasta
+from geno_pipeline.data.genome import RecordStats, Reference, synthetic_genome
+from geno_pipeline.data.windows import candidate_slots
 from tests.conftest import write_params
 
 
@@ -33,7 +35,14 @@ def test_data_twice_identical_and_sha256sum_strict(tiny_root: Path) -> None:
     assert (out / "SHA256SUMS").read_bytes() == first
     check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "dataset_manifest.json", "train_windows.npy", "valid_windows.npy"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS",
+        "dataset_manifest.json",
+        "train_coords.npy",
+        "train_windows.npy",
+        "valid_coords.npy",
+        "valid_windows.npy",
+    ]
     assert dataset_problems(out) == []
 
 
@@ -54,8 +63,9 @@ def test_data_deterministic_over_seeds_and_sizes(
     ra = run(params, root=a, out_dir=a / "ds")
     rb = run(params, root=b, out_dir=b / "ds")
     assert ra.manifest == rb.manifest
-    for name in ("SHA256SUMS", "dataset_manifest.json", "train_windows.npy", "valid_windows.npy"):
-        assert (a / "ds" / name).read_bytes() == (b / "ds" / name).read_bytes()
+    assert sorted(p.name for p in (a / "ds").iterdir()) == sorted(p.name for p in (b / "ds").iterdir())
+    for path in (a / "ds").iterdir():
+        assert path.read_bytes() == (b / "ds" / path.name).read_bytes()
     ds = load_dataset(a / "ds")
     assert ds.train.shape == (n_train, window + 8) and ds.valid.shape == (n_valid, window + 8)
 
@@ -71,10 +81,10 @@ def test_data_synthetic_genome_has_structure() -> None:
 
 
 def test_data_windows_do_not_overlap() -> None:
-    rec = [Record("r", np.zeros(1000, dtype=np.uint8))]
-    rec[0].codes[100:110] = 4  # an N run
-    slots = candidate_slots(rec, 64)
-    starts = sorted(s for _, s in slots)
+    codes = np.zeros(1000, dtype=np.uint8)
+    codes[100:110] = 4  # an N run
+    slots = candidate_slots(Reference(codes, [RecordStats("r", line=1, offset=0, length=1000)]), 64)
+    starts = slots.start.tolist()
     assert all(b - a >= 64 for a, b in itertools.pairwise(starts))
     assert all(not (s < 110 and s + 64 > 100) for s in starts)
 
@@ -86,7 +96,7 @@ def test_data_fasta_plain_gz_multi_record_softmask(tmp_path: Path) -> None:
     (tmp_path / "genomes").mkdir()
     (tmp_path / "genomes" / "ref.fa").write_text(text)
     (tmp_path / "genomes" / "ref.fa.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
-    assert [r.name for r in read_fasta(tmp_path / "genomes" / "ref.fa")] == ["chr1", "chr2"]
+    assert [r.name for r in read_fasta(tmp_path / "genomes" / "ref.fa").records] == ["chr1", "chr2"]
     for name in ("genomes/ref.fa", "genomes/ref.fa.gz"):
         write_params(
             tmp_path,

@@ -5,30 +5,36 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from geno_pipeline.checksums import check_sha256sums, is_plain_relative_name, sha256_bytes, sha256_file, write_sha256sums
 from geno_pipeline.config import DataParams
-from geno_pipeline.data.genome import N_CODE, Record, read_fasta, synthetic_genome
-from geno_pipeline.data.manifest import DatasetCounts, DatasetFile, DatasetManifest, DatasetSource
+from geno_pipeline.data.fasta import read_fasta
+from geno_pipeline.data.genome import Reference, synthetic_reference
+from geno_pipeline.data.manifest import DatasetCounts, DatasetFile, DatasetManifest, DatasetSource, RecordSummary
+from geno_pipeline.data.windows import candidate_slots, draw_split, gather_windows
 from geno_pipeline.errors import DataError, shorten
 from geno_pipeline.jsonio import atomic_write_bytes, canonical_json, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.readers import read_npy
-from geno_pipeline.seeding import derive_seed
 
 __all__ = [
     "MANIFEST_NAME",
+    "TRAIN_COORDS_FILE",
     "TRAIN_FILE",
+    "VALID_COORDS_FILE",
     "VALID_FILE",
     "Dataset",
     "DatasetResult",
     "build_dataset",
-    "candidate_slots",
+    "build_windows",
     "check_memory",
+    "check_record_names",
     "dataset_problems",
     "load_dataset",
     "memory_needed",
@@ -39,6 +45,9 @@ __all__ = [
 MANIFEST_NAME = "dataset_manifest.json"
 TRAIN_FILE = "train_windows.npy"
 VALID_FILE = "valid_windows.npy"
+TRAIN_COORDS_FILE = "train_coords.npy"
+VALID_COORDS_FILE = "valid_coords.npy"
+_READER_OVERHEAD = 96 << 20  # chunk-sized temporaries of the streaming reader, and slack
 
 
 @dataclass(frozen=True)
@@ -57,21 +66,6 @@ class Dataset:
     valid: np.ndarray
     manifest: DatasetManifest
     manifest_sha256: str
-
-
-def candidate_slots(records: list[Record], slot: int) -> list[tuple[int, int]]:
-    """Non-overlapping (record, start) slots of `slot` bases that contain no N.
-
-    Slots are packed left to right inside each maximal N-free run.
-    """
-    out: list[tuple[int, int]] = []
-    for index, record in enumerate(records):
-        ok = np.concatenate(([False], record.codes < N_CODE, [False]))
-        edges = np.flatnonzero(np.diff(ok.astype(np.int8)))
-        for start, end in zip(edges[::2], edges[1::2], strict=True):
-            count = (int(end) - int(start)) // slot
-            out.extend((index, int(start) + k * slot) for k in range(count))
-    return out
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -117,13 +111,20 @@ def _available_memory() -> int | None:
 
 
 def memory_needed(params: DataParams, fasta: Path | None = None) -> int:
-    """Peak bytes the data stage needs, estimated before any work (reference codes, masks and the windows)."""
-    windows = (params.train_windows + params.valid_windows) * (params.window_length + params.flank_length) * 2
+    """Peak bytes the data stage needs, estimated before any work.
+
+    The streaming reader keeps one byte per base of the selected records plus chunk-sized temporaries, so a
+    plain FASTA needs at most its size; a gzipped one is taken to hold 4 bases per byte (DNA compresses about
+    3.3-4x). The slot table (16 bytes per slot) and the windows (gathered, then serialised) come on top.
+    """
+    slot = params.window_length + params.flank_length
+    windows = (params.train_windows + params.valid_windows) * (slot * 2 + 32)
     if fasta is None:
-        return 4 * params.genome_length + windows
+        bases = params.genome_length
+        return 4 * bases + windows  # the synthetic generator's blocks and masks
     size = fasta.stat().st_size if fasta.is_file() else 0
-    uncompressed = size * 4 if fasta.suffix == ".gz" else size  # gzip compresses DNA about 4x
-    return 7 * uncompressed + windows
+    bases = size * 4 if fasta.suffix in (".gz", ".bgz") else size
+    return bases + 32 * (bases // slot) + windows + _READER_OVERHEAD
 
 
 def check_memory(params: DataParams, fasta: Path | None = None, available: int | None = None) -> None:
@@ -138,69 +139,167 @@ def check_memory(params: DataParams, fasta: Path | None = None, available: int |
         )
 
 
-def _reference(params: DataParams, root: Path) -> tuple[list[Record], DatasetSource]:
+def _names_list(names: list[str], limit: int = 40) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} records)" if len(names) > limit else f" ({len(names)} records)")
+
+
+def check_record_names(params: DataParams, reference: Reference, path: Path) -> None:
+    """Refuse `data.records` / `data.valid_records` names the FASTA does not have, listing the names it has."""
+    have = [r.name for r in reference.records]
+    known = set(have)
+    for key, names in (("records", params.records), ("valid_records", params.valid_records)):
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            raise DataError(
+                f"params: data.{key} names {', '.join(map(repr, unknown))}, which {path} does not have; its records are: "
+                f"{_names_list(have)}; fix: use names from that list (the first word of each '>' line)"
+            )
+    if params.valid_records is not None and set(params.valid_records) >= {r.name for r in reference.selected}:
+        raise DataError(
+            f"params: data.valid_records holds every selected record of {path}, leaving none for training; "
+            "fix: keep at least one record out of valid_records (or set data.records)"
+        )
+
+
+def _reference(params: DataParams, root: Path, progress: Callable[[int, int], None] | None) -> tuple[Reference, DatasetSource]:
     if params.source == "synthetic":
         check_memory(params)
-        codes = synthetic_genome(params.seed, params.genome_length)
-        source = DatasetSource(kind="synthetic", fasta_path=None, fasta_sha256=None, records=1, reference_bases=int(codes.size))
-        return [Record("synthetic", codes)], source
+        reference = synthetic_reference(params.seed, params.genome_length)
+        source = DatasetSource(kind="synthetic", fasta_path=None, fasta_sha256=None, records=1, reference_bases=params.genome_length)
+        return reference, source
     assert params.fasta_path is not None  # guaranteed by DataParams validation
     path = resolve_fasta(params.fasta_path, root)
+    size = path.stat().st_size if path.is_file() else 0
     if path.is_file():
         check_memory(params, path)
-    records = read_fasta(path)
+    wanted = set(params.records) if params.records is not None else None
+    reference = read_fasta(
+        path,
+        select=None if wanted is None else wanted.__contains__,
+        progress=None if progress is None else (lambda done: progress(done, size)),
+    )
+    check_record_names(params, reference, path)
     source = DatasetSource(
         kind="fasta",
         fasta_path=params.fasta_path,
-        fasta_sha256=sha256_file(path),
-        records=len(records),
-        reference_bases=sum(int(r.codes.size) for r in records),
+        fasta_sha256=reference.sha256,
+        records=len(reference.records),
+        reference_bases=sum(r.length for r in reference.records),
     )
-    return records, source
+    return reference, source
 
 
-def build_windows(params: DataParams, records: list[Record]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Draw disjoint train and valid windows (with flanks); returns (train, valid, candidate count)."""
+@dataclass(frozen=True)
+class Windows:
+    """The drawn windows, their (record index, start) coordinates, and the per-record summary."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    train_coords: np.ndarray  # int64 (n, 2): index into Reference.records, start within that record
+    valid_coords: np.ndarray
+    candidate_slots: int
+    records: list[RecordSummary]
+
+
+def _not_enough_slots(params: DataParams, have: int, need: int, pool: str) -> DataError:
     slot = params.window_length + params.flank_length
-    slots = candidate_slots(records, slot)
-    need = params.train_windows + params.valid_windows
-    if len(slots) < need:
-        raise DataError(
-            f"data: the reference has {len(slots)} non-overlapping N-free slots of {slot} bases "
-            f"(window_length + flank_length) but data.train_windows + data.valid_windows = {need}; "
-            "fix: lower train_windows/valid_windows, window_length or flank_length, or use a longer reference"
+    return DataError(
+        f"data: the {pool} has {have} non-overlapping N-free slots of {slot} bases (window_length + flank_length) but "
+        f"{need} windows are asked for (data.train_windows = {params.train_windows}, data.valid_windows = {params.valid_windows}); "
+        "fix: lower train_windows/valid_windows, window_length or flank_length, or use a longer reference"
+        + (" or move records between data.valid_records and the training records" if params.valid_records is not None else "")
+    )
+
+
+def build_windows(params: DataParams, reference: Reference) -> Windows:
+    """Draw disjoint train and valid windows (with flanks) from the selected records."""
+    slot = params.window_length + params.flank_length
+    slots = candidate_slots(reference, slot)
+    held_out = None
+    if params.valid_records is None:
+        if slots.count < params.train_windows + params.valid_windows:
+            raise _not_enough_slots(params, slots.count, params.train_windows + params.valid_windows, "reference")
+    else:
+        names = set(params.valid_records)
+        held_out = np.array([r.name in names for r in reference.records], dtype=bool)
+        in_valid = int(np.count_nonzero(held_out[slots.record]))
+        if in_valid < params.valid_windows:
+            raise _not_enough_slots(params, in_valid, params.valid_windows, "validation records (data.valid_records)")
+        if slots.count - in_valid < params.train_windows:
+            raise _not_enough_slots(params, slots.count - in_valid, params.train_windows, "training records")
+    train_idx, valid_idx = draw_split(
+        slots, seed=params.seed, train_windows=params.train_windows, valid_windows=params.valid_windows, valid_records=held_out
+    )
+    offsets = np.array([r.offset or 0 for r in reference.records], dtype=np.int64)
+
+    def coords(indices: np.ndarray) -> np.ndarray:
+        record = slots.record[indices]
+        return np.stack((record, slots.start[indices] - offsets[record]), axis=1).astype(np.int64)
+
+    n = len(reference.records)
+    per_record = [np.bincount(slots.record[i], minlength=n) for i in (np.arange(slots.count), train_idx, valid_idx)]
+    summaries = [
+        RecordSummary(
+            name=r.name,
+            length=r.length,
+            n_bases=r.n_bases,
+            iupac_bases=r.iupac_bases,
+            soft_masked_bases=r.soft_masked_bases,
+            role=_role(r.offset is not None, held_out is not None and bool(held_out[i]), params.valid_records is not None),
+            candidate_slots=int(per_record[0][i]),
+            train_windows=int(per_record[1][i]),
+            valid_windows=int(per_record[2][i]),
         )
-    rng = np.random.default_rng(derive_seed(params.seed, "data.windows"))
-    chosen = rng.permutation(len(slots))[:need]
-    train_idx = np.sort(chosen[: params.train_windows])
-    valid_idx = np.sort(chosen[params.train_windows :])
+        for i, r in enumerate(reference.records)
+    ]
+    return Windows(
+        train=gather_windows(reference.codes, slots.start[train_idx], slot),
+        valid=gather_windows(reference.codes, slots.start[valid_idx], slot),
+        train_coords=coords(train_idx),
+        valid_coords=coords(valid_idx),
+        candidate_slots=slots.count,
+        records=summaries,
+    )
 
-    def gather(indices: np.ndarray) -> np.ndarray:
-        rows = [records[slots[i][0]].codes[slots[i][1] : slots[i][1] + slot] for i in indices.tolist()]
-        return np.stack(rows).astype(np.uint8)
 
-    return gather(train_idx), gather(valid_idx), len(slots)
+def _role(selected: bool, held_out: bool, hold_out_split: bool) -> Literal["train+valid", "train", "valid", "excluded"]:
+    if not selected:
+        return "excluded"
+    if not hold_out_split:
+        return "train+valid"
+    return "valid" if held_out else "train"
 
 
-def build_dataset(params: DataParams, *, root: Path, out_dir: Path) -> DatasetResult:
-    """Build the dataset into `out_dir` atomically (a failure leaves the previous dataset intact)."""
-    records, source = _reference(params, root)
-    train, valid, n_slots = build_windows(params, records)
+def build_dataset(params: DataParams, *, root: Path, out_dir: Path, progress: Callable[[int, int], None] | None = None) -> DatasetResult:
+    """Build the dataset into `out_dir` atomically (a failure leaves the previous dataset intact).
+
+    `progress(done, total)` is called with the FASTA bytes read so far while it is read.
+    """
+    reference, source = _reference(params, root, progress)
+    windows = build_windows(params, reference)
+    del reference  # the windows are copies: free the genome before writing
     stage = staging_dir(out_dir)
     try:
         files: list[DatasetFile] = []
-        for name, array in ((TRAIN_FILE, train), (VALID_FILE, valid)):
+        arrays = (
+            (TRAIN_FILE, windows.train),
+            (VALID_FILE, windows.valid),
+            (TRAIN_COORDS_FILE, windows.train_coords),
+            (VALID_COORDS_FILE, windows.valid_coords),
+        )
+        for name, array in arrays:
             data = npy_bytes(array)
             atomic_write_bytes(stage / name, data)
             files.append(DatasetFile(path=name, sha256=sha256_bytes(data), bytes=len(data)))
-        window = train[:, : params.window_length]
+        window = windows.train[:, : params.window_length]
         gc = float(np.isin(window, (1, 2)).mean())
         counts = DatasetCounts(
             train_windows=params.train_windows,
             valid_windows=params.valid_windows,
             window_length=params.window_length,
             flank_length=params.flank_length,
-            candidate_slots=n_slots,
+            candidate_slots=windows.candidate_slots,
             train_gc_fraction=round(gc, 6),
         )
         identity = canonical_json({"params": params, "files": files, "source": source})
@@ -209,10 +308,11 @@ def build_dataset(params: DataParams, *, root: Path, out_dir: Path) -> DatasetRe
             source=source,
             params=params,
             counts=counts,
+            records=windows.records,
             files=files,
         )
         write_json(stage / MANIFEST_NAME, manifest, schema="dataset_manifest")
-        write_sha256sums(stage, [MANIFEST_NAME, TRAIN_FILE, VALID_FILE])
+        write_sha256sums(stage, [MANIFEST_NAME, *(name for name, _ in arrays)])
         replace_dir_atomically(stage, out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

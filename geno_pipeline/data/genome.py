@@ -5,39 +5,60 @@ Sequences are uint8 codes: A=0, C=1, G=2, T=3, N=4.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from geno_pipeline.errors import DataError
-from geno_pipeline.readers import read_bytes
 from geno_pipeline.seeding import derive_seed
 
-__all__ = ["BASES", "N_CODE", "Record", "decode", "encode_text", "read_fasta", "synthetic_genome"]
+__all__ = ["BASES", "N_CODE", "RecordStats", "Reference", "decode", "synthetic_genome", "synthetic_reference"]
 
 BASES = "ACGT"
 N_CODE = 4
-_INVALID = 255
-_TABLE = np.full(256, _INVALID, dtype=np.uint8)
-for _code, _base in enumerate("ACGTN"):
-    _TABLE[ord(_base)] = _code
-    _TABLE[ord(_base.lower())] = _code  # soft-masked lowercase is accepted
+
+
+@dataclass
+class RecordStats:
+    """One record of a reference: its name, where its header is, and what its sequence holds."""
+
+    name: str
+    line: int
+    """Line of its '>' header (1 for the synthetic genome)."""
+    offset: int | None
+    """Where its codes start in `Reference.codes`; None when `data.records` leaves it out (its codes are not kept)."""
+    length: int = 0
+    """Bases (N and IUPAC codes included)."""
+    n_bases: int = 0
+    """Bases that are N after mapping, IUPAC ambiguity codes included."""
+    iupac_bases: int = 0
+    """IUPAC ambiguity codes (R Y K M S W B D H V, either case), read as N."""
+    soft_masked_bases: int = 0
+    """Lowercase (soft-masked) bases."""
+
+    @property
+    def selected(self) -> bool:
+        return self.offset is not None
 
 
 @dataclass(frozen=True)
-class Record:
-    """One reference sequence."""
+class Reference:
+    """A reference genome: the selected records' codes back to back, and every record's counts in file order."""
 
-    name: str
-    codes: np.ndarray  # uint8 codes, N_CODE for N
+    codes: np.ndarray
+    """uint8 codes A=0, C=1, G=2, T=3, N=4 of the selected records, concatenated."""
+    records: list[RecordStats]
+    sha256: str | None = None
+    """SHA-256 of the FASTA file's bytes (None for the synthetic genome)."""
 
+    @property
+    def selected(self) -> list[RecordStats]:
+        return [r for r in self.records if r.offset is not None]
 
-def encode_text(text: bytes) -> np.ndarray:
-    """Map ASCII bases to codes; invalid characters map to 255."""
-    return _TABLE[np.frombuffer(text, dtype=np.uint8)]
+    def sequence(self, record: RecordStats) -> np.ndarray:
+        """A selected record's codes (a view)."""
+        if record.offset is None:
+            raise ValueError(f"record {record.name!r} was not selected")
+        return self.codes[record.offset : record.offset + record.length]
 
 
 def decode(codes: np.ndarray) -> str:
@@ -88,68 +109,7 @@ def synthetic_genome(seed: int, length: int) -> np.ndarray:
     return out
 
 
-_GZIP_FIX = "the file is damaged (an interrupted download or copy?): fetch it again, check it with `gzip -t`, or use a plain FASTA"
-
-
-def _open_text(path: Path) -> bytes:
-    raw = read_bytes(path, error=DataError, fix="point data.fasta_path at a readable FASTA file under genomes/")
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except EOFError:
-            raise DataError(f"{path}: truncated gzip data (the stream ends early); fix: {_GZIP_FIX}") from None
-        except (OSError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt gzip data ({exc}); fix: {_GZIP_FIX}") from None
-    return raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not sequence
-
-
-def read_fasta(path: Path) -> list[Record]:
-    """Parse a plain or gzipped, possibly multi-record FASTA; validate its alphabet.
-
-    Raises `DataError` naming the file, record and line for a missing file, an empty file,
-    sequence before the first header, an empty record, or a character outside ACGTN/acgtn.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: FASTA file not found (data.fasta_path); fix: point data.fasta_path at an existing file under genomes/")
-    text = _open_text(path)
-    records: list[Record] = []
-    name: str | None = None
-    chunks: list[np.ndarray] = []
-    header_line = 0
-
-    def close() -> None:
-        if name is None:
-            return
-        codes = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.uint8)
-        if codes.size == 0:
-            raise DataError(f"{path}: record '{name}' (line {header_line}) has no sequence; fix: remove it or add its sequence")
-        records.append(Record(name, codes))
-
-    for number, line in enumerate(text.split(b"\n"), start=1):
-        line = line.rstrip(b"\r")
-        if not line.strip():
-            continue
-        if line.startswith(b">"):
-            close()
-            name = line[1:].decode("utf-8", errors="replace").split()[0] if line[1:].strip() else f"record{len(records) + 1}"
-            header_line = number
-            chunks = []
-            continue
-        if line.startswith(b";"):
-            continue
-        if name is None:
-            raise DataError(f"{path}: line {number}: sequence before the first '>' header; fix: add a header line")
-        codes = encode_text(line.strip())
-        bad = np.flatnonzero(codes == _INVALID)
-        if bad.size:
-            char = chr(line.strip()[int(bad[0])])
-            raise DataError(
-                f"{path}: line {number}, column {int(bad[0]) + 1}: invalid character {char!r} in record '{name}'; "
-                "fix: use only A, C, G, T, N (any case)"
-            )
-        chunks.append(codes)
-    close()
-    if not records:
-        raise DataError(f"{path}: empty FASTA (no records); fix: provide at least one '>' record with sequence")
-    return records
+def synthetic_reference(seed: int, length: int) -> Reference:
+    """The synthetic genome as a one-record reference named `synthetic`."""
+    codes = synthetic_genome(seed, length)
+    return Reference(codes, [RecordStats("synthetic", line=1, offset=0, length=int(codes.size))])

@@ -9,7 +9,7 @@ from pydantic import Field
 from geno_pipeline.config import DataParams
 from geno_pipeline.documents import Document
 
-__all__ = ["DatasetCounts", "DatasetFile", "DatasetManifest", "DatasetSource"]
+__all__ = ["DatasetCounts", "DatasetFile", "DatasetManifest", "DatasetSource", "RecordSummary"]
 
 
 class DatasetFile(Document):
@@ -55,6 +55,29 @@ class DatasetCounts(Document):
     """GC fraction over training windows."""
 
 
+class RecordSummary(Document):
+    """One reference record: what its sequence holds and which split it fed."""
+
+    name: str
+    """Record name (the first word of its '>' line; `synthetic` for the synthetic genome)."""
+    length: int = Field(ge=1)
+    """Bases, N and IUPAC codes included."""
+    n_bases: int = Field(ge=0)
+    """Bases read as N (IUPAC ambiguity codes included)."""
+    iupac_bases: int = Field(ge=0)
+    """IUPAC ambiguity codes (R Y K M S W B D H V), read as N."""
+    soft_masked_bases: int = Field(ge=0)
+    """Lowercase (soft-masked) bases."""
+    role: Literal["train+valid", "train", "valid", "excluded"]
+    """Which split it fed: both (random split), only train or only valid (chromosome hold-out), or none (not in data.records)."""
+    candidate_slots: int = Field(ge=0)
+    """Non-overlapping N-free slots of window + flank bases in it (0 when excluded)."""
+    train_windows: int = Field(ge=0)
+    """Training windows drawn from it."""
+    valid_windows: int = Field(ge=0)
+    """Validation windows drawn from it."""
+
+
 class DatasetManifest(Document):
     """Identity and contents of a built dataset."""
 
@@ -68,5 +91,7 @@ class DatasetManifest(Document):
     """The `data` params the dataset was built from."""
     counts: DatasetCounts
     """Split sizes."""
+    records: list[RecordSummary]
+    """Every record of the reference in file order. Row i of train_coords.npy / valid_coords.npy is (record index, start)."""
     files: list[DatasetFile]
     """Every data file with its sha256 and size (the manifest and SHA256SUMS excluded)."""
