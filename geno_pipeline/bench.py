@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from geno_pipeline.documents import Document
 from geno_pipeline.jsonio import write_json
@@ -34,6 +39,37 @@ class BenchEntry(Document):
     """Sizes and repetitions."""
 
 
+class IngestFigures(Document):
+    """The whole `geno-pipeline data` process on a generated FASTA against a bare read + lookup-table pass."""
+
+    format: Literal["plain", "bgzip"]
+    """The FASTA file's format."""
+    file_bytes: int
+    """Size of the file."""
+    bases: int
+    """Bases in it."""
+    ours_s: float
+    """Wall seconds of `geno-pipeline data` (median), startup, reading, windows and writes included."""
+    bare_s: float
+    """Wall seconds of a bare Python process: read(), (gzip.decompress,) np.frombuffer, one 256-entry table pass (median)."""
+    ratio: float
+    """ours_s / bare_s; the target is at most 3."""
+    peak_rss_mib: float
+    """Peak resident memory of the `geno-pipeline data` process."""
+    rss_limit_mib: float
+    """The target: 1.5 x the bases plus 100 MiB."""
+    bare_peak_rss_mib: float
+    """Peak resident memory of the bare process."""
+    mib_per_s: float
+    """Bases ingested per second by the whole process (MiB/s)."""
+    human_assembly_s: float
+    """Seconds for a 3.1 Gb assembly at this run's rate (the fixed startup scaled too, so an upper estimate)."""
+    human_assembly_peak_rss_gib: float
+    """Peak memory for a 3.1 Gb assembly at this run's peak RSS per base (the fixed part scaled too, so an upper estimate)."""
+    meets_targets: bool
+    """ratio <= 3 and peak_rss_mib <= rss_limit_mib."""
+
+
 class BenchReport(Document):
     """reports/bench.json."""
 
@@ -45,6 +81,8 @@ class BenchReport(Document):
     """Measured ratios."""
     collapse_peak_rss_mib_n16384: float | None
     """Peak RSS growth (MiB) of compute_collapse_metrics at N=16384, D=256 in a fresh process."""
+    fasta_ingest: list[IngestFigures]
+    """FASTA ingest of the data stage, plain and bgzip."""
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:
@@ -187,7 +225,6 @@ def collapse_peak_rss_mib(n: int = 16384, dim: int = 256) -> float:
 
 def bench_sha256(size_mib: int, repeats: int) -> BenchEntry:
     """checksums.sha256_file vs coreutils sha256sum."""
-    import os
 
     from geno_pipeline.checksums import sha256_file
 
@@ -214,8 +251,141 @@ def bench_preflight(root: Path, repeats: int) -> BenchEntry:
     return _entry("preflight_vs_import_torch", ours, ref, f"wall time of whole processes, median of {repeats}")
 
 
-def run_bench(layout: Layout, *, quick: bool) -> BenchReport:
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+_BGZF_BLOCK = 65280  # bgzip's uncompressed bytes per block
+
+
+def bgzf_compress(data: bytes, level: int = 1) -> bytes:
+    """BGZF, as bgzip and samtools write it: independent gzip members of at most 64 KiB with the `BC` extra field, then the EOF block."""
+    out = []
+    for first in range(0, len(data), _BGZF_BLOCK):
+        piece = data[first : first + _BGZF_BLOCK]
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+        body = deflate.compress(piece) + deflate.flush()
+        header = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff" + struct.pack("<H2sHH", 6, b"BC", 2, 18 + len(body) + 8 - 1)
+        out.append(header + body + struct.pack("<II", zlib.crc32(piece), len(piece)))
+    out.append(BGZF_EOF)
+    return b"".join(out)
+
+
+def fasta_lines(letters: np.ndarray, width: int = 60) -> bytes:
+    """ASCII sequence as FASTA lines of `width` characters, each ending in a newline."""
+    full = letters.size // width * width
+    rows = np.concatenate((letters[:full].reshape(-1, width), np.full((full // width, 1), 10, dtype=np.uint8)), axis=1)
+    tail = letters[full:].tobytes() + b"\n" if letters.size > full else b""
+    return rows.tobytes() + tail
+
+
+def write_bench_fasta(path: Path, bases: int, *, seed: int = 0, records: int = 8) -> None:
+    """A FASTA of `bases` bases in `records` records, 60-column lines, with N runs, soft-masked stretches and IUPAC codes."""
+    rng = np.random.default_rng(seed)
+    per_record = bases // records
+    with path.open("wb") as handle:
+        for index in range(records):
+            n = per_record if index < records - 1 else bases - per_record * (records - 1)
+            letters = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, n, dtype=np.uint8)]
+            for _ in range(20):  # soft-masked repeats
+                start = int(rng.integers(0, n))
+                letters[start : start + int(rng.integers(1000, 200_000))] |= 0x20
+            for _ in range(4):  # assembly gaps
+                start = int(rng.integers(0, n))
+                letters[start : start + int(rng.integers(100, 50_000))] = ord("N")
+            letters[rng.integers(0, n, 50)] = np.frombuffer(b"RYKMSWBDHV", dtype=np.uint8)[rng.integers(0, 10, 50)]
+            handle.write(f">chr{index + 1} bench record {index + 1}\n".encode() + fasta_lines(letters))
+
+
+HUMAN_ASSEMBLY_BASES = 3.1e9
+_BARE_INGEST = """import gzip, sys
+import numpy as np
+data = open(sys.argv[1], "rb").read()
+if sys.argv[1].endswith(".gz"):
+    data = gzip.open(sys.argv[1], "rb").read()
+table = np.zeros(256, dtype=np.uint8)
+table[np.frombuffer(b"ACGTNacgtn", dtype=np.uint8)] = np.arange(10, dtype=np.uint8) % 5
+codes = table[np.frombuffer(data, dtype=np.uint8)]
+"""
+
+
+# Runs a command's Python code in this process, then prints the process's own peak RSS (VmHWM, which exec resets; the
+# ru_maxrss of wait4 would also count the forking parent's memory).
+_PEAK_RSS_WRAPPER = """import atexit, runpy, sys
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("\\nbench-peak-rss-kib " + line.split()[1] + "\\n")
+atexit.register(_peak)
+mode, target, *sys.argv[1:] = sys.argv[1:]
+if mode == "-m":
+    sys.argv[0] = target
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    sys.argv[0] = "-c"
+    exec(compile(target, "<bench>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def _measured(args: list[str], cwd: Path) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one Python child process run as `python ARGS`, which must succeed."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, *args], cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"python {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    peaks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("bench-peak-rss-kib ")]
+    return wall, int(peaks[-1]) * 1024 if peaks else 0
+
+
+def _ingest_params(root: Path, project: Path, fasta_path: str) -> None:
+    """The root's params with `data` reading `fasta_path`, written into the scratch project."""
+    import yaml
+
+    params = yaml.safe_load(root.joinpath("params.yaml").read_text())
+    params["data"].update(source="fasta", fasta_path=fasta_path, records=None, valid_records=None)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def bench_fasta_ingest(root: Path, bases: int, repeats: int) -> list[IngestFigures]:
+    """`geno-pipeline data` on a generated FASTA (plain, then bgzip) vs a bare read + table pass; wall time and peak RSS."""
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        (project / "genomes").mkdir()
+        plain = project / "genomes" / "bench.fa"
+        data_cmd = ["-m", "geno_pipeline", "data", "--root", str(project)]
+        write_bench_fasta(plain, bases)
+        packed = project / "genomes" / "bench.fa.gz"
+        packed.write_bytes(bgzf_compress(plain.read_bytes()))
+        for kind, path in (("plain", plain), ("bgzip", packed)):
+            _ingest_params(root, project, f"genomes/{path.name}")
+            ours = [_measured(data_cmd, project) for _ in range(repeats)]
+            bare = [_measured(["-c", _BARE_INGEST, str(path)], project) for _ in range(repeats)]
+            ours_s, bare_s = statistics.median(w for w, _ in ours), statistics.median(w for w, _ in bare)
+            peak = max(r for _, r in ours)
+            limit = 1.5 * bases + (100 << 20)
+            scale = HUMAN_ASSEMBLY_BASES / bases
+            figures.append(
+                IngestFigures(
+                    format=kind,
+                    file_bytes=path.stat().st_size,
+                    bases=bases,
+                    ours_s=round(ours_s, 3),
+                    bare_s=round(bare_s, 3),
+                    ratio=round(ours_s / bare_s, 3),
+                    peak_rss_mib=round(peak / 2**20, 1),
+                    rss_limit_mib=round(limit / 2**20, 1),
+                    bare_peak_rss_mib=round(max(r for _, r in bare) / 2**20, 1),
+                    mib_per_s=round(bases / ours_s / 2**20, 1),
+                    human_assembly_s=round(ours_s * scale, 1),
+                    human_assembly_peak_rss_gib=round(peak * scale / 2**30, 2),
+                    meets_targets=ours_s <= 3 * bare_s and peak <= limit,
+                )
+            )
+    return figures
+
+
+def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> BenchReport:
     """Run every benchmark and write reports/bench.json."""
+    fasta_bases = (fasta_mib if fasta_mib is not None else 64 if quick else 512) << 20
     entries = [
         bench_samplers(200_000 if quick else 1_000_000, 3 if quick else 5),
         *bench_train_step(20 if quick else 60, 3),
@@ -223,17 +393,32 @@ def run_bench(layout: Layout, *, quick: bool) -> BenchReport:
         bench_sha256(16 if quick else 64, 3),
         bench_preflight(layout.root, 3 if quick else 5),
     ]
-    report = BenchReport(quick=quick, entries=entries, collapse_peak_rss_mib_n16384=None if quick else collapse_peak_rss_mib())
+    report = BenchReport(
+        quick=quick,
+        entries=entries,
+        collapse_peak_rss_mib_n16384=None if quick else collapse_peak_rss_mib(),
+        fasta_ingest=bench_fasta_ingest(layout.root, fasta_bases, 1 if quick else 3),
+    )
     write_json(layout.bench_report, report, schema="bench")
     return report
 
 
-def run_bench_cli(layout: Layout, *, quick: bool) -> int:
+def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> int:
     """Print the ratios; returns 0."""
     print("bench: measuring (the full run takes a few minutes; --quick is faster) ...", flush=True)
-    report = run_bench(layout, quick=quick)
+    report = run_bench(layout, quick=quick, fasta_mib=fasta_mib)
     for e in report.entries:
         print(f"bench: {e.name}: ratio {e.ratio:.4f} (ours {e.ours_s:.4f}s vs reference {e.reference_s:.4f}s; {e.detail})")
     if report.collapse_peak_rss_mib_n16384 is not None:
         print(f"bench: compute_collapse_metrics peak RSS growth at N=16384, D=256: {report.collapse_peak_rss_mib_n16384} MiB")
+    for f in report.fasta_ingest:
+        print(
+            f"bench: data stage on a {f.file_bytes / 2**20:.0f} MiB {f.format} FASTA ({f.bases} bases): ratio {f.ratio:.3f} "
+            f"(ours {f.ours_s:.3f}s vs bare read + table pass {f.bare_s:.3f}s; target <= 3), peak RSS {f.peak_rss_mib} MiB "
+            f"(target <= {f.rss_limit_mib} MiB; bare {f.bare_peak_rss_mib} MiB), {f.mib_per_s} MiB/s"
+        )
+        print(
+            f"bench: a 3.1 Gb assembly ({f.format}) would take about {f.human_assembly_s:.0f} s and at most "
+            f"{f.human_assembly_peak_rss_gib} GiB here{'' if f.meets_targets else ' -- TARGET MISSED'}"
+        )
     return 0

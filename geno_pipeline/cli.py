@@ -167,10 +167,12 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "bench",
         help="measure performance ratios; write reports/bench.json",
         description="Measure ratios in one run: training step vs bare torch loop, deterministic vs not, collapse metrics vs "
-        "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`.",
+        "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`, and the data stage on a "
+        "generated FASTA (plain and bgzip) vs a bare read + lookup-table pass, with its peak RSS.",
     )
     p.add_argument("--root", type=Path, default=Path("."))
-    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions, a 64 MiB FASTA")
+    p.add_argument("--fasta-mib", type=int, default=None, help="bases (MiB) of the generated FASTA for the ingest bench (default 512)")
 
     p = sub.add_parser(
         "reliability",
@@ -356,7 +358,7 @@ def _cmd_reliability(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from geno_pipeline.bench import run_bench_cli
 
-    return run_bench_cli(Layout.for_root(args.root), quick=args.quick)
+    return run_bench_cli(Layout.for_root(args.root), quick=args.quick, fasta_mib=args.fasta_mib)
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -27,7 +27,7 @@ from geno_pipeline.data.genome import N_CODE, RecordStats, Reference
 from geno_pipeline.errors import DataError
 from geno_pipeline.readers import read_chunks
 
-__all__ = ["CHUNK_BYTES", "IUPAC_CODES", "class_table", "read_fasta"]
+__all__ = ["CHUNK_BYTES", "IUPAC_CODES", "class_table", "classify", "read_fasta"]
 
 CHUNK_BYTES = 4 << 20
 IUPAC_CODES = "RYKMSWBDHV"
@@ -41,6 +41,7 @@ INVALID = 0x80
 
 _NEWLINE, _HEADER, _COMMENT = 0x0A, ord(">"), ord(";")
 _BOM = b"\xef\xbb\xbf"
+_INFLATE_SLICE = 64 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_FIX = "the file is damaged (an interrupted download or copy?): fetch it again, check it with `gzip -t`, or use a plain FASTA"
 _READ_FIX = "point data.fasta_path at a readable FASTA file under genomes/"
@@ -62,6 +63,18 @@ def class_table() -> np.ndarray:
 
 
 _TABLE = class_table()
+# The same table over byte pairs (65536 entries, native byte order): one lookup classifies two bytes, about 3x faster.
+_PAIR_TABLE = _TABLE[np.arange(65536, dtype=np.uint16).view(np.uint8)].view(np.uint16)
+
+
+def classify(data: np.ndarray) -> np.ndarray:
+    """The class of every byte of `data` (uint8), looked up two bytes at a time."""
+    out = np.empty(data.size, dtype=np.uint8)
+    even = data.size & ~1
+    np.take(_PAIR_TABLE, data[:even].view(np.uint16), out=out[:even].view(np.uint16))
+    if even < data.size:
+        out[even] = _TABLE[data[even]]
+    return out
 
 
 def _show(byte: int) -> str:
@@ -94,7 +107,7 @@ class _Parser:
         if data.size == 0:
             return
         self._data = data
-        classes = _TABLE[data]
+        classes = classify(data)
         ends = np.flatnonzero(data == _NEWLINE)
         self._ends = ends
         starts = ends + 1
@@ -227,27 +240,34 @@ class _Parser:
 
 
 def _inflate(path: Path, raws: Iterable[bytes], limit: int) -> Iterator[bytes]:
-    """Decompress gzip members one after another (plain gzip, concatenated gzip, bgzip), at most `limit` bytes at a time."""
+    """Decompress gzip members one after another (plain gzip, concatenated gzip, bgzip), at most `limit` bytes at a time.
+
+    Input goes to zlib in small slices: zlib copies the input left over after each member, and a bgzip
+    file has a member every 64 KiB, so whole chunks would be copied over and over.
+    """
     member: zlib._Decompress | None = None
     members = 0
     for raw in raws:
-        data = raw
-        while data:
-            if member is None:
-                if members and not data.strip(b"\x00"):
-                    break  # zero padding after the last member, which gzip accepts too
-                member = zlib.decompressobj(wbits=31)
-            try:
-                out = member.decompress(data, limit)
-            except zlib.error as exc:
-                what = "corrupt gzip data" if members == 0 or data[:2] == _GZIP_MAGIC else "data after the gzip stream that is not gzip"
-                raise DataError(f"{path}: {what} ({exc}); fix: {_GZIP_FIX}") from None
-            if out:
-                yield out
-            if member.eof:
-                data, member, members = member.unused_data, None, members + 1
-            else:
-                data = member.unconsumed_tail
+        view = memoryview(raw)
+        for first in range(0, len(view), _INFLATE_SLICE):
+            data: bytes | memoryview = view[first : first + _INFLATE_SLICE]
+            while data:
+                if member is None:
+                    if members and not bytes(data).strip(b"\x00"):
+                        break  # zero padding after the last member, which gzip accepts too
+                    member = zlib.decompressobj(wbits=31)
+                try:
+                    out = member.decompress(data, limit)
+                except zlib.error as exc:
+                    damaged = members == 0 or bytes(data[:2]) == _GZIP_MAGIC
+                    what = "corrupt gzip data" if damaged else "data after the gzip stream that is not gzip"
+                    raise DataError(f"{path}: {what} ({exc}); fix: {_GZIP_FIX}") from None
+                if out:
+                    yield out
+                if member.eof:
+                    data, member, members = member.unused_data, None, members + 1
+                else:
+                    data = member.unconsumed_tail
     while member is not None and not member.eof:  # input ended: drain what inflate still holds
         try:
             out = member.decompress(b"", limit)
@@ -256,6 +276,20 @@ def _inflate(path: Path, raws: Iterable[bytes], limit: int) -> Iterator[bytes]:
         if not out:
             raise DataError(f"{path}: truncated gzip data (the stream ends early); fix: {_GZIP_FIX}")
         yield out
+
+
+def _coalesced(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Join small pieces into chunks of about `size` bytes (fewer, larger array passes)."""
+    pending: list[bytes] = []
+    held = 0
+    for piece in pieces:
+        pending.append(piece)
+        held += len(piece)
+        if held >= size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _stream(path: Path, chunk_bytes: int, hasher: hashlib._Hash, progress: Callable[[int], None] | None) -> Iterator[bytes]:
@@ -278,7 +312,7 @@ def _stream(path: Path, chunk_bytes: int, hasher: hashlib._Hash, progress: Calla
         if len(head) >= 2:
             break
     rest = _chained([head], chunks)
-    yield from _inflate(path, rest, chunk_bytes) if head[:2] == _GZIP_MAGIC else rest
+    yield from _coalesced(_inflate(path, rest, chunk_bytes), chunk_bytes) if head[:2] == _GZIP_MAGIC else rest
 
 
 def _chained(first: list[bytes], then: Iterator[bytes]) -> Iterator[bytes]:
