@@ -175,7 +175,7 @@ def _committed_files(root: Path, ref: str, out: str) -> list[str]:
 
 def changed_inputs(root: Path, ref: str) -> list[str]:
     """Tracked pipeline inputs that differ between `ref` and the working tree."""
-    inputs = ["params.yaml", "dvc.yaml", "geno_pipeline", "pyproject.toml", "requirements.lock", "genomes"]
+    inputs = ["params.yaml", "dvc.yaml", "geno_pipeline", "pyproject.toml", "requirements.lock", "genomes", "examples/genomes"]
     proc = subprocess.run(["git", "diff", "--name-only", ref, "--", *inputs], cwd=root, capture_output=True, text=True)
     return sorted(set(proc.stdout.split())) if proc.returncode == 0 else []
 

@@ -129,3 +129,34 @@ def test_pipeline_preflight_failure_stops_dvc(project: Path, tmp_path: Path) -> 
     report = json.loads((other / "reports" / "preflight.json").read_text())
     assert report["ok"] is False and "accelerator.not_found" in {i["code"] for i in report["issues"]}
     assert not (other / "artifacts" / "train").exists()
+
+
+REAL_GENOME = "genomes/GCF_001457455.1_NCTC11397_genomic.fna.gz"  # -> examples/genomes/ (see its README)
+
+
+@pytest.mark.slow
+def test_pipeline_on_the_vendored_real_genome(project: Path, tmp_path: Path) -> None:
+    """data -> preflight -> train (tiny) -> release -> verify on C. diphtheriae NCTC11397 (RefSeq NZ_LN831026.1)."""
+    other = tmp_path / "real"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))
+    text = (other / "params.yaml").read_text().replace("source: synthetic", "source: fasta")
+    (other / "params.yaml").write_text(text.replace("fasta_path: null", f"fasta_path: {REAL_GENOME}"))
+    first = dvc(other, "repro")
+    assert [line.split("'")[1] for line in first.stdout.splitlines() if line.startswith("Running stage")] == [
+        "data",
+        "preflight",
+        "train",
+        "release",
+    ]
+    assert "data: read 2463666 bases in 1 record (1 used): 0 N (IUPAC codes 0), 0 soft-masked" in first.stdout
+    manifest = json.loads((other / "artifacts" / "dataset" / "dataset_manifest.json").read_text())
+    assert manifest["source"]["fasta_sha256"] == "e9f88cc1a5c1f0e10f372df91852e44630cbeb1d424a34566ed159e5e94850b3"
+    assert [(r["name"], r["length"], r["role"]) for r in manifest["records"]] == [("NZ_LN831026.1", 2463666, "train+valid")]
+    assert manifest["counts"]["candidate_slots"] == 2463666 // (64 + 32)
+    preflight = json.loads((other / "reports" / "preflight.json").read_text())
+    assert preflight["ok"] is True
+    bundle = other / "artifacts" / "release"
+    assert run(["sha256sum", "-c", "--strict", "SHA256SUMS"], bundle).returncode == 0
+    assert "ok" in gp(other, "verify", "artifacts/release").stdout.lower()
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert metadata["params"]["data"]["fasta_path"] == REAL_GENOME

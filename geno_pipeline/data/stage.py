@@ -48,7 +48,8 @@ def summary(layout: Layout, manifest: DatasetManifest) -> list[str]:
         records = manifest.records
         used = [r for r in records if r.role != "excluded"]
         lines.append(
-            f"data: read {manifest.source.reference_bases} bases in {len(records)} records ({len(used)} used): "
+            f"data: read {manifest.source.reference_bases} bases in {len(records)} record{'' if len(records) == 1 else 's'} "
+            f"({len(used)} used): "
             f"{sum(r.n_bases for r in records)} N (IUPAC codes {sum(r.iupac_bases for r in records)}), "
             f"{sum(r.soft_masked_bases for r in records)} soft-masked"
         )
