@@ -72,9 +72,9 @@ def params_text(transform: Callable[[str], str]) -> Callable[[Path], None]:
     return lambda root: (root / "params.yaml").write_text(transform(TINY.read_text())) and None
 
 
-def fasta(content: bytes, name: str = "ref.fa") -> Callable[[Path], None]:
+def fasta(content: bytes, name: str = "ref.fa", **data: object) -> Callable[[Path], None]:
     def mutate(root: Path) -> None:
-        write_params(root, data={"source": "fasta", "fasta_path": f"genomes/{name}"})
+        write_params(root, data={"source": "fasta", "fasta_path": f"genomes/{name}", **data})
         (root / "genomes" / name).write_bytes(content)
 
     return mutate
@@ -363,6 +363,26 @@ CASES = [
     Case("fasta-too-few-slots", fasta(b">r\n" + b"ACGT" * 50 + b"\n"), ("data",), 2, "non-overlapping N-free slots"),
     Case("fasta-all-n", fasta(b">r\n" + b"N" * 40000 + b"\n"), ("data",), 2, "non-overlapping N-free slots"),
     Case("fasta-utf16", fasta(">r\nACGT\n".encode("utf-16")), ("data",), 2, "ref.fa: line 1"),
+    Case("fasta-duplicate-record", fasta(b">a x\nACGT\n>a y\nACGT\n"), ("data",), 2, "line 3: record name 'a' is used again"),
+    Case("fasta-gzip-trailing-garbage", fasta(gzip.compress(b">r\nACGT\n") + b"junk", "ref.fa.gz"), ("data",), 2, "not gzip"),
+    Case("fasta-dash-in-record", fasta(b">r1\nACGT\n>r2\nAC-GT\n"), ("data",), 2, "line 4, column 3: invalid character '-' in record 'r2'"),
+    Case(
+        "fasta-unknown-record",
+        fasta(b">chr1\nACGT\n>chr2\nACGT\n", records=["chr1", "chrM"]),
+        ("data",),
+        2,
+        "data.records names 'chrM', which",
+    ),
+    Case(
+        "fasta-unknown-valid-record",
+        fasta(b">chr1\nACGT\n>chr2\nACGT\n", valid_records=["chrX"]),
+        ("data",),
+        2,
+        "its records are: chr1, chr2 (2 records)",
+    ),
+    Case("params-records-synthetic", params(data={"records": ["chr1"]}), ("data",), 2, "selects FASTA records, but source is not 'fasta'"),
+    Case("params-records-empty", params(data={"records": []}), ("data",), 2, "data.records = []"),
+    Case("params-records-not-list", params(data={"records": "chr1"}), ("data",), 2, "data.records = 'chr1'"),
     # ---------------- dataset
     Case("dataset-missing", remove(DATASET), ("train",), 2, "dataset_manifest.json: missing"),
     Case("dataset-manifest-missing", remove(f"{DATASET}/dataset_manifest.json"), ("train",), 2, "dataset_manifest.json: missing"),
