@@ -246,7 +246,7 @@ def build_windows(params: DataParams, reference: Reference) -> Windows:
             n_bases=r.n_bases,
             iupac_bases=r.iupac_bases,
             soft_masked_bases=r.soft_masked_bases,
-            role=_role(r.offset is not None, held_out is not None and bool(held_out[i]), params.valid_records is not None),
+            role=_role(r.selected, held_out is not None and bool(held_out[i]), params.valid_records is not None),
             candidate_slots=int(per_record[0][i]),
             train_windows=int(per_record[1][i]),
             valid_windows=int(per_record[2][i]),

@@ -139,7 +139,7 @@ class _Parser:
             self.partial, self.partial_start = int(data[last_start]), self.consumed + last_start
         else:
             self.partial = None
-        if self.partial is None or self.partial != _HEADER:
+        if self.partial != _HEADER:
             self.header = bytearray()
         self.lines += int(ends.size)
         self.consumed += int(data.size)
@@ -176,7 +176,7 @@ class _Parser:
         record.length += int(seq.size)
         record.soft_masked_bases += int(np.count_nonzero(seq & LOWER))
         record.iupac_bases += int(np.count_nonzero(seq >= IUPAC))
-        if record.offset is None:
+        if not record.selected:
             record.n_bases += int(np.count_nonzero((seq & CODE_MASK) == N_CODE))
             return
         out = self._reserve(int(seq.size))

@@ -52,7 +52,7 @@ class Reference:
 
     @property
     def selected(self) -> list[RecordStats]:
-        return [r for r in self.records if r.offset is not None]
+        return [r for r in self.records if r.selected]
 
     def sequence(self, record: RecordStats) -> np.ndarray:
         """A selected record's codes (a view)."""

@@ -59,7 +59,7 @@ def candidate_slots(reference: Reference, slot: int) -> Slots:
     starts: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
     records: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
     for index, record in enumerate(reference.records):
-        if record.offset is None:
+        if not record.selected:
             continue
         run_starts, run_ends = n_free_runs(reference.sequence(record))
         found = slot_starts(run_starts, run_ends, slot) + record.offset
