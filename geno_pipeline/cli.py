@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from geno_pipeline.errors import (
     EXIT_CHECKPOINT,
+    EXIT_DISTRIBUTED,
     EXIT_INTERNAL,
     EXIT_INVALID,
     EXIT_OK,
@@ -46,6 +47,7 @@ EXIT_CODES = {
     EXIT_RELEASE_GATE: "a release gate failed; no bundle was written",
     EXIT_VERIFY: "verification failed: bundle, schema or reproducibility mismatch",
     EXIT_STORAGE: "a file could not be written: read-only directory, full disk or permissions (nothing half-written)",
+    EXIT_DISTRIBUTED: "a multi-process run could not start, or a worker died or hung past runtime.dist_timeout_s; all were stopped",
 }
 
 
@@ -241,12 +243,24 @@ def _train_command() -> StageCommand:
     from geno_pipeline.training import stage
 
     def run(loaded: LoadedParams, layout: Layout, args: argparse.Namespace) -> StageResult[Any]:
+        from geno_pipeline.distributed import job_from_env, resolve_backend
+        from geno_pipeline.distributed.group import joined
+        from geno_pipeline.environment import torch_training_device
+
         params = TrainStageParams.from_params(loaded.require())
         expected = stage.preflight_fingerprint(layout)
-        return stage.run(
-            params, layout, resume=args.resume, stop_after_step=args.stop_after_step, progress=not args.no_progress,
-            expected_fingerprint=expected,
-        )  # fmt: skip
+        options: dict[str, Any] = {
+            "resume": args.resume, "stop_after_step": args.stop_after_step, "progress": not args.no_progress,
+            "expected_fingerprint": expected,
+        }  # fmt: skip
+        job = job_from_env(os.environ)
+        if job is None:
+            return stage.run(params, layout, **options)
+        runtime = params.runtime
+        device, _ = torch_training_device(runtime.device, local_rank=job.local_rank)
+        backend = resolve_backend(runtime.dist_backend, device)
+        with joined(job, backend=backend, device=device, timeout_s=runtime.dist_timeout_s) as group:
+            return stage.run(params, layout, group=group, local_rank=job.local_rank, **options)
 
     return StageCommand(
         announce=lambda _loaded: None,
@@ -280,6 +294,8 @@ def run_stage(name: str, command: StageCommand, args: argparse.Namespace) -> int
     if first:
         print(first, flush=True)
     result = command.run(loaded, layout, args)
+    if result.quiet:  # a worker other than rank 0 of a multi-process job: rank 0 prints and writes
+        return STATUS_EXIT[command.status(result.document)]
     for line in command.summary(layout, result.document, args):
         print(line, flush=True)
     if command.persist is not None:
@@ -378,10 +394,39 @@ def _debugging(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def launch_if_needed(args: argparse.Namespace, argv: Sequence[str]) -> int | None:
+    """`train` with runtime.nproc_per_node > 1 outside a job: launch the workers and return the job's exit code.
+
+    None when this process should train itself: one process, or a worker of a job (torchrun's or ours) whose
+    environment names it."""
+    from geno_pipeline.config import LoadedParams
+    from geno_pipeline.distributed import job_from_env, rendezvous_port
+    from geno_pipeline.distributed.launch import die_with_launcher, launch_workers
+
+    if job_from_env(os.environ) is not None:
+        die_with_launcher()
+        return None
+    layout = Layout.for_root(args.root)
+    loaded = LoadedParams.read(args.params if args.params is not None else layout.params)
+    if not loaded.valid or loaded.params.runtime.nproc_per_node == 1:
+        return None  # invalid params: the stage reports them as usual
+    runtime = loaded.params.runtime
+    port = rendezvous_port()
+    print(
+        f"train: launching {runtime.nproc_per_node} workers (backend {runtime.dist_backend}, {runtime.cpu_threads} CPU thread(s) "
+        f"each, rendezvous 127.0.0.1:{port}, collective timeout {runtime.dist_timeout_s} s)",
+        flush=True,
+    )
+    return launch_workers(argv, nproc=runtime.nproc_per_node, port=port, timeout_s=runtime.dist_timeout_s, threads=runtime.cpu_threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES)."""
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
     try:
+        if args.command == "train" and (code := launch_if_needed(args, raw)) is not None:
+            return code
         if args.command in _STAGES:
             return run_stage(args.command, _STAGES[args.command](), args)
         return _HANDLERS[args.command](args)

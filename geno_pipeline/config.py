@@ -33,6 +33,7 @@ __all__ = [
     "params_from_mapping",
     "section_keys",
     "stage_params",
+    "world_size_problems",
 ]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -168,7 +169,13 @@ class RuntimeParams(_Section):
     deterministic: bool = True
     """Apply deterministic algorithms, disable TF32 and cuDNN benchmarking."""
     cpu_threads: int = Field(2, ge=1)
-    """torch intra-op threads; part of the environment fingerprint."""
+    """torch intra-op threads of each worker process; part of the environment fingerprint."""
+    nproc_per_node: int = Field(1, ge=1)
+    """Worker processes on this node; above 1, `geno-pipeline train` launches them itself (torch.distributed.run)."""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend of a multi-process run: `auto` is NCCL on CUDA and gloo on the CPU."""
+    dist_timeout_s: int = Field(300, ge=1)
+    """Seconds a collective (or the rendezvous) waits for a peer before the whole job stops with a message."""
 
     @field_validator("device")
     @classmethod
@@ -176,6 +183,25 @@ class RuntimeParams(_Section):
         if not _DEVICE.match(value):
             raise ValueError("must be one of auto, cpu, cuda, cuda:N")
         return value
+
+    @model_validator(mode="after")
+    def _check(self) -> RuntimeParams:
+        problems: list[tuple[str, Any, str, str]] = []
+        if self.nproc_per_node > 1 and ":" in self.device:
+            problems.append(
+                (
+                    "device",
+                    self.device,
+                    f"names one CUDA device, but nproc_per_node is {self.nproc_per_node} (each worker uses cuda:LOCAL_RANK)",
+                    "set runtime.device: cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES",
+                )
+            )
+        if self.dist_backend == "nccl" and self.device == "cpu":
+            problems.append(
+                ("dist_backend", self.dist_backend, "NCCL needs CUDA devices, but runtime.device is cpu", "use dist_backend: gloo or auto")
+            )
+        _raise_if(problems)
+        return self
 
 
 class PreflightParams(_Section):
@@ -244,7 +270,10 @@ class TrainParams(_Section):
     steps: int = Field(1500, ge=1)
     """Total optimizer steps."""
     batch_size: int = Field(64, ge=1)
-    """Tuples per optimizer step."""
+    """Tuples per optimizer step (the global batch, whatever the number of workers)."""
+    micro_batches: int = Field(1, ge=1)
+    """Fixed split of the batch whose gradients are summed in this order: the bytes depend on it, not on the world size,
+    which must divide it."""
     lr: FiniteFloat = Field(0.001, gt=0)
     """Peak learning rate."""
     weight_decay: FiniteFloat = Field(0.05, ge=0)
@@ -283,6 +312,15 @@ class TrainParams(_Section):
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
         problems: list[tuple[str, Any, str, str]] = []
+        if self.batch_size % self.micro_batches:
+            problems.append(
+                (
+                    "micro_batches",
+                    self.micro_batches,
+                    f"must divide batch_size ({self.batch_size})",
+                    "choose micro_batches that divides batch_size, e.g. 1, 2 or 4",
+                )
+            )
         if self.schedule == "wsd" and self.warmup_steps >= self.steps:
             problems.append(
                 (
@@ -351,6 +389,20 @@ def cross_section_problems(window_length: int, flank_length: int, train: TrainPa
     return problems
 
 
+def world_size_problems(world_size: int, train: TrainParams, *, key: str = "runtime.nproc_per_node") -> list[tuple[str, Any, str, str]]:
+    """Problems of running `train` on `world_size` workers: each takes a whole number of micro-batches."""
+    if train.micro_batches % world_size == 0:
+        return []
+    return [
+        (
+            key,
+            world_size,
+            f"does not divide train.micro_batches ({train.micro_batches}); every worker takes the same number of micro-batches",
+            f"set train.micro_batches to a multiple of {world_size} (it must also divide train.batch_size {train.batch_size})",
+        )
+    ]
+
+
 class Params(_Section):
     """The whole params.yaml: one section per stage."""
 
@@ -369,7 +421,8 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
-        _raise_if(cross_section_problems(self.data.window_length, self.data.flank_length, self.train))
+        problems = cross_section_problems(self.data.window_length, self.data.flank_length, self.train)
+        _raise_if(problems + world_size_problems(self.runtime.nproc_per_node, self.train))
         return self
 
 
@@ -382,6 +435,11 @@ class TrainStageParams(_Section):
     """Training."""
     collapse: CollapseParams = Field(default_factory=CollapseParams)
     """Collapse diagnostics."""
+
+    @model_validator(mode="after")
+    def _world(self) -> TrainStageParams:
+        _raise_if(world_size_problems(self.runtime.nproc_per_node, self.train))
+        return self
 
     @classmethod
     def from_params(cls, params: Params) -> TrainStageParams:

@@ -57,6 +57,15 @@ class EnvironmentFingerprint(Document):
     """CUBLAS_WORKSPACE_CONFIG train applies (CUDA and deterministic only)."""
     tf32: bool
     """Whether TF32 matmuls are allowed."""
+    world_size: int = Field(ge=1)
+    """Worker processes in the job (the launcher's WORLD_SIZE, else runtime.nproc_per_node); the bytes do not depend on it
+    (train.micro_batches fixes the reduction order), but the run identity names it."""
+    nproc_per_node: int = Field(ge=1)
+    """runtime.nproc_per_node."""
+    dist_backend: Literal["gloo", "nccl"] | None
+    """torch.distributed backend of a multi-process run (runtime.dist_backend resolved); null for one process."""
+    dist_timeout_s: int = Field(ge=1)
+    """runtime.dist_timeout_s."""
 
 
 def package_version(distribution: str) -> str | None:
@@ -67,8 +76,10 @@ def package_version(distribution: str) -> str | None:
         return None
 
 
-def build_fingerprint(runtime: RuntimeParams, *, device_kind: str) -> EnvironmentFingerprint:
-    """The fingerprint for the resolved device kind under `runtime` params."""
+def build_fingerprint(runtime: RuntimeParams, *, device_kind: str, world_size: int) -> EnvironmentFingerprint:
+    """The fingerprint for the resolved device kind and world size under `runtime` params."""
+    from geno_pipeline.distributed import resolve_backend
+
     cuda = device_kind.startswith("cuda")
     return EnvironmentFingerprint(
         python=f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -80,6 +91,10 @@ def build_fingerprint(runtime: RuntimeParams, *, device_kind: str) -> Environmen
         cpu_threads=runtime.cpu_threads,
         cublas_workspace_config=CUBLAS_WORKSPACE_CONFIG if (cuda and runtime.deterministic) else None,
         tf32=False,
+        world_size=world_size,
+        nproc_per_node=runtime.nproc_per_node,
+        dist_backend=resolve_backend(runtime.dist_backend, device_kind) if world_size > 1 else None,  # type: ignore[arg-type]
+        dist_timeout_s=runtime.dist_timeout_s,
     )
 
 
@@ -107,12 +122,16 @@ def device_kind(device: str, *, name: str | None, capability: str | None) -> str
     return f"cuda:{name}:sm_{capability.replace('.', '')}"
 
 
-def torch_training_device(requested: str) -> tuple[str, str]:
-    """(device, device kind) for training, asking torch; raises `TrainingError` when a CUDA device is not usable."""
+def torch_training_device(requested: str, *, local_rank: int = 0) -> tuple[str, str]:
+    """(device, device kind) for training, asking torch; raises `TrainingError` when a CUDA device is not usable.
+
+    A worker of a multi-process job on CUDA uses `cuda:<local_rank>`."""
     import torch
 
     usable = bool(torch.cuda.is_available())
     device = resolve_device(requested, cuda_usable=usable)
+    if local_rank and device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
     index = requested_cuda_index(device)
     if index is None:
         return device, device_kind(device, name=None, capability=None)

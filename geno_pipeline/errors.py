@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_CHECKPOINT",
+    "EXIT_DISTRIBUTED",
     "EXIT_INTERNAL",
     "EXIT_INVALID",
     "EXIT_OK",
@@ -15,6 +16,7 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "DataError",
+    "DistributedError",
     "GenoPipelineError",
     "PreflightError",
     "ReleaseError",
@@ -36,6 +38,7 @@ EXIT_CHECKPOINT = 5
 EXIT_RELEASE_GATE = 6
 EXIT_VERIFY = 7
 EXIT_STORAGE = 8
+EXIT_DISTRIBUTED = 9
 
 
 def shorten(text: str, limit: int = 80) -> str:
@@ -103,3 +106,9 @@ class StorageError(GenoPipelineError):
     """A file could not be written or read back: read-only directory, full disk, permissions. Nothing is half-written."""
 
     exit_code = EXIT_STORAGE
+
+
+class DistributedError(TrainingError):
+    """A multi-process run could not start, or a worker died or hung past `runtime.dist_timeout_s`; the job stopped."""
+
+    exit_code = EXIT_DISTRIBUTED

@@ -31,6 +31,7 @@ class StageResult(Generic[DocT]):
 
     document: DocT
     facts: Mapping[str, Fact] = field(default_factory=dict)
+    quiet: bool = False  # a worker other than rank 0: the CLI prints and writes nothing for it
 
 
 class RuntimeReport(Document):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from geno_pipeline.config import LoadedParams
+from geno_pipeline.distributed import planned_world_size
 from geno_pipeline.environment import build_fingerprint
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
@@ -23,7 +24,9 @@ _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
 def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout, output: Path) -> None:
     """reports/preflight.json (volatile), artifacts/preflight/environment.json and outcome.json (deterministic)."""
     write_json(output, report, schema="preflight_report")
-    fingerprint = build_fingerprint(loaded.params.runtime, device_kind=fingerprint_device_kind(report.accelerator))
+    runtime = loaded.params.runtime
+    world = planned_world_size(runtime.nproc_per_node)
+    fingerprint = build_fingerprint(runtime, device_kind=fingerprint_device_kind(report.accelerator), world_size=world)
     write_json(layout.environment, fingerprint, schema="environment")
     write_json(layout.preflight_outcome, outcome_of(report), schema="preflight_outcome")
 

@@ -59,6 +59,8 @@ class Bindings(Document):
     """geno-pipeline version."""
     environment_sha256: str
     """Hash of the environment fingerprint."""
+    world_size: int = Field(ge=1)
+    """Worker processes of the run; a resume must have the same."""
 
 
 class LogRecord(Document):
@@ -253,6 +255,11 @@ def _binding_problems(state: CheckpointState, expected: Expected) -> list[str]:
                 f"params_sha256: checkpoint has {have[key]}, this run has {want[key]}"
             ]
             diffs += [f"params {d}" for d in detail]
+        elif key == "world_size" and have.get(key) != want[key]:
+            diffs.append(
+                f"world_size: checkpoint was written by {have.get(key)} worker(s), this run has {want[key]}; a checkpoint resumes "
+                f"only at its own world size (set runtime.nproc_per_node: {have.get(key)}, or launch that many workers)"
+            )
         elif have.get(key) != want[key]:
             diffs.append(f"{key}: checkpoint has {have.get(key)!r}, this run has {want[key]!r}")
     if state.steps_total != expected.steps_total:

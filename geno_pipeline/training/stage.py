@@ -6,6 +6,7 @@ Durations and throughput are returned as facts for reports/runtime/train.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -21,9 +22,11 @@ from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes, sha256_file
 from geno_pipeline.config import Params, TrainParams, TrainStageParams, cross_section_problems
 from geno_pipeline.data.dataset import Dataset, load_dataset
+from geno_pipeline.distributed import micro_batch_slices, shard_range
+from geno_pipeline.distributed.group import Collective, LocalGroup
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint, torch_training_device
-from geno_pipeline.errors import TrainingError
+from geno_pipeline.errors import DistributedError, TrainingError
 from geno_pipeline.fsio import atomic_write_bytes
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
@@ -35,6 +38,7 @@ from geno_pipeline.training.checkpoint import (
     CheckpointState,
     Expected,
     SamplerState,
+    checkpoint_dir_name,
     group_states,
     list_checkpoints,
     load_checkpoint,
@@ -61,7 +65,7 @@ from geno_pipeline.training.model import WorldModel, build_world_model
 from geno_pipeline.training.progress import Progress
 from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
 from geno_pipeline.training.trainer import TorchTrainer, TorchTrainerStepResult, build_adamw_optimizer
-from geno_pipeline.training.tuples import TupleSampler
+from geno_pipeline.training.tuples import TupleSampler, take_rows
 from geno_pipeline.version import __version__
 
 __all__ = ["LoopOutcome", "ModelFactory", "TrainingRun", "preflight_fingerprint", "run", "run_training", "summary"]
@@ -97,9 +101,11 @@ class TrainingRun:
     optimizer: torch.optim.AdamW
     trainer: TorchTrainer
     sampler: TupleSampler
-    held: HeldOut
+    held: HeldOut | None  # rank 0 only: evaluation runs once, on the full held-out batch
     logs: RunLogs
     monitor: CollapseMonitor
+    group: Collective
+    shards: list[slice]  # this rank's micro-batches: rows of the global batch
     lines: list[CollapseLine] = field(default_factory=list)
     start: int = 0
     resumed_from: Path | None = None
@@ -108,6 +114,11 @@ class TrainingRun:
     @property
     def train(self) -> TrainParams:
         return self.params.train
+
+    @property
+    def writer(self) -> bool:
+        """Rank 0 writes every output; the other ranks write nothing."""
+        return self.group.rank == 0
 
     def parameters_by_name(self) -> dict[str, torch.nn.Parameter]:
         """The optimizer's parameters by the names its groups list (how checkpoints name their state)."""
@@ -118,7 +129,8 @@ class TrainingRun:
         return dict(json.loads(canonical_json(self.params)))
 
     def observe(self, step: int) -> CollapseLine:
-        """Evaluate the held-out batch, feed the collapse monitor and append the collapse line."""
+        """Evaluate the held-out batch, feed the collapse monitor and append the collapse line (rank 0)."""
+        assert self.held is not None, "only rank 0 evaluates"
         ev = evaluate(self.model, self.held)
         check = self.monitor.observe(ev.prediction, ev.target, kl_reg=ev.kl_reg, step=step, force=True)
         assert check is not None and self.monitor.initial_pairwise_pred_dist_mean is not None
@@ -177,9 +189,10 @@ def check_cross_section(params: TrainStageParams, dataset: Dataset) -> None:
         )
 
 
-def run_identity(params: TrainStageParams, dataset: Dataset) -> str:
-    """`run-<16 hex>` from the params, the dataset and the package version (the exact source is in `source_digest`)."""
-    return "run-" + sha256_bytes(f"{params.sha256()}:{dataset.manifest_sha256}:{__version__}".encode())[:16]
+def run_identity(params: TrainStageParams, dataset: Dataset, world_size: int) -> str:
+    """`run-<16 hex>` from the params, the dataset, the package version and the world size (the exact source is in
+    `source_digest`)."""
+    return "run-" + sha256_bytes(f"{params.sha256()}:{dataset.manifest_sha256}:{__version__}:world={world_size}".encode())[:16]
 
 
 def _default_model(train: TrainParams, window_length: int, seeds: TrainerSeeds) -> WorldModel:
@@ -195,39 +208,55 @@ def _check_fingerprint(expected: EnvironmentFingerprint | None, actual: Environm
 
 
 def setup(
-    params: TrainStageParams, layout: Layout, *, expected_fingerprint: EnvironmentFingerprint | None, model_factory: ModelFactory | None
+    params: TrainStageParams,
+    layout: Layout,
+    *,
+    expected_fingerprint: EnvironmentFingerprint | None,
+    model_factory: ModelFactory | None,
+    group: Collective | None = None,
+    local_rank: int = 0,
 ) -> TrainingRun:
     """Load and check the inputs, apply determinism, and build the model, optimizer, sampler and held-out batch."""
     runtime, train = params.runtime, params.train
-    for leftover in layout.sweep_stage_temporaries("train"):
-        print(f"train: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
+    group = group if group is not None else LocalGroup()
+    if train.micro_batches % group.size:
+        raise DistributedError(
+            f"{group.size} workers cannot share train.micro_batches = {train.micro_batches} evenly; "
+            f"fix: set train.micro_batches to a multiple of {group.size}, or launch a world size that divides it"
+        )
+    if group.rank == 0:
+        for leftover in layout.sweep_stage_temporaries("train"):
+            print(f"train: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
     dataset = load_dataset(layout.dataset_dir)
     check_cross_section(params, dataset)
-    device, kind = torch_training_device(runtime.device)
+    device, kind = torch_training_device(runtime.device, local_rank=local_rank)
     seeds = TrainerSeeds.from_base(train.seed)
     determinism = configure_torch_reproducibility(
         train.seed, deterministic=runtime.deterministic, device=device, cpu_threads=runtime.cpu_threads
     )
-    fingerprint = build_fingerprint(runtime, device_kind=kind)
+    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=group.size)
     _check_fingerprint(expected_fingerprint, fingerprint)
     bindings = Bindings(
         params_sha256=params.sha256(),
         dataset_manifest_sha256=dataset.manifest_sha256,
         package_version=__version__,
         environment_sha256=sha256_bytes(canonical_json(fingerprint).encode()),
+        world_size=group.size,
     )
+    slices = micro_batch_slices(train.batch_size, train.micro_batches)
     window = dataset.manifest.counts.window_length
     model = (model_factory or _default_model)(train, window, seeds).to(device)
     optimizer = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
     weights, mix = edit_type_weights_from_mapping(train.edit_type_weights), rollout_mix_from_mapping(train.rollout_step_mix)
     return TrainingRun(
         params=params, layout=layout, dataset=dataset, device=device, seeds=seeds, determinism=determinism, fingerprint=fingerprint,
-        bindings=bindings, run_id=run_identity(params, dataset), model=model, optimizer=optimizer,
+        bindings=bindings, run_id=run_identity(params, dataset, group.size), model=model, optimizer=optimizer,
         trainer=TorchTrainer(predictor=model.predictor, action_encoder=model.action_encoder, optimizer=optimizer, config=train,
-                             total_steps=train.steps),
+                             total_steps=train.steps, group=group),
         sampler=TupleSampler(seeds.sampler, window_length=window, weights=weights, mix=mix),
-        held=build_held_out(model, dataset, train, params.collapse, seeds, device),
+        held=build_held_out(model, dataset, train, params.collapse, seeds, device) if group.rank == 0 else None,
         logs=RunLogs(layout), monitor=CollapseMonitor.from_params(params.collapse),
+        group=group, shards=[slices[j] for j in shard_range(train.micro_batches, group.size, group.rank)],
     )  # fmt: skip
 
 
@@ -270,21 +299,36 @@ def start_fresh(run: TrainingRun) -> None:
         f"run {run.run_id}: {train.steps} steps, batch {train.batch_size}, device {run.device}, dataset {run.dataset.manifest.dataset_id}"
     )
     line = run.observe(0)
+    assert run.held is not None
     run.logs.log(
         f"step 0 held-out loss {line.heldout_loss:.6f} (identity baseline {run.held.identity_loss:.6f}), "
         f"pairwise baseline {line.baseline_pairwise_pred_dist_mean:.6f}"
     )
 
 
+def agreed_checkpoint(run: TrainingRun, resume: str | Path | None) -> Path | None:
+    """The checkpoint every rank resumes from; with `auto`, rank 0 lists the directory and tells the others the step."""
+    if resume != "auto":
+        return None if resume is None else Path(resume)
+    chosen = _checkpoint_to_resume(run.layout, resume) if run.writer else None
+    if run.group.size == 1:
+        return chosen
+    step = run.group.broadcast_int(-1 if chosen is None else int(chosen.name.removeprefix("step-")))
+    return None if step < 0 else run.layout.checkpoints / checkpoint_dir_name(step)
+
+
 def resume_from(run: TrainingRun, path: Path) -> None:
-    """Restore model, optimizer, sampler, logs and monitor from a verified checkpoint."""
+    """Restore model, optimizer, sampler, logs and monitor from a verified checkpoint (every rank reads it; rank 0 alone
+    cuts the logs back)."""
     loaded = load_checkpoint(path, expected=expected_checkpoint(run))
     run.model.load_state_dict(loaded.model)
     restore_optimizer(run.optimizer, loaded.optimizer, loaded.state.optimizer_groups, run.parameters_by_name())
     run.sampler.set_state(loaded.state.sampler.model_dump())
+    run.start, run.last_loss, run.resumed_from = loaded.state.step, loaded.state.last_train_loss, path
+    if not run.writer:
+        return
     run.logs.truncate_to(loaded.state.logs)
     run.layout.final_model.unlink(missing_ok=True)
-    run.start, run.last_loss, run.resumed_from = loaded.state.step, loaded.state.last_train_loss, path
     run.monitor.initial_pairwise_pred_dist_mean = loaded.state.monitor_baseline_pairwise
     run.lines = run.logs.collapse_lines()
     # not in train.log: a resumed run's logs must equal the straight run's
@@ -312,37 +356,62 @@ def _log_observation(run: TrainingRun, step: int, result: TorchTrainerStepResult
         run.logs.log(f"step {step} COLLAPSE ALERT {a.criterion} = {a.value:.6g} {relation} threshold {a.threshold:.6g}")
 
 
+def ranks_agree(run: TrainingRun, step: int) -> None:
+    """Every rank holds the same weights (they apply the same summed gradient); checked before each checkpoint."""
+    if run.group.size == 1:
+        return
+    data = b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in run.model.state_dict().values())
+    digest = int.from_bytes(hashlib.sha256(data).digest()[:7], "big")
+    digests = run.group.gather_rows(torch.tensor([[digest]], dtype=torch.int64)).flatten().tolist()
+    if len(set(digests)) != 1:
+        raise DistributedError(
+            f"step {step}: the workers' weights differ ({', '.join(f'rank {r}: {d:014x}' for r, d in enumerate(digests))}); "
+            "fix: this is a bug or a mixed environment (different torch builds or thread counts per worker); report it"
+        )
+
+
 def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
-    """Steps `start + 1 .. train.steps`: update, log, observe, checkpoint; returns how the loop ended."""
+    """Steps `start + 1 .. train.steps`: update, log, observe, checkpoint; returns how the loop ended.
+
+    Every rank draws the same global batch and computes its own micro-batches of it; rank 0 alone logs, evaluates and
+    writes checkpoints, and tells the others when a collapse alert halts the run."""
     train, collapse = run.train, run.params.collapse
-    bar = Progress(train.steps, run.start, enabled=progress)
+    bar = Progress(train.steps, run.start, enabled=progress and run.writer)
     step_seconds, steps_run = 0.0, 0
     outcome: LoopOutcome | None = None
     for step in range(run.start + 1, train.steps + 1):
-        batch = encode_batch(run.model, run.sampler.draw(run.dataset.train, train.batch_size), run.device)
+        batch = run.sampler.draw(run.dataset.train, train.batch_size)
+        shards = [encode_batch(run.model, take_rows(batch, rows), run.device) for rows in run.shards]
         ts = time.perf_counter()
-        result = run.trainer.train_step(batch, step=step)
+        result = run.trainer.train_step(shards, step=step, action_count=int(batch.mask.sum()))
         step_seconds += time.perf_counter() - ts
         steps_run += 1
-        if not result.finite:
+        if not result.finite:  # every rank holds the same summed gradient, so every rank stops here
             message = _nonfinite_message(step, result)
-            run.logs.log(f"step {step} FAILED: {message}")
+            if run.writer:
+                run.logs.log(f"step {step} FAILED: {message}")
             outcome = LoopOutcome("failed_nonfinite", message, step - 1, steps_run, step_seconds)
             break
         run.last_loss = result.loss
-        run.logs.metrics(MetricsLine(step=step, loss=result.loss, pred_loss=result.pred_loss, kl_reg=result.kl_reg,
-                                     lr_multiplier=result.lr_multiplier, grad_norm=result.grad_norm))  # fmt: skip
-        bar.update(step, result.loss)
+        if run.writer:
+            run.logs.metrics(MetricsLine(step=step, loss=result.loss, pred_loss=result.pred_loss, kl_reg=result.kl_reg,
+                                         lr_multiplier=result.lr_multiplier, grad_norm=result.grad_norm))  # fmt: skip
+            bar.update(step, result.loss)
         halt = False
         if run.monitor.should_log(step) or step == train.steps:
-            line = run.observe(step)
-            _log_observation(run, step, result, line)
-            halt = bool(line.alerts) and collapse.on_alert == "halt"
+            if run.writer:
+                line = run.observe(step)
+                _log_observation(run, step, result, line)
+                halt = bool(line.alerts) and collapse.on_alert == "halt"
+            if collapse.on_alert == "halt":
+                halt = bool(run.group.broadcast_int(int(halt)))
         scheduled = step % train.checkpoint_every_steps == 0 or step == train.steps
         if scheduled or halt or step == stop_after_step:
-            run.checkpoint(step, scheduled=scheduled)
+            ranks_agree(run, step)
+            if run.writer:
+                run.checkpoint(step, scheduled=scheduled)
         if halt:
-            criteria = ", ".join(a.criterion for a in run.lines[-1].alerts)
+            criteria = ", ".join(a.criterion for a in run.lines[-1].alerts) if run.writer else "see rank 0"
             message = (
                 f"collapse alert at step {step} ({criteria}) with collapse.on_alert: halt; checkpoint kept; "
                 "see artifacts/train/collapse.jsonl"
@@ -404,6 +473,7 @@ def finish(run: TrainingRun, outcome: LoopOutcome) -> TrainingReport:
     summary = summarize_collapse(run.lines)
     last = run.lines[-1] if run.lines else None
     heldout = last.heldout_loss if last is not None and last.step > 0 else None
+    assert run.held is not None, "rank 0 finishes"
     identity = run.held.identity_loss
     report = TrainingReport(
         run_id=run.run_id, status=outcome.status, message=outcome.message, steps_requested=run.train.steps,
@@ -439,24 +509,34 @@ def run(
     progress: bool = False,
     expected_fingerprint: EnvironmentFingerprint | None = None,
     model_factory: ModelFactory | None = None,
-) -> StageResult[TrainingReport]:
-    """Train (or resume) to `train.steps`; writes artifacts/train, reports/train.json, reports/metrics.json and plots."""
+    group: Collective | None = None,
+    local_rank: int = 0,
+) -> StageResult[TrainingReport | LoopOutcome]:
+    """Train (or resume) to `train.steps`; writes artifacts/train, reports/train.json, reports/metrics.json and plots.
+
+    In a multi-process job (`group`), rank 0 returns the report and writes everything; the other ranks return how
+    their loop ended, write nothing and ask the CLI to print nothing (`quiet`)."""
     stage_params = TrainStageParams.from_params(params) if isinstance(params, Params) else params
     if stop_after_step is not None and not 1 <= stop_after_step <= stage_params.train.steps:
         raise TrainingError(f"--stop-after-step {stop_after_step} is outside 1..train.steps ({stage_params.train.steps})")
-    training = setup(stage_params, layout, expected_fingerprint=expected_fingerprint, model_factory=model_factory)
-    checkpoint = _checkpoint_to_resume(layout, resume)
-    if checkpoint is None:
-        start_fresh(training)
-    else:
+    training = setup(
+        stage_params, layout, expected_fingerprint=expected_fingerprint, model_factory=model_factory, group=group, local_rank=local_rank
+    )
+    checkpoint = agreed_checkpoint(training, resume)
+    if checkpoint is not None:
         resume_from(training, checkpoint)
+    elif training.writer:
+        start_fresh(training)
     outcome = train_loop(training, stop_after_step=stop_after_step, progress=progress)
+    if not training.writer:
+        return StageResult(outcome, {}, quiet=True)
     report = finish(training, outcome)
     facts = {
         "steps_run": outcome.steps_run,
         "resumed_from_step": training.start,
         "status": report.status,
         "device": report.device,
+        "world_size": training.group.size,
         "train_step_seconds": round(outcome.step_seconds, 4),
         "steps_per_second": round(outcome.steps_run / outcome.step_seconds, 3) if outcome.step_seconds > 0 else None,
     }
@@ -465,7 +545,10 @@ def run(
 
 def run_training(params: TrainStageParams | Params, layout: Layout, **options: object) -> TrainingReport:
     """Programmatic form of the stage (seed API name): the report also written to reports/train.json."""
-    return run(params, layout, **options).document  # type: ignore[arg-type]
+    document = run(params, layout, **options).document  # type: ignore[arg-type]
+    if not isinstance(document, TrainingReport):
+        raise TrainingError("run_training returns rank 0's report; call `run` on the other ranks of a multi-process job")
+    return document
 
 
 def summary(report: TrainingReport) -> list[str]:

@@ -1,4 +1,4 @@
-"""The optimizer step: masked rollout loss + KL regulariser, AdamW, WSD learning rate, clipping."""
+"""The optimizer step: masked rollout loss + KL regulariser over the global batch, AdamW, WSD learning rate, clipping."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from geno_pipeline.config import TrainParams
 from geno_pipeline.data.edits import RelEdit
+from geno_pipeline.distributed import ordered_sum
+from geno_pipeline.distributed.group import Collective, LocalGroup
 from geno_pipeline.training.model import rollout
 from geno_pipeline.training.schedule import set_optimizer_lr
 
@@ -19,9 +21,12 @@ __all__ = [
     "TorchTrainerBatch",
     "TorchTrainerStepResult",
     "build_adamw_optimizer",
+    "flat_grad",
     "gaussian_kl",
+    "global_kl_terms",
     "make_action_mask",
     "masked_prediction_loss",
+    "set_flat_grad",
 ]
 
 
@@ -47,7 +52,6 @@ class TorchTrainerStepResult:
     pred_loss: float
     kl_reg: float
     action_count: int
-    pred_var_per_dim: float
     grad_norm: float
 
     @property
@@ -109,46 +113,113 @@ def build_adamw_optimizer(*, predictor: nn.Module, action_encoder: nn.Module, co
 
 
 class TorchTrainer:
-    """Minimal optimizer loop for predictor training on encoded batches."""
+    """The optimizer step over a global batch cut into micro-batches, on one process or several.
+
+    Each micro-batch's loss is normalised by the global count of real rollout steps, and the KL term is the KL of the
+    global batch's statistics: its mean and variance are summed from per-micro-batch partial sums in micro-batch
+    order, and each micro-batch backpropagates the exact first-order share of the global KL (see `global_kl_terms`).
+    Per-micro-batch gradients are gathered and summed in micro-batch order (`ordered_sum`), so the update is the same
+    bits for any world size that divides the micro-batch count.
+    """
 
     def __init__(
-        self, *, predictor: nn.Module, action_encoder: nn.Module, optimizer: torch.optim.Optimizer, config: TrainParams, total_steps: int
+        self,
+        *,
+        predictor: nn.Module,
+        action_encoder: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: TrainParams,
+        total_steps: int,
+        group: Collective | None = None,
     ) -> None:
         self.predictor = predictor
         self.action_encoder = action_encoder
         self.optimizer = optimizer
         self.config = config
         self.total_steps = total_steps
+        self.group: Collective = group if group is not None else LocalGroup()
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
 
-    def train_step(self, batch: TorchTrainerBatch, *, step: int) -> TorchTrainerStepResult:
-        """One optimizer step; on a non-finite loss or gradient the weights are left untouched."""
-        cfg = self.config
+    def train_step(
+        self, shards: TorchTrainerBatch | Sequence[TorchTrainerBatch], *, step: int, action_count: int | None = None
+    ) -> TorchTrainerStepResult:
+        """One optimizer step on this rank's micro-batches of the global batch; on a non-finite loss or gradient the weights
+        are left untouched. `action_count` is the global batch's number of real rollout steps (default: these shards')."""
+        cfg, group = self.config, self.group
+        shards = [shards] if isinstance(shards, TorchTrainerBatch) else list(shards)
+        count = int(sum(int(s.action_mask.sum()) for s in shards)) if action_count is None else action_count
+        n = float(max(count, 1))
         multiplier = set_optimizer_lr(
             self.optimizer, step=step, total_steps=self.total_steps, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule
         )
         self.predictor.train()
         self.action_encoder.train()
-        prediction = rollout(self.predictor, self.action_encoder, batch.state, batch.actions)
-        pred_loss = masked_prediction_loss(prediction, batch.target, batch.action_mask)
-        kl = gaussian_kl(prediction, batch.action_mask)
-        loss = pred_loss + cfg.kl_weight * kl
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        predictions, weights, err_sums, first = [], [], [], []
+        for shard in shards:
+            prediction = rollout(self.predictor, self.action_encoder, shard.state, shard.actions)
+            w = shard.action_mask.to(prediction.dtype).unsqueeze(-1)
+            err_sums.append(((prediction - shard.target).pow(2).mean(dim=-1) * w.squeeze(-1)).sum())
+            first.append((prediction * w).sum(dim=(0, 1)))
+            predictions.append(prediction)
+            weights.append(w)
+        dim = predictions[0].shape[-1]
+        # pass 1: sum of predictions and of squared errors per micro-batch -> global mean and prediction loss
+        partial = [torch.cat((f.detach(), e.detach()[None])) for f, e in zip(first, err_sums, strict=True)]
+        totals = ordered_sum(group.gather_rows(torch.stack(partial)))
+        mu, pred_loss = totals[:dim] / n, totals[dim] / n
+        # pass 2: centred second moments about the global mean -> global variance
+        second = [((p - mu).pow(2) * w).sum(dim=(0, 1)) for p, w in zip(predictions, weights, strict=True)]
+        var = ordered_sum(group.gather_rows(torch.stack([s.detach() for s in second]))) / n + KL_EPS
+        kl, grad_mu, grad_var = global_kl_terms(mu, var)
+        rows = []
+        for err_sum, f, s in zip(err_sums, first, second, strict=True):
+            surrogate = err_sum / n + cfg.kl_weight * ((grad_mu * f).sum() + (grad_var * s).sum()) / n
+            self.optimizer.zero_grad(set_to_none=True)
+            surrogate.backward()
+            rows.append(flat_grad(self._params))
+        total_grad = ordered_sum(group.gather_rows(torch.stack(rows)))
+        set_flat_grad(self._params, total_grad)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip_norm))
-        loss_value = float(loss.detach())
+        loss = pred_loss + cfg.kl_weight * kl
+        loss_value = float(loss)
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             self.optimizer.step()
-        with torch.no_grad():
-            last = prediction[:, 0].detach()
-            pred_var = float(last.var(dim=0, unbiased=False).mean())
         return TorchTrainerStepResult(
             step=step,
             lr_multiplier=multiplier,
             loss=loss_value,
-            pred_loss=float(pred_loss.detach()),
-            kl_reg=float(kl.detach()),
-            action_count=int(batch.action_mask.sum()),
-            pred_var_per_dim=pred_var,
+            pred_loss=float(pred_loss),
+            kl_reg=float(kl),
+            action_count=count,
             grad_norm=grad_norm,
         )
+
+
+KL_EPS = 1e-6
+
+
+def global_kl_terms(mu: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The KL of N(mu, var) to N(0, 1) averaged over dims, and its derivatives d/dmu and d/dvar.
+
+    With mu and var the global batch's statistics, a micro-batch's surrogate `(dKL/dmu . S1_j + dKL/dvar . S2_j) / n`
+    (S1_j its masked sum of predictions, S2_j its masked sum of squared deviations from mu) has exactly the gradient of
+    the global KL with respect to that micro-batch's predictions: d var / d p_i = 2 w_i (p_i - mu) / n, because the
+    deviations from the global mean sum to zero.
+    """
+    dim = mu.shape[-1]
+    kl = (0.5 * (var + mu.pow(2) - 1.0 - torch.log(var))).mean()
+    return kl, mu / dim, 0.5 * (1.0 - 1.0 / var) / dim
+
+
+def flat_grad(params: Sequence[Tensor]) -> Tensor:
+    """Every parameter's gradient (zeros where none) as one flat vector, in parameter order."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def set_flat_grad(params: Sequence[Tensor], flat: Tensor) -> None:
+    """Write a `flat_grad`-shaped vector back into the parameters' `.grad`."""
+    offset = 0
+    for p in params:
+        size = p.numel()
+        p.grad = flat[offset : offset + size].view_as(p).clone()
+        offset += size

@@ -21,7 +21,7 @@ from geno_pipeline.training.sampling import (
     sample_rollout_steps_array,
 )
 
-__all__ = ["TupleBatch", "TupleSampler", "draw_tuples"]
+__all__ = ["TupleBatch", "TupleSampler", "draw_tuples", "take_rows"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,19 @@ def draw_tuples(
         rollout_steps=ks,
         window_ids=tuple(f"{split}:{int(r)}" for r in rows),
         rel_edits=tuple(all_edits),
+    )
+
+
+def take_rows(batch: TupleBatch, rows: slice) -> TupleBatch:
+    """The examples `rows` of a batch (a micro-batch); K_max stays the whole batch's, so every micro-batch has the same shape."""
+    return TupleBatch(
+        sources=batch.sources[rows],
+        targets=batch.targets[rows],
+        actions=batch.actions[rows],
+        mask=batch.mask[rows],
+        rollout_steps=batch.rollout_steps[rows],
+        window_ids=batch.window_ids[rows],
+        rel_edits=batch.rel_edits[rows],
     )
 
 

@@ -1,0 +1,142 @@
+"""The process group a training run talks through: one process (`LocalGroup`) or a torch.distributed job (`TorchGroup`).
+
+The trainer only gathers rows and broadcasts small integers: all-gather copies bytes and does no arithmetic, so the
+result does not depend on the algorithm a backend picks (gloo's all-reduce is not deterministic, pytorch#36871).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+from geno_pipeline.distributed import JobEnv
+from geno_pipeline.errors import DistributedError
+
+__all__ = ["Collective", "LocalGroup", "TorchGroup", "joined"]
+
+T = TypeVar("T")
+
+
+class Collective(Protocol):
+    """What training needs from the process group."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def backend(self) -> str | None: ...
+
+    def gather_rows(self, rows: Tensor) -> Tensor:
+        """Every rank's `[m, X]` rows stacked in rank order: `[size * m, X]` on every rank."""
+        ...
+
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's `value` on every rank."""
+        ...
+
+
+class LocalGroup:
+    """A single process: gathering returns the rows, broadcasting returns the value."""
+
+    rank = 0
+    size = 1
+    backend: str | None = None
+
+    def gather_rows(self, rows: Tensor) -> Tensor:
+        return rows
+
+    def broadcast_int(self, value: int) -> int:
+        return value
+
+
+class TorchGroup:
+    """A joined torch.distributed job; a failed or timed-out collective becomes a `DistributedError`."""
+
+    def __init__(self, job: JobEnv, backend: str, device: str, timeout_s: int) -> None:
+        self.job = job
+        self.backend = backend
+        self.timeout_s = timeout_s
+        # gloo gathers CPU tensors; NCCL gathers on the worker's device
+        self.comm_device = torch.device(device if backend == "nccl" else "cpu")
+
+    @property
+    def rank(self) -> int:
+        return self.job.rank
+
+    @property
+    def size(self) -> int:
+        return self.job.world_size
+
+    def _guard(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (RuntimeError, ValueError) as exc:  # DistBackendError and DistNetworkError are RuntimeErrors
+            text = " ".join(str(exc).split())[:300]
+            raise DistributedError(
+                f"rank {self.rank} of {self.size}: {what} failed ({type(exc).__name__}: {text}); another worker died, or hung longer "
+                f"than runtime.dist_timeout_s ({self.timeout_s} s); fix: find the worker's error above, then resume with "
+                "`geno-pipeline train --resume auto`"
+            ) from None
+
+    def gather_rows(self, rows: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        send = rows.detach().to(self.comm_device).contiguous()
+        parts = [torch.empty_like(send) for _ in range(self.size)]
+        self._guard("all_gather", lambda: dist.all_gather(parts, send))
+        return torch.cat(parts).to(rows.device)
+
+    def broadcast_int(self, value: int) -> int:
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.comm_device)
+        self._guard("broadcast", lambda: dist.broadcast(tensor, src=0))
+        return int(tensor.item())
+
+
+@contextmanager
+def joined(job: JobEnv | None, *, backend: str, device: str, timeout_s: int) -> Iterator[Collective]:
+    """Join `job` (init_process_group from the environment) for the block; a `LocalGroup` when `job` is None."""
+    if job is None:
+        yield LocalGroup()
+        return
+    import torch.distributed as dist
+
+    available = {"gloo": dist.is_available() and dist.is_gloo_available(), "nccl": dist.is_available() and dist.is_nccl_available()}
+    if not available.get(backend, False):
+        raise DistributedError(
+            f"torch.distributed backend {backend!r} is not available in this torch build; fix: set runtime.dist_backend: "
+            f"{'gloo' if backend == 'nccl' else 'auto'} (NCCL needs a CUDA build of torch and CUDA devices)"
+        )
+    device_id = None
+    if backend == "nccl":
+        torch.cuda.set_device(job.local_rank)
+        device_id = torch.device(f"cuda:{job.local_rank}")
+    group = TorchGroup(job, backend, device, timeout_s)
+    group._guard(
+        f"joining the job at {job.master_addr}:{job.master_port}",
+        lambda: dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=job.rank,
+            world_size=job.world_size,
+            timeout=dt.timedelta(seconds=timeout_s),
+            device_id=device_id,
+        ),
+    )
+    try:
+        yield group
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception as exc:  # a peer already gone: nothing left to tear down cleanly
+            print(f"train: rank {job.rank}: process group teardown: {type(exc).__name__}", file=sys.stderr)

@@ -1,0 +1,112 @@
+"""`geno-pipeline train` with runtime.nproc_per_node > 1: start the workers through torch.distributed.run's launcher API.
+
+Each worker runs `python -m geno_pipeline train ...` with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set,
+so it joins the job exactly as under `torchrun`. The launcher watches them every 0.1 s: when one exits or is killed it
+stops the others and this process exits non-zero. Workers ask the kernel to kill them if the launcher itself dies, so
+no worker outlives the job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from geno_pipeline.errors import EXIT_DISTRIBUTED, EXIT_INTERNAL, EXIT_INVALID, DistributedError
+
+__all__ = ["LAUNCHER_PID_ENV", "WorkerExit", "describe_exit", "die_with_launcher", "exit_code_of", "launch_workers"]
+
+LAUNCHER_PID_ENV = "GENO_PIPELINE_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How one worker ended (from the launcher's failure record)."""
+
+    rank: int
+    pid: int
+    exitcode: int  # negative: killed by that signal
+
+
+def describe_exit(worker: WorkerExit) -> str:
+    """`worker rank 1 (pid 123): killed by SIGKILL` / `exited with 5`."""
+    if worker.exitcode < 0:
+        try:
+            name = signal.Signals(-worker.exitcode).name
+        except ValueError:
+            name = f"signal {-worker.exitcode}"
+        what = "stopped by the launcher (SIGTERM)" if name == "SIGTERM" else f"killed by {name}"
+    else:
+        what = f"exited with {worker.exitcode}"
+    return f"worker rank {worker.rank} (pid {worker.pid}): {what}"
+
+
+def exit_code_of(workers: Sequence[WorkerExit]) -> int:
+    """The job's exit code: a worker's own error code (2..9) when one gave it, else EXIT_DISTRIBUTED."""
+    own = sorted({w.exitcode for w in workers if EXIT_INVALID <= w.exitcode <= EXIT_DISTRIBUTED and w.exitcode != EXIT_DISTRIBUTED})
+    if own:
+        return own[0]
+    return EXIT_DISTRIBUTED if workers else EXIT_INTERNAL
+
+
+def die_with_launcher(environ: Mapping[str, str] | None = None) -> None:
+    """In a worker this package launched: have the kernel SIGKILL it when the launcher dies (Linux), or exit now if it already has."""
+    env = os.environ if environ is None else environ
+    launcher = env.get(LAUNCHER_PID_ENV, "")
+    if not launcher.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(launcher):  # the launcher died before prctl took effect
+        raise DistributedError(f"the launcher (pid {launcher}) is gone; this worker stops")
+
+
+def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int, threads: int) -> int:
+    """Run `python -m geno_pipeline *argv` as `nproc` workers of one job on this node; returns the job's exit code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we print one clear line instead
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"geno-pipeline-{os.getpid()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{port}",
+        rdzv_configs={"timeout": timeout_s},
+        max_restarts=0,
+        monitor_interval=0.1,
+        local_addr="127.0.0.1",
+        shutdown_timeout=10,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "geno_pipeline", *argv)
+    except ChildFailedError as exc:
+        workers = sorted(
+            (WorkerExit(rank, f.pid, f.exitcode) for rank, f in exc.failures.items()), key=lambda w: (w.exitcode == -signal.SIGTERM, w.rank)
+        )
+        print(f"train: the job stopped: {'; '.join(describe_exit(w) for w in workers)}", file=sys.stderr)
+        code = exit_code_of(workers)
+        if code == EXIT_DISTRIBUTED:
+            print("train: every worker is stopped; resume with `geno-pipeline train --resume auto`", file=sys.stderr)
+        return code
+    except (RuntimeError, ValueError, OSError) as exc:  # rendezvous: port taken, timeout
+        text = " ".join(str(exc).split())[:300]
+        raise DistributedError(
+            f"could not start {nproc} workers on 127.0.0.1:{port} ({type(exc).__name__}: {text}); "
+            "fix: free the port or set MASTER_PORT to a free one"
+        ) from None
+    finally:
+        os.environ.pop(LAUNCHER_PID_ENV, None)
+    return 0
