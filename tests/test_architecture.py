@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.schemas": 1,  # the registry names document models by string; it imports none of them
     "geno_pipeline.jsonio": 1,
     "geno_pipeline.runtime_report": 1,
+    "geno_pipeline.distributed": 1,  # the job, the batch split and the process group: torch and errors only
     "geno_pipeline.config": 2,
     "geno_pipeline.environment": 2,
     "geno_pipeline.data": 3,

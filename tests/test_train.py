@@ -154,6 +154,7 @@ def test_train_tamper_changed_dataset(stopped: Path) -> None:
 def test_train_nonfinite_guard_keeps_last_checkpoint(prepared: Path, tmp_path: Path) -> None:
     root = clone(prepared, tmp_path / "nan")
     params = load_params(root / "params.yaml")
+    micro = params.train.micro_batches  # the predictor runs once per rollout step per micro-batch
 
     class NaNAfter(torch.nn.Module):
         """Wraps the real predictor and returns NaN from the 6th training forward on."""
@@ -167,7 +168,7 @@ def test_train_nonfinite_guard_keeps_last_checkpoint(prepared: Path, tmp_path: P
             if self.training:
                 self.calls += 1
             out = self.inner(state, action)
-            return out * float("nan") if self.training and self.calls > 5 * 3 else out
+            return out * float("nan") if self.training and self.calls > 5 * 3 * micro else out
 
     def factory(tp, length, seeds):
         model = build_world_model(window_length=length, params=tp.model, encoder_seed=seeds.encoder, init_seed=seeds.model_init)

@@ -15,6 +15,7 @@ __all__ = [
     "DependencyProbe",
     "DeterminismProbe",
     "DiskProbe",
+    "DistributedProbe",
     "EnvironmentInfo",
     "NvmlDevice",
     "NvmlProbe",
@@ -22,6 +23,7 @@ __all__ = [
     "PreflightOutcome",
     "PreflightReport",
     "Severity",
+    "SmokeTest",
     "TorchCudaProbe",
     "TorchDevice",
     "TrainingPreflightIssue",
@@ -246,6 +248,48 @@ class DiskProbe(Document):
     """A real file write and delete succeeded."""
 
 
+class SmokeTest(Document):
+    """A bounded two-process loopback all-reduce and all-gather on the chosen backend."""
+
+    ran: bool
+    """False when it could not run (the backend is unavailable)."""
+    ok: bool
+    """Both processes joined, all-reduced [1] + [2] to [3] and gathered [0, 1]."""
+    seconds: float = Field(ge=0)
+    """Wall time, process start-up included."""
+    timeout_s: float = Field(gt=0)
+    """Bound on the whole test."""
+    error: str | None
+    """What failed: a worker's last error line, or the timeout."""
+
+
+class DistributedProbe(Document):
+    """The multi-process setup train will use (present when runtime.nproc_per_node > 1)."""
+
+    world_size: int = Field(ge=1)
+    """Workers of the job (the launcher's WORLD_SIZE, else runtime.nproc_per_node)."""
+    nproc_per_node: int = Field(ge=1)
+    """runtime.nproc_per_node."""
+    backend: str
+    """runtime.dist_backend resolved for the device: gloo or nccl."""
+    backend_available: bool
+    """torch.distributed and the backend are built into this torch."""
+    device: str
+    """Device kind the workers use: cpu or cuda."""
+    devices_visible: int = Field(ge=0)
+    """CUDA devices torch sees (CUDA only; 0 on the CPU)."""
+    cpu_cores: int | None
+    """os.cpu_count()."""
+    cpu_threads_per_worker: int = Field(ge=1)
+    """runtime.cpu_threads."""
+    port: int | None
+    """Rendezvous port of a self-launched job (MASTER_PORT, else 29500); null when a launcher already set up the job."""
+    port_free: bool | None
+    """The port could be bound on 127.0.0.1."""
+    smoke: SmokeTest
+    """Loopback smoke test."""
+
+
 class EnvironmentInfo(Document):
     """Where preflight ran (volatile: this report is not a DVC output)."""
 
@@ -290,6 +334,8 @@ class PreflightReport(Document):
     """Determinism settings (null if the probe failed)."""
     disk: DiskProbe | None
     """Disk probe (null if the probe failed)."""
+    distributed: DistributedProbe | None = None
+    """Multi-process setup (null for one process, or if the probe failed)."""
     checks: list[PreflightCheck]
     """One row per check."""
     issues: list[TrainingPreflightIssue]

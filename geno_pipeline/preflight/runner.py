@@ -17,6 +17,7 @@ from geno_pipeline.preflight.checks.dataset import DatasetCheck
 from geno_pipeline.preflight.checks.dependencies import DEPENDENCIES, DependencyProbeFn, dependency_checks
 from geno_pipeline.preflight.checks.determinism import DeterminismCheck
 from geno_pipeline.preflight.checks.disk import DiskCheck
+from geno_pipeline.preflight.checks.distributed import DistributedCheck, DistributedProbeFn
 from geno_pipeline.preflight.checks.params import ParamsCheck
 from geno_pipeline.preflight.documents import EnvironmentInfo, PreflightOutcome, PreflightReport
 from geno_pipeline.runtime_report import utc_now
@@ -71,8 +72,10 @@ def build_report(
     generated_at: str | None = None,
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
+    distributed_probe: DistributedProbeFn | None = None,
 ) -> PreflightReport:
-    """Run every check in order (params, dependencies, accelerator, determinism, disk, dataset) and assemble the report."""
+    """Run every check in order (params, dependencies, accelerator, determinism, disk, dataset, and with
+    runtime.nproc_per_node > 1 distributed) and assemble the report."""
     runtime = loaded.params.runtime
     overrides = {"min_vram_gib": request.min_cuda_vram_gb, "require_accelerator": request.require_accelerator}
     preflight = loaded.params.preflight.model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -83,7 +86,9 @@ def build_report(
     det_run = run_check(DeterminismCheck(runtime, accelerator.resolved_device, accelerator.torch))
     disk_run = run_check(DiskCheck(request.artifacts_dir, preflight))
     dataset_run = run_check(DatasetCheck(request.dataset_dir, request.root, loaded.params.data if loaded.valid else None))
-    rows, issues = _rows_and_issues([params_run, *dependency_runs, acc_run, det_run, disk_run, dataset_run])
+    runs: list[CheckRun[Any]] = [params_run, *dependency_runs, acc_run, det_run, disk_run, dataset_run]
+    dist_run = run_check(DistributedCheck(runtime, accelerator, distributed_probe)) if runtime.nproc_per_node > 1 else None
+    rows, issues = _rows_and_issues(runs + ([dist_run] if dist_run is not None else []))
     packages = {package: package_version(package) for _, package, _ in DEPENDENCIES}
     packages["geno-pipeline"] = __version__
     return PreflightReport(
@@ -102,6 +107,7 @@ def build_report(
         dependencies=[r.facts for r in dependency_runs if r.facts is not None],
         determinism=det_run.facts,
         disk=disk_run.facts,
+        distributed=dist_run.facts if dist_run is not None else None,
         checks=rows,
         issues=issues,
     )
