@@ -133,10 +133,8 @@ def joined(job: JobEnv | None, *, backend: str, device: str, timeout_s: int) -> 
             device_id=device_id,
         ),
     )
+    yield group  # on an error the process exits: tearing down a group whose peer is gone can block for the timeout
     try:
-        yield group
-    finally:
-        try:
-            dist.destroy_process_group()
-        except Exception as exc:  # a peer already gone: nothing left to tear down cleanly
-            print(f"train: rank {job.rank}: process group teardown: {type(exc).__name__}", file=sys.stderr)
+        dist.destroy_process_group()
+    except Exception as exc:
+        print(f"train: rank {job.rank}: process group teardown: {type(exc).__name__}", file=sys.stderr)

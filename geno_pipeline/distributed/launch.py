@@ -71,6 +71,7 @@ def die_with_launcher(environ: Mapping[str, str] | None = None) -> None:
 
 def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int, threads: int) -> int:
     """Run `python -m geno_pipeline *argv` as `nproc` workers of one job on this node; returns the job's exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -88,7 +89,7 @@ def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int
         max_restarts=0,
         monitor_interval=0.1,
         local_addr="127.0.0.1",
-        shutdown_timeout=10,
+        shutdown_timeout=5,  # when this launcher is signalled: SIGTERM the workers, SIGKILL them 5 s later
     )
     try:
         elastic_launch(config, sys.executable)("-m", "geno_pipeline", *argv)
@@ -101,6 +102,9 @@ def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int
         if code == EXIT_DISTRIBUTED:
             print("train: every worker is stopped; resume with `geno-pipeline train --resume auto`", file=sys.stderr)
         return code
+    except SignalException as exc:  # the launcher was told to stop: the workers are stopped too
+        print(f"train: received {exc.sigval.name}; stopped every worker; resume with `geno-pipeline train --resume auto`", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except (RuntimeError, ValueError, OSError) as exc:  # rendezvous: port taken, timeout
         text = " ".join(str(exc).split())[:300]
         raise DistributedError(

@@ -1,0 +1,394 @@
+"""Distributed training: the batch split and ordered sums, job parsing, the launcher's verdicts, preflight's
+`distributed.*` checks, and (slow) real two-worker gloo jobs on loopback: reproducible, world-size invariant,
+killed and resumed, hung, and refused at another world size."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.numpy import load_file
+
+from geno_pipeline.config import RuntimeParams, TrainParams, load_params
+from geno_pipeline.distributed import (
+    job_from_env,
+    micro_batch_slices,
+    ordered_sum,
+    planned_world_size,
+    rendezvous_port,
+    resolve_backend,
+    shard_range,
+)
+from geno_pipeline.distributed.launch import WorkerExit, describe_exit, exit_code_of
+from geno_pipeline.distributed.smoke import free_port, run_smoke_test
+from geno_pipeline.errors import ConfigError, DistributedError
+from geno_pipeline.preflight.checks.distributed import DistributedCheck, port_is_free
+from geno_pipeline.preflight.documents import DistributedProbe, SmokeTest
+from geno_pipeline.training.model import build_world_model
+from geno_pipeline.training.trainer import (
+    TorchTrainer,
+    TorchTrainerBatch,
+    build_adamw_optimizer,
+    flat_grad,
+    gaussian_kl,
+    masked_prediction_loss,
+)
+from tests.conftest import REPO, write_params
+
+# ---------------------------------------------------------------- the split and the sums
+
+
+@given(st.integers(1, 8), st.integers(1, 8), st.integers(1, 6))
+def test_distributed_shards_cover_the_micro_batches_in_order(per_rank: int, world: int, rows_per_micro: int) -> None:
+    micro = per_rank * world
+    slices = micro_batch_slices(micro * rows_per_micro, micro)
+    order = [j for rank in range(world) for j in shard_range(micro, world, rank)]
+    assert order == list(range(micro))  # rank order is micro-batch order: gathering by rank needs no reordering
+    rows = [r for s in slices for r in range(s.start, s.stop)]
+    assert rows == list(range(micro * rows_per_micro))
+    assert {s.stop - s.start for s in slices} == {rows_per_micro}
+
+
+def test_distributed_split_refuses_what_does_not_divide() -> None:
+    with pytest.raises(ValueError, match="must divide"):
+        shard_range(4, 3, 0)
+    with pytest.raises(ValueError, match="divide batch_size"):
+        micro_batch_slices(10, 4)
+    with pytest.raises(ValueError, match="rank"):
+        shard_range(4, 2, 2)
+
+
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=12))
+def test_distributed_ordered_sum_is_the_left_fold(values: list[float]) -> None:
+    rows = torch.tensor(values, dtype=torch.float32).reshape(-1, 1)
+    expected = torch.tensor([values[0]], dtype=torch.float32)
+    for v in values[1:]:
+        expected = expected + torch.tensor([v], dtype=torch.float32)
+    assert ordered_sum(rows).numpy().tobytes() == expected.numpy().tobytes()
+    assert ordered_sum(rows).shape == (1,)
+
+
+def _batch(seed: int, b: int, k: int, d: int, actions: int) -> TorchTrainerBatch:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, k + 1, (b,), generator=gen)
+    mask = torch.arange(k)[None, :] < lengths[:, None]
+    return TorchTrainerBatch(
+        state=torch.randn(b, d, generator=gen, dtype=torch.float64),
+        target=torch.randn(b, k, d, generator=gen, dtype=torch.float64),
+        actions=torch.randn(b, k, actions, generator=gen, dtype=torch.float64) * mask[..., None],
+        action_mask=mask,
+        rel_edits=tuple(() for _ in range(b)),
+        window_ids=tuple(str(i) for i in range(b)),
+    )
+
+
+def _rows(batch: TorchTrainerBatch, rows: slice) -> TorchTrainerBatch:
+    return TorchTrainerBatch(batch.state[rows], batch.target[rows], batch.actions[rows], batch.action_mask[rows], (), ())
+
+
+@pytest.mark.parametrize("micro", [1, 2, 4, 8])
+def test_distributed_micro_batch_gradient_is_the_global_batch_gradient(micro: int) -> None:
+    """The micro-batch surrogate (prediction loss over the global count + the global KL's first-order share) has the
+    gradient of the whole batch's loss, KL term included, for any split; checked in float64 against plain autograd."""
+    train = TrainParams(steps=10, warmup_steps=1, batch_size=8, micro_batches=micro, kl_weight=0.5, grad_clip_norm=1e9)
+    model = build_world_model(window_length=64, params=train.model.model_copy(update={"segments": 4}), encoder_seed=1, init_seed=2)
+    model = model.double()
+    from geno_pipeline.data.edits import ACTION_FEATURES
+
+    batch = _batch(3, 8, 3, train.model.state_dim, ACTION_FEATURES)
+    opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    pred = model.rollout(batch.state, batch.actions)
+    whole = masked_prediction_loss(pred, batch.target, batch.action_mask) + train.kl_weight * gaussian_kl(pred, batch.action_mask)
+    opt.zero_grad(set_to_none=True)
+    whole.backward()
+    expected = flat_grad(params).clone()
+
+    trainer = TorchTrainer(predictor=model.predictor, action_encoder=model.action_encoder, optimizer=opt, config=train, total_steps=10)
+    trainer.optimizer.step = lambda *a, **k: None  # type: ignore[method-assign]  # keep the weights: compare the gradient only
+    slices = micro_batch_slices(8, micro)
+    result = trainer.train_step([_rows(batch, s) for s in slices], step=1, action_count=int(batch.action_mask.sum()))
+    assert torch.allclose(flat_grad(params), expected, rtol=1e-9, atol=1e-12)
+    assert result.loss == pytest.approx(float(whole.detach()), rel=1e-12)
+
+
+# ---------------------------------------------------------------- params, job and launcher verdicts
+
+
+def test_distributed_params_refuse_a_world_that_does_not_divide_the_micro_batches(tiny_root: Path) -> None:
+    write_params(tiny_root, runtime={"nproc_per_node": 4})  # tiny: micro_batches 2
+    with pytest.raises(ConfigError, match=r"runtime\.nproc_per_node = 4: does not divide train\.micro_batches \(2\)"):
+        load_params(tiny_root / "params.yaml")
+    write_params(tiny_root, train={"micro_batches": 3})
+    with pytest.raises(ConfigError, match=r"train\.micro_batches = 3: must divide batch_size \(8\)"):
+        load_params(tiny_root / "params.yaml")
+    with pytest.raises(ValueError, match="names one CUDA device"):
+        RuntimeParams(device="cuda:1", nproc_per_node=2)
+    with pytest.raises(ValueError, match="NCCL needs CUDA devices"):
+        RuntimeParams(device="cpu", dist_backend="nccl")
+
+
+def test_distributed_job_from_env() -> None:
+    assert job_from_env({}) is None
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29501"}
+    job = job_from_env(env)
+    assert job is not None and (job.rank, job.world_size, job.local_rank, job.master_port) == (1, 2, 1, 29501)
+    with pytest.raises(DistributedError, match="lacks MASTER_ADDR, MASTER_PORT"):
+        job_from_env({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(DistributedError, match="RANK=2, WORLD_SIZE=2"):
+        job_from_env(env | {"RANK": "2"})
+    with pytest.raises(DistributedError, match="WORLD_SIZE='two' is not an integer"):
+        job_from_env(env | {"WORLD_SIZE": "two"})
+    assert planned_world_size(2, {}) == 2 and planned_world_size(2, {"WORLD_SIZE": "8"}) == 8
+    assert rendezvous_port({}) == 29500 and rendezvous_port({"MASTER_PORT": "1234"}) == 1234
+    with pytest.raises(DistributedError, match="not a TCP port"):
+        rendezvous_port({"MASTER_PORT": "70000"})
+    assert resolve_backend("auto", "cpu") == "gloo" and resolve_backend("auto", "cuda:0") == "nccl"
+
+
+def test_distributed_launcher_verdicts() -> None:
+    killed, stopped = WorkerExit(1, 11, -signal.SIGKILL), WorkerExit(0, 10, -signal.SIGTERM)
+    assert describe_exit(killed) == "worker rank 1 (pid 11): killed by SIGKILL"
+    assert describe_exit(stopped) == "worker rank 0 (pid 10): stopped by the launcher (SIGTERM)"
+    assert exit_code_of([killed, stopped]) == 9
+    assert exit_code_of([WorkerExit(0, 10, 5), WorkerExit(1, 11, 5)]) == 5  # both refused the checkpoint
+    assert exit_code_of([WorkerExit(0, 10, 9), WorkerExit(1, 11, -9)]) == 9
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def _facts(**changes: object) -> DistributedProbe:
+    base = DistributedProbe(
+        world_size=2, nproc_per_node=2, backend="gloo", backend_available=True, device="cpu", devices_visible=0, cpu_cores=2,
+        cpu_threads_per_worker=1, port=29500, port_free=True,
+        smoke=SmokeTest(ran=True, ok=True, seconds=1.5, timeout_s=60.0, error=None),
+    )  # fmt: skip
+    return base.model_copy(update=changes)
+
+
+def _codes(facts: DistributedProbe) -> dict[str, str]:
+    check = DistributedCheck(RuntimeParams(nproc_per_node=2), accelerator=None, probe_fn=None)  # type: ignore[arg-type]
+    return {f.check: f.code or f.status for f in check.assess(facts)}
+
+
+def test_distributed_preflight_codes() -> None:
+    assert _codes(_facts()) == {n: "pass" for n in ("distributed.backend", "distributed.devices", "distributed.port", "distributed.smoke")}
+    assert _codes(_facts(backend="nccl", backend_available=False))["distributed.backend"] == "distributed.backend_unavailable"
+    cuda = _codes(_facts(backend="nccl", device="cuda", devices_visible=1))
+    assert cuda["distributed.devices"] == "distributed.not_enough_devices"
+    assert _codes(_facts(cpu_threads_per_worker=2))["distributed.devices"] == "distributed.cpu_oversubscribed"
+    assert _codes(_facts(port_free=False))["distributed.port"] == "distributed.port_in_use"
+    assert _codes(_facts(port=None, port_free=None))["distributed.port"] == "skip"
+    failed = SmokeTest(ran=True, ok=False, seconds=60.0, timeout_s=60.0, error="no result within 60 s")
+    assert _codes(_facts(smoke=failed))["distributed.smoke"] == "distributed.smoke_failed"
+
+
+def test_distributed_preflight_real_probes() -> None:
+    result = run_smoke_test("gloo", timeout_s=60)
+    assert result.ok and result.error is None
+    port = free_port()
+    assert port_is_free(port)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        assert not port_is_free(port)
+
+
+# ---------------------------------------------------------------- real two-worker jobs (gloo on loopback)
+
+STEPS = 120
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return env | {"MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+
+
+def gp(root: Path, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "geno_pipeline", *args], cwd=root, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"geno-pipeline {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _set(root: Path, section: str, **values: object) -> None:
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _declared(root: Path) -> dict[str, str]:
+    """sha256 of every declared output of train and release."""
+    files = [p for d in ("artifacts/train", "artifacts/release", "reports/plots") for p in (root / d).rglob("*") if p.is_file()]
+    files += [root / "reports/train.json", root / "reports/metrics.json", root / "reports/release.json"]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+
+
+def _clone(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train", "release", "runtime"))
+    return dst
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _local_rank(pid: int) -> int:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(e for e in env if e.startswith(b"LOCAL_RANK=")).split(b"=")[1])
+
+
+def _start_and_wait_for_step(root: Path, step: int) -> tuple[subprocess.Popen[str], dict[int, int]]:
+    """Start a 2-worker train; return it and {local rank: pid} once metrics.jsonl has `step` lines."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geno_pipeline", "train", "--no-progress"],
+        cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = root / "artifacts/train/metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if metrics.is_file() and metrics.read_text().count("\n") >= step:
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    workers = {_local_rank(pid): pid for pid in _children(proc.pid)}
+    assert sorted(workers) == [0, 1], workers
+    return proc, workers
+
+
+@pytest.fixture(scope="module")
+def dist_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny profile with 2 workers and 120 steps: data and preflight done."""
+    root = tmp_path_factory.mktemp("dist") / "base"
+    root.mkdir()
+    write_params(root)
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    _set(root, "runtime", nproc_per_node=2, dist_timeout_s=20)
+    _set(root, "train", steps=STEPS, checkpoint_every_steps=20)
+    _set(root, "collapse", log_every_steps=20)
+    gp(root, "data")
+    gp(root, "preflight")
+    return root
+
+
+@pytest.fixture(scope="module")
+def straight(dist_project: Path) -> Path:
+    """One uninterrupted 2-worker run with its release."""
+    root = _clone(dist_project, dist_project.parent / "straight")
+    out = gp(root, "train", "--no-progress")
+    assert "launching 2 workers" in out.stdout and "train: completed: trained 120 steps" in out.stdout
+    gp(root, "release")
+    return root
+
+
+@pytest.mark.slow
+def test_distributed_two_runs_from_scratch_are_byte_identical(straight: Path) -> None:
+    again = _clone(straight.parent / "base", straight.parent / "again")
+    gp(again, "train", "--no-progress")
+    gp(again, "release")
+    assert _declared(again) == _declared(straight)
+    assert gp(again, "verify", "artifacts/release").returncode == 0
+    assert not list((again / "reports").glob("runtime/train.json.*"))  # one runtime report, from rank 0
+
+
+@pytest.mark.slow
+def test_distributed_sigkill_of_a_worker_stops_the_job_and_resume_is_byte_identical(straight: Path) -> None:
+    root = _clone(straight.parent / "base", straight.parent / "killed")
+    proc, workers = _start_and_wait_for_step(root, 50)
+    os.kill(workers[1], signal.SIGKILL)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - start
+    assert proc.returncode == 9, err
+    assert f"worker rank 1 (pid {workers[1]}): killed by SIGKILL" in err and "resume with `geno-pipeline train --resume auto`" in err
+    assert took < 20  # the collective timeout (dist_timeout_s: 20) bounds it; the launcher notices in 0.1 s
+    assert not any(_alive(pid) for pid in workers.values())
+    assert "Traceback" not in err
+    gp(root, "train", "--resume", "auto", "--no-progress")
+    gp(root, "release")
+    assert _declared(root) == _declared(straight)
+
+
+@pytest.mark.slow
+def test_distributed_a_hung_worker_runs_into_the_timeout(straight: Path) -> None:
+    root = _clone(straight.parent / "base", straight.parent / "hung")
+    _set(root, "runtime", dist_timeout_s=5)
+    gp(root, "preflight")
+    proc, workers = _start_and_wait_for_step(root, 30)
+    os.kill(workers[1], signal.SIGSTOP)  # a real hang: the process is alive and never answers
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        for pid in workers.values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 9, err
+    assert "hung longer than runtime.dist_timeout_s (5 s)" in err and "Traceback" not in err
+    assert not any(_alive(pid) for pid in workers.values())
+
+
+@pytest.mark.slow
+def test_distributed_world_size_one_and_two_give_the_same_numbers(straight: Path) -> None:
+    """The moonshot: with train.micro_batches fixed, 1 and 2 workers give the same weights, optimizer state and logs;
+    only the files that name the run's identity (which includes the world size) differ."""
+    one = _clone(straight.parent / "base", straight.parent / "one")
+    _set(one, "runtime", nproc_per_node=1)
+    gp(one, "preflight")
+    out = gp(one, "train", "--no-progress")
+    assert "launching" not in out.stdout
+    for name in ("metrics.jsonl", "collapse.jsonl"):
+        assert (one / "artifacts/train" / name).read_bytes() == (straight / "artifacts/train" / name).read_bytes()
+    assert (one / "reports/metrics.json").read_bytes() == (straight / "reports/metrics.json").read_bytes()
+    last = f"artifacts/train/checkpoints/step-{STEPS:06d}"
+    for rel in ("artifacts/train/model.safetensors", f"{last}/model.safetensors", f"{last}/optimizer.safetensors"):
+        a, b = load_file(one / rel), load_file(straight / rel)
+        assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a), rel
+    assert (one / "artifacts/train/train.log").read_text() != (straight / "artifacts/train/train.log").read_text()  # run ids
+
+
+@pytest.mark.slow
+def test_distributed_resume_at_another_world_size_is_refused(straight: Path) -> None:
+    root = straight.parent / "other-world"
+    shutil.copytree(straight, root)
+    _set(root, "runtime", nproc_per_node=1)
+    gp(root, "preflight")
+    before = _declared(root)
+    proc = gp(root, "train", "--resume", "auto", check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert "world_size: checkpoint was written by 2 worker(s), this run has 1" in proc.stderr
+    assert "params runtime.nproc_per_node: checkpoint has 2, this run has 1" in proc.stderr
+    assert _declared(root) == before
