@@ -70,6 +70,29 @@ class IngestFigures(Document):
     """ratio <= 3 and peak_rss_mib <= rss_limit_mib."""
 
 
+class DistributedBench(Document):
+    """The whole step path (draw, encode, update) of the default model, batch 64 in 2 micro-batches, gloo on loopback."""
+
+    steps: int
+    """Timed steps per run (after 5 warm-up steps)."""
+    one_worker_1_thread_s: float
+    """Seconds per step: 1 worker, 1 thread."""
+    one_worker_2_threads_s: float
+    """Seconds per step: 1 worker, 2 threads."""
+    two_workers_1_thread_s: float
+    """Seconds per step: 2 workers x 1 thread, fixed-order reduction."""
+    two_workers_ddp_s: float
+    """Seconds per step: 2 workers x 1 thread, plain DistributedDataParallel (all-reduce, KL per shard)."""
+    bitwise_1x1_vs_2x1: bool
+    """Final weights of 1 worker x 1 thread and 2 workers x 1 thread are the same bits."""
+    bitwise_1x2_vs_1x1: bool
+    """Final weights of 1 worker x 2 threads and 1 worker x 1 thread are the same bits."""
+    max_abs_diff_1x2_vs_1x1: float
+    """Largest absolute weight difference between 2 threads and 1 thread."""
+    max_abs_diff_ddp_vs_fixed: float
+    """Largest absolute weight difference between DDP and the fixed order (different KL definition and sum order)."""
+
+
 class BenchReport(Document):
     """reports/bench.json."""
 
@@ -83,6 +106,8 @@ class BenchReport(Document):
     """Peak RSS growth (MiB) of compute_collapse_metrics at N=16384, D=256 in a fresh process."""
     fasta_ingest: list[IngestFigures]
     """FASTA ingest of the data stage, plain and bgzip."""
+    distributed: DistributedBench | None = None
+    """Multi-process training on the CPU."""
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:
@@ -383,6 +408,63 @@ def bench_fasta_ingest(root: Path, bases: int, repeats: int) -> list[IngestFigur
     return figures
 
 
+def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> float:
+    """Seconds per step of `world` benchwork processes (each `threads` threads); rank 0 saves the weights to `save`."""
+    import json
+    import subprocess
+    import sys
+
+    from geno_pipeline.distributed.smoke import free_port
+
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    port = str(free_port())
+    command = [sys.executable, "-m", "geno_pipeline.distributed.benchwork", "--mode", mode, "--steps", str(steps)]
+    command += ["--threads", str(threads), "--save", str(save)]
+    procs = []
+    for rank in range(world):
+        env = base | {"OMP_NUM_THREADS": str(threads)}
+        if world > 1:
+            env |= {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [proc.communicate(timeout=900) for proc in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchwork {mode} x{world} failed: {err.strip()[-400:]}")
+    return float(json.loads(outs[0][0].strip().splitlines()[-1])["seconds_per_step"])
+
+
+def bench_distributed(steps: int) -> tuple[DistributedBench, list[BenchEntry]]:
+    """2 workers x 1 thread against 1 worker x 2 threads, fixed order against DDP, and which runs agree bit for bit."""
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="geno-bench-dist-") as tmp:
+        d = Path(tmp)
+        one_1 = _benchwork("fixed", 1, 1, steps, d / "w11.npy")
+        one_2 = _benchwork("fixed", 1, 2, steps, d / "w12.npy")
+        two = _benchwork("fixed", 2, 1, steps, d / "w21.npy")
+        ddp = _benchwork("ddp", 2, 1, steps, d / "ddp.npy")
+        w11, w12, w21, wddp = (np.load(d / f"{n}.npy") for n in ("w11", "w12", "w21", "ddp"))
+    figures = DistributedBench(
+        steps=steps,
+        one_worker_1_thread_s=round(one_1, 6),
+        one_worker_2_threads_s=round(one_2, 6),
+        two_workers_1_thread_s=round(two, 6),
+        two_workers_ddp_s=round(ddp, 6),
+        bitwise_1x1_vs_2x1=w11.tobytes() == w21.tobytes(),
+        bitwise_1x2_vs_1x1=w12.tobytes() == w11.tobytes(),
+        max_abs_diff_1x2_vs_1x1=float(np.abs(w12 - w11).max()),
+        max_abs_diff_ddp_vs_fixed=float(np.abs(wddp - w21).max()),
+    )
+    detail = f"{steps} steps of draw + encode + update, default model, batch 64 in 2 micro-batches, gloo on 127.0.0.1"
+    entries = [
+        _entry("two_workers_1_thread_vs_one_worker_2_threads", two, one_2, detail),
+        _entry("fixed_order_reduction_vs_ddp_2_workers", two, ddp, detail),
+    ]
+    return figures, entries
+
+
 def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> BenchReport:
     """Run every benchmark and write reports/bench.json."""
     fasta_bases = (fasta_mib if fasta_mib is not None else 64 if quick else 512) << 20
@@ -393,11 +475,14 @@ def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> B
         bench_sha256(16 if quick else 64, 3),
         bench_preflight(layout.root, 3 if quick else 5),
     ]
+    distributed, dist_entries = bench_distributed(20 if quick else 100)
+    entries += dist_entries
     report = BenchReport(
         quick=quick,
         entries=entries,
         collapse_peak_rss_mib_n16384=None if quick else collapse_peak_rss_mib(),
         fasta_ingest=bench_fasta_ingest(layout.root, fasta_bases, 1 if quick else 3),
+        distributed=distributed,
     )
     write_json(layout.bench_report, report, schema="bench")
     return report
@@ -409,6 +494,16 @@ def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None) 
     report = run_bench(layout, quick=quick, fasta_mib=fasta_mib)
     for e in report.entries:
         print(f"bench: {e.name}: ratio {e.ratio:.4f} (ours {e.ours_s:.4f}s vs reference {e.reference_s:.4f}s; {e.detail})")
+    if report.distributed is not None:
+        d = report.distributed
+        print(
+            f"bench: distributed, s/step: 1 worker x 1 thread {d.one_worker_1_thread_s:.4f}, 1 x 2 threads {d.one_worker_2_threads_s:.4f}, "
+            f"2 workers x 1 thread {d.two_workers_1_thread_s:.4f}, 2 workers DDP {d.two_workers_ddp_s:.4f}"
+        )
+        print(
+            f"bench: same bits 1x1 vs 2x1: {d.bitwise_1x1_vs_2x1}; 1x2 vs 1x1: {d.bitwise_1x2_vs_1x1} "
+            f"(max |diff| {d.max_abs_diff_1x2_vs_1x1:.3g}); DDP vs fixed order max |diff| {d.max_abs_diff_ddp_vs_fixed:.3g}"
+        )
     if report.collapse_peak_rss_mib_n16384 is not None:
         print(f"bench: compute_collapse_metrics peak RSS growth at N=16384, D=256: {report.collapse_peak_rss_mib_n16384} MiB")
     for f in report.fasta_ingest:
