@@ -392,3 +392,15 @@ def test_distributed_resume_at_another_world_size_is_refused(straight: Path) -> 
     assert "world_size: checkpoint was written by 2 worker(s), this run has 1" in proc.stderr
     assert "params runtime.nproc_per_node: checkpoint has 2, this run has 1" in proc.stderr
     assert _declared(root) == before
+
+
+@pytest.mark.slow
+def test_distributed_sigkill_of_the_launcher_leaves_no_worker(straight: Path) -> None:
+    root = _clone(straight.parent / "base", straight.parent / "launcher-killed")
+    proc, workers = _start_and_wait_for_step(root, 10)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers.values())  # the kernel killed them with the launcher (PR_SET_PDEATHSIG)
