@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.jsonio": 1,
     "geno_pipeline.runtime_report": 1,
     "geno_pipeline.distributed": 1,  # the job, the batch split and the process group: torch and errors only
+    "geno_pipeline.distributed.benchwork": 7,  # a bench worker: drives the trainer like bench.py
     "geno_pipeline.config": 2,
     "geno_pipeline.environment": 2,
     "geno_pipeline.data": 3,
