@@ -414,9 +414,10 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
     import subprocess
     import sys
 
+    from geno_pipeline.distributed import JOB_VARIABLES
     from geno_pipeline.distributed.smoke import free_port
 
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    base = {k: v for k, v in os.environ.items() if k not in JOB_VARIABLES}
     port = str(free_port())
     command = [sys.executable, "-m", "geno_pipeline.distributed.benchwork", "--mode", mode, "--steps", str(steps)]
     command += ["--threads", str(threads), "--save", str(save)]

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 
 from geno_pipeline.config import RuntimeParams, TrainParams, load_params
 from geno_pipeline.distributed import (
+    JOB_VARIABLES,
     job_from_env,
     micro_batch_slices,
     ordered_sum,
@@ -215,7 +216,7 @@ STEPS = 120
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in JOB_VARIABLES}
     return env | {"MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
 
 

@@ -16,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from geno_pipeline.distributed import JOB_VARIABLES
+
 __all__ = ["SmokeResult", "free_port", "run_smoke_test"]
 
 
@@ -43,9 +45,7 @@ def _last_line(text: str) -> str:
 def run_smoke_test(backend: str, *, timeout_s: float) -> SmokeResult:
     """Run both processes with one CPU thread each; kill them when the bound passes."""
     port, start = free_port(), time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = {k: v for k, v in os.environ.items() if k not in JOB_VARIABLES} | {"OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "geno_pipeline.distributed.smoke", "--port", str(port), "--backend", backend]
     command += ["--timeout", str(timeout_s)]
     procs = [

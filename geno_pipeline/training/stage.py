@@ -20,7 +20,7 @@ import torch
 
 from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes, sha256_file
-from geno_pipeline.config import Params, TrainParams, TrainStageParams, cross_section_problems
+from geno_pipeline.config import Params, TrainParams, TrainStageParams, cross_section_problems, world_size_problems
 from geno_pipeline.data.dataset import Dataset, load_dataset
 from geno_pipeline.distributed import micro_batch_slices, shard_range
 from geno_pipeline.distributed.group import Collective, LocalGroup
@@ -219,11 +219,8 @@ def setup(
     """Load and check the inputs, apply determinism, and build the model, optimizer, sampler and held-out batch."""
     runtime, train = params.runtime, params.train
     group = group if group is not None else LocalGroup()
-    if train.micro_batches % group.size:
-        raise DistributedError(
-            f"{group.size} workers cannot share train.micro_batches = {train.micro_batches} evenly; "
-            f"fix: set train.micro_batches to a multiple of {group.size}, or launch a world size that divides it"
-        )
+    for key, value, message, fix in world_size_problems(group.size, train, key="world size"):  # a launcher's WORLD_SIZE
+        raise DistributedError(f"{key} {value} {message}; fix: {fix}, or launch a world size that divides it")
     if group.rank == 0:
         for leftover in layout.sweep_stage_temporaries("train"):
             print(f"train: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)

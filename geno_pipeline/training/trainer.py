@@ -221,5 +221,5 @@ def set_flat_grad(params: Sequence[Tensor], flat: Tensor) -> None:
     offset = 0
     for p in params:
         size = p.numel()
-        p.grad = flat[offset : offset + size].view_as(p).clone()
+        p.grad = flat[offset : offset + size].view_as(p)  # `flat` is a fresh sum: each gradient is a view of it
         offset += size
