@@ -213,6 +213,9 @@ class PreflightParams(_Section):
     """Free memory (GiB) the selected CUDA device must have."""
     min_free_disk_gib: FiniteFloat = Field(1.0, ge=0)
     """Free disk space (GiB) where artifacts/ lives."""
+    cuda_timeout_s: FiniteFloat = Field(60.0, gt=0)
+    """Seconds torch may take to start CUDA, and then to run the kernel smoke test on each selected device; past it the
+    probe process is killed and preflight reports cuda.kernel_timeout."""
 
 
 class ModelParams(_Section):

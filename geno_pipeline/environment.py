@@ -15,8 +15,10 @@ from typing import Literal
 from pydantic import Field
 
 from geno_pipeline.config import RuntimeParams
+from geno_pipeline.devices import requested_cuda_index, resolve_device
 from geno_pipeline.documents import Document
 from geno_pipeline.errors import TrainingError
+from geno_pipeline.torchflags import CUBLAS_WORKSPACE_CONFIG
 
 __all__ = [
     "CUBLAS_WORKSPACE_CONFIG",
@@ -24,12 +26,8 @@ __all__ = [
     "build_fingerprint",
     "device_kind",
     "package_version",
-    "requested_cuda_index",
-    "resolve_device",
     "torch_training_device",
 ]
-
-CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
 class EnvironmentFingerprint(Document):
@@ -96,21 +94,6 @@ def build_fingerprint(runtime: RuntimeParams, *, device_kind: str, world_size: i
         dist_backend=resolve_backend(runtime.dist_backend, device_kind) if world_size > 1 else None,  # type: ignore[arg-type]
         dist_timeout_s=runtime.dist_timeout_s,
     )
-
-
-def requested_cuda_index(device: str) -> int | None:
-    """`cuda:N` -> N, `cuda` -> 0, anything else -> None."""
-    if device.startswith("cuda"):
-        return int(device.split(":", 1)[1]) if ":" in device else 0
-    return None
-
-
-def resolve_device(requested: str, *, cuda_usable: bool) -> str:
-    """The device training uses: `auto` -> `cuda:0` when CUDA is usable, else `cpu`; `cuda[:N]` -> `cuda:N`."""
-    if requested == "auto":
-        return "cuda:0" if cuda_usable else "cpu"
-    index = requested_cuda_index(requested)
-    return "cpu" if index is None else f"cuda:{index}"
 
 
 def device_kind(device: str, *, name: str | None, capability: str | None) -> str:

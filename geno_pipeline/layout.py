@@ -162,7 +162,14 @@ class Layout:
                 outs=(r(self.dataset_dir),),
             ),
             "preflight": StageFiles(
-                deps=(r(self.dataset_dir), "geno_pipeline/preflight", "geno_pipeline/environment.py"),
+                deps=(
+                    r(self.dataset_dir),
+                    "geno_pipeline/preflight",
+                    "geno_pipeline/environment.py",
+                    "geno_pipeline/devices.py",
+                    "geno_pipeline/torchflags.py",
+                    "geno_pipeline/torchprobe.py",
+                ),
                 outs=(r(self.environment), r(self.preflight_outcome)),
             ),
             "train": StageFiles(

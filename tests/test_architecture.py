@@ -28,6 +28,9 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.layout": 0,
     "geno_pipeline.version": 0,
     "geno_pipeline.data.edits": 0,  # the edit vocabulary: config validates against it
+    "geno_pipeline.devices": 0,  # which device a job uses: pure, shared by train, preflight and its torch probe process
+    "geno_pipeline.torchflags": 0,  # the determinism settings: train applies them, the torch probe process reads them back
+    "geno_pipeline.torchprobe": 0,  # preflight's torch probe process: stdlib, torch and the two modules above only
     "geno_pipeline.schemas": 1,  # the registry names document models by string; it imports none of them
     "geno_pipeline.jsonio": 1,
     "geno_pipeline.runtime_report": 1,

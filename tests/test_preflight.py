@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,135 +20,21 @@ from geno_pipeline.preflight import (
     probe_accelerator,
     probe_dependency,
 )
-from geno_pipeline.preflight.documents import TorchCudaProbe, TorchDevice
+from geno_pipeline.preflight.documents import TorchCudaProbe
 from tests.conftest import write_params
+from tests.fakes import FakeGpu, FakeNvml, FixedTorchProcess, fake_torch, kernel, ok_dependency
 
 GIB = 1024**3
 
 
-class FakeNVMLError(Exception):
-    def __init__(self, value: int) -> None:
-        super().__init__(
-            {12: "NVML Shared Library Not Found", 9: "Driver Not Loaded", 18: "RM has detected an NVML/RM version mismatch"}.get(
-                value, "Unknown Error"
-            )
-        )
-        self.value = value
-
-
-@dataclass
-class FakeGpu:
-    uuid: str
-    name: str
-    total: int
-    free: int
-    mig: bool | None = False
-    mig_uuids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Mem:
-    total: int
-    free: int
-    used: int
-
-
-class FakeNvml:
-    """Mimics the pynvml functions the probe calls."""
-
-    NVMLError = FakeNVMLError
-    NVML_ERROR_LIBRARY_NOT_FOUND = 12
-    NVML_ERROR_DRIVER_NOT_LOADED = 9
-    NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
-    NVML_ERROR_NO_PERMISSION = 4
-    NVML_DEVICE_MIG_ENABLE = 1
-    nvmlMemory_v2 = 0x2000028
-
-    def __init__(self, gpus: list[FakeGpu] | None = None, init_error: int | None = None) -> None:
-        self.gpus = gpus or []
-        self.init_error = init_error
-
-    def nvmlInit(self) -> None:
-        if self.init_error is not None:
-            raise FakeNVMLError(self.init_error)
-
-    def nvmlShutdown(self) -> None: ...
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "550.54.15"
-
-    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
-        return 12040
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
-        return self.gpus[i]
-
-    def nvmlDeviceGetUUID(self, h: FakeGpu | str) -> str:
-        return h if isinstance(h, str) else h.uuid
-
-    def nvmlDeviceGetName(self, h: FakeGpu) -> bytes:
-        return h.name.encode()
-
-    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu, version: int | None = None) -> _Mem:
-        return _Mem(h.total, h.free, h.total - h.free)
-
-    def nvmlDeviceGetMigMode(self, h: FakeGpu) -> tuple[int, int]:
-        if h.mig is None:
-            raise FakeNVMLError(3)
-        return (1, 1) if h.mig else (0, 0)
-
-    def nvmlDeviceGetMaxMigDeviceCount(self, h: FakeGpu) -> int:
-        return len(h.mig_uuids)
-
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: FakeGpu, j: int) -> str:
-        return h.mig_uuids[j]
-
-    def nvmlDeviceGetCudaComputeCapability(self, h: FakeGpu) -> tuple[int, int]:
-        return (9, 0)
-
-
-def fake_torch(devices: list[tuple[str, int, int]] | None = None, *, available: bool | None = None) -> TorchCudaProbe:
-    devs = [
-        TorchDevice(index=i, name=n, total_memory_bytes=t, free_memory_bytes=f, capability="9.0")
-        for i, (n, t, f) in enumerate(devices or [])
-    ]
-    avail = bool(devs) if available is None else available
-    return TorchCudaProbe(
-        torch_version="2.13.0",
-        cuda_available=avail,
-        device_count=len(devs) if avail else 0,
-        cuda_version="12.4" if avail else None,
-        cudnn_version=90100 if avail else None,
-        cuda_initialized_before_probe=False,
-        devices=devs if avail else [],
-        error=None,
-    )
-
-
-def ok_dependency(spec: DependencySpec):
-    from geno_pipeline.preflight.documents import DependencyProbe
-
-    return DependencyProbe(
-        import_name=spec.import_name,
-        package=spec.package,
-        required=spec.required,
-        available=True,
-        version="99.0",
-        minimum_version=spec.minimum_version,
-        version_ok=True,
-        reason="ok",
-        duration_ms=0.0,
-    )
-
-
 def report_for(root: Path, nvml: FakeNvml, torch_probe: TorchCudaProbe, env: dict[str, str] | None = None, dependency_probe=ok_dependency):
     request = TrainingPreflightRequest.for_root(root)
+    kernels = [kernel(i) for i in range(torch_probe.device_count)][:1]
     return build_training_preflight_report(
         request,
         dependency_probe=dependency_probe,
         accelerator_probe=lambda rt, pf: probe_accelerator(rt, pf, nvml=nvml, torch_probe=lambda: torch_probe, environ=env or {}),
+        torch_process=FixedTorchProcess(cuda=torch_probe, kernels=kernels),
     )
 
 

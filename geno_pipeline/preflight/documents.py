@@ -12,11 +12,14 @@ __all__ = [
     "MIN_CUDA_VRAM_GB",
     "AcceleratorProbe",
     "CheckStatus",
+    "ComputeMode",
     "DependencyProbe",
     "DeterminismProbe",
     "DiskProbe",
     "DistributedProbe",
     "EnvironmentInfo",
+    "GpuProcess",
+    "KernelSmoke",
     "NvmlDevice",
     "NvmlProbe",
     "PreflightCheck",
@@ -92,20 +95,35 @@ class DependencyProbe(Document):
     """Import time."""
 
 
+ComputeMode = Literal["default", "exclusive_thread", "prohibited", "exclusive_process", "unknown"]
+
+
+class GpuProcess(Document):
+    """A compute process on a GPU, as NVML lists it."""
+
+    pid: int
+    """Process id (in NVML's PID namespace: the host's, inside a container)."""
+    used_memory_bytes: int | None
+    """GPU memory it holds (null when NVML cannot say, e.g. without permission)."""
+
+
 class NvmlDevice(Document):
-    """A physical GPU (or MIG instance) as NVML reports it."""
+    """A physical GPU as NVML reports it: identity, memory, and the health and state preflight checks.
+
+    A field is null when NVML could not read it; `not_supported` and `query_errors` say why.
+    """
 
     index: int = Field(ge=0)
     """NVML index (ignores CUDA_VISIBLE_DEVICES)."""
     uuid: str
-    """GPU UUID (GPU-...)."""
+    """GPU UUID (GPU-...); empty when NVML could not read it."""
     name: str
-    """Product name."""
-    total_memory_bytes: int = Field(ge=0)
+    """Product name; empty when NVML could not read it."""
+    total_memory_bytes: int | None = Field(ge=0)
     """Total memory."""
-    free_memory_bytes: int = Field(ge=0)
+    free_memory_bytes: int | None = Field(ge=0)
     """Free memory."""
-    used_memory_bytes: int = Field(ge=0)
+    used_memory_bytes: int | None = Field(ge=0)
     """Used memory."""
     mig_enabled: bool | None
     """MIG mode currently enabled (null when not supported)."""
@@ -113,6 +131,58 @@ class NvmlDevice(Document):
     """UUIDs of MIG instances (MIG-...) when MIG is enabled."""
     compute_capability: str | None
     """e.g. `9.0`."""
+    driver_version: str | None = None
+    """NVIDIA driver version (the same for every GPU of the machine)."""
+    cuda_driver_version: str | None = None
+    """Newest CUDA version the driver supports, e.g. `12.4` (the same for every GPU of the machine)."""
+    pci_bus_id: str | None = None
+    """PCI bus id, e.g. `00000000:18:00.0`."""
+    temperature_c: int | None = None
+    """GPU core temperature (°C)."""
+    power_draw_w: float | None = None
+    """Power draw now (W)."""
+    power_limit_w: float | None = None
+    """Enforced power limit (W)."""
+    sm_clock_mhz: int | None = None
+    """SM clock now (MHz)."""
+    memory_clock_mhz: int | None = None
+    """Memory clock now (MHz)."""
+    max_sm_clock_mhz: int | None = None
+    """Highest SM clock (MHz)."""
+    clock_event_reasons: list[str] | None = None
+    """Clock-event (throttle) reasons active now, e.g. `hw_thermal_slowdown`, `gpu_idle`."""
+    ecc_enabled: bool | None = None
+    """ECC mode now."""
+    ecc_pending_enabled: bool | None = None
+    """ECC mode after the next reset."""
+    ecc_volatile_uncorrected: int | None = Field(None, ge=0)
+    """Uncorrectable ECC errors since the driver loaded (XID 48)."""
+    ecc_volatile_corrected: int | None = Field(None, ge=0)
+    """Corrected ECC errors since the driver loaded."""
+    ecc_aggregate_uncorrected: int | None = Field(None, ge=0)
+    """Uncorrectable ECC errors over the GPU's life."""
+    retired_pages_pending: bool | None = None
+    """Pages with errors wait to be retired at the next reset (pre-Ampere GPUs; XID 63/64)."""
+    remapped_rows_correctable: int | None = Field(None, ge=0)
+    """Memory rows remapped for correctable errors (Ampere and later)."""
+    remapped_rows_uncorrectable: int | None = Field(None, ge=0)
+    """Memory rows remapped for uncorrectable errors (Ampere and later)."""
+    row_remap_pending: bool | None = None
+    """A row remap waits for the next reset (XID 94/95)."""
+    row_remap_failed: bool | None = None
+    """A row remap failed: the GPU cannot hide a bad row."""
+    compute_mode: ComputeMode | None = None
+    """Compute mode (`prohibited` refuses CUDA contexts; `exclusive_process` allows one)."""
+    persistence_mode: bool | None = None
+    """The driver stays loaded with no client (faster start); recorded, not judged."""
+    processes: list[GpuProcess] | None = None
+    """Compute processes on the GPU before preflight touched it."""
+    not_supported: dict[str, str] = Field(default_factory=dict)
+    """Queries this GPU or driver does not support, with NVML's text (their checks are `skip`)."""
+    query_errors: dict[str, str] = Field(default_factory=dict)
+    """Queries that failed for another reason, with the error."""
+    lost: bool = False
+    """NVML answered GPU_IS_LOST: the GPU fell off the bus or hangs."""
 
 
 class NvmlProbe(Document):
@@ -160,8 +230,11 @@ class TorchCudaProbe(Document):
     """torch.version.cuda (null for a CPU build)."""
     cudnn_version: int | None
     """torch.backends.cudnn.version()."""
+    arch_list: list[str] = Field(default_factory=list)
+    """torch.cuda.get_arch_list(): the GPU architectures this build has kernels (sm_XY) or PTX (compute_XY) for."""
     cuda_initialized_before_probe: bool
-    """CUDA was already initialised in this process before preflight looked."""
+    """CUDA was initialised by `import torch` alone, before anything asked for it (something in the environment does it,
+    and it would do it in train too, before the determinism settings)."""
     devices: list[TorchDevice]
     """Visible devices."""
     error: str | None
@@ -210,6 +283,8 @@ class AcceleratorProbe(Document):
     """CUDA_VISIBLE_DEVICES as set (NVML ignores it; we map it)."""
     visible: list[VisibleDevice]
     """CUDA ordinals mapped to NVML devices."""
+    selected_ordinals: list[int] = Field(default_factory=list)
+    """CUDA ordinals the job will run on (its worker on `cuda:N`, or one per worker); the GPU checks look at these."""
     nvml: NvmlProbe
     """NVML view."""
     torch: TorchCudaProbe
@@ -217,7 +292,7 @@ class AcceleratorProbe(Document):
 
 
 class DeterminismProbe(Document):
-    """The determinism settings train will apply and whether they can take effect."""
+    """The determinism settings train applies, applied in preflight's torch probe process and read back from torch."""
 
     deterministic: bool
     """runtime.deterministic."""
@@ -226,13 +301,39 @@ class DeterminismProbe(Document):
     cublas_workspace_config_applied: str | None
     """Value train will use (CUDA and deterministic only)."""
     deterministic_algorithms_supported: bool
-    """torch.use_deterministic_algorithms(True) was accepted."""
+    """torch reports deterministic algorithms on (not warn-only) exactly when runtime.deterministic asks for them."""
     tf32_allowed: bool
-    """Whether train will allow TF32 (never, when deterministic)."""
+    """torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32 after the settings (false when deterministic)."""
     cudnn_benchmark: bool
-    """Whether train will enable cuDNN benchmarking (never, when deterministic)."""
+    """torch.backends.cudnn.benchmark after the settings."""
     can_take_effect: bool
-    """False when CUDA was already initialised before the workspace setting could apply."""
+    """False when CUDA was already initialised before the settings were applied (the workspace setting may not apply)."""
+
+
+class KernelSmoke(Document):
+    """The kernel smoke test on one CUDA device: a seeded fp32 matmul, run twice, against a float64 CPU product."""
+
+    ordinal: int = Field(ge=0)
+    """CUDA ordinal (cuda:N)."""
+    outcome: Literal["ok", "mismatch", "nondeterministic", "failed", "timeout"]
+    """ok; mismatch (error above tolerance, or not finite); nondeterministic (the two runs differ); failed (raised, or the
+    probe process died); timeout (no answer within preflight.cuda_timeout_s)."""
+    size: int = Field(ge=1)
+    """Matrix side."""
+    seed: int = Field(ge=0)
+    """Seed of the CPU generator that drew both matrices."""
+    max_rel_error: float | None
+    """max |device - CPU| / max |CPU| (null when it did not finish)."""
+    tolerance: float = Field(gt=0)
+    """Largest accepted max_rel_error (fp32; wider when TF32 is allowed)."""
+    repeat_identical: bool | None
+    """The two device results are bitwise identical."""
+    duration_ms: float | None = Field(ge=0)
+    """Wall time on the device, CUDA start-up included (null after a timeout)."""
+    timeout_s: float = Field(gt=0)
+    """The bound it ran under."""
+    error: str | None
+    """Exception text, or what stopped it."""
 
 
 class DiskProbe(Document):
@@ -336,6 +437,8 @@ class PreflightReport(Document):
     """Disk probe (null if the probe failed)."""
     distributed: DistributedProbe | None = None
     """Multi-process setup (null for one process, or if the probe failed)."""
+    kernel_smoke: list[KernelSmoke] = Field(default_factory=list)
+    """Kernel smoke test per selected CUDA device (empty on the CPU)."""
     checks: list[PreflightCheck]
     """One row per check."""
     issues: list[TrainingPreflightIssue]

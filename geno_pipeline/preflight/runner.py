@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from geno_pipeline.config import LoadedParams
 from geno_pipeline.environment import package_version
 from geno_pipeline.layout import Layout
-from geno_pipeline.preflight.checks.accelerator import AcceleratorCheck, AcceleratorProbeFn, empty_accelerator
+from geno_pipeline.preflight.checks.accelerator import AcceleratorCheck, AcceleratorProbeFn, empty_accelerator, probe_accelerator
 from geno_pipeline.preflight.checks.base import CheckRun, Finding, run_check
+from geno_pipeline.preflight.checks.cuda import CudaCheck
 from geno_pipeline.preflight.checks.dataset import DatasetCheck
-from geno_pipeline.preflight.checks.dependencies import DEPENDENCIES, DependencyProbeFn, dependency_checks
+from geno_pipeline.preflight.checks.dependencies import (
+    DEPENDENCIES,
+    DependencyProbeFn,
+    DependencySpec,
+    dependency_checks,
+    dependency_facts,
+)
 from geno_pipeline.preflight.checks.determinism import DeterminismCheck
 from geno_pipeline.preflight.checks.disk import DiskCheck
 from geno_pipeline.preflight.checks.distributed import DistributedCheck, DistributedProbeFn
+from geno_pipeline.preflight.checks.gpu import GpuHealthCheck
 from geno_pipeline.preflight.checks.params import ParamsCheck
-from geno_pipeline.preflight.documents import EnvironmentInfo, PreflightOutcome, PreflightReport
+from geno_pipeline.preflight.documents import DependencyProbe, EnvironmentInfo, PreflightOutcome, PreflightReport, TorchCudaProbe
+from geno_pipeline.preflight.torch_process import TorchProbePlan, TorchProbeProcess, TorchProcessFacts, TorchProcessFn
 from geno_pipeline.runtime_report import utc_now
 from geno_pipeline.version import __version__
 
@@ -65,6 +75,22 @@ def _rows_and_issues(runs: list[CheckRun[Any]]) -> tuple[list[Any], list[Any]]:
     return rows, sorted(issues, key=lambda i: (i.severity != "error", i.code))
 
 
+def _torch_dependency(spec: DependencySpec, facts: TorchProcessFacts) -> DependencyProbe:
+    """torch's real import, done in the probe process."""
+    reason = "ok" if facts.imported else (facts.import_error or "import failed")
+    return dependency_facts(spec, available=facts.imported, reason=reason, duration_ms=facts.import_ms)
+
+
+def _cuda_of(facts: TorchProcessFacts) -> TorchCudaProbe:
+    """torch's CUDA facts from the probe process (unavailable, with the reason, when it never got that far)."""
+    if facts.cuda is not None:
+        return facts.cuda
+    return TorchCudaProbe(
+        torch_version=facts.version, cuda_available=False, device_count=0, cuda_version=None, cudnn_version=None,
+        cuda_initialized_before_probe=False, devices=[], error=facts.failure or facts.import_error,
+    )  # fmt: skip
+
+
 def build_report(
     loaded: LoadedParams,
     request: TrainingPreflightRequest,
@@ -73,24 +99,47 @@ def build_report(
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
     distributed_probe: DistributedProbeFn | None = None,
+    torch_process: TorchProcessFn | None = None,
 ) -> PreflightReport:
-    """Run every check in order (params, dependencies, accelerator, determinism, disk, dataset, and with
-    runtime.nproc_per_node > 1 distributed) and assemble the report."""
+    """Run every check and assemble the report.
+
+    The torch probe process starts first and imports torch while this process checks params, the other dependencies,
+    the disk and the dataset; NVML then lists each GPU's processes before the probe process may touch CUDA.
+    """
     runtime = loaded.params.runtime
     overrides = {"min_vram_gib": request.min_cuda_vram_gb, "require_accelerator": request.require_accelerator}
     preflight = loaded.params.preflight.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    params_run = run_check(ParamsCheck(loaded))
-    dependency_runs = [run_check(c) for c in dependency_checks(request.root, dependency_probe)]
-    acc_run = run_check(AcceleratorCheck(runtime, preflight, accelerator_probe))
+    plan = TorchProbePlan(runtime.device, runtime.nproc_per_node, runtime.deterministic, preflight.cuda_timeout_s)
+    process = (torch_process or TorchProbeProcess)(plan)
+    try:
+        params_run = run_check(ParamsCheck(loaded))
+        dependencies = dependency_checks(request.root, dependency_probe)
+        if dependency_probe is None:  # torch's import is the probe process's
+            dependencies = [replace(c, probe_fn=lambda s: _torch_dependency(s, process.facts())) if c.spec.import_name == "torch" else c
+                            for c in dependencies]  # fmt: skip
+        dependency_runs = {c.name: run_check(c) for c in dependencies if c.spec.import_name != "torch"}
+        disk_run = run_check(DiskCheck(request.artifacts_dir, preflight))
+        dataset_run = run_check(DatasetCheck(request.dataset_dir, request.root, loaded.params.data if loaded.valid else None))
+        default_probe = partial(probe_accelerator, torch_probe=lambda: _cuda_of(process.facts()))
+        acc_run = run_check(AcceleratorCheck(runtime, preflight, accelerator_probe or default_probe))
+        process.release_cuda()
+        facts = process.facts()
+        dependency_runs.update({c.name: run_check(c) for c in dependencies if c.spec.import_name == "torch"})
+    finally:
+        process.close()
     accelerator = acc_run.facts or empty_accelerator(runtime, preflight, acc_run.findings[0].message)
-    det_run = run_check(DeterminismCheck(runtime, accelerator.resolved_device, accelerator.torch))
-    disk_run = run_check(DiskCheck(request.artifacts_dir, preflight))
-    dataset_run = run_check(DatasetCheck(request.dataset_dir, request.root, loaded.params.data if loaded.valid else None))
-    runs: list[CheckRun[Any]] = [params_run, *dependency_runs, acc_run, det_run, disk_run, dataset_run]
-    dist_run = run_check(DistributedCheck(runtime, accelerator, distributed_probe)) if runtime.nproc_per_node > 1 else None
-    rows, issues = _rows_and_issues(runs + ([dist_run] if dist_run is not None else []))
+    not_measured = facts.failure or facts.import_error or "the torch probe process did not report"
+    det_run = run_check(DeterminismCheck(runtime, accelerator.resolved_device, facts.determinism, not_measured))
+    gpu_run = run_check(GpuHealthCheck(accelerator))
+    cuda_run = run_check(CudaCheck(accelerator, facts.kernels, runtime.deterministic))
+    runs: list[CheckRun[Any]] = [params_run, *(dependency_runs[c.name] for c in dependencies), acc_run, gpu_run, cuda_run, det_run,
+                                 disk_run, dataset_run]  # fmt: skip
+    if runtime.nproc_per_node > 1:
+        runs.append(run_check(DistributedCheck(runtime, accelerator, distributed_probe)))
+    rows, issues = _rows_and_issues(runs)
     packages = {package: package_version(package) for _, package, _ in DEPENDENCIES}
     packages["geno-pipeline"] = __version__
+    dist_run = runs[-1] if runtime.nproc_per_node > 1 else None
     return PreflightReport(
         generated_by=f"geno-pipeline {__version__}",
         generated_at=generated_at or utc_now(),
@@ -104,10 +153,11 @@ def build_report(
             python=sys.version.split()[0], platform=platform.platform(), machine=platform.machine(), packages=packages
         ),
         accelerator=accelerator,
-        dependencies=[r.facts for r in dependency_runs if r.facts is not None],
+        dependencies=[r.facts for r in (dependency_runs[c.name] for c in dependencies) if r.facts is not None],
         determinism=det_run.facts,
         disk=disk_run.facts,
         distributed=dist_run.facts if dist_run is not None else None,
+        kernel_smoke=facts.kernels,
         checks=rows,
         issues=issues,
     )
@@ -119,10 +169,14 @@ def build_training_preflight_report(
     generated_at: str | None = None,
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
+    torch_process: TorchProcessFn | None = None,
 ) -> PreflightReport:
     """Seed API: read the request's params file and probe everything the training run needs (never raises for probe failures)."""
     loaded = LoadedParams.read(request.params_path)
-    return build_report(loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe)
+    return build_report(
+        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe,
+        torch_process=torch_process,
+    )  # fmt: skip
 
 
 def outcome_of(report: PreflightReport) -> PreflightOutcome:

@@ -14,6 +14,7 @@ from geno_pipeline.preflight.checks.accelerator import AcceleratorProbeFn, finge
 from geno_pipeline.preflight.checks.dependencies import DependencyProbeFn
 from geno_pipeline.preflight.documents import PreflightReport
 from geno_pipeline.preflight.runner import TrainingPreflightRequest, build_report, outcome_of
+from geno_pipeline.preflight.torch_process import TorchProcessFn
 from geno_pipeline.runtime_report import StageResult
 
 __all__ = ["assess", "format_table", "run", "summary", "write_outputs", "write_training_preflight_report"]
@@ -38,6 +39,7 @@ def assess(
     generated_at: str | None = None,
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
+    torch_process: TorchProcessFn | None = None,
 ) -> StageResult[PreflightReport]:
     """Probe this machine for the job described by `loaded`, writing nothing (invalid params are findings, not a crash).
 
@@ -48,8 +50,9 @@ def assess(
         print(f"preflight: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
     request = TrainingPreflightRequest.for_root(layout.root, loaded.path)
     report = build_report(
-        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe
-    )
+        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe,
+        torch_process=torch_process,
+    )  # fmt: skip
     return StageResult(report, {"ok": report.ok, "resolved_device": report.resolved_device})
 
 
@@ -61,9 +64,13 @@ def run(
     generated_at: str | None = None,
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
+    torch_process: TorchProcessFn | None = None,
 ) -> StageResult[PreflightReport]:
     """`assess`, then write the report, the fingerprint and the outcome."""
-    result = assess(loaded, layout, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe)
+    result = assess(
+        loaded, layout, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe,
+        torch_process=torch_process,
+    )  # fmt: skip
     write_outputs(result.document, loaded, layout, output or layout.preflight_report)
     return result
 
@@ -75,12 +82,14 @@ def write_training_preflight_report(
     generated_at: str | None = None,
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
+    torch_process: TorchProcessFn | None = None,
 ) -> PreflightReport:
     """Seed API: build the report for `request`, write it and the fingerprint; return it."""
     loaded = LoadedParams.read(request.params_path)
     report = build_report(
-        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe
-    )
+        loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe,
+        torch_process=torch_process,
+    )  # fmt: skip
     layout = Layout.for_root(request.root)
     write_outputs(report, loaded, layout, Path(output) if output is not None else layout.preflight_report)
     return report

@@ -10,8 +10,8 @@ import torch
 from pydantic import Field
 
 from geno_pipeline.documents import Document
-from geno_pipeline.environment import CUBLAS_WORKSPACE_CONFIG
 from geno_pipeline.seeding import derive_seed
+from geno_pipeline.torchflags import apply_torch_determinism, torch_determinism_flags
 
 __all__ = ["TorchDeterminismReport", "TrainerSeeds", "configure_torch_reproducibility"]
 
@@ -73,27 +73,22 @@ def configure_torch_reproducibility(
     """Seed Python/NumPy/torch and, when `deterministic`, enable deterministic kernels, disable TF32
     and cuDNN benchmarking, and set CUBLAS_WORKSPACE_CONFIG before CUDA initialises."""
     initialised = bool(torch.cuda.is_initialized())
-    if deterministic and device.startswith("cuda"):
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cuda.matmul.allow_tf32 = not deterministic
-    torch.backends.cudnn.allow_tf32 = not deterministic
+    apply_torch_determinism(deterministic=deterministic, cuda=device.startswith("cuda"))
+    flags = torch_determinism_flags()
     return TorchDeterminismReport(
         seed=seed,
         deterministic=deterministic,
         cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG") if device.startswith("cuda") else None,
-        torch_deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
-        cudnn_benchmark=torch.backends.cudnn.benchmark,
-        cudnn_deterministic=torch.backends.cudnn.deterministic,
-        tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-        tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        torch_deterministic_algorithms=flags["deterministic_algorithms"],
+        cudnn_benchmark=flags["cudnn_benchmark"],
+        cudnn_deterministic=flags["cudnn_deterministic"],
+        tf32_matmul=flags["tf32_matmul"],
+        tf32_cudnn=flags["tf32_cudnn"],
         cpu_threads=torch.get_num_threads(),
         cuda_initialized_before=initialised,
     )

@@ -7,23 +7,18 @@ machine; `assess_accelerator` turns a probe into findings as a pure function.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from geno_pipeline.config import PreflightParams, RuntimeParams
-from geno_pipeline.environment import device_kind, requested_cuda_index, resolve_device
+from geno_pipeline.devices import requested_cuda_index, resolve_device, selected_cuda_ordinals
+from geno_pipeline.environment import device_kind
 from geno_pipeline.preflight.checks.base import Finding, passed, problem, skipped
-from geno_pipeline.preflight.documents import (
-    AcceleratorProbe,
-    NvmlDevice,
-    NvmlProbe,
-    TorchCudaProbe,
-    TorchDevice,
-    VisibleDevice,
-)
+from geno_pipeline.preflight.documents import AcceleratorProbe, NvmlDevice, NvmlProbe, TorchCudaProbe, VisibleDevice
+from geno_pipeline.preflight.nvml import probe_nvml
+from geno_pipeline.torchprobe import torch_cuda_facts
 
 __all__ = [
     "AcceleratorCheck",
@@ -32,21 +27,13 @@ __all__ = [
     "empty_accelerator",
     "fingerprint_device_kind",
     "map_visible_devices",
-    "nvml_init_error_code",
     "probe_accelerator",
-    "probe_nvml",
     "probe_torch_cuda",
 ]
 
 GIB = 1024**3
 AcceleratorProbeFn = Callable[[RuntimeParams, PreflightParams], AcceleratorProbe]
 
-_NVML_INIT_CODES = (
-    ("NVML_ERROR_LIBRARY_NOT_FOUND", 12, "nvml.library_not_found"),
-    ("NVML_ERROR_DRIVER_NOT_LOADED", 9, "nvml.driver_not_loaded"),
-    ("NVML_ERROR_LIB_RM_VERSION_MISMATCH", 18, "nvml.driver_library_mismatch"),
-    ("NVML_ERROR_NO_PERMISSION", 4, "nvml.no_permission"),
-)
 # NVML states that simply mean "no NVIDIA GPU here": not worth a warning unless CUDA is required
 _NO_GPU_CODES = {"nvml.library_not_found", "nvml.driver_not_loaded", "nvml.module_missing"}
 
@@ -60,152 +47,12 @@ _NVML_REMEDY = {
 }
 
 
-def nvml_init_error_code(nvml: Any, exc: BaseException) -> str:
-    """Map an nvmlInit failure to a stable issue code."""
-    value = getattr(exc, "value", None)
-    for attr, default, code in _NVML_INIT_CODES:
-        if value is not None and value == getattr(nvml, attr, default):
-            return code
-    return "nvml.init_failed"
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _memory(nvml: Any, handle: Any) -> tuple[int, int, int]:
-    version = getattr(nvml, "nvmlMemory_v2", None)
-    info = None
-    if version is not None:
-        try:  # the v2 API reports reserved memory separately, so `free` is what can really be used
-            info = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
-        except Exception:
-            info = None
-    if info is None:
-        info = nvml.nvmlDeviceGetMemoryInfo(handle)
-    return int(info.total), int(info.free), int(info.used)
-
-
-def _mig(nvml: Any, handle: Any) -> tuple[bool | None, list[str]]:
-    try:
-        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-    except Exception:  # not supported on this GPU / driver
-        return None, []
-    enabled = current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
-    instances: list[str] = []
-    if enabled:
-        try:
-            count = int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))
-        except Exception:
-            count = 0
-        for j in range(count):
-            try:
-                instances.append(_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j))))
-            except Exception:
-                continue
-    return enabled, instances
-
-
-def probe_nvml(nvml: Any | None = None) -> NvmlProbe:
-    """Query NVML: driver, CUDA driver version and every device. Never raises for NVML errors."""
-    if nvml is None:
-        try:
-            import pynvml as nvml_module
-        except Exception as exc:
-            return NvmlProbe(
-                available=False,
-                error_code="nvml.module_missing",
-                error=f"{type(exc).__name__}: {exc}",
-                driver_version=None,
-                cuda_driver_version=None,
-                devices=[],
-            )
-        nvml = nvml_module
-    error_type = getattr(nvml, "NVMLError", Exception)
-    try:
-        nvml.nvmlInit()
-    except error_type as exc:
-        return NvmlProbe(
-            available=False,
-            error_code=nvml_init_error_code(nvml, exc),
-            error=str(exc),
-            driver_version=None,
-            cuda_driver_version=None,
-            devices=[],
-        )
-    try:
-        driver = _text(nvml.nvmlSystemGetDriverVersion())
-        getter = getattr(nvml, "nvmlSystemGetCudaDriverVersion_v2", None) or nvml.nvmlSystemGetCudaDriverVersion
-        cuda_raw = int(getter())
-        cuda = f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}"
-        devices = []
-        for index in range(int(nvml.nvmlDeviceGetCount())):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            total, free, used = _memory(nvml, handle)
-            mig_enabled, instances = _mig(nvml, handle)
-            try:
-                major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-                capability: str | None = f"{major}.{minor}"
-            except Exception:
-                capability = None
-            devices.append(
-                NvmlDevice(
-                    index=index,
-                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                    name=_text(nvml.nvmlDeviceGetName(handle)),
-                    total_memory_bytes=total,
-                    free_memory_bytes=free,
-                    used_memory_bytes=used,
-                    mig_enabled=mig_enabled,
-                    mig_instances=instances,
-                    compute_capability=capability,
-                )
-            )
-    finally:
-        with contextlib.suppress(Exception):
-            nvml.nvmlShutdown()
-    return NvmlProbe(available=True, error_code=None, error=None, driver_version=driver, cuda_driver_version=cuda, devices=devices)
-
-
 def probe_torch_cuda() -> TorchCudaProbe:
-    """Ask torch about CUDA (this initialises CUDA in this process when devices exist)."""
+    """Ask torch about CUDA in this process (this initialises CUDA here; preflight itself asks in its probe process)."""
     import torch
 
     before = bool(torch.cuda.is_initialized())
-    try:
-        available = bool(torch.cuda.is_available())
-        count = int(torch.cuda.device_count()) if available else 0
-        devices = []
-        for index in range(count):
-            props = torch.cuda.get_device_properties(index)
-            try:
-                free, _total = torch.cuda.mem_get_info(index)
-                free_bytes: int | None = int(free)
-            except Exception:
-                free_bytes = None
-            devices.append(
-                TorchDevice(
-                    index=index,
-                    name=str(props.name),
-                    total_memory_bytes=int(props.total_memory),
-                    free_memory_bytes=free_bytes,
-                    capability=f"{props.major}.{props.minor}",
-                )
-            )
-        cudnn = torch.backends.cudnn.version() if available else None
-        error = None
-    except Exception as exc:
-        available, count, devices, cudnn, error = False, 0, [], None, f"{type(exc).__name__}: {exc}"
-    return TorchCudaProbe(
-        torch_version=str(torch.__version__),
-        cuda_available=available,
-        device_count=count,
-        cuda_version=torch.version.cuda,
-        cudnn_version=cudnn,
-        cuda_initialized_before_probe=before,
-        devices=devices,
-        error=error,
-    )
+    return TorchCudaProbe(**torch_cuda_facts(), cuda_initialized_before_probe=before)
 
 
 def map_visible_devices(cuda_visible_devices: str | None, devices: list[NvmlDevice]) -> list[VisibleDevice]:
@@ -279,6 +126,7 @@ def probe_accelerator(
         reason=reason,
         cuda_visible_devices=cvd,
         visible=visible,
+        selected_ordinals=selected_cuda_ordinals(requested, cuda_usable=usable, nproc_per_node=runtime.nproc_per_node),
         nvml=nv,
         torch=th,
     )

@@ -21,6 +21,7 @@ __all__ = [
     "DependencySpec",
     "declared_minimums",
     "dependency_checks",
+    "dependency_facts",
     "probe_dependency",
     "version_at_least",
 ]
@@ -103,7 +104,11 @@ def probe_dependency(spec: DependencySpec) -> DependencyProbe:
     except Exception as exc:  # ImportError, OSError from a missing .so, or anything raised at import
         available, reason = False, f"import failed: {type(exc).__name__}: {exc}".strip()
         sys.modules.pop(spec.import_name, None)
-    duration = (time.perf_counter() - start) * 1000.0
+    return dependency_facts(spec, available=available, reason=reason, duration_ms=(time.perf_counter() - start) * 1000.0)
+
+
+def dependency_facts(spec: DependencySpec, *, available: bool, reason: str, duration_ms: float) -> DependencyProbe:
+    """The probe for an import done here or elsewhere (torch is imported in preflight's torch probe process)."""
     try:
         version: str | None = metadata.version(spec.package)
     except metadata.PackageNotFoundError:
@@ -122,7 +127,7 @@ def probe_dependency(spec: DependencySpec) -> DependencyProbe:
         minimum_version=spec.minimum_version,
         version_ok=version_ok,
         reason=reason,
-        duration_ms=round(duration, 3),
+        duration_ms=round(duration_ms, 3),
     )
 
 

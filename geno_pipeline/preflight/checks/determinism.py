@@ -1,69 +1,71 @@
-"""Determinism check: the settings train will apply, and whether they can take effect in this process."""
+"""Determinism check: the settings train applies, applied in the torch probe process and read back from torch."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from geno_pipeline.config import RuntimeParams
-from geno_pipeline.environment import CUBLAS_WORKSPACE_CONFIG
-from geno_pipeline.preflight.checks.base import Finding, problem
-from geno_pipeline.preflight.documents import DeterminismProbe, TorchCudaProbe
+from geno_pipeline.preflight.checks.base import Finding, problem, skipped
+from geno_pipeline.preflight.documents import DeterminismProbe
+from geno_pipeline.preflight.torch_process import TorchDeterminismFlags
+from geno_pipeline.torchflags import CUBLAS_WORKSPACE_CONFIG
 
-__all__ = ["DeterminismCheck", "probe_determinism"]
+__all__ = ["DeterminismCheck", "determinism_facts"]
 
 _VALID_CUBLAS = {":4096:8", ":16:8"}
 
 
-def probe_determinism(runtime: RuntimeParams, resolved_device: str, torch_probe: TorchCudaProbe | None) -> DeterminismProbe:
-    """Ask torch whether deterministic algorithms are accepted; record what train will set."""
-    import torch
-
+def determinism_facts(
+    runtime: RuntimeParams, resolved_device: str, flags: TorchDeterminismFlags, environ: Mapping[str, str] | None = None
+) -> DeterminismProbe:
+    """What torch reported after the trainer's settings, judged against runtime.deterministic."""
+    env = os.environ if environ is None else environ
     cuda = resolved_device.startswith("cuda")
-    supported = True
-    previous = torch.are_deterministic_algorithms_enabled()
-    try:
-        torch.use_deterministic_algorithms(True)
-    except Exception:
-        supported = False
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    initialised = bool(torch_probe.cuda_initialized_before_probe) if torch_probe else False
+    wanted = runtime.deterministic
+    tf32 = flags.tf32_matmul or flags.tf32_cudnn
     return DeterminismProbe(
-        deterministic=runtime.deterministic,
-        cublas_workspace_config_env=os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-        cublas_workspace_config_applied=CUBLAS_WORKSPACE_CONFIG if (cuda and runtime.deterministic) else None,
-        deterministic_algorithms_supported=supported,
-        tf32_allowed=not runtime.deterministic,
-        cudnn_benchmark=False,
-        can_take_effect=not (cuda and initialised),
+        deterministic=wanted,
+        cublas_workspace_config_env=env.get("CUBLAS_WORKSPACE_CONFIG"),
+        cublas_workspace_config_applied=CUBLAS_WORKSPACE_CONFIG if (cuda and wanted) else None,
+        deterministic_algorithms_supported=flags.deterministic_algorithms == wanted and not flags.deterministic_warn_only,
+        tf32_allowed=tf32,
+        cudnn_benchmark=flags.cudnn_benchmark,
+        can_take_effect=not (cuda and flags.cuda_initialized_before),
     )
 
 
 @dataclass(frozen=True)
 class DeterminismCheck:
-    """`determinism`: deterministic mode on and able to take effect."""
+    """`determinism`: deterministic mode on, and torch reports the settings train needs."""
 
     runtime: RuntimeParams
     resolved_device: str
-    torch_probe: TorchCudaProbe | None
+    flags: TorchDeterminismFlags | None
+    not_measured: str = "the torch probe process did not report"
     name: str = "determinism"
 
-    def probe(self) -> DeterminismProbe:
-        return probe_determinism(self.runtime, self.resolved_device, self.torch_probe)
+    def probe(self) -> DeterminismProbe | None:
+        return None if self.flags is None else determinism_facts(self.runtime, self.resolved_device, self.flags)
 
-    def assess(self, facts: DeterminismProbe) -> list[Finding]:
+    def assess(self, facts: DeterminismProbe | None) -> list[Finding]:
         key = "runtime.deterministic"
+        if facts is None:
+            return [skipped(self.name, f"not measured: {self.not_measured}")]
         if not facts.deterministic:
             detail = "runtime.deterministic is false: results are not guaranteed to be reproducible"
             remedy = "set runtime.deterministic: true"
             return [problem(self.name, "warning", "determinism.disabled", key, "deterministic mode off", remedy, detail=detail)]
-        if not facts.deterministic_algorithms_supported:
-            detail = "torch.use_deterministic_algorithms(True) was refused"
-            remedy = "upgrade torch to the locked version (requirements.lock)"
-            return [
-                problem(self.name, "error", "determinism.unsupported", key, "deterministic algorithms unsupported", remedy, detail=detail)
-            ]
+        if not facts.deterministic_algorithms_supported or facts.tf32_allowed or facts.cudnn_benchmark:
+            algorithms = "on" if facts.deterministic_algorithms_supported else "off or warn-only"
+            detail = (
+                f"after the trainer's settings torch reports deterministic algorithms {algorithms}, "
+                f"TF32 {'on' if facts.tf32_allowed else 'off'}, cuDNN benchmark {'on' if facts.cudnn_benchmark else 'off'}"
+            )
+            remedy = "install the locked torch version (pip install -c requirements.lock -e .)"
+            return [problem(self.name, "error", "determinism.unsupported", key, "torch does not keep the determinism settings", remedy,
+                            detail=detail)]  # fmt: skip
         return [*self._cuda_warnings(facts), self._row(facts)]
 
     def _cuda_warnings(self, facts: DeterminismProbe) -> list[Finding]:
@@ -77,13 +79,13 @@ class DeterminismCheck:
             out.append(problem(self.name, "warning", "determinism.cublas_workspace_override", "CUBLAS_WORKSPACE_CONFIG", message, remedy,
                                row=False))  # fmt: skip
         if not facts.can_take_effect:
-            message = "CUDA was initialised before preflight could check that CUBLAS_WORKSPACE_CONFIG can take effect"
-            remedy = "do not import code that touches CUDA before geno-pipeline sets its determinism flags"
+            message = "CUDA was initialised by `import torch` alone, before the determinism settings could apply"
+            remedy = "find what initialises CUDA at import (a sitecustomize, a torch plugin) and remove it"
             out.append(problem(self.name, "warning", "determinism.cuda_already_initialized", "CUBLAS_WORKSPACE_CONFIG", message, remedy,
                                row=False))  # fmt: skip
         return out
 
     def _row(self, facts: DeterminismProbe) -> Finding:
         applied = facts.cublas_workspace_config_applied or "n/a on CPU"
-        message = f"deterministic algorithms on, TF32 off, cuDNN benchmark off, CUBLAS_WORKSPACE_CONFIG {applied}"
+        message = f"torch reports deterministic algorithms on, TF32 off, cuDNN benchmark off; CUBLAS_WORKSPACE_CONFIG {applied}"
         return Finding(self.name, "pass" if facts.can_take_effect else "warn", message)

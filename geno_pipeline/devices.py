@@ -1,0 +1,37 @@
+"""Which device a job uses: `runtime.device` resolved against what torch can use, and the CUDA ordinals its workers take.
+
+Pure functions with no heavy imports: preflight's torch probe process, preflight itself and train all call these,
+so the three agree on the device.
+"""
+
+from __future__ import annotations
+
+__all__ = ["requested_cuda_index", "resolve_device", "selected_cuda_ordinals"]
+
+
+def requested_cuda_index(device: str) -> int | None:
+    """`cuda:N` -> N, `cuda` -> 0, anything else -> None."""
+    if device.startswith("cuda"):
+        return int(device.split(":", 1)[1]) if ":" in device else 0
+    return None
+
+
+def resolve_device(requested: str, *, cuda_usable: bool) -> str:
+    """The device training uses: `auto` -> `cuda:0` when CUDA is usable, else `cpu`; `cuda[:N]` -> `cuda:N`."""
+    if requested == "auto":
+        return "cuda:0" if cuda_usable else "cpu"
+    index = requested_cuda_index(requested)
+    return "cpu" if index is None else f"cuda:{index}"
+
+
+def selected_cuda_ordinals(requested: str, *, cuda_usable: bool, nproc_per_node: int) -> list[int]:
+    """CUDA ordinals the job will run on: `[N]` for one process on `cuda:N`, `0..nproc_per_node-1` for several workers
+    on CUDA (each uses `cuda:LOCAL_RANK`), none on the CPU.
+
+    A CUDA device asked for explicitly is selected even when torch cannot use it, so that preflight can still say
+    what is wrong with it.
+    """
+    index = requested_cuda_index(resolve_device(requested, cuda_usable=cuda_usable))
+    if index is None:
+        return []
+    return list(range(nproc_per_node)) if nproc_per_node > 1 else [index]
