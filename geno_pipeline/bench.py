@@ -261,19 +261,45 @@ def bench_sha256(size_mib: int, repeats: int) -> BenchEntry:
     return _entry("sha256_file_vs_coreutils_sha256sum", ours, ref, f"{size_mib} MiB file, median of {repeats}")
 
 
+def _interleaved(ours: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Medians of `ours` and `ref`, run alternately so that a change in the machine's load hits both alike."""
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, times in ((ours, a), (ref, b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
+
+
 def bench_preflight(root: Path, repeats: int) -> BenchEntry:
-    """`geno-pipeline preflight` wall time vs `python -c "import torch"`."""
+    """`geno-pipeline preflight` wall time vs `python -c "import torch"`, whole processes, run alternately."""
+    codes: list[int] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "preflight.json"
+        command = [sys.executable, "-m", "geno_pipeline", "preflight", "--root", str(root), "--output", str(out)]
 
         def preflight() -> None:
-            subprocess.run(
-                [sys.executable, "-m", "geno_pipeline", "preflight", "--root", str(root), "--output", str(out)], capture_output=True
-            )
+            codes.append(subprocess.run(command, capture_output=True).returncode)
 
-        ours = _median(preflight, repeats)
-    ref = _median(lambda: subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, check=True), repeats)
-    return _entry("preflight_vs_import_torch", ours, ref, f"wall time of whole processes, median of {repeats}")
+        def import_torch() -> None:
+            subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, check=True)
+
+        ours, ref = _interleaved(preflight, import_torch, repeats)
+    exits = "exit 0" if set(codes) == {0} else f"exit codes {sorted(set(codes))} (not ok: some checks stopped early)"
+    return _entry("preflight_vs_import_torch", ours, ref, f"wall time of whole processes, median of {repeats} alternate runs; {exits}")
+
+
+def bench_help(repeats: int) -> BenchEntry:
+    """`geno-pipeline --help` vs `python -c "pass"`: what the CLI costs before it does anything."""
+    script = Path(sys.executable).parent / "geno-pipeline"
+    command = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "geno_pipeline", "--help"]
+    ours, ref = _interleaved(
+        lambda: subprocess.run(command, capture_output=True, check=True),
+        lambda: subprocess.run([sys.executable, "-c", "pass"], capture_output=True, check=True),
+        repeats,
+    )
+    return _entry("help_vs_python_pass", ours, ref, f"`{' '.join(Path(c).name for c in command)}`, median of {repeats} alternate runs")
 
 
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
@@ -474,7 +500,8 @@ def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> B
         *bench_train_step(20 if quick else 60, 3),
         bench_collapse(256 if quick else 1024, 256),
         bench_sha256(16 if quick else 64, 3),
-        bench_preflight(layout.root, 3 if quick else 5),
+        bench_preflight(layout.root, 3 if quick else 7),
+        bench_help(5 if quick else 15),
     ]
     distributed, dist_entries = bench_distributed(20 if quick else 100)
     entries += dist_entries

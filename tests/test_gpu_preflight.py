@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -103,7 +104,7 @@ def test_healthy_gpu_passes_every_check_and_keeps_the_facts(root: Path) -> None:
 
 # (health of the one GPU, the code, its severity, the row that fails or warns)
 HEALTH_CASES = [
-    ({"ecc_volatile_uncorrected": 2}, "gpu.ecc_uncorrectable", "error", "gpu.ecc"),
+    ({"ecc_volatile_uncorrected": 1}, "gpu.ecc_uncorrectable", "error", "gpu.ecc"),
     ({"retired_pending": 1}, "gpu.retired_pages_pending", "error", "gpu.retired_pages"),
     ({"remap": (0, 1, 1, 0)}, "gpu.row_remap_pending", "error", "gpu.row_remap"),
     ({"remap": (0, 1, 0, 1)}, "gpu.row_remap_failed", "error", "gpu.row_remap"),
@@ -424,3 +425,11 @@ def test_inductor_sees_the_determinism_setting_either_way(inductor_first: bool) 
 
 def test_runtime_and_preflight_params_defaults() -> None:
     assert PreflightParams().cuda_timeout_s == 60.0 and RuntimeParams().nproc_per_node == 1
+
+
+def test_every_gpu_and_cuda_code_has_a_readme_row_with_its_severity() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    warnings = {"gpu.clocks_throttled", "gpu.busy", "gpu.query_failed"}
+    for code in REMEDIES:
+        severity = "warning" if code in warnings else "error"
+        assert re.search(rf"^\| `{re.escape(code)}` \| {severity} \| ", readme, flags=re.M), code
