@@ -263,7 +263,8 @@ def bench_sha256(size_mib: int, repeats: int) -> BenchEntry:
 
 def _interleaved(ours: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Medians of `ours` and `ref`, run alternately so that a change in the machine's load hits both alike."""
-    a, b = [], []
+    a: list[float] = []
+    b: list[float] = []
     for _ in range(repeats):
         for fn, times in ((ours, a), (ref, b)):
             t0 = time.perf_counter()
