@@ -162,6 +162,7 @@ class TorchProbeProcess:
                 raise TimeoutError(f"no answer within {bound:g} s while {phase}") from None
             if message is None:
                 code = self.proc.wait()
+                self._readers[1].join(timeout=_KILL_WAIT_S)  # the last error line may still be in the pipe
                 tail = self.stderr_tail.strip().splitlines()[-1:] or ["no error output"]
                 raise EOFError(f"the torch probe process exited with code {code} while {phase}: {tail[0]}")
             if message.get("event") == event:
