@@ -16,6 +16,7 @@ stdin, so that NVML can list the other processes on each GPU before this one cre
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -121,13 +122,12 @@ def kernel_smoke(
 def _import_torch() -> bool:
     start = time.perf_counter()
     try:
-        import torch
+        importlib.import_module("torch")
     except BaseException as exc:  # ImportError, OSError from a missing shared library, anything raised at import
         _emit("imported", ok=False, error=f"import failed: {type(exc).__name__}: {exc}".strip(), version=_version(),
-              duration_ms=(time.perf_counter() - start) * 1000.0, cuda_initialized_on_import=False)  # fmt: skip
+              duration_ms=(time.perf_counter() - start) * 1000.0)  # fmt: skip
         return False
-    _emit("imported", ok=True, error=None, version=_version(), duration_ms=(time.perf_counter() - start) * 1000.0,
-          cuda_initialized_on_import=bool(torch.cuda.is_initialized()))  # fmt: skip
+    _emit("imported", ok=True, error=None, version=_version(), duration_ms=(time.perf_counter() - start) * 1000.0)
     return True
 
 

@@ -327,7 +327,7 @@ FAKE_CHILD = """
 import json, sys, time
 def say(event, **f):
     print(json.dumps({"event": event, **f}), flush=True)
-say("imported", ok=True, error=None, version="2.13.0", duration_ms=5.0, cuda_initialized_on_import=False)
+say("imported", ok=True, error=None, version="2.13.0", duration_ms=5.0)
 sys.stdin.readline()
 MODE = sys.argv[1]
 if MODE == "hang_cuda":

@@ -29,7 +29,13 @@ from geno_pipeline.preflight.checks.distributed import DistributedCheck, Distrib
 from geno_pipeline.preflight.checks.gpu import GpuHealthCheck
 from geno_pipeline.preflight.checks.params import ParamsCheck
 from geno_pipeline.preflight.documents import DependencyProbe, EnvironmentInfo, PreflightOutcome, PreflightReport, TorchCudaProbe
-from geno_pipeline.preflight.torch_process import TorchProbePlan, TorchProbeProcess, TorchProcessFacts, TorchProcessFn
+from geno_pipeline.preflight.torch_process import (
+    TorchProbePlan,
+    TorchProbeProcess,
+    TorchProcessFacts,
+    TorchProcessFn,
+    cuda_unavailable,
+)
 from geno_pipeline.runtime_report import utc_now
 from geno_pipeline.version import __version__
 
@@ -83,12 +89,7 @@ def _torch_dependency(spec: DependencySpec, facts: TorchProcessFacts) -> Depende
 
 def _cuda_of(facts: TorchProcessFacts) -> TorchCudaProbe:
     """torch's CUDA facts from the probe process (unavailable, with the reason, when it never got that far)."""
-    if facts.cuda is not None:
-        return facts.cuda
-    return TorchCudaProbe(
-        torch_version=facts.version, cuda_available=False, device_count=0, cuda_version=None, cudnn_version=None,
-        cuda_initialized_before_probe=False, devices=[], error=facts.failure or facts.import_error,
-    )  # fmt: skip
+    return facts.cuda if facts.cuda is not None else cuda_unavailable(facts.version, facts.failure or facts.import_error)
 
 
 def build_report(
@@ -134,12 +135,13 @@ def build_report(
     cuda_run = run_check(CudaCheck(accelerator, facts.kernels, runtime.deterministic))
     runs: list[CheckRun[Any]] = [params_run, *(dependency_runs[c.name] for c in dependencies), acc_run, gpu_run, cuda_run, det_run,
                                  disk_run, dataset_run]  # fmt: skip
+    dist_run: CheckRun[Any] | None = None
     if runtime.nproc_per_node > 1:
-        runs.append(run_check(DistributedCheck(runtime, accelerator, distributed_probe)))
+        dist_run = run_check(DistributedCheck(runtime, accelerator, distributed_probe))
+        runs.append(dist_run)
     rows, issues = _rows_and_issues(runs)
     packages = {package: package_version(package) for _, package, _ in DEPENDENCIES}
     packages["geno-pipeline"] = __version__
-    dist_run = runs[-1] if runtime.nproc_per_node > 1 else None
     return PreflightReport(
         generated_by=f"geno-pipeline {__version__}",
         generated_at=generated_at or utc_now(),

@@ -31,6 +31,7 @@ __all__ = [
     "TorchProcess",
     "TorchProcessFacts",
     "TorchProcessFn",
+    "cuda_unavailable",
 ]
 
 IMPORT_TIMEOUT_S = 120.0
@@ -92,6 +93,14 @@ class TorchProcess(Protocol):
 
 
 TorchProcessFn = Callable[[TorchProbePlan], TorchProcess]
+
+
+def cuda_unavailable(torch_version: str | None, error: str | None) -> TorchCudaProbe:
+    """torch's CUDA facts when the probe process never reported them: unavailable, with the reason."""
+    return TorchCudaProbe(
+        torch_version=torch_version, cuda_available=False, device_count=0, cuda_version=None, cudnn_version=None,
+        cuda_initialized_before_probe=False, devices=[], error=error,
+    )  # fmt: skip
 
 
 def _kernel(ordinal: int, plan: TorchProbePlan, raw: dict[str, Any] | None, error: BaseException | None = None) -> KernelSmoke:
@@ -208,10 +217,7 @@ class TorchProbeProcess:
 
     def _cuda_failure(self, base: TorchProcessFacts, error: BaseException) -> TorchProcessFacts:
         """Starting CUDA hung or crashed: torch counts as unable to use CUDA; the devices the job asked for get the failure."""
-        cuda = TorchCudaProbe(
-            torch_version=base.version, cuda_available=False, device_count=0, cuda_version=None, cudnn_version=None,
-            cuda_initialized_before_probe=False, devices=[], error=str(error),
-        )  # fmt: skip
+        cuda = cuda_unavailable(base.version, str(error))
         asked = selected_cuda_ordinals(self.plan.requested_device, cuda_usable=True, nproc_per_node=self.plan.nproc_per_node)
         asked = asked if self.plan.requested_device != "cpu" else []
         kernels = [_kernel(o, self.plan, None, error) for o in asked]
