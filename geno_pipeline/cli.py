@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="geno-pipeline",
         description=(
             "Preflight, deterministic training and verifiable release of a DNA latent world model. "
-            "Normally run through `dvc repro`, which calls data -> preflight -> train -> release."
+            "Normally run through `dvc repro`, which calls data -> preflight -> train -> sweep -> release."
         ),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """data, preflight, train, release: the four DVC stages."""
+    """data, preflight, train, sweep, release: the five DVC stages."""
     p = sub.add_parser(
         "data",
         help="build artifacts/dataset/ from the `data` params",
@@ -119,6 +119,19 @@ def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--no-progress", action="store_true", help="no progress display")
 
     p = sub.add_parser(
+        "sweep",
+        help="train further seeds, everything else fixed; write reports/sweep.json",
+        description="Run the train stage in this process for seeds train.seed + 1 .. train.seed + N (N from --seeds or "
+        "sweep.seeds), each deterministic and in its own directory artifacts/sweep/seed-<S>/, and write reports/sweep.json: "
+        "per seed the held-out / identity-baseline ratio, final losses and collapse alerts; across seeds mean, std, min "
+        "and max. Finished seeds are reused and interrupted ones resumed. With release.sweep_max_ratio set, `release` "
+        "gates on it. dvc repro runs it with sweep.seeds (0: nothing to train).",
+    )
+    _common(p)
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds (default: sweep.seeds from the params)")
+    p.add_argument("--no-progress", action="store_true", help="no step progress within each seed (one line per seed remains)")
+
+    p = sub.add_parser(
         "release",
         help="gate and write the checksummed release bundle",
         description="Check the release gates (preflight ok, training complete, finite, no final collapse alert) and write "
@@ -129,7 +142,7 @@ def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """verify, validate, schemas, repro-check, bench, reliability."""
+    """verify, sign, sweep, validate, schemas, repro-check, bench, reliability."""
     p = sub.add_parser(
         "verify",
         help="verify a release bundle directory",
@@ -137,6 +150,27 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "relative paths, no symlinks, and metadata/provenance validate and agree. Exit 0 or 7 listing every problem.",
     )
     p.add_argument("directory", type=Path, help="bundle directory, e.g. artifacts/release")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        metavar="PUB",
+        help="also verify the model-signing signature with this PEM EC public key (needs the `sign` extra)",
+    )
+    p.add_argument("--signature", type=Path, default=None, metavar="SIG", help="signature file (default: DIRECTORY.sig beside the bundle)")
+
+    p = sub.add_parser(
+        "sign",
+        help="sign a release offline (OpenSSF model-signing, EC key)",
+        description="Verify the release, then sign it with the `model_signing` library: a Sigstore bundle holding a DSSE "
+        "envelope over an in-toto statement of every file's sha256, signed with a local elliptic-curve key. The signature "
+        "is written beside the release (default DIRECTORY.sig), never inside it, so the release stays byte-identical. "
+        "An encrypted key's passphrase is read from $GENO_PIPELINE_KEY_PASSWORD. Needs `pip install -e '.[sign]'`. "
+        "Check with `geno-pipeline verify DIRECTORY --public-key PUB` or upstream `model_signing verify key`.",
+    )
+    p.add_argument("directory", type=Path, help="bundle directory, e.g. artifacts/release")
+    p.add_argument("--private-key", type=Path, required=True, metavar="KEY", help="PEM elliptic-curve private key (P-256/384/521)")
+    p.add_argument("--signature", type=Path, default=None, metavar="SIG", help="where to write the signature (default: DIRECTORY.sig)")
 
     p = sub.add_parser(
         "validate",
@@ -271,6 +305,22 @@ def _train_command() -> StageCommand:
     )
 
 
+def _sweep_command() -> StageCommand:
+    from geno_pipeline.sweep import stage
+
+    def run(loaded: LoadedParams, layout: Layout, args: argparse.Namespace) -> StageResult[Any]:
+        if args.seeds is not None and args.seeds < 0:
+            raise GenoPipelineError(f"--seeds {args.seeds}: must be 0 or more")
+        return stage.run(loaded.require(), layout, seeds=args.seeds, progress=not args.no_progress and sys.stderr.isatty())
+
+    return StageCommand(
+        announce=lambda _loaded: None,
+        run=run,
+        summary=lambda layout, report, _args: stage.summary(layout, report),
+        status=lambda _doc: "ok",
+    )
+
+
 def _release_command() -> StageCommand:
     from geno_pipeline.release import stage
 
@@ -314,20 +364,43 @@ _STAGES: dict[str, Callable[[], StageCommand]] = {
     "data": _data_command,
     "preflight": _preflight_command,
     "train": _train_command,
+    "sweep": _sweep_command,
     "release": _release_command,
 }
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from geno_pipeline.release.signing import default_signature_path, verify_signature
     from geno_pipeline.release.verify import verify_bundle
 
     problems = verify_bundle(args.directory)
+    if args.public_key is not None:
+        problems += verify_signature(args.directory, args.public_key, args.signature)
+    elif args.signature is not None:
+        print("verify: error: --signature needs --public-key (the key the release was signed with)", file=sys.stderr)
+        return EXIT_INVALID
     if problems:
         print(f"verify: {args.directory}: {len(problems)} problem(s):", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_VERIFY
-    print(f"verify: {args.directory}: OK")
+    if args.public_key is not None:
+        signature = args.signature or default_signature_path(args.directory)
+        print(f"verify: {args.directory}: OK (checksums, schemas, provenance; signature {signature} verified with {args.public_key})")
+    else:
+        unchecked = default_signature_path(args.directory)
+        note = f"; signature {unchecked} not checked: pass --public-key PUB" if unchecked.is_file() else ""
+        print(f"verify: {args.directory}: OK{note}")
+    return EXIT_OK
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from geno_pipeline.release.signing import password_from_env, sign_release
+
+    signed = sign_release(args.directory, args.private_key, args.signature, password=password_from_env())
+    print(f"sign: {args.directory}: signed {len(signed.files)} files with key {signed.key_fingerprint[:16]}...; wrote {signed.signature}")
+    print(f"sign: check it with `geno-pipeline verify {args.directory} --public-key PUB` "
+          f"or `model_signing verify key {args.directory} --signature {signed.signature} --public_key PUB`")  # fmt: skip
     return EXIT_OK
 
 
@@ -379,6 +452,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": _cmd_verify,
+    "sign": _cmd_sign,
     "validate": _cmd_validate,
     "schemas": _cmd_schemas,
     "repro-check": _cmd_repro_check,

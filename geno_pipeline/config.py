@@ -26,6 +26,8 @@ __all__ = [
     "PreflightParams",
     "ReleaseParams",
     "RuntimeParams",
+    "SweepParams",
+    "SweepStageParams",
     "TrainParams",
     "TrainStageParams",
     "cross_section_problems",
@@ -33,6 +35,7 @@ __all__ = [
     "params_from_mapping",
     "section_keys",
     "stage_params",
+    "sweep_gate_problems",
     "world_size_problems",
 ]
 
@@ -354,11 +357,23 @@ class CollapseParams(_Section):
     """`warn` logs alerts and continues; `halt` stops the run with status `collapsed`."""
 
 
+class SweepParams(_Section):
+    """The seed sweep (`geno-pipeline sweep`): the train stage rerun with other seeds, everything else fixed."""
+
+    seeds: int = Field(0, ge=0, le=1000)
+    """Train this many further seeds, train.seed + 1 .. train.seed + N, each in artifacts/sweep/seed-<S>/; 0: no sweep."""
+
+
 class ReleaseParams(_Section):
     """Inputs of the `release` stage."""
 
     allow_collapse_alerts: bool = False
     """Release even when the final collapse observation raised alerts."""
+    sweep_max_ratio: FiniteFloat | None = Field(None, gt=0)
+    """Seed-sweep gate, on when set: every sweep seed's held-out / identity-baseline ratio must be under this, and the
+    released run's ratio within the sweep's spread. Needs sweep.seeds >= 2. null: no sweep gate."""
+    sweep_spread_sigmas: FiniteFloat = Field(3.0, gt=0)
+    """The sweep's spread: its mean ratio +/- this many sample standard deviations."""
 
 
 def cross_section_problems(window_length: int, flank_length: int, train: TrainParams) -> list[tuple[str, Any, str, str]]:
@@ -419,14 +434,31 @@ class Params(_Section):
     """Training."""
     collapse: CollapseParams = Field(default_factory=CollapseParams)
     """Collapse diagnostics."""
+    sweep: SweepParams = Field(default_factory=SweepParams)
+    """Seed sweep."""
     release: ReleaseParams = Field(default_factory=ReleaseParams)
     """Release gates."""
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
         problems = cross_section_problems(self.data.window_length, self.data.flank_length, self.train)
+        problems += sweep_gate_problems(self.sweep, self.release)
         _raise_if(problems + world_size_problems(self.runtime.nproc_per_node, self.train))
         return self
+
+
+def sweep_gate_problems(sweep: SweepParams, release: ReleaseParams) -> list[tuple[str, Any, str, str]]:
+    """The sweep gate needs a spread: at least two seeds."""
+    if release.sweep_max_ratio is None or sweep.seeds >= 2:
+        return []
+    return [
+        (
+            "sweep.seeds",
+            sweep.seeds,
+            f"must be at least 2 when release.sweep_max_ratio is set ({release.sweep_max_ratio}): the gate compares with a spread",
+            "set sweep.seeds: 3 (or more), or release.sweep_max_ratio: null",
+        )
+    ]
 
 
 class TrainStageParams(_Section):
@@ -454,6 +486,29 @@ class TrainStageParams(_Section):
         return sha256_bytes(canonical_json(self).encode())
 
 
+class SweepStageParams(_Section):
+    """The sections the `sweep` stage reads: the train stage's, and the sweep's."""
+
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+    """Device and threading."""
+    train: TrainParams = Field(default_factory=TrainParams)
+    """Training (train.seed is the released run's seed; the sweep trains the next ones)."""
+    collapse: CollapseParams = Field(default_factory=CollapseParams)
+    """Collapse diagnostics."""
+    sweep: SweepParams = Field(default_factory=SweepParams)
+    """How many seeds."""
+
+    @classmethod
+    def from_params(cls, params: Params) -> SweepStageParams:
+        """Narrow the whole params to the sweep stage's sections."""
+        return cls(runtime=params.runtime, train=params.train, collapse=params.collapse, sweep=params.sweep)
+
+    def train_stage(self, seed: int | None = None) -> TrainStageParams:
+        """The train stage's params, with train.seed replaced by `seed` when given."""
+        train = self.train if seed is None else self.train.model_copy(update={"seed": seed})
+        return TrainStageParams(runtime=self.runtime, train=train, collapse=self.collapse)
+
+
 def section_keys(model: type[BaseModel], prefix: str) -> list[str]:
     """Dotted top-level keys of a section model, as listed under `params:` in dvc.yaml."""
     return [f"{prefix}.{name}" for name in model.model_fields]
@@ -466,6 +521,7 @@ def stage_params() -> dict[str, list[str]]:
         "data": section_keys(DataParams, "data"),
         "preflight": whole,
         "train": [key for name, info in TrainStageParams.model_fields.items() for key in section_keys(info.annotation, name)],  # type: ignore[arg-type]
+        "sweep": [key for name, info in SweepStageParams.model_fields.items() for key in section_keys(info.annotation, name)],  # type: ignore[arg-type]
         "release": whole,
     }
 

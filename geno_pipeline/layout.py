@@ -28,11 +28,18 @@ class Layout:
     """The project tree under `root`."""
 
     root: Path
+    train_home: Path | None = None
+    """Where a sweep's seeded run keeps what the train stage writes (None: artifacts/train and reports/)."""
 
     @classmethod
     def for_root(cls, root: Path | str = ".") -> Layout:
         """The layout of the project at `root`."""
         return cls(Path(root))
+
+    def for_sweep_seed(self, seed: int) -> Layout:
+        """This layout with the train stage's outputs moved to artifacts/sweep/seed-<seed>/ (train/, train.json,
+        metrics.json, plots/); inputs (dataset, preflight) stay shared."""
+        return Layout(self.root, train_home=self.sweep_seed_dir(seed))
 
     def rel(self, path: Path) -> str:
         """`path` relative to the root, POSIX style (how reports and dvc.yaml name files)."""
@@ -86,7 +93,7 @@ class Layout:
     # ------------------------------------------------------------ train
     @property
     def train_dir(self) -> Path:
-        return self.artifacts / "train"
+        return (self.train_home or self.artifacts) / "train"
 
     @property
     def checkpoints(self) -> Path:
@@ -104,15 +111,28 @@ class Layout:
 
     @property
     def train_report(self) -> Path:
-        return self.reports / "train.json"
+        return (self.train_home or self.reports) / "train.json"
 
     @property
     def train_metrics(self) -> Path:
-        return self.reports / "metrics.json"
+        return (self.train_home or self.reports) / "metrics.json"
 
     @property
     def plots(self) -> Path:
-        return self.reports / "plots"
+        return (self.train_home or self.reports) / "plots"
+
+    # ------------------------------------------------------------ sweep
+    @property
+    def sweep_dir(self) -> Path:
+        """Scratch of the seed sweep: one folder per seed (not a DVC output; a rerun reuses finished seeds)."""
+        return self.artifacts / "sweep"
+
+    def sweep_seed_dir(self, seed: int) -> Path:
+        return self.sweep_dir / f"seed-{seed}"
+
+    @property
+    def sweep_report(self) -> Path:
+        return self.reports / "sweep.json"
 
     # ------------------------------------------------------------ release
     @property
@@ -176,6 +196,10 @@ class Layout:
                 deps=(r(self.dataset_dir), r(self.environment), *code),
                 outs=(r(self.train_dir), r(self.train_report), r(self.plots), r(self.train_metrics)),
             ),
+            "sweep": StageFiles(
+                deps=(r(self.dataset_dir), r(self.environment), *code),
+                outs=(r(self.sweep_report),),
+            ),
             "release": StageFiles(
                 deps=(
                     r(self.train_dir),
@@ -183,6 +207,7 @@ class Layout:
                     r(self.preflight_outcome),
                     r(self.environment),
                     r(self.train_report),
+                    r(self.sweep_report),
                     *code,
                 ),
                 outs=(r(self.release_dir), r(self.release_report)),

@@ -24,7 +24,7 @@ from geno_pipeline.layout import Layout
 
 __all__ = ["CHECKED_STAGES", "ReproCheckReport", "dvc_md5", "run_repro_check", "run_repro_check_cli"]
 
-CHECKED_STAGES = ("data", "train", "release")
+CHECKED_STAGES = ("data", "train", "sweep", "release")
 
 
 class OutputCheck(Document):
@@ -65,7 +65,7 @@ class ReproCheckReport(Document):
     ok: bool
     """Every checked stage reproduced."""
     stages: list[StageCheck]
-    """data, train and release."""
+    """data, train, sweep and release."""
     environment_differences: list[str]
     """Fingerprint fields that differ from the reference run (torch version, device kind, threads, ...)."""
     changed_inputs: list[str]

@@ -41,6 +41,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "metrics_line": "geno_pipeline.training.documents:MetricsLine",
     "collapse_line": "geno_pipeline.training.documents:CollapseLine",
     "checkpoint_state": "geno_pipeline.training.checkpoint:CheckpointState",
+    "sweep": "geno_pipeline.sweep.documents:SweepReport",
     "release_metadata": "geno_pipeline.release.documents:ReleaseMetadata",
     "release_metrics": "geno_pipeline.release.documents:ReleaseMetrics",
     "provenance": "geno_pipeline.release.documents:ProvenanceStatement",

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.data": 3,
     "geno_pipeline.training": 4,
     "geno_pipeline.preflight": 5,
+    "geno_pipeline.sweep": 5,  # reruns the train stage per seed; release gates on its report
     "geno_pipeline.release": 6,
     "geno_pipeline.cli": 7,
     "geno_pipeline.bench": 7,

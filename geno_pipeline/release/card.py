@@ -3,9 +3,39 @@
 from __future__ import annotations
 
 from geno_pipeline.release.documents import ReleaseMetadata, ReleaseMetrics
+from geno_pipeline.sweep.documents import Spread
 from geno_pipeline.training.documents import TrainingReport
 
 __all__ = ["model_card"]
+
+
+def _sweep_section(meta: ReleaseMetadata) -> str:
+    """The seed-sweep evidence, when the release was gated on a sweep (else nothing)."""
+    sweep = meta.sweep
+    if sweep is None:
+        return ""
+    s, ratio = sweep.summary, sweep.summary.heldout_to_baseline
+
+    def row(name: str, v: Spread) -> str:
+        std = f"{v.std:.4f}" if v.std is not None else "n/a"
+        return f"| {name} | {v.mean:.4f} | {std} | {v.min:.4f} | {v.max:.4f} |"
+
+    return f"""
+## Seed sweep
+
+The same recipe trained with {len(sweep.seeds)} other seeds ({", ".join(map(str, sweep.seeds))}), everything else fixed:
+
+| across seeds | mean | std | min | max |
+|---|---|---|---|---|
+{row("held-out / baseline", ratio)}
+{row("final training loss", s.final_train_loss)}
+{row("final held-out loss", s.final_heldout_loss)}
+
+- This run's held-out / baseline ratio, {sweep.released_heldout_to_baseline:.4f}, lies within the sweep's spread
+  [{sweep.spread_low:.4f}, {sweep.spread_high:.4f}] (mean +/- {meta.params.release.sweep_spread_sigmas:g} standard deviations).
+- The worst seed ({s.worst_seed}, ratio {ratio.max:.4f}) is under the release threshold {sweep.max_ratio:g}.
+- Collapse alerts across the sweep: {s.collapse_alerts}; seeds alerting at their final observation: {s.seeds_with_final_alerts}.
+"""
 
 
 def model_card(meta: ReleaseMetadata, metrics: ReleaseMetrics, report: TrainingReport) -> str:
@@ -63,9 +93,18 @@ Collapse status: {collapse}.
 - Environment class: torch {meta.environment.torch_version}, device `{meta.environment.device_kind}`,
   {meta.environment.cpu_threads} CPU thread(s), deterministic={meta.environment.deterministic}.
 - Code: source digest `{meta.source_digest}`; params hash `{meta.params_sha256}`.
-- Same params, code and environment class give a byte-identical bundle. Check it with
-  `sha256sum -c --strict SHA256SUMS` or `geno-pipeline verify <this directory>`; load it with
+- Same params, code and environment class give a byte-identical bundle. Load it with
   `geno_pipeline.load_released_model(<this directory>)`, which verifies first and never unpickles.
+{_sweep_section(meta)}
+## How to verify
+
+1. Checksums, with coreutils only: `sha256sum -c --strict SHA256SUMS` in this directory.
+2. Everything geno-pipeline checks (checksums, no missing, extra or symlinked file, schemas, provenance subjects, the
+   weights' run id): `geno-pipeline verify <this directory>`.
+3. The publisher's signature, when the release was signed (`geno-pipeline sign`, OpenSSF model-signing format, kept
+   beside this directory as `<this directory>.sig` so the bundle stays byte-identical), with only their public key:
+   `model_signing verify key <this directory> --signature <this directory>.sig --public_key PUBLIC_KEY.pem`
+   (PyPI `model-signing`), or `geno-pipeline verify <this directory> --public-key PUBLIC_KEY.pem`.
 
 ## Intended use and limits
 

@@ -10,6 +10,7 @@ from geno_pipeline.config import Params
 from geno_pipeline.documents import ArtifactIdentity, Document
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.preflight.documents import PreflightOutcome
+from geno_pipeline.sweep.documents import SweepSummary
 from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ReleaseMetadata",
     "ReleaseMetrics",
     "ReleaseReport",
+    "ReleaseSweep",
 ]
 
 
@@ -57,6 +59,23 @@ class ReleaseMetrics(Document):
     """Final effective rank of held-out predictions."""
 
 
+class ReleaseSweep(Document):
+    """The seed sweep the release gate compared the released run with (release.sweep_max_ratio set)."""
+
+    seeds: list[int]
+    """Seeds of the sweep."""
+    summary: SweepSummary
+    """Spread across the sweep's seeds."""
+    released_heldout_to_baseline: float
+    """The released run's held-out / identity-baseline ratio."""
+    spread_low: float
+    """Sweep mean - release.sweep_spread_sigmas x std: the released ratio was at least this."""
+    spread_high: float
+    """Sweep mean + release.sweep_spread_sigmas x std: the released ratio was at most this."""
+    max_ratio: float
+    """release.sweep_max_ratio: every seed's ratio was under it."""
+
+
 class ReleaseMetadata(Document):
     """metadata.json of the bundle: everything needed to know what was released and how."""
 
@@ -92,6 +111,8 @@ class ReleaseMetadata(Document):
     """Final collapse observation clean, or alerts released under release.allow_collapse_alerts."""
     model_file: str
     """Weights file name."""
+    sweep: ReleaseSweep | None = None
+    """The seed sweep the release was gated on; null when release.sweep_max_ratio is not set."""
 
 
 class ResourceDescriptor(Document):

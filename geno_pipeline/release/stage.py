@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from geno_pipeline.release.documents import (
     ReleaseMetadata,
     ReleaseMetrics,
     ReleaseReport,
+    ReleaseSweep,
     ResourceDescriptor,
     RunDetails,
     SlsaPredicate,
@@ -39,11 +41,13 @@ from geno_pipeline.release.documents import (
 )
 from geno_pipeline.runtime_report import StageResult, git_state
 from geno_pipeline.source import LOCK_FILE, package_root, source_digest
+from geno_pipeline.sweep.stage import read_sweep, released_binding
+from geno_pipeline.sweep.summary import gate_problems, spread_interval
 from geno_pipeline.tensorfile import serialize_tensors
 from geno_pipeline.training.documents import TrainingReport
 from geno_pipeline.version import __version__
 
-__all__ = ["BUNDLE_FILES", "check_gates", "locked_packages", "run", "run_release", "summary"]
+__all__ = ["BUNDLE_FILES", "Gated", "check_gates", "locked_packages", "run", "run_release", "summary", "sweep_gate"]
 
 MODEL_FILE = "model.safetensors"
 BUNDLE_FILES = (MODEL_FILE, "metrics.json", "metadata.json", "provenance.intoto.json", "MODEL_CARD.md")
@@ -59,7 +63,38 @@ def _created_at() -> str | None:
     return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def check_gates(params: Params, layout: Layout) -> tuple[PreflightOutcome, TrainingReport, dict[str, torch.Tensor]]:
+@dataclass(frozen=True)
+class Gated:
+    """What passed the gates and goes into the bundle."""
+
+    outcome: PreflightOutcome
+    report: TrainingReport
+    weights: dict[str, torch.Tensor]
+    sweep: ReleaseSweep | None  # the sweep gate's evidence, when release.sweep_max_ratio is set
+
+
+def sweep_gate(params: Params, layout: Layout, report: TrainingReport) -> tuple[list[str], ReleaseSweep | None]:
+    """The seed-sweep gate (only with release.sweep_max_ratio set): failures, and the evidence for the metadata."""
+    max_ratio = params.release.sweep_max_ratio
+    if max_ratio is None:
+        return [], None
+    if report.heldout_to_baseline is None:
+        return ["sweep gate: the released run has no held-out / baseline ratio (it did not complete)"], None
+    fix = "run `geno-pipeline sweep` (dvc repro runs it with sweep.seeds)"
+    sweep = read_sweep(layout.sweep_report, error=ReleaseError, fix=fix)
+    sigmas = params.release.sweep_spread_sigmas
+    problems = gate_problems(sweep, released_binding(params, report), report.heldout_to_baseline, max_ratio=max_ratio, sigmas=sigmas)
+    if problems or sweep.summary is None:
+        return [f"sweep gate: {p}" for p in problems], None
+    low, high = spread_interval(sweep.summary.heldout_to_baseline, sigmas)
+    evidence = ReleaseSweep(
+        seeds=sweep.seeds, summary=sweep.summary, released_heldout_to_baseline=report.heldout_to_baseline,
+        spread_low=low, spread_high=high, max_ratio=max_ratio,
+    )  # fmt: skip
+    return [], evidence
+
+
+def check_gates(params: Params, layout: Layout) -> Gated:
     """Every release gate; raises `ReleaseError` listing each one that failed."""
     failures: list[str] = []
     if not layout.preflight_outcome.is_file():
@@ -102,9 +137,11 @@ def check_gates(params: Params, layout: Layout) -> tuple[PreflightOutcome, Train
             f"no collapse alert at the final observation: step {final.step} has {alerts}; "
             "fix: investigate collapse, or set release.allow_collapse_alerts: true to release anyway"
         )
+    swept, evidence = sweep_gate(params, layout, report) if not failures else ([], None)
+    failures += swept
     if failures:
         raise ReleaseError("release refused; nothing was written. Failed gates:\n" + "\n".join(f"  - {f}" for f in failures))
-    return outcome, report, weights
+    return Gated(outcome, report, weights, evidence)
 
 
 def locked_packages(root: Path) -> list[tuple[str, str]]:
@@ -153,9 +190,11 @@ def release_metrics(report: TrainingReport) -> ReleaseMetrics:
     )
 
 
-def _metadata(params: Params, layout: Layout, outcome: PreflightOutcome, report: TrainingReport, created: str | None) -> ReleaseMetadata:
+def _metadata(params: Params, layout: Layout, gated: Gated, created: str | None) -> ReleaseMetadata:
+    outcome, report = gated.outcome, gated.report
     train_files = [layout.final_model, layout.log("metrics.jsonl"), layout.log("collapse.jsonl")]
     consumed = [layout.preflight_outcome, layout.environment, layout.dataset_manifest, layout.train_report, *train_files]
+    consumed += [layout.sweep_report] if gated.sweep is not None else []
     final = report.collapse.final_check
     return ReleaseMetadata(
         run_id=report.run_id,
@@ -175,6 +214,7 @@ def _metadata(params: Params, layout: Layout, outcome: PreflightOutcome, report:
         preflight=outcome,
         collapse_status="alerts_acknowledged" if final is not None and final.alerts else "no_alerts",
         model_file=MODEL_FILE,
+        sweep=gated.sweep,
     )
 
 
@@ -208,9 +248,9 @@ def _provenance(bundle: Path, layout: Layout, metadata: ReleaseMetadata) -> dict
     return statement.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def write_bundle(params: Params, layout: Layout, gated: tuple[PreflightOutcome, TrainingReport, dict[str, torch.Tensor]]) -> None:
+def write_bundle(params: Params, layout: Layout, gated: Gated) -> None:
     """Write the bundle in a staging directory, then swap it into artifacts/release (a failure leaves the old one)."""
-    outcome, report, weights = gated
+    report, weights = gated.report, gated.weights
     stage = staging_dir(layout.release_dir)
     try:
         # 1) weights, with identity in the safetensors header
@@ -218,7 +258,7 @@ def write_bundle(params: Params, layout: Layout, gated: tuple[PreflightOutcome, 
         # 2) metrics and metadata
         metrics = release_metrics(report)
         write_json(stage / "metrics.json", metrics, schema="release_metrics")
-        metadata = _metadata(params, layout, outcome, report, _created_at())
+        metadata = _metadata(params, layout, gated, _created_at())
         write_json(stage / "metadata.json", metadata, schema="release_metadata")
         # 3) people's card
         atomic_write_text(stage / "MODEL_CARD.md", model_card(metadata, metrics, report))
@@ -237,7 +277,7 @@ def run(params: Params, layout: Layout) -> StageResult[ReleaseReport]:
     for leftover in layout.sweep_stage_temporaries("release"):
         print(f"release: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
     gated = check_gates(params, layout)
-    report = gated[1]
+    report = gated.report
     write_bundle(params, layout, gated)
     files = [
         ArtifactIdentity(path=layout.rel(p), sha256=sha256_file(p), bytes=p.stat().st_size)
