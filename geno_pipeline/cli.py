@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error (or set GENO_PIPELINE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_stage_parsers(sub)
+    _add_trust_parsers(sub)
     _add_tool_parsers(sub)
     return parser
 
@@ -141,8 +142,8 @@ def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     _common(p)
 
 
-def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """verify, sign, sweep, validate, schemas, repro-check, bench, reliability."""
+def _add_trust_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """verify and sign: checking and signing a release bundle."""
     p = sub.add_parser(
         "verify",
         help="verify a release bundle directory",
@@ -172,6 +173,9 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--private-key", type=Path, required=True, metavar="KEY", help="PEM elliptic-curve private key (P-256/384/521)")
     p.add_argument("--signature", type=Path, default=None, metavar="SIG", help="where to write the signature (default: DIRECTORY.sig)")
 
+
+def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """validate, schemas, repro-check, bench, reliability."""
     p = sub.add_parser(
         "validate",
         help="check a JSON/JSONL file we write against its schema",

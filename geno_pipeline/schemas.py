@@ -131,13 +131,14 @@ _FILE_SCHEMAS = {
     "repro_check.json": "repro_check",
     "bench.json": "bench",
     "reliability.json": "reliability",
+    "sweep.json": "sweep",
 }
 
 
 def schema_name_for_file(path: Path, document: Any) -> str | None:
     """Best guess of the schema of one of our files from its name, path and content."""
     path = Path(path)
-    if path.parent.name == "runtime" and path.name not in _FILE_SCHEMAS:
+    if path.parent.name == "runtime" and path.name != "repro_check.json":  # reports/runtime/<stage>.json
         return "runtime_report"
     if path.suffix == ".jsonl":
         return "collapse_line" if "collapse" in path.name else "metrics_line"

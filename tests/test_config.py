@@ -107,7 +107,7 @@ def test_config_load_params_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=rf"^{path}: 1 problem:\n  - data\.window_length = -1"):
         load_params(path)
     path.write_text("data: {window_length: 32}\n")
-    with pytest.raises(ConfigError, match=rf"^{path}: 5 missing section\(s\):\n  - runtime: missing section"):
+    with pytest.raises(ConfigError, match=rf"^{path}: 6 missing section\(s\):\n  - runtime: missing section"):
         load_params(path)
     path.write_text("")
     with pytest.raises(ConfigError, match="empty params file"):

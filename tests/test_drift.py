@@ -47,7 +47,7 @@ def test_drift_dvc_params_equal_what_each_stage_reads() -> None:
 
 def test_drift_dvc_stage_order_and_preflight_always_changed() -> None:
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert list(dvc["stages"]) == ["data", "preflight", "train", "release"]
+    assert list(dvc["stages"]) == ["data", "preflight", "train", "sweep", "release"]
     assert dvc["stages"]["preflight"]["always_changed"] is True
     assert "reports/preflight.json" not in str(dvc["stages"]["train"]["deps"])  # train depends on the fingerprint only
     assert "artifacts/preflight/environment.json" in dvc["stages"]["train"]["deps"]

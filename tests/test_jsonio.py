@@ -80,3 +80,19 @@ def test_checksums_refuse_unsafe_names() -> None:
         format_sha256sums([SumsEntry("0" * 64, "../x")])
     _, problems = parse_sha256sums(f"{'0' * 64}  /etc/passwd\n{'0' * 64}  a/../b\nnot a line\n")
     assert len(problems) == 3
+
+
+def test_schema_guess_from_file_names() -> None:
+    from geno_pipeline.schemas import schema_name_for_file
+
+    guesses = {
+        "reports/train.json": "train_report",
+        "reports/sweep.json": "sweep",
+        "reports/runtime/train.json": "runtime_report",
+        "reports/runtime/sweep.json": "runtime_report",
+        "reports/runtime/release.json": "runtime_report",
+        "reports/runtime/repro_check.json": "repro_check",
+        "artifacts/release/metadata.json": "release_metadata",
+    }
+    for path, schema in guesses.items():
+        assert schema_name_for_file(Path(path), {}) == schema, path

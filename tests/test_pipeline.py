@@ -55,7 +55,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_pipeline_end_to_end_and_reproducible(project: Path) -> None:
     first = dvc(project, "repro")
     order = [line.split("'")[1] for line in first.stdout.splitlines() if line.startswith("Running stage")]
-    assert order == ["data", "preflight", "train", "release"]
+    assert order == ["data", "preflight", "train", "sweep", "release"]
     bundle = project / "artifacts" / "release"
     assert run(["sha256sum", "-c", "--strict", "SHA256SUMS"], bundle).returncode == 0
     gp(project, "verify", "artifacts/release")
@@ -98,6 +98,32 @@ def test_pipeline_end_to_end_and_reproducible(project: Path) -> None:
     assert "reports/metrics.json: train_loss" in changed.stdout  # which field, not a guess at the cause
     assert "reports/train.json: collapse.final_check.heldout_loss" in changed.stdout
     assert "these inputs changed since the reference: params.yaml" in changed.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_sweep_gate_under_dvc(project: Path, tmp_path: Path) -> None:
+    """sweep.seeds and release.sweep_max_ratio set in params: dvc repro sweeps, gates the release on it, and reproduces."""
+    other = tmp_path / "swept"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))
+    text = (other / "params.yaml").read_text().replace("sweep:\n  seeds: 0", "sweep:\n  seeds: 2")
+    (other / "params.yaml").write_text(
+        text.replace("sweep_max_ratio: null", "sweep_max_ratio: 100.0").replace("sigmas: 3.0", "sigmas: 1000.0")
+    )
+    base = __import__("yaml").safe_load((other / "params.yaml").read_text())["train"]["seed"]
+    first = dvc(other, "repro")
+    assert f"sweep: 2/2 seeds completed ({base + 1}, {base + 2}); wrote reports/sweep.json" in first.stdout
+    metadata = json.loads((other / "artifacts" / "release" / "metadata.json").read_text())
+    assert metadata["sweep"]["seeds"] == [base + 1, base + 2] and metadata["sweep"]["max_ratio"] == 100.0
+    sums = (other / "artifacts" / "release" / "SHA256SUMS").read_bytes()
+    sweep = (other / "reports" / "sweep.json").read_bytes()
+    shutil.rmtree(other / "artifacts" / "sweep")  # from scratch: the seeded runs are retrained, not reused
+    dvc(other, "repro", "-f")
+    assert (other / "reports" / "sweep.json").read_bytes() == sweep
+    assert (other / "artifacts" / "release" / "SHA256SUMS").read_bytes() == sums
+    failing = (other / "params.yaml").read_text().replace("sweep_max_ratio: 100.0", "sweep_max_ratio: 0.001")
+    (other / "params.yaml").write_text(failing)
+    proc = dvc(other, "repro", check=False)
+    assert proc.returncode != 0 and "worst sweep seed under release.sweep_max_ratio" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -146,6 +172,7 @@ def test_pipeline_on_the_vendored_real_genome(project: Path, tmp_path: Path) -> 
         "data",
         "preflight",
         "train",
+        "sweep",
         "release",
     ]
     assert "data: read 2463666 bases in 1 record (1 used): 0 N (IUPAC codes 0), 0 soft-masked" in first.stdout

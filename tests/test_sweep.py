@@ -151,7 +151,7 @@ def test_config_gate_needs_two_seeds_and_positive_threshold() -> None:
     with pytest.raises(ConfigError, match="sweep_max_ratio"):
         params_from_mapping(raw)
     raw["release"]["sweep_max_ratio"], raw["sweep"]["seeds"] = None, -1
-    with pytest.raises(ConfigError, match="sweep.seeds"):
+    with pytest.raises(ConfigError, match=r"sweep\.seeds"):
         params_from_mapping(raw)
 
 
@@ -177,6 +177,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_sweep_cli_summary_report_and_per_seed_directories(swept: Path) -> None:
     out = (swept / "sweep_stdout.txt").read_text()
     for seed, index in ((6, 1), (7, 2), (8, 3)):
@@ -200,6 +201,7 @@ def test_sweep_cli_summary_report_and_per_seed_directories(swept: Path) -> None:
     assert json.loads((swept / "reports" / "train.json").read_text())["seeds"]["base"] == 5
 
 
+@pytest.mark.slow
 def test_sweep_seed_run_equals_the_train_stage_with_that_seed(swept: Path, tmp_path: Path) -> None:
     """Each seeded run is the ordinary deterministic train stage: same bytes as `train` with train.seed = S."""
     root = tmp_path / "seed7"
@@ -216,6 +218,7 @@ def test_sweep_seed_run_equals_the_train_stage_with_that_seed(swept: Path, tmp_p
     assert a == b
 
 
+@pytest.mark.slow
 def test_sweep_rerun_reuses_seeds_and_is_byte_identical(swept: Path, tmp_path: Path) -> None:
     root = tmp_path / "again"
     shutil.copytree(swept, root)
@@ -228,6 +231,7 @@ def test_sweep_rerun_reuses_seeds_and_is_byte_identical(swept: Path, tmp_path: P
     assert facts["seeds"] == 3 and facts["seed_6_how"] == "reused"
 
 
+@pytest.mark.slow
 def test_sweep_interrupted_seed_resumes_to_the_same_report(swept: Path, tmp_path: Path) -> None:
     root = tmp_path / "interrupted"
     shutil.copytree(swept, root)
@@ -245,6 +249,7 @@ def test_sweep_interrupted_seed_resumes_to_the_same_report(swept: Path, tmp_path
     assert result.facts["seed_6_how"] == "reused" and result.facts["seed_7_how"] == "resumed"
 
 
+@pytest.mark.slow
 def test_sweep_zero_seeds_writes_an_empty_report(swept: Path, tmp_path: Path) -> None:
     root = tmp_path / "zero"
     shutil.copytree(swept, root, ignore=shutil.ignore_patterns("sweep"))
@@ -255,12 +260,13 @@ def test_sweep_zero_seeds_writes_an_empty_report(swept: Path, tmp_path: Path) ->
     assert report.seeds == [] and report.runs == [] and report.summary is None
 
 
+@pytest.mark.slow
 def test_sweep_refuses_multi_process_params_and_negative_seeds(swept: Path, tmp_path: Path) -> None:
     root = tmp_path / "multi"
     shutil.copytree(swept, root, ignore=shutil.ignore_patterns("sweep", "train"))
     params = load_params(root / "params.yaml")
     multi = params.model_copy(update={"runtime": params.runtime.model_copy(update={"nproc_per_node": 2})})
-    with pytest.raises(TrainingError, match="runtime.nproc_per_node is 2: the sweep trains each seed in this one process"):
+    with pytest.raises(TrainingError, match=r"runtime\.nproc_per_node is 2: the sweep trains each seed in this one process"):
         sweep_stage.run(multi, Layout.for_root(root), seeds=2)
     proc = cli(root, "sweep", "--seeds", "-1")
     assert proc.returncode == 2 and "--seeds -1: must be 0 or more" in proc.stderr and "Traceback" not in proc.stderr
@@ -281,6 +287,7 @@ def _report_of(root: Path) -> SweepReport:
     return SweepReport.model_validate_json((root / "reports" / "sweep.json").read_text())
 
 
+@pytest.mark.slow
 def test_release_sweep_gate_passes_and_records_the_sweep(swept: Path, tmp_path: Path) -> None:
     s = _report_of(swept).summary
     assert s is not None
@@ -297,6 +304,7 @@ def test_release_sweep_gate_passes_and_records_the_sweep(swept: Path, tmp_path: 
     assert verify_bundle(root / "artifacts" / "release") == []
 
 
+@pytest.mark.slow
 def test_release_sweep_gate_fails_over_threshold(swept: Path, tmp_path: Path) -> None:
     s = _report_of(swept).summary
     assert s is not None
@@ -307,6 +315,7 @@ def test_release_sweep_gate_fails_over_threshold(swept: Path, tmp_path: Path) ->
     assert not (root / "artifacts" / "release").exists()
 
 
+@pytest.mark.slow
 def test_release_sweep_gate_fails_outside_spread(swept: Path, tmp_path: Path) -> None:
     root = _gated_root(swept, tmp_path, sweep_max_ratio=100.0, sweep_spread_sigmas=1e-6)
     proc = cli(root, "release")
@@ -314,6 +323,7 @@ def test_release_sweep_gate_fails_outside_spread(swept: Path, tmp_path: Path) ->
     assert "sweep gate: released run within the sweep's spread: its ratio" in proc.stderr and "is outside" in proc.stderr
 
 
+@pytest.mark.slow
 def test_release_sweep_gate_refuses_a_missing_or_stale_sweep(swept: Path, tmp_path: Path) -> None:
     root = _gated_root(swept, tmp_path, sweep_max_ratio=100.0)
     report = _report_of(root)
@@ -326,6 +336,7 @@ def test_release_sweep_gate_refuses_a_missing_or_stale_sweep(swept: Path, tmp_pa
     assert proc.returncode == 6 and "sweep.json: missing; fix: run `geno-pipeline sweep`" in proc.stderr
 
 
+@pytest.mark.slow
 def test_release_without_gate_ignores_the_sweep_and_has_how_to_verify(swept: Path, tmp_path: Path) -> None:
     root = tmp_path / "plain"
     shutil.copytree(swept, root)

@@ -157,7 +157,9 @@ def sign_release(release_dir: Path, private_key: Path, signature: Path | None = 
         listed = "\n".join(f"  - {p}" for p in problems)
         raise VerifyError(f"{release_dir}: refusing to sign a release that does not verify:\n{listed}")
     model_signing = _model_signing()
-    config = model_signing.signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=password)
+    # bytes, although model-signing 1.1.1 annotates str: it hands the value to cryptography, which needs bytes
+    secret = password.encode() if password is not None else None
+    config = model_signing.signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=secret)
     with tempfile.TemporaryDirectory(prefix="geno-pipeline-sign-") as scratch:  # the library writes its file non-atomically
         scratch_sig = Path(scratch) / "release.sig"
         config.sign(release_dir, scratch_sig)
@@ -254,5 +256,5 @@ def _signature_failure(release_dir: Path, target: Path, public_key: Path, signed
 
 
 def password_from_env() -> str | None:
-    """The private key's passphrase from `PASSWORD_ENV`, or None."""
-    return os.environ.get(PASSWORD_ENV)
+    """The private key's passphrase from `PASSWORD_ENV`, or None when it is unset or empty."""
+    return os.environ.get(PASSWORD_ENV) or None

@@ -66,8 +66,10 @@ def gate_problems(report: SweepReport, released: SweepBinding, released_ratio: f
     `spread_interval`."""
     differences = binding_differences(report.binding, released)
     if differences:
-        return [f"the sweep in reports/sweep.json was not run on the released run's recipe: they differ in {'; '.join(differences)}; "
-                "fix: rerun whichever is out of date, `geno-pipeline train` or `geno-pipeline sweep` (dvc repro reruns what changed)"]  # fmt: skip
+        return [
+            f"the sweep in reports/sweep.json was not run on the released run's recipe: they differ in {'; '.join(differences)}; "
+            "fix: rerun whichever is out of date, `geno-pipeline train` or `geno-pipeline sweep` (dvc repro reruns what changed)"
+        ]
     problems = []
     unfinished = [f"seed {r.seed} {r.status} at step {r.steps_completed}" for r in report.runs if r.status != "completed"]
     if unfinished:
