@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
+from geno_pipeline.benchtrain import StageBench, run_scaling, tiny_and_default_profiles
 from geno_pipeline.documents import Document
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
@@ -108,6 +110,8 @@ class BenchReport(Document):
     """FASTA ingest of the data stage, plain and bgzip."""
     distributed: DistributedBench | None = None
     """Multi-process training on the CPU."""
+    train_stage: list[StageBench] = Field(default_factory=list)
+    """The headline: the whole train stage against a bare end-to-end loop, on the tiny and the default profile."""
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:
@@ -496,6 +500,7 @@ def bench_distributed(steps: int) -> tuple[DistributedBench, list[BenchEntry]]:
 def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> BenchReport:
     """Run every benchmark and write reports/bench.json."""
     fasta_bases = (fasta_mib if fasta_mib is not None else 64 if quick else 512) << 20
+    stage = tiny_and_default_profiles(layout.root, quick=quick, repeats=2 if quick else 3)
     entries = [
         bench_samplers(200_000 if quick else 1_000_000, 3 if quick else 5),
         *bench_train_step(20 if quick else 60, 3),
@@ -512,15 +517,29 @@ def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> B
         collapse_peak_rss_mib_n16384=None if quick else collapse_peak_rss_mib(),
         fasta_ingest=bench_fasta_ingest(layout.root, fasta_bases, 1 if quick else 3),
         distributed=distributed,
+        train_stage=stage,
     )
     write_json(layout.bench_report, report, schema="bench")
     return report
 
 
-def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> int:
-    """Print the ratios; returns 0."""
+def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None, scaling: bool = False) -> int:
+    """Print the ratios (or, with `scaling`, the scaling curves); returns 0."""
+    if scaling:
+        print("bench: scaling curves (minutes; --quick is faster) ...", flush=True)
+        curves = run_scaling(layout, quick=quick)
+        for c in curves.curves:
+            print(f"bench: scaling: {c.name}: {c.y} ~ {c.x}^{c.exponent:.2f} ({c.growth}); {c.csv}")
+        print(f"bench: wrote {layout.rel(layout.scaling_report)}; draw them with `dvc plots show`")
+        return 0
     print("bench: measuring (the full run takes a few minutes; --quick is faster) ...", flush=True)
     report = run_bench(layout, quick=quick, fasta_mib=fasta_mib)
+    for s in report.train_stage:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in s.parts.items())
+        print(
+            f"bench: train_stage_end_to_end_vs_bare_loop ({s.profile}, {s.steps} steps): ratio {s.ratio:.4f} (ours {s.ours_s:.3f}s vs "
+            f"bare {s.bare_s:.3f}s; target <= 1.10{'' if s.meets_target else ' -- TARGET MISSED'}); seconds by part: {parts}"
+        )
     for e in report.entries:
         print(f"bench: {e.name}: ratio {e.ratio:.4f} (ours {e.ours_s:.4f}s vs reference {e.reference_s:.4f}s; {e.detail})")
     if report.distributed is not None:

@@ -208,11 +208,19 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="measure performance ratios; write reports/bench.json",
         description="Measure ratios in one run: training step vs bare torch loop, deterministic vs not, collapse metrics vs "
         "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`, and the data stage on a "
-        "generated FASTA (plain and bgzip) vs a bare read + lookup-table pass, with its peak RSS.",
+        "generated FASTA (plain and bgzip) vs a bare read + lookup-table pass, with its peak RSS. The headline is the whole train "
+        "stage (tiny and default profile) vs a bare end-to-end loop of the same sampling, encoding and optimizer math, with "
+        "the stage's seconds by part.",
     )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--quick", action="store_true", help="fewer repetitions, a 64 MiB FASTA")
     p.add_argument("--fasta-mib", type=int, default=None, help="bases (MiB) of the generated FASTA for the ingest bench (default 512)")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead, measure how costs grow: train step vs batch size and width, data stage time and peak RSS vs genome "
+        "length, collapse metrics vs N, verify vs bundle size; CSVs under reports/bench/ (DVC plots), fits in scaling.json",
+    )
 
     p = sub.add_parser(
         "reliability",
@@ -451,7 +459,7 @@ def _cmd_reliability(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from geno_pipeline.bench import run_bench_cli
 
-    return run_bench_cli(Layout.for_root(args.root), quick=args.quick, fasta_mib=args.fasta_mib)
+    return run_bench_cli(Layout.for_root(args.root), quick=args.quick, fasta_mib=args.fasta_mib, scaling=args.scaling)
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -161,6 +161,15 @@ class Layout:
     def bench_report(self) -> Path:
         return self.reports / "bench.json"
 
+    @property
+    def bench_dir(self) -> Path:
+        """`bench --scaling`: one CSV per scaling curve (DVC plots) and scaling.json with the fitted growth."""
+        return self.reports / "bench"
+
+    @property
+    def scaling_report(self) -> Path:
+        return self.bench_dir / "scaling.json"
+
     # ------------------------------------------------------------ the DVC pipeline
     def dvc_stages(self) -> dict[str, StageFiles]:
         """What each stage of dvc.yaml depends on and writes (code deps included)."""

@@ -49,6 +49,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "preflight_outcome": "geno_pipeline.preflight.documents:PreflightOutcome",
     "repro_check": "geno_pipeline.repro_check:ReproCheckReport",
     "bench": "geno_pipeline.bench:BenchReport",
+    "bench_scaling": "geno_pipeline.benchtrain:ScalingReport",
     "reliability": "geno_pipeline.reliability:ReliabilityReport",
 }
 
@@ -130,6 +131,7 @@ _FILE_SCHEMAS = {
     "outcome.json": "preflight_outcome",
     "repro_check.json": "repro_check",
     "bench.json": "bench",
+    "scaling.json": "bench_scaling",
     "reliability.json": "reliability",
     "sweep.json": "sweep",
 }

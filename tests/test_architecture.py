@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.release": 6,
     "geno_pipeline.cli": 7,
     "geno_pipeline.bench": 7,
+    "geno_pipeline.benchtrain": 7,  # the end-to-end train-stage bench and the scaling curves
     "geno_pipeline.reliability": 7,
     "geno_pipeline.repro_check": 7,
     "geno_pipeline.validate": 7,

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -231,3 +232,60 @@ def test_train_checkpoint_error_type_is_public() -> None:
     from geno_pipeline.training import TrainingCheckpointError as Public
 
     assert Public is TrainingCheckpointError
+
+
+def test_train_every_written_log_line_validates(prepared: Path) -> None:
+    """Metrics lines are schema-checked once per run when written; every line on disk must still validate."""
+    from geno_pipeline.jsonio import validate_document
+
+    for name, schema in (("metrics.jsonl", "metrics_line"), ("collapse.jsonl", "collapse_line")):
+        lines = (prepared / "artifacts" / "train" / name).read_text().splitlines()
+        assert lines
+        for number, text in enumerate(lines, 1):
+            validate_document(json.loads(text), schema, source=f"{name}:{number}")
+    assert len((prepared / "artifacts" / "train" / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+def test_train_runtime_facts_break_the_loop_time_into_parts(prepared: Path) -> None:
+    from geno_pipeline.training.stage import PARTS
+
+    facts = json.loads((prepared / "reports" / "runtime" / "train.json").read_text())["facts"]
+    for part in PARTS:
+        assert facts[f"loop_{part}_seconds"] >= 0
+    assert facts["loop_step_seconds"] == facts["train_step_seconds"]
+
+
+@given(st.lists(st.tuples(st.integers(min_value=1, max_value=4), st.integers(min_value=0, max_value=3)), min_size=1, max_size=12))
+def test_padded_target_rows_reuse_each_examples_last_real_window(shape: list[tuple[int, int]]) -> None:
+    from geno_pipeline.training.heldout import padded_target_rows
+
+    k_max = max(k for k, _ in shape)
+    steps = np.array([k for k, _ in shape])
+    mask = np.arange(k_max)[None, :] < steps[:, None]
+    real, gather = padded_target_rows(mask)
+    assert real.tolist() == [b * k_max + k for b in range(len(shape)) for k in range(int(steps[b]))]
+    chosen = real[gather].reshape(len(shape), k_max)
+    for b in range(len(shape)):
+        for k in range(k_max):
+            assert chosen[b, k] == b * k_max + min(k, int(steps[b]) - 1)
+
+
+def test_encode_batch_equals_encoding_every_padded_window(prepared: Path) -> None:
+    """Encoding only the real targets gives the same bits as encoding the padded [B, K_max] block (CPU, batch >= 2)."""
+    from geno_pipeline.data.dataset import load_dataset
+    from geno_pipeline.training.heldout import encode_batch
+    from geno_pipeline.training.sampling import DEFAULT_EDIT_TYPE_WEIGHTS, rollout_mix_from_mapping
+    from geno_pipeline.training.tuples import TupleSampler
+
+    params = load_params(prepared / "params.yaml")
+    dataset = load_dataset(prepared / "artifacts" / "dataset")
+    model = build_world_model(window_length=64, params=params.train.model, encoder_seed=1, init_seed=2)
+    mix = rollout_mix_from_mapping({1: 0.5, 2: 0.25, 3: 0.25})
+    sampler = TupleSampler(9, window_length=64, weights=DEFAULT_EDIT_TYPE_WEIGHTS, mix=mix)
+    for size in (2, 8, 33):
+        batch = sampler.draw(dataset.train, size)
+        encoded = encode_batch(model, batch, "cpu")
+        b, k, length = batch.targets.shape
+        full = model.encoder.encode(torch.from_numpy(batch.targets.reshape(b * k, length))).reshape(b, k, -1)
+        assert torch.equal(encoded.target, full)
+        assert torch.equal(encoded.state, model.encoder.encode(torch.from_numpy(batch.sources)))

@@ -11,7 +11,7 @@ from geno_pipeline.documents import ArtifactIdentity, Document
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.preflight.documents import PreflightOutcome
 from geno_pipeline.sweep.documents import SweepSummary
-from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds
+from geno_pipeline.training.seeds import TorchDeterminismReport, TrainerSeeds
 
 __all__ = [
     "ConsumedInput",

@@ -9,7 +9,7 @@ from pydantic.dataclasses import dataclass
 
 from geno_pipeline.documents import ArtifactIdentity, Document
 from geno_pipeline.environment import EnvironmentFingerprint
-from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds
+from geno_pipeline.training.seeds import TorchDeterminismReport, TrainerSeeds
 
 __all__ = [
     "ArtifactIdentity",

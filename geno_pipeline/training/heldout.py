@@ -9,13 +9,13 @@ import torch
 
 from geno_pipeline.config import CollapseParams, TrainParams
 from geno_pipeline.data.dataset import Dataset
-from geno_pipeline.training.determinism import TrainerSeeds
 from geno_pipeline.training.model import WorldModel
 from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
+from geno_pipeline.training.seeds import TrainerSeeds
 from geno_pipeline.training.trainer import TorchTrainerBatch, gaussian_kl, masked_prediction_loss
 from geno_pipeline.training.tuples import TupleBatch, draw_tuples
 
-__all__ = ["Evaluation", "HeldOut", "build_held_out", "encode_batch", "evaluate"]
+__all__ = ["Evaluation", "HeldOut", "build_held_out", "encode_batch", "evaluate", "padded_target_rows"]
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,33 @@ class Evaluation:
     kl_reg: float  # Gaussian KL regulariser of the predictions
 
 
+def padded_target_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(real, gather) for a [B, K_max] rollout mask: the flat indices of the real target windows, and for every (b, k)
+    the position in `real` of the window to use, its own when real, else its example's last real one (padding repeats
+    the last real target, as in `TupleBatch`). Every example has at least one real step."""
+    b, k = mask.shape
+    flat = mask.reshape(-1)
+    real = np.flatnonzero(flat)
+    position = np.full(b * k, -1, dtype=np.int64)
+    position[real] = np.arange(real.size)
+    last = np.arange(b) * k + mask.sum(axis=1) - 1
+    use = np.where(mask, np.arange(b * k).reshape(b, k), last[:, None]).reshape(-1)
+    return real, position[use]
+
+
 def encode_batch(model: WorldModel, batch: TupleBatch, device: str) -> TorchTrainerBatch:
-    """Encode a drawn tuple batch with the frozen encoder into the trainer's input."""
+    """Encode a drawn tuple batch with the frozen encoder into the trainer's input.
+
+    Only the real target windows are encoded; padding steps reuse their example's last real encoding instead of
+    encoding the same window again (padded steps are masked out of every loss and statistic)."""
     b, k, length = batch.targets.shape
     sources = torch.from_numpy(batch.sources).to(device)
-    targets = torch.from_numpy(batch.targets.reshape(b * k, length)).to(device)
+    real, gather = padded_target_rows(batch.mask)
+    targets = torch.from_numpy(batch.targets.reshape(b * k, length)[real]).to(device)
+    encoded = model.encoder.encode(targets)
     return TorchTrainerBatch(
         state=model.encoder.encode(sources),
-        target=model.encoder.encode(targets).reshape(b, k, -1),
+        target=encoded[torch.from_numpy(gather).to(device)].reshape(b, k, -1),
         actions=torch.from_numpy(batch.actions).to(device),
         action_mask=torch.from_numpy(batch.mask).to(device),
         rel_edits=batch.rel_edits,

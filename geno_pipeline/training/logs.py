@@ -36,6 +36,7 @@ class RunLogs:
 
     def __init__(self, layout: Layout) -> None:
         self.paths = {name: layout.log(name) for name in LOG_FILES}
+        self._metrics_shape_checked = False
 
     def reset(self) -> None:
         """Start every log empty."""
@@ -65,9 +66,15 @@ class RunLogs:
             atomic_write_bytes(path, data[: want.bytes])
 
     def metrics(self, line: MetricsLine) -> None:
-        """Append one step's metrics (validated like every JSON we write; not fsynced per step, checkpoints fsync)."""
+        """Append one step's metrics (not fsynced per step; checkpoints fsync).
+
+        The first line of a run is validated against the schema; the others have the same shape by construction (one
+        pydantic model, checked on construction, the schema generated from it), so the per-step cost is the dump only.
+        `tests/test_train.py` validates every written line."""
         document = line.model_dump(mode="json")
-        validate_document(document, "metrics_line", source=str(self.paths["metrics.jsonl"]))
+        if not self._metrics_shape_checked:
+            validate_document(document, "metrics_line", source=str(self.paths["metrics.jsonl"]))
+            self._metrics_shape_checked = True
         with writing(self.paths["metrics.jsonl"]), open(self.paths["metrics.jsonl"], "a", encoding="utf-8") as handle:
             handle.write(jsonl_line(document))
 

@@ -68,7 +68,7 @@ from geno_pipeline.training.trainer import TorchTrainer, TorchTrainerStepResult,
 from geno_pipeline.training.tuples import TupleSampler, take_rows
 from geno_pipeline.version import __version__
 
-__all__ = ["LoopOutcome", "ModelFactory", "TrainingRun", "preflight_fingerprint", "run", "run_training", "summary"]
+__all__ = ["PARTS", "LoopOutcome", "ModelFactory", "TrainingRun", "preflight_fingerprint", "run", "run_training", "summary"]
 
 ModelFactory = Callable[[TrainParams, int, TrainerSeeds], WorldModel]
 
@@ -82,6 +82,12 @@ class LoopOutcome:
     last_step: int  # last step whose update the weights hold
     steps_run: int  # optimizer steps this process ran
     step_seconds: float  # time inside train_step
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per part of the loop (PARTS)
+
+
+PARTS = ("sampling", "encoding", "step", "logs", "evaluation", "checkpoint")
+"""Where a training step's time goes: tuple drawing, the frozen encoder, the optimizer step, log lines and progress,
+the held-out evaluation, and checkpoint writes (volatile facts in reports/runtime/train.json and the bench)."""
 
 
 @dataclass
@@ -374,26 +380,35 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool)
     writes checkpoints, and tells the others when a collapse alert halts the run."""
     train, collapse = run.train, run.params.collapse
     bar = Progress(train.steps, run.start, enabled=progress and run.writer)
-    step_seconds, steps_run = 0.0, 0
+    steps_run = 0
+    parts = dict.fromkeys(PARTS, 0.0)
+    clock = time.perf_counter
     outcome: LoopOutcome | None = None
     for step in range(run.start + 1, train.steps + 1):
+        t0 = clock()
         batch = run.sampler.draw(run.dataset.train, train.batch_size)
+        t1 = clock()
         shards = [encode_batch(run.model, take_rows(batch, rows), run.device) for rows in run.shards]
-        ts = time.perf_counter()
+        t2 = clock()
         result = run.trainer.train_step(shards, step=step, action_count=int(batch.mask.sum()))
-        step_seconds += time.perf_counter() - ts
+        t3 = clock()
+        parts["sampling"] += t1 - t0
+        parts["encoding"] += t2 - t1
+        parts["step"] += t3 - t2
         steps_run += 1
         if not result.finite:  # every rank holds the same summed gradient, so every rank stops here
             message = _nonfinite_message(step, result)
             if run.writer:
                 run.logs.log(f"step {step} FAILED: {message}")
-            outcome = LoopOutcome("failed_nonfinite", message, step - 1, steps_run, step_seconds)
+            outcome = LoopOutcome("failed_nonfinite", message, step - 1, steps_run, parts["step"], parts)
             break
         run.last_loss = result.loss
         if run.writer:
             run.logs.metrics(MetricsLine(step=step, loss=result.loss, pred_loss=result.pred_loss, kl_reg=result.kl_reg,
                                          lr_multiplier=result.lr_multiplier, grad_norm=result.grad_norm))  # fmt: skip
             bar.update(step, result.loss)
+        t4 = clock()
+        parts["logs"] += t4 - t3
         halt = False
         if run.monitor.should_log(step) or step == train.steps:
             if run.writer:
@@ -402,25 +417,28 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool)
                 halt = bool(line.alerts) and collapse.on_alert == "halt"
             if collapse.on_alert == "halt":
                 halt = bool(run.group.broadcast_int(int(halt)))
+        t5 = clock()
+        parts["evaluation"] += t5 - t4
         scheduled = step % train.checkpoint_every_steps == 0 or step == train.steps
         if scheduled or halt or step == stop_after_step:
             ranks_agree(run, step)
             if run.writer:
                 run.checkpoint(step, scheduled=scheduled)
+        parts["checkpoint"] += clock() - t5
         if halt:
             criteria = ", ".join(a.criterion for a in run.lines[-1].alerts) if run.writer else "see rank 0"
             message = (
                 f"collapse alert at step {step} ({criteria}) with collapse.on_alert: halt; checkpoint kept; "
                 "see artifacts/train/collapse.jsonl"
             )
-            outcome = LoopOutcome("collapsed", message, step, steps_run, step_seconds)
+            outcome = LoopOutcome("collapsed", message, step, steps_run, parts["step"], parts)
             break
         if step == stop_after_step and step < train.steps:
             message = f"stopped after step {step} as asked; resume with `geno-pipeline train --resume auto`"
-            outcome = LoopOutcome("stopped", message, step, steps_run, step_seconds)
+            outcome = LoopOutcome("stopped", message, step, steps_run, parts["step"], parts)
             break
     bar.close()
-    return outcome or LoopOutcome("completed", f"trained {train.steps} steps", train.steps, steps_run, step_seconds)
+    return outcome or LoopOutcome("completed", f"trained {train.steps} steps", train.steps, steps_run, parts["step"], parts)
 
 
 # ---------------------------------------------------------------- 4) finish
@@ -536,6 +554,7 @@ def run(
         "world_size": training.group.size,
         "train_step_seconds": round(outcome.step_seconds, 4),
         "steps_per_second": round(outcome.steps_run / outcome.step_seconds, 3) if outcome.step_seconds > 0 else None,
+        **{f"loop_{part}_seconds": round(seconds, 4) for part, seconds in outcome.parts.items()},
     }
     return StageResult(report, facts)
 

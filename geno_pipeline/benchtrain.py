@@ -1,0 +1,368 @@
+"""The train stage as a user waits for it, against a bare end-to-end torch loop; and the scaling curves (`bench --scaling`).
+
+`bench_train_stage` times `run` of the train stage in this process (setup, sampling, encoding, steps, logs, held-out
+evaluation, checkpoints, reports) and a bare loop of the same sampling, encoding and optimizer math with none of the
+rest, on a dataset built beforehand; the loop's per-part seconds come from the stage's own facts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from geno_pipeline.documents import Document
+from geno_pipeline.fsio import atomic_write_text
+from geno_pipeline.layout import Layout
+
+__all__ = ["ScalingCurve", "ScalingReport", "StageBench", "bench_train_stage", "fit_growth", "run_scaling", "tiny_and_default_profiles"]
+
+TARGET_RATIO = 1.10
+
+
+class StageBench(Document):
+    """The whole train stage (in-process) against a bare end-to-end loop of the same math."""
+
+    profile: str
+    """Params profile: tiny (tests/params_tiny.yaml) or default (params.yaml)."""
+    steps: int
+    """Training steps per run."""
+    repeats: int
+    """Alternate runs of each; medians are reported."""
+    ours_s: float
+    """Wall seconds of the train stage's `run` (dataset built beforehand)."""
+    bare_s: float
+    """Wall seconds of the bare loop: load the windows, build model and optimizer, then per step draw, encode, update."""
+    ratio: float
+    """ours_s / bare_s; the target is at most 1.10."""
+    meets_target: bool
+    """ratio <= 1.10."""
+    parts: dict[str, float]
+    """The stage's seconds by part (median run): setup, sampling, encoding, step, logs, evaluation, checkpoint, finish."""
+
+
+class ScalingCurve(Document):
+    """One cost measured at growing sizes, and the power law fitted to it."""
+
+    name: str
+    """What grows and what is measured, e.g. train_step_vs_batch_size."""
+    csv: str
+    """The CSV under reports/bench/ (a DVC plot)."""
+    x: str
+    """Column of the size."""
+    y: str
+    """Column of the cost."""
+    exponent: float
+    """b in cost ~ a * size^b, least squares on log-log (1: linear)."""
+    growth: str
+    """The exponent in words: sublinear, linear or superlinear."""
+
+
+class ScalingReport(Document):
+    """reports/bench/scaling.json: `geno-pipeline bench --scaling`."""
+
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    quick: bool
+    """Fewer and smaller sizes."""
+    curves: list[ScalingCurve]
+    """Each measured curve and its fitted growth."""
+
+
+def _params_with(path: Path, **train: Any) -> Any:
+    from geno_pipeline.config import load_params
+
+    params = load_params(path)
+    return params.model_copy(update={"train": params.train.model_copy(update=train)}) if train else params
+
+
+def _prepare(root: Path, params: Any) -> Layout:
+    """A scratch project under `root` with the profile's dataset built."""
+    from geno_pipeline.data.dataset import build_dataset
+
+    layout = Layout.for_root(root)
+    build_dataset(params.data, root=root, out_dir=layout.dataset_dir)
+    return layout
+
+
+def _bare_loop(params: Any, layout: Layout) -> None:
+    """What training must do and nothing else: windows, model, optimizer, then per step draw -> encode -> update."""
+    import torch
+
+    from geno_pipeline.data.dataset import load_dataset
+    from geno_pipeline.environment import torch_training_device
+    from geno_pipeline.training.heldout import encode_batch
+    from geno_pipeline.training.model import build_world_model
+    from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
+    from geno_pipeline.training.schedule import set_optimizer_lr
+    from geno_pipeline.training.seeds import TrainerSeeds
+    from geno_pipeline.training.trainer import build_adamw_optimizer, gaussian_kl, masked_prediction_loss
+    from geno_pipeline.training.tuples import TupleSampler
+
+    train = params.train
+    dataset = load_dataset(layout.dataset_dir)
+    device, _ = torch_training_device(params.runtime.device)
+    seeds = TrainerSeeds.from_base(train.seed)
+    window = dataset.manifest.counts.window_length
+    model = build_world_model(window_length=window, params=train.model, encoder_seed=seeds.encoder, init_seed=seeds.model_init)
+    model = model.to(device)
+    opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
+    weights, mix = edit_type_weights_from_mapping(train.edit_type_weights), rollout_mix_from_mapping(train.rollout_step_mix)
+    sampler = TupleSampler(seeds.sampler, window_length=window, weights=weights, mix=mix)
+    params_list = [p for g in opt.param_groups for p in g["params"]]
+    for step in range(1, train.steps + 1):
+        b = encode_batch(model, sampler.draw(dataset.train, train.batch_size), device)
+        set_optimizer_lr(opt, step=step, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule)
+        pred = model.rollout(b.state, b.actions)
+        loss = masked_prediction_loss(pred, b.target, b.action_mask) + train.kl_weight * gaussian_kl(pred, b.action_mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params_list, train.grad_clip_norm)
+        opt.step()
+        float(loss.detach())
+
+
+def _loop_parts(facts: Any) -> dict[str, float]:
+    """The train stage's `loop_<part>_seconds` facts as {part: seconds}."""
+    return {
+        k.removeprefix("loop_").removesuffix("_seconds"): float(v)
+        for k, v in facts.items()
+        if k.startswith("loop_") and isinstance(v, (int, float))
+    }
+
+
+def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> StageBench:
+    """Alternate runs of the stage and of the bare loop on one prepared dataset; medians and the stage's parts."""
+    import torch
+
+    from geno_pipeline.training import stage as train_stage
+    from geno_pipeline.training.determinism import configure_torch_reproducibility
+
+    layout = _prepare(root, params)
+    configure_torch_reproducibility(0, deterministic=params.runtime.deterministic, cpu_threads=params.runtime.cpu_threads)
+    warm = params.model_copy(update={"train": params.train.model_copy(update={"steps": 2})})
+    _bare_loop(warm, layout)  # one-time costs (the optimizer's first use imports torch._dynamo) paid before timing
+    ours: list[tuple[float, dict[str, float]]] = []
+    bare: list[float] = []
+    for index in range(repeats):
+        run_layout = Layout(layout.root, train_home=layout.root / "runs" / str(index))
+        t0 = time.perf_counter()
+        result = train_stage.run(params, run_layout)
+        wall = time.perf_counter() - t0
+        loop = _loop_parts(result.facts)
+        ours.append((wall, loop))
+        t0 = time.perf_counter()
+        _bare_loop(params, layout)
+        bare.append(time.perf_counter() - t0)
+    _ = torch
+    ours_s, bare_s = statistics.median(w for w, _ in ours), statistics.median(bare)
+    wall, loop = min(ours, key=lambda o: abs(o[0] - ours_s))
+    outside = wall - sum(loop.values())
+    parts = {"setup_and_finish": round(outside, 4), **{k: round(v, 4) for k, v in loop.items()}}
+    return StageBench(
+        profile=profile, steps=params.train.steps, repeats=repeats, ours_s=round(ours_s, 4), bare_s=round(bare_s, 4),
+        ratio=round(ours_s / bare_s, 4), meets_target=ours_s / bare_s <= TARGET_RATIO, parts=parts,
+    )  # fmt: skip
+
+
+def tiny_and_default_profiles(root: Path, *, quick: bool, repeats: int) -> list[StageBench]:
+    """The end-to-end figure on the tiny profile and on the default one (fewer steps with --quick)."""
+    tiny_path = root / "tests" / "params_tiny.yaml"
+    out = []
+    for name, path, steps in (("tiny", tiny_path, 60 if quick else 300), ("default", root / "params.yaml", 300 if quick else None)):
+        if not path.is_file():
+            continue
+        params = _params_with(path, steps=steps) if steps is not None else _params_with(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            out.append(bench_train_stage(name, params, Path(tmp), repeats))
+    return out
+
+
+# ---------------------------------------------------------------- scaling curves
+
+
+def fit_growth(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(y) on log(x): the b of y ~ a * x^b."""
+    if len(xs) != len(ys) or len(xs) < 2 or min(xs) <= 0 or min(ys) <= 0:
+        raise ValueError("fit_growth needs at least two positive (x, y) points")
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    if den == 0:
+        raise ValueError("fit_growth needs at least two distinct sizes")
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den
+
+
+def _growth_words(b: float) -> str:
+    return "linear" if 0.85 <= b <= 1.15 else "sublinear" if b < 0.85 else "superlinear"
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _curve(layout: Layout, name: str, header: Sequence[str], rows: Sequence[Sequence[float]], y: str) -> ScalingCurve:
+    path = layout.bench_dir / f"{name}.csv"
+    _write_csv(path, header, rows)
+    xi, yi = 0, list(header).index(y)
+    b = fit_growth([float(r[xi]) for r in rows], [float(r[yi]) for r in rows])
+    return ScalingCurve(name=name, csv=layout.rel(path), x=header[0], y=y, exponent=round(b, 3), growth=_growth_words(b))
+
+
+def _step_seconds(params: Any, root: Path) -> float:
+    """Seconds per step of the train stage's loop (setup excluded) on the prepared dataset at `root`."""
+    from geno_pipeline.training import stage as train_stage
+
+    result = train_stage.run(params, Layout(root, train_home=root / "runs" / "scaling"))
+    return sum(_loop_parts(result.facts).values()) / params.train.steps
+
+
+def _train_curves(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCurve]:
+    base = _params_with(root / "params.yaml", steps=10 if quick else 30, checkpoint_every_steps=10_000)
+    batches = (16, 64, 256) if quick else (16, 32, 64, 128, 256, 512)
+    widths = (64, 256, 1024) if quick else (64, 128, 256, 512, 1024)
+    curves = []
+    with tempfile.TemporaryDirectory() as tmp:
+        _prepare(Path(tmp), base)
+        _step_seconds(base, Path(tmp))  # warm-up
+        rows: list[list[float]] = []
+        for size in batches:
+            params = base.model_copy(update={"train": base.train.model_copy(update={"batch_size": size})})
+            rows.append([size, round(_step_seconds(params, Path(tmp)), 6)])
+        curves.append(_curve(layout, "train_step_vs_batch_size", ("batch_size", "seconds_per_step"), rows, "seconds_per_step"))
+        rows = []
+        for width in widths:
+            model = base.train.model.model_copy(update={"hidden_dim": width})
+            params = base.model_copy(update={"train": base.train.model_copy(update={"model": model})})
+            rows.append([width, round(_step_seconds(params, Path(tmp)), 6)])
+        curves.append(_curve(layout, "train_step_vs_model_width", ("hidden_dim", "seconds_per_step"), rows, "seconds_per_step"))
+    return curves
+
+
+def _data_curve(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCurve]:
+    from geno_pipeline.bench import _ingest_params, _measured, write_bench_fasta
+
+    sizes_mb = (1, 4, 16, 64) if quick else (1, 4, 16, 64, 256, 512)
+    rows: list[list[float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        (project / "genomes").mkdir()
+        fasta = project / "genomes" / "scaling.fa"
+        _ingest_params(root, project, "genomes/scaling.fa")
+        for mb in sizes_mb:
+            write_bench_fasta(fasta, mb * 1_000_000)
+            wall, peak = _measured(["-m", "geno_pipeline", "data", "--root", str(project)], project)
+            rows.append([mb, round(wall, 4), round(peak / 2**20, 1)])
+            print(f"bench: scaling: data stage on {mb} Mb: {wall:.2f} s, peak RSS {peak / 2**20:.0f} MiB", flush=True)
+    header = ("genome_mb", "seconds", "peak_rss_mib")
+    seconds = _curve(layout, "data_stage_vs_genome_length", header, rows, "seconds")
+    rss = _curve(layout, "data_stage_vs_genome_length", header, rows, "peak_rss_mib")
+    return [seconds, rss]
+
+
+_COLLAPSE = """import resource, sys, time, torch
+from geno_pipeline.training.collapse import compute_collapse_metrics
+n = int(sys.argv[1]); gen = torch.Generator().manual_seed(0)
+p = torch.randn(n, 256, generator=gen, dtype=torch.float64); t = torch.randn(n, 256, generator=gen, dtype=torch.float64)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter(); compute_collapse_metrics(p, t, kl_reg=0.0); wall = time.perf_counter() - t0
+print(wall, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def _collapse_curve(layout: Layout, *, quick: bool) -> list[ScalingCurve]:
+    sizes = (1024, 4096, 16384) if quick else (1024, 4096, 16384, 65536)
+    rows: list[list[float]] = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, "-c", _COLLAPSE, str(n)], capture_output=True, text=True, check=True).stdout
+        wall, peak = (float(v) for v in out.split())
+        rows.append([n, round(wall, 5), round(max(peak, 0.1), 1)])
+        print(f"bench: scaling: collapse metrics at N={n}: {wall:.3f} s, peak RSS growth {peak:.0f} MiB", flush=True)
+    header = ("n", "seconds", "peak_rss_growth_mib")
+    return [
+        _curve(layout, "collapse_metrics_vs_n", header, rows, "seconds"),
+        _curve(layout, "collapse_metrics_vs_n", header, rows, "peak_rss_growth_mib"),
+    ]
+
+
+def _grown_bundle(source: Path, dest: Path, extra_mib: int) -> None:
+    """A copy of a verified bundle whose weights file carries `extra_mib` MiB more (SHA256SUMS and provenance updated)."""
+    import json
+    import shutil
+
+    import torch
+
+    from geno_pipeline.checksums import sha256_file, write_sha256sums
+    from geno_pipeline.errors import ReleaseError
+    from geno_pipeline.readers import read_tensors
+    from geno_pipeline.release.stage import BUNDLE_FILES
+    from geno_pipeline.release.verify import safetensors_metadata
+    from geno_pipeline.tensorfile import serialize_tensors
+
+    shutil.copytree(source, dest)
+    model = dest / "model.safetensors"
+    tensors = read_tensors(model, error=ReleaseError, fix="rebuild the release (dvc repro)")
+    if extra_mib:
+        tensors["bench_padding"] = torch.zeros(extra_mib << 18, dtype=torch.float32)
+    model.write_bytes(serialize_tensors(tensors, safetensors_metadata(model)))
+    provenance = json.loads((dest / "provenance.intoto.json").read_text())
+    for subject in provenance["subject"]:
+        subject["digest"]["sha256"] = sha256_file(dest / subject["name"])
+    (dest / "provenance.intoto.json").write_text(json.dumps(provenance, sort_keys=True, indent=2) + "\n")
+    write_sha256sums(dest, sorted(BUNDLE_FILES))
+
+
+def _verify_curve(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCurve]:
+    from geno_pipeline.release.verify import verify_bundle
+
+    source = Layout.for_root(root).release_dir
+    if not source.is_dir() or verify_bundle(source):
+        print(f"bench: scaling: skipped verify vs bundle size: {source} is missing or does not verify (run dvc repro)", flush=True)
+        return []
+    extras = (0, 16, 64) if quick else (0, 16, 64, 256, 1024)
+    rows: list[list[float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for extra in extras:
+            bundle = Path(tmp) / f"bundle-{extra}"
+            _grown_bundle(source, bundle, extra)
+            size = sum(p.stat().st_size for p in bundle.iterdir())
+            problems = verify_bundle(bundle)
+            if problems:
+                raise RuntimeError(f"the grown bundle does not verify: {problems}")
+            wall = statistics.median(_timed(partial(verify_bundle, bundle)) for _ in range(3))
+            rows.append([round(size / 2**20, 2), round(wall, 5)])
+            print(f"bench: scaling: verify on a {size / 2**20:.0f} MiB bundle: {wall:.3f} s", flush=True)
+    return [_curve(layout, "verify_vs_bundle_size", ("bundle_mib", "seconds"), rows, "seconds")]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_scaling(layout: Layout, *, quick: bool) -> ScalingReport:
+    """Every scaling curve: CSVs under reports/bench/, and reports/bench/scaling.json with the fitted growth of each."""
+    from geno_pipeline.jsonio import write_json
+
+    curves = _train_curves(layout, layout.root, quick=quick)
+    curves += _data_curve(layout, layout.root, quick=quick)
+    curves += _collapse_curve(layout, quick=quick)
+    curves += _verify_curve(layout, layout.root, quick=quick)
+    report = ScalingReport(quick=quick, curves=curves)
+    write_json(layout.scaling_report, report, schema="bench_scaling")
+    return report
