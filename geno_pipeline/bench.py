@@ -529,7 +529,10 @@ def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None, 
         print("bench: scaling curves (minutes; --quick is faster) ...", flush=True)
         curves = run_scaling(layout, quick=quick)
         for c in curves.curves:
-            print(f"bench: scaling: {c.name}: {c.y} ~ {c.x}^{c.exponent:.2f} ({c.growth}); {c.csv}")
+            print(
+                f"bench: scaling: {c.name}: {c.y} ~ {c.x}^{c.exponent:.2f} over every size, ^{c.exponent_largest:.2f} over the three "
+                f"largest ({c.growth}); {c.csv}"
+            )
         print(f"bench: wrote {layout.rel(layout.scaling_report)}; draw them with `dvc plots show`")
         return 0
     print("bench: measuring (the full run takes a few minutes; --quick is faster) ...", flush=True)

@@ -1,0 +1,45 @@
+"""The end-to-end train-stage bench and the scaling fit (figures themselves are measured by `geno-pipeline bench`, never timed here)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geno_pipeline.benchtrain import StageBench, bench_train_stage, fit_growth
+from geno_pipeline.config import load_params
+from geno_pipeline.training.stage import PARTS
+from tests.conftest import TINY
+
+
+@given(
+    st.floats(min_value=0.01, max_value=100.0),
+    st.floats(min_value=-2.0, max_value=3.0),
+    st.lists(st.floats(min_value=0.5, max_value=1e5), min_size=2, max_size=8, unique=True),
+)
+def test_fit_growth_recovers_a_power_law(a: float, b: float, xs: list[float]) -> None:
+    if max(xs) / min(xs) < 1.5:
+        return  # too narrow a range to fit a slope
+    assert fit_growth(xs, [a * x**b for x in xs]) == pytest.approx(b, abs=1e-6)
+
+
+def test_fit_growth_refuses_what_cannot_be_fitted() -> None:
+    for xs, ys in (([1.0], [1.0]), ([1.0, 2.0], [0.0, 1.0]), ([2.0, 2.0], [1.0, 3.0]), ([1.0, 2.0], [1.0])):
+        with pytest.raises(ValueError, match="fit_growth needs"):
+            fit_growth(xs, ys)
+    assert fit_growth([1, 2, 4, 8], [3, 6, 12, 24]) == pytest.approx(1.0)
+    assert math.isclose(fit_growth([1, 10, 100], [1, 100, 10_000]), 2.0)
+
+
+def test_bench_train_stage_reports_every_part(tmp_path: Path) -> None:
+    params = load_params(TINY)
+    result = bench_train_stage("tiny", params, tmp_path, repeats=1)
+    assert isinstance(result, StageBench) and result.steps == params.train.steps
+    assert set(result.parts) == {"setup_and_finish", *PARTS}
+    assert all(v >= 0 for v in result.parts.values()) and result.ours_s > 0 and result.bare_s > 0
+    assert result.ratio == pytest.approx(result.ours_s / result.bare_s, rel=1e-3)
+    assert result.meets_target == (result.ours_s / result.bare_s <= 1.10)
+    assert sum(result.parts.values()) == pytest.approx(result.ours_s, rel=0.05)
