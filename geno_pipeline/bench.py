@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from geno_pipeline.benchio import ingest_params, measured, write_bench_fasta
 from geno_pipeline.benchtrain import StageBench, run_scaling, tiny_and_default_profiles
 from geno_pipeline.documents import Document
 from geno_pipeline.jsonio import write_json
@@ -129,7 +130,6 @@ def _entry(name: str, ours: float, ref: float, detail: str) -> BenchEntry:
 
 def bench_samplers(n: int, repeats: int) -> BenchEntry:
     """Vectorized edit-type draws vs a per-draw Python loop."""
-    import numpy as np
 
     from geno_pipeline.training.sampling import sample_edit_type, sample_edit_types_array
 
@@ -140,7 +140,6 @@ def bench_samplers(n: int, repeats: int) -> BenchEntry:
 
 
 def _training_setup(steps: int):  # type: ignore[no-untyped-def]
-    import numpy as np
     import torch
 
     from geno_pipeline.config import TrainParams
@@ -324,32 +323,6 @@ def bgzf_compress(data: bytes, level: int = 1) -> bytes:
     return b"".join(out)
 
 
-def fasta_lines(letters: np.ndarray, width: int = 60) -> bytes:
-    """ASCII sequence as FASTA lines of `width` characters, each ending in a newline."""
-    full = letters.size // width * width
-    rows = np.concatenate((letters[:full].reshape(-1, width), np.full((full // width, 1), 10, dtype=np.uint8)), axis=1)
-    tail = letters[full:].tobytes() + b"\n" if letters.size > full else b""
-    return rows.tobytes() + tail
-
-
-def write_bench_fasta(path: Path, bases: int, *, seed: int = 0, records: int = 8) -> None:
-    """A FASTA of `bases` bases in `records` records, 60-column lines, with N runs, soft-masked stretches and IUPAC codes."""
-    rng = np.random.default_rng(seed)
-    per_record = bases // records
-    with path.open("wb") as handle:
-        for index in range(records):
-            n = per_record if index < records - 1 else bases - per_record * (records - 1)
-            letters = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, n, dtype=np.uint8)]
-            for _ in range(20):  # soft-masked repeats
-                start = int(rng.integers(0, n))
-                letters[start : start + int(rng.integers(1000, 200_000))] |= 0x20
-            for _ in range(4):  # assembly gaps
-                start = int(rng.integers(0, n))
-                letters[start : start + int(rng.integers(100, 50_000))] = ord("N")
-            letters[rng.integers(0, n, 50)] = np.frombuffer(b"RYKMSWBDHV", dtype=np.uint8)[rng.integers(0, 10, 50)]
-            handle.write(f">chr{index + 1} bench record {index + 1}\n".encode() + fasta_lines(letters))
-
-
 HUMAN_ASSEMBLY_BASES = 3.1e9
 _BARE_INGEST = """import gzip, sys
 import numpy as np
@@ -360,44 +333,6 @@ table = np.zeros(256, dtype=np.uint8)
 table[np.frombuffer(b"ACGTNacgtn", dtype=np.uint8)] = np.arange(10, dtype=np.uint8) % 5
 codes = table[np.frombuffer(data, dtype=np.uint8)]
 """
-
-
-# Runs a command's Python code in this process, then prints the process's own peak RSS (VmHWM, which exec resets; the
-# ru_maxrss of wait4 would also count the forking parent's memory).
-_PEAK_RSS_WRAPPER = """import atexit, runpy, sys
-def _peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            sys.stderr.write("\\nbench-peak-rss-kib " + line.split()[1] + "\\n")
-atexit.register(_peak)
-mode, target, *sys.argv[1:] = sys.argv[1:]
-if mode == "-m":
-    sys.argv[0] = target
-    runpy.run_module(target, run_name="__main__", alter_sys=True)
-else:
-    sys.argv[0] = "-c"
-    exec(compile(target, "<bench>", "exec"), {"__name__": "__main__"})
-"""
-
-
-def _measured(args: list[str], cwd: Path) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one Python child process run as `python ARGS`, which must succeed."""
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, *args], cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"python {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    peaks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("bench-peak-rss-kib ")]
-    return wall, int(peaks[-1]) * 1024 if peaks else 0
-
-
-def _ingest_params(root: Path, project: Path, fasta_path: str) -> None:
-    """The root's params with `data` reading `fasta_path`, written into the scratch project."""
-    import yaml
-
-    params = yaml.safe_load(root.joinpath("params.yaml").read_text())
-    params["data"].update(source="fasta", fasta_path=fasta_path, records=None, valid_records=None)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def bench_fasta_ingest(root: Path, bases: int, repeats: int) -> list[IngestFigures]:
@@ -412,9 +347,9 @@ def bench_fasta_ingest(root: Path, bases: int, repeats: int) -> list[IngestFigur
         packed = project / "genomes" / "bench.fa.gz"
         packed.write_bytes(bgzf_compress(plain.read_bytes()))
         for kind, path in (("plain", plain), ("bgzip", packed)):
-            _ingest_params(root, project, f"genomes/{path.name}")
-            ours = [_measured(data_cmd, project) for _ in range(repeats)]
-            bare = [_measured(["-c", _BARE_INGEST, str(path)], project) for _ in range(repeats)]
+            ingest_params(root, project, f"genomes/{path.name}")
+            ours = [measured(data_cmd, project) for _ in range(repeats)]
+            bare = [measured(["-c", _BARE_INGEST, str(path)], project) for _ in range(repeats)]
             ours_s, bare_s = statistics.median(w for w, _ in ours), statistics.median(w for w, _ in bare)
             peak = max(r for _, r in ours)
             limit = 1.5 * bases + (100 << 20)
@@ -468,8 +403,6 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
 def bench_distributed(steps: int) -> tuple[DistributedBench, list[BenchEntry]]:
     """2 workers x 1 thread against 1 worker x 2 threads, fixed order against DDP, and which runs agree bit for bit."""
     import tempfile
-
-    import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="geno-bench-dist-") as tmp:
         d = Path(tmp)

@@ -262,7 +262,7 @@ def _train_curves(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCur
 def _data_curve(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCurve]:
     import yaml
 
-    from geno_pipeline.bench import _ingest_params, _measured, write_bench_fasta
+    from geno_pipeline.benchio import ingest_params, measured, write_bench_fasta
 
     sizes_mb = (1, 4, 16, 64) if quick else (1, 4, 16, 64, 256, 512)
     rows: list[list[float]] = []
@@ -270,14 +270,14 @@ def _data_curve(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCurve
         project = Path(tmp)
         (project / "genomes").mkdir()
         fasta = project / "genomes" / "scaling.fa"
-        _ingest_params(root, project, "genomes/scaling.fa")
+        ingest_params(root, project, "genomes/scaling.fa")
         params_file = project / "params.yaml"  # few windows, so that 1 Mb holds them and the read dominates
         raw = yaml.safe_load(params_file.read_text())
         raw["data"].update(train_windows=800, valid_windows=100)
         params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
         for mb in sizes_mb:
             write_bench_fasta(fasta, mb * 1_000_000)
-            wall, peak = _measured(["-m", "geno_pipeline", "data", "--root", str(project)], project)
+            wall, peak = measured(["-m", "geno_pipeline", "data", "--root", str(project)], project)
             rows.append([mb, round(wall, 4), round(peak / 2**20, 1)])
             print(f"bench: scaling: data stage on {mb} Mb: {wall:.2f} s, peak RSS {peak / 2**20:.0f} MiB", flush=True)
     header = ("genome_mb", "seconds", "peak_rss_mib")

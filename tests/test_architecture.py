@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.cli": 7,
     "geno_pipeline.bench": 7,
     "geno_pipeline.benchtrain": 7,  # the end-to-end train-stage bench and the scaling curves
+    "geno_pipeline.benchio": 7,  # what the benches share: generated FASTA, child wall time and peak RSS
     "geno_pipeline.reliability": 7,
     "geno_pipeline.repro_check": 7,
     "geno_pipeline.validate": 7,

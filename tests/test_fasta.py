@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geno_pipeline.bench import bgzf_compress, fasta_lines
+from geno_pipeline.bench import bgzf_compress
+from geno_pipeline.benchio import fasta_lines
 from geno_pipeline.config import DataParams
 from geno_pipeline.data.dataset import TRAIN_COORDS_FILE, VALID_COORDS_FILE, build_dataset, load_dataset
 from geno_pipeline.data.fasta import IUPAC_CODES, read_fasta
