@@ -101,9 +101,18 @@ def test_collapse_bounds(p, t) -> None:
     tt = torch.tensor(t, dtype=torch.float64)
     n, d = min(pt.shape[0], tt.shape[0]), min(pt.shape[1], tt.shape[1])
     m = compute_collapse_metrics(pt[:n, :d], tt[:n, :d], kl_reg=0.0)
-    assert -1.0 - 1e-12 <= m.pred_cos_mean <= 1.0 + 1e-12
     assert 1.0 <= m.effective_rank <= min(n, d)
-    assert -1.0 - 1e-12 <= m.pred_target_corr <= 1.0 + 1e-12
+    ref = reference_collapse_metrics(pt[:n, :d].tolist(), tt[:n, :d].tolist(), kl_reg=0.0)  # independent pure-Python values
+    assert m.pred_cos_mean == pytest.approx(ref["pred_cos_mean"], abs=1e-9)
+    assert m.pred_target_corr == pytest.approx(ref["pred_target_corr"], abs=1e-9)
+
+
+def test_collapse_cosine_and_correlation_extremes_by_hand() -> None:
+    t = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]], dtype=torch.float64)
+    same = compute_collapse_metrics(t.clone(), t, kl_reg=0.0)
+    assert same.pred_cos_mean == pytest.approx(1.0) and same.pred_target_corr == pytest.approx(1.0) and same.pred_l2_mean == 0.0
+    flipped = compute_collapse_metrics(-t, t, kl_reg=0.0)
+    assert flipped.pred_cos_mean == pytest.approx(-1.0) and flipped.pred_target_corr == pytest.approx(-1.0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -202,3 +211,22 @@ def test_collapse_monitor_schedule_baseline_and_logging(caplog: pytest.LogCaptur
     assert "collapse alert step=13 pred_var_per_dim" in caplog.text
     with pytest.raises(ValueError, match="log_every_steps"):
         CollapseMonitor(log_every_steps=0)
+
+
+def test_detect_collapse_thresholds_are_strict_at_the_boundary() -> None:
+    """Alerts fire strictly beyond each threshold: pred_var < r * target_var, pairwise < r * initial, kl_reg > max."""
+    import dataclasses
+
+    from geno_pipeline.training.collapse import CollapseThresholds, compute_collapse_metrics, detect_collapse
+
+    gen = torch.Generator().manual_seed(0)
+    base = compute_collapse_metrics(torch.randn(64, 8, generator=gen), torch.randn(64, 8, generator=gen), kl_reg=0.0)
+    th = CollapseThresholds(pred_var_to_target_var=0.5, pairwise_to_initial=0.5, kl_reg_max=10.0)
+    at = dataclasses.replace(base, target_var_per_dim=2.0, pred_var_per_dim=1.0, pairwise_pred_dist_mean=3.0, kl_reg=10.0)
+    assert detect_collapse(at, thresholds=th, initial_pairwise_pred_dist_mean=6.0) == ()
+    below = dataclasses.replace(at, pred_var_per_dim=math.nextafter(1.0, 0.0))
+    assert [a.criterion for a in detect_collapse(below, thresholds=th, initial_pairwise_pred_dist_mean=6.0)] == ["pred_var_per_dim"]
+    closer = dataclasses.replace(at, pairwise_pred_dist_mean=math.nextafter(3.0, 0.0))
+    assert [a.criterion for a in detect_collapse(closer, thresholds=th, initial_pairwise_pred_dist_mean=6.0)] == ["pairwise_pred_dist_mean"]
+    over = dataclasses.replace(at, kl_reg=math.nextafter(10.0, 11.0))
+    assert [a.criterion for a in detect_collapse(over, thresholds=th, initial_pairwise_pred_dist_mean=6.0)] == ["kl_reg"]

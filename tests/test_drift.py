@@ -99,14 +99,27 @@ def test_drift_gitignore_and_dvc_config() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], *[[c] for c in ("data", "preflight", "train", "release", "verify", "validate", "schemas", "repro-check", "bench")]]
+    "command",
+    [
+        [],
+        *[[c] for c in ("data", "preflight", "train", "sweep", "release", "verify", "sign", "validate", "schemas", "repro-check", "bench")],
+    ],
 )
 def test_drift_help_explains_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args([*command, "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: geno-pipeline" in out and len(out) > 200
+    assert out.startswith(f"usage: geno-pipeline{' ' + command[0] if command else ''}")
+    if not command:  # the top-level help lists every command and every exit code
+        from geno_pipeline.cli import _HANDLERS, _STAGES, EXIT_CODES
+
+        for name in (*_STAGES, *_HANDLERS):
+            assert f"\n    {name} " in out or f"\n    {name}\n" in out, name
+        for code in EXIT_CODES:
+            assert f"\n  {code}  " in out, code
+    else:  # each command's own help has a description beyond the usage line, and lists its options
+        assert "\n\n" in out.strip() and ("options:" in out)
 
 
 def test_drift_cli_bad_params_no_traceback(tmp_path: Path) -> None:

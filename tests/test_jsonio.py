@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geno_pipeline.checksums import SumsEntry, check_sha256sums, format_sha256sums, parse_sha256sums, write_sha256sums
-from geno_pipeline.errors import SchemaValidationError
+from geno_pipeline.errors import SchemaValidationError, StorageError
 from geno_pipeline.jsonio import atomic_write_text, canonical_json, read_json, write_json
 
 json_values = st.recursive(
@@ -96,3 +96,44 @@ def test_schema_guess_from_file_names() -> None:
     }
     for path, schema in guesses.items():
         assert schema_name_for_file(Path(path), {}) == schema, path
+
+
+@pytest.mark.parametrize("failing", ["replace", "fsync", "write"])
+def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    import os
+
+    from geno_pipeline import fsio
+
+    target = tmp_path / "report.json"
+    target.write_bytes(b"old content\n")
+
+    def boom(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    if failing == "replace":
+        monkeypatch.setattr(fsio.os, "replace", boom)
+    elif failing == "fsync":
+        monkeypatch.setattr(fsio.os, "fsync", boom)
+    else:
+        real_fdopen = os.fdopen
+
+        class Failing:
+            def __init__(self, handle: object) -> None:
+                self.handle = handle
+
+            def __enter__(self) -> Failing:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.handle.close()  # type: ignore[attr-defined]
+
+            def write(self, _data: bytes) -> None:
+                boom()
+
+        monkeypatch.setattr(fsio.os, "fdopen", lambda fd, mode: Failing(real_fdopen(fd, mode)))
+    with pytest.raises(StorageError, match=r"report\.json: cannot write: No space left on device \(errno 28\); nothing was half-written"):
+        fsio.atomic_write_bytes(target, b"new content that must never be seen half-written\n")
+    assert target.read_bytes() == b"old content\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left behind

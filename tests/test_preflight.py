@@ -233,3 +233,12 @@ def test_preflight_require_accelerator_exits_3(root: Path) -> None:
     # on this machine NVML itself is absent too, which is an error once an accelerator is required
     assert {i["code"] for i in errors} <= {"accelerator.not_found", "nvml.library_not_found", "nvml.driver_not_loaded"}
     assert all(i["remedy"] for i in errors)
+
+
+@pytest.mark.parametrize(("free", "ok"), [(2 * GIB, True), (2 * GIB - 1, False), (2 * GIB + 1, True)])
+def test_preflight_vram_gate_boundary(root: Path, free: int, ok: bool) -> None:
+    """preflight.min_vram_gib (2.0 in this profile) free is enough; one byte less is not."""
+    gpu = FakeGpu(UUID0, H100[0], H100[1], free)
+    report = report_for(root, FakeNvml([gpu]), fake_torch([(H100[0], H100[1], free)]))
+    assert report.ok is ok
+    assert codes(report) == (set() if ok else {"accelerator.insufficient_vram"})

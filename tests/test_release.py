@@ -235,3 +235,42 @@ def test_release_loader_refuses_tampered_bundle(released: Path, tmp_path: Path) 
     (bundle / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(VerifyError, match=r"model\.safetensors: sha256 mismatch"):
         load_released_model(bundle)
+
+
+@pytest.mark.slow
+def test_release_gate_params_changed_since_training(released: Path, tmp_path: Path) -> None:
+    def mutate(root: Path) -> None:
+        write_params(root, train={"lr": 0.004})
+        assert cli(root, "preflight").returncode == 0
+
+    _gate(released, tmp_path, mutate, "params unchanged since training: the runtime/train/collapse params differ")
+
+
+@pytest.mark.slow
+def test_release_gate_non_finite_weights(released: Path, tmp_path: Path) -> None:
+    from geno_pipeline.readers import read_tensors
+    from geno_pipeline.release.verify import safetensors_metadata
+    from geno_pipeline.tensorfile import serialize_tensors
+
+    def mutate(root: Path) -> None:
+        path = root / "artifacts" / "train" / "model.safetensors"
+        tensors = read_tensors(path, error=VerifyError, fix="")
+        name = sorted(n for n, t in tensors.items() if t.is_floating_point())[0]
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] = float("nan")
+        path.write_bytes(serialize_tensors(tensors, safetensors_metadata(path)))
+
+    _gate(released, tmp_path, mutate, "no non-finite values: weights")
+
+
+def test_release_verify_refuses_a_listed_symlink(released: Path, tmp_path: Path) -> None:
+    """A symlink named in SHA256SUMS, whose target has the listed bytes, is still refused."""
+    bundle = _copy_bundle(released, tmp_path)
+    outside = tmp_path / "MODEL_CARD.copy.md"
+    outside.write_bytes((bundle / "MODEL_CARD.md").read_bytes())
+    (bundle / "MODEL_CARD.md").unlink()
+    (bundle / "MODEL_CARD.md").symlink_to(outside)
+    problems = verify_bundle(bundle)
+    assert any("MODEL_CARD.md" in p and "symlink" in p for p in problems), problems
+    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "verify", str(bundle)], capture_output=True, text=True)
+    assert proc.returncode == 7
