@@ -171,14 +171,22 @@ class TorchTrainer:
         second = [((p - mu).pow(2) * w).sum(dim=(0, 1)) for p, w in zip(predictions, weights, strict=True)]
         var = ordered_sum(group.gather_rows(torch.stack([s.detach() for s in second]))) / n + KL_EPS
         kl, grad_mu, grad_var = global_kl_terms(mu, var)
+        # one micro-batch on one process: its gradient is already the total (the ordered sum of one row is that row),
+        # so the flat copies are skipped; a parameter without a gradient gets zeros, as `flat_grad` would give it
+        single = len(shards) == 1 and group.size == 1
         rows = []
         for err_sum, f, s in zip(err_sums, first, second, strict=True):
             surrogate = err_sum / n + cfg.kl_weight * ((grad_mu * f).sum() + (grad_var * s).sum()) / n
             self.optimizer.zero_grad(set_to_none=True)
             surrogate.backward()
-            rows.append(flat_grad(self._params))
-        total_grad = ordered_sum(group.gather_rows(torch.stack(rows)))
-        set_flat_grad(self._params, total_grad)
+            if not single:
+                rows.append(flat_grad(self._params))
+        if single:
+            for p in self._params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        else:
+            set_flat_grad(self._params, ordered_sum(group.gather_rows(torch.stack(rows))))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip_norm))
         loss = pred_loss + cfg.kl_weight * kl
         loss_value = float(loss)
