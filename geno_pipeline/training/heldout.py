@@ -54,19 +54,23 @@ def padded_target_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return real, position[use]
 
 
-def encode_batch(model: WorldModel, batch: TupleBatch, device: str) -> TorchTrainerBatch:
+def encode_batch(model: WorldModel, batch: TupleBatch, device: str, *, reuse_padding: bool = True) -> TorchTrainerBatch:
     """Encode a drawn tuple batch with the frozen encoder into the trainer's input.
 
-    Only the real target windows are encoded; padding steps reuse their example's last real encoding instead of
-    encoding the same window again (padded steps are masked out of every loss and statistic)."""
+    With `reuse_padding` (every training step) only the real target windows are encoded; padding steps reuse their
+    example's last real encoding instead of encoding the same window again (padded steps are masked out of every loss
+    and statistic). The held-out batch, encoded once per run, encodes the whole padded block as it always has."""
     b, k, length = batch.targets.shape
     sources = torch.from_numpy(batch.sources).to(device)
-    real, gather = padded_target_rows(batch.mask)
-    targets = torch.from_numpy(batch.targets.reshape(b * k, length)[real]).to(device)
-    encoded = model.encoder.encode(targets)
+    if reuse_padding:
+        real, gather = padded_target_rows(batch.mask)
+        encoded = model.encoder.encode(torch.from_numpy(batch.targets.reshape(b * k, length)[real]).to(device))
+        target = encoded[torch.from_numpy(gather).to(device)].reshape(b, k, -1)
+    else:
+        target = model.encoder.encode(torch.from_numpy(batch.targets.reshape(b * k, length)).to(device)).reshape(b, k, -1)
     return TorchTrainerBatch(
         state=model.encoder.encode(sources),
-        target=encoded[torch.from_numpy(gather).to(device)].reshape(b, k, -1),
+        target=target,
         actions=torch.from_numpy(batch.actions).to(device),
         action_mask=torch.from_numpy(batch.mask).to(device),
         rel_edits=batch.rel_edits,
@@ -88,7 +92,7 @@ def build_held_out(
         mix=rollout_mix_from_mapping(train.rollout_step_mix),
         split="valid",
     )
-    enc = encode_batch(model, raw, device)
+    enc = encode_batch(model, raw, device, reuse_padding=False)
     identity = masked_prediction_loss(enc.state.unsqueeze(1).expand_as(enc.target), enc.target, enc.action_mask)
     last = torch.from_numpy(raw.rollout_steps - 1).to(device)
     return HeldOut(enc.state, enc.target, enc.actions, enc.action_mask, last, float(identity))
