@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from geno_pipeline.benchio import ingest_params, measured, write_bench_fasta
-from geno_pipeline.benchtrain import StageBench, run_scaling, tiny_and_default_profiles
+from geno_pipeline.benchtrain import StageBench, bare_update, run_scaling, tiny_and_default_profiles
 from geno_pipeline.documents import Document
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
@@ -177,9 +177,7 @@ def bench_train_step(steps: int, repeats: int) -> list[BenchEntry]:
     """TorchTrainer.train_step vs a bare torch loop of the same math; deterministic vs not."""
     import torch
 
-    from geno_pipeline.training.model import rollout
-    from geno_pipeline.training.schedule import wsd_lr_multiplier
-    from geno_pipeline.training.trainer import TorchTrainer, build_adamw_optimizer, gaussian_kl, masked_prediction_loss
+    from geno_pipeline.training.trainer import TorchTrainer, build_adamw_optimizer
 
     train, model, batches = _training_setup(steps)
     state0 = {k: v.clone() for k, v in model.state_dict().items()}
@@ -196,18 +194,8 @@ def bench_train_step(steps: int, repeats: int) -> list[BenchEntry]:
     def bare() -> None:
         model.load_state_dict(state0)
         opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
-        params = [p for g in opt.param_groups for p in g["params"]]
         for i, b in enumerate(batches, start=1):
-            m = wsd_lr_multiplier(i, total_steps=steps, warmup_steps=train.warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = train.lr * m
-            pred = rollout(model.predictor, model.action_encoder, b.state, b.actions)
-            loss = masked_prediction_loss(pred, b.target, b.action_mask) + train.kl_weight * gaussian_kl(pred, b.action_mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, train.grad_clip_norm)
-            opt.step()
-            float(loss.detach())
+            bare_update(model, opt, train, b, i)
 
     bare()  # warm up
     torch.use_deterministic_algorithms(True)

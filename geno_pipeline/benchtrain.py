@@ -24,7 +24,16 @@ from geno_pipeline.documents import Document
 from geno_pipeline.fsio import atomic_write_text
 from geno_pipeline.layout import Layout
 
-__all__ = ["ScalingCurve", "ScalingReport", "StageBench", "bench_train_stage", "fit_growth", "run_scaling", "tiny_and_default_profiles"]
+__all__ = [
+    "ScalingCurve",
+    "ScalingReport",
+    "StageBench",
+    "bare_update",
+    "bench_train_stage",
+    "fit_growth",
+    "run_scaling",
+    "tiny_and_default_profiles",
+]
 
 TARGET_RATIO = 1.10
 
@@ -98,16 +107,14 @@ def _prepare(root: Path, params: Any) -> Layout:
 
 def _bare_loop(params: Any, layout: Layout) -> None:
     """What training must do and nothing else: windows, model, optimizer, then per step draw -> encode -> update."""
-    import torch
 
     from geno_pipeline.data.dataset import load_dataset
     from geno_pipeline.environment import torch_training_device
     from geno_pipeline.training.heldout import encode_batch
     from geno_pipeline.training.model import build_world_model
     from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
-    from geno_pipeline.training.schedule import set_optimizer_lr
     from geno_pipeline.training.seeds import TrainerSeeds
-    from geno_pipeline.training.trainer import build_adamw_optimizer, gaussian_kl, masked_prediction_loss
+    from geno_pipeline.training.trainer import build_adamw_optimizer
     from geno_pipeline.training.tuples import TupleSampler
 
     train = params.train
@@ -120,17 +127,25 @@ def _bare_loop(params: Any, layout: Layout) -> None:
     opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
     weights, mix = edit_type_weights_from_mapping(train.edit_type_weights), rollout_mix_from_mapping(train.rollout_step_mix)
     sampler = TupleSampler(seeds.sampler, window_length=window, weights=weights, mix=mix)
-    params_list = [p for g in opt.param_groups for p in g["params"]]
     for step in range(1, train.steps + 1):
-        b = encode_batch(model, sampler.draw(dataset.train, train.batch_size), device)
-        set_optimizer_lr(opt, step=step, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule)
-        pred = model.rollout(b.state, b.actions)
-        loss = masked_prediction_loss(pred, b.target, b.action_mask) + train.kl_weight * gaussian_kl(pred, b.action_mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params_list, train.grad_clip_norm)
-        opt.step()
-        float(loss.detach())
+        bare_update(model, opt, train, encode_batch(model, sampler.draw(dataset.train, train.batch_size), device), step)
+
+
+def bare_update(model: Any, opt: Any, train: Any, batch: Any, step: int) -> None:
+    """The optimizer math and nothing else: schedule, whole-batch loss + KL, backward, clip, AdamW step, loss read back."""
+    import torch
+
+    from geno_pipeline.training.schedule import set_optimizer_lr
+    from geno_pipeline.training.trainer import gaussian_kl, masked_prediction_loss
+
+    set_optimizer_lr(opt, step=step, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule)
+    pred = model.rollout(batch.state, batch.actions)
+    loss = masked_prediction_loss(pred, batch.target, batch.action_mask) + train.kl_weight * gaussian_kl(pred, batch.action_mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], train.grad_clip_norm)
+    opt.step()
+    float(loss.detach())
 
 
 def _loop_parts(facts: Any) -> dict[str, float]:
@@ -144,8 +159,6 @@ def _loop_parts(facts: Any) -> dict[str, float]:
 
 def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> StageBench:
     """Alternate runs of the stage and of the bare loop on one prepared dataset; medians and the stage's parts."""
-    import torch
-
     from geno_pipeline.training import stage as train_stage
     from geno_pipeline.training.determinism import configure_torch_reproducibility
 
@@ -165,7 +178,6 @@ def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> St
         t0 = time.perf_counter()
         _bare_loop(params, layout)
         bare.append(time.perf_counter() - t0)
-    _ = torch
     ours_s, bare_s = statistics.median(w for w, _ in ours), statistics.median(bare)
     wall, loop = min(ours, key=lambda o: abs(o[0] - ours_s))
     outside = wall - sum(loop.values())
