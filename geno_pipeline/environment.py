@@ -54,7 +54,9 @@ class EnvironmentFingerprint(Document):
     cublas_workspace_config: str | None
     """CUBLAS_WORKSPACE_CONFIG train applies (CUDA and deterministic only)."""
     tf32: bool
-    """Whether TF32 matmuls are allowed."""
+    """Whether TF32 is allowed (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32), as torch reports
+    it after the determinism settings: train reads it in its own process, preflight in its torch probe process (off when
+    runtime.deterministic is true, on otherwise)."""
     world_size: int = Field(ge=1)
     """Worker processes in the job (the launcher's WORLD_SIZE, else runtime.nproc_per_node); the bytes do not depend on it
     (train.micro_batches fixes the reduction order), but the run identity names it."""
@@ -74,8 +76,9 @@ def package_version(distribution: str) -> str | None:
         return None
 
 
-def build_fingerprint(runtime: RuntimeParams, *, device_kind: str, world_size: int) -> EnvironmentFingerprint:
-    """The fingerprint for the resolved device kind and world size under `runtime` params."""
+def build_fingerprint(runtime: RuntimeParams, *, device_kind: str, world_size: int, tf32: bool) -> EnvironmentFingerprint:
+    """The fingerprint for the resolved device kind and world size under `runtime` params; `tf32` is what torch reported
+    after the determinism settings were applied."""
     from geno_pipeline.distributed import resolve_backend
 
     cuda = device_kind.startswith("cuda")
@@ -88,7 +91,7 @@ def build_fingerprint(runtime: RuntimeParams, *, device_kind: str, world_size: i
         deterministic=runtime.deterministic,
         cpu_threads=runtime.cpu_threads,
         cublas_workspace_config=CUBLAS_WORKSPACE_CONFIG if (cuda and runtime.deterministic) else None,
-        tf32=False,
+        tf32=tf32,
         world_size=world_size,
         nproc_per_node=runtime.nproc_per_node,
         dist_backend=resolve_backend(runtime.dist_backend, device_kind) if world_size > 1 else None,  # type: ignore[arg-type]

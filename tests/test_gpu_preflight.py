@@ -433,3 +433,17 @@ def test_every_gpu_and_cuda_code_has_a_readme_row_with_its_severity() -> None:
     for code in REMEDIES:
         severity = "warning" if code in warnings else "error"
         assert re.search(rf"^\| `{re.escape(code)}` \| {severity} \| ", readme, flags=re.M), code
+
+
+def test_fingerprint_tf32_is_what_the_probe_process_read_from_torch(root: Path) -> None:
+    from geno_pipeline.preflight.stage import fingerprint_tf32
+
+    runtime = RuntimeParams(device="auto", deterministic=True)
+    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False)
+    assert fingerprint_tf32(run(root, [gpu()], determinism=tf32_on)[0], runtime) is True
+    assert fingerprint_tf32(run(root, [gpu()])[0], runtime) is False
+    cuda_only_tf32 = TorchDeterminismFlags(True, False, False, True, False, True, False)
+    assert fingerprint_tf32(run(root, [gpu()], determinism=cuda_only_tf32)[0], runtime) is True
+    unmeasured = run(root, [gpu()])[0].model_copy(update={"determinism": None})
+    assert fingerprint_tf32(unmeasured, runtime) is False
+    assert fingerprint_tf32(unmeasured, RuntimeParams(device="auto", deterministic=False)) is True

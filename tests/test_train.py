@@ -348,3 +348,20 @@ def test_train_pinned_numeric_regression(prepared: Path) -> None:
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-9), f"step {want['step']} {key}: {fix}"
     for key in ("final_heldout_loss", "identity_baseline_heldout_loss", "heldout_to_baseline"):
         assert report[key] == pytest.approx(pinned[key], rel=1e-5), f"{key}: {fix}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_train_fingerprint_records_tf32_as_torch_reports_it(tmp_path: Path, deterministic: bool) -> None:
+    """TF32 in preflight's and train's fingerprints is what torch reports after the settings: off when deterministic,
+    on otherwise; the two agree, so a non-deterministic run is not refused."""
+    write_params(tmp_path, runtime={"deterministic": deterministic}, train={"steps": 4})
+    shutil.copy(Path(__file__).resolve().parent.parent / "pyproject.toml", tmp_path / "pyproject.toml")
+    cli(tmp_path, "data")
+    cli(tmp_path, "preflight", check=False)  # deterministic off is a warning, not a failure
+    layout = Layout.for_root(tmp_path)
+    assert json.loads(layout.environment.read_text())["tf32"] is (not deterministic)
+    cli(tmp_path, "train", "--no-progress")
+    report = json.loads(layout.train_report.read_text())
+    assert report["environment"]["tf32"] is (not deterministic)
+    assert report["determinism"]["tf32_matmul"] is (not deterministic)

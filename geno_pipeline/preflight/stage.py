@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from geno_pipeline.config import LoadedParams
+from geno_pipeline.config import LoadedParams, RuntimeParams
 from geno_pipeline.distributed import planned_world_size
 from geno_pipeline.environment import build_fingerprint
 from geno_pipeline.jsonio import write_json
@@ -17,9 +17,17 @@ from geno_pipeline.preflight.runner import TrainingPreflightRequest, build_repor
 from geno_pipeline.preflight.torch_process import TorchProcessFn
 from geno_pipeline.runtime_report import StageResult
 
-__all__ = ["assess", "format_table", "run", "summary", "write_outputs", "write_training_preflight_report"]
+__all__ = ["assess", "fingerprint_tf32", "format_table", "run", "summary", "write_outputs", "write_training_preflight_report"]
 
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+
+
+def fingerprint_tf32(report: PreflightReport, runtime: RuntimeParams) -> bool:
+    """TF32 as torch reported it in the probe process after train's settings; when the probe did not report (torch
+    unusable, which fails preflight anyway), the setting train applies: TF32 on exactly when not deterministic."""
+    if report.determinism is not None:
+        return report.determinism.tf32_allowed
+    return not runtime.deterministic
 
 
 def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout, output: Path) -> None:
@@ -27,7 +35,8 @@ def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout,
     write_json(output, report, schema="preflight_report")
     runtime = loaded.params.runtime
     world = planned_world_size(runtime.nproc_per_node)
-    fingerprint = build_fingerprint(runtime, device_kind=fingerprint_device_kind(report.accelerator), world_size=world)
+    kind = fingerprint_device_kind(report.accelerator)
+    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=world, tf32=fingerprint_tf32(report, runtime))
     write_json(layout.environment, fingerprint, schema="environment")
     write_json(layout.preflight_outcome, outcome_of(report), schema="preflight_outcome")
 

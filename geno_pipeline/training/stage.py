@@ -237,7 +237,8 @@ def setup(
     determinism = configure_torch_reproducibility(
         train.seed, deterministic=runtime.deterministic, device=device, cpu_threads=runtime.cpu_threads
     )
-    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=group.size)
+    tf32 = determinism.tf32_matmul or determinism.tf32_cudnn
+    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=group.size, tf32=tf32)
     _check_fingerprint(expected_fingerprint, fingerprint)
     bindings = Bindings(
         params_sha256=params.sha256(),
