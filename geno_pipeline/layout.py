@@ -158,6 +158,11 @@ class Layout:
         return self.reports / "reliability.json"
 
     @property
+    def mutation_report(self) -> Path:
+        """`geno-pipeline mutation`: mutation score per core module."""
+        return self.reports / "mutation.json"
+
+    @property
     def bench_report(self) -> Path:
         return self.reports / "bench.json"
 

@@ -51,6 +51,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "bench": "geno_pipeline.bench:BenchReport",
     "bench_scaling": "geno_pipeline.benchtrain:ScalingReport",
     "reliability": "geno_pipeline.reliability:ReliabilityReport",
+    "mutation": "geno_pipeline.mutation:MutationReport",
 }
 
 

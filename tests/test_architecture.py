@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.benchtrain": 7,  # the end-to-end train-stage bench and the scaling curves
     "geno_pipeline.benchio": 7,  # what the benches share: generated FASTA, child wall time and peak RSS
     "geno_pipeline.reliability": 7,
+    "geno_pipeline.mutation": 7,  # runs mutmut on the core modules and scores them
     "geno_pipeline.repro_check": 7,
     "geno_pipeline.validate": 7,
     "geno_pipeline.__main__": 7,

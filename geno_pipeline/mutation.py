@@ -1,0 +1,303 @@
+"""Mutation testing of the core pure modules (`geno-pipeline mutation`): mutmut plants small bugs one at a time and runs
+the fast test tier's tests that execute the mutated function; reports/mutation.json holds the score per module.
+
+The targets are fixed here and mirrored by `[tool.mutmut] only_mutate` in pyproject.toml (a test keeps the two equal).
+Surviving mutants judged equivalent (no test could tell them apart, because the behaviour is the same) are listed
+with the reason in tests/mutation_equivalents.yaml and left out of the denominator. The report records the sha256 of
+every target file, so a test can tell when the committed report no longer describes the code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from geno_pipeline.checksums import sha256_file
+from geno_pipeline.documents import Document
+from geno_pipeline.errors import GenoPipelineError
+from geno_pipeline.jsonio import write_json
+from geno_pipeline.layout import Layout
+from geno_pipeline.yamlio import parse_yaml
+
+__all__ = [
+    "EQUIVALENTS_FILE",
+    "TARGETS",
+    "TARGET_SCORE",
+    "MutationReport",
+    "Target",
+    "build_report",
+    "mutant_globs",
+    "read_exit_codes",
+    "run_mutation_cli",
+    "status_of",
+    "target_of",
+]
+
+TARGET_SCORE = 0.90
+EQUIVALENTS_FILE = "tests/mutation_equivalents.yaml"
+MUTANTS_DIR = "mutants"
+Status = Literal["killed", "timeout", "survived", "no tests", "skipped", "suspicious", "segfault", "not checked"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A core module to mutate: a whole file, or only the named functions of one."""
+
+    name: str
+    path: str
+    functions: tuple[str, ...] = ()
+
+    @property
+    def module(self) -> str:
+        return self.path.removesuffix(".py").replace("/", ".")
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("schedule", "geno_pipeline/training/schedule.py"),
+    Target("sampling", "geno_pipeline/training/sampling.py"),
+    Target("tuples", "geno_pipeline/training/tuples.py"),
+    Target("edits", "geno_pipeline/data/edits.py"),
+    Target("collapse", "geno_pipeline/training/collapse.py"),
+    Target("checksums", "geno_pipeline/checksums.py"),
+    Target("release_verify", "geno_pipeline/release/verify.py"),
+    Target(
+        "checkpoint_bindings",
+        "geno_pipeline/training/checkpoint.py",
+        ("tensor_specs", "params_differences", "_binding_problems", "_shape_problems", "_content_problems", "load_checkpoint"),
+    ),
+    Target("config_validation", "geno_pipeline/config.py"),
+)
+
+# mutmut's verdicts by the exit code of the test run (mutmut/stats.py, 3.8); anything else is "suspicious"
+_STATUS: dict[int | None, Status] = {
+    1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
+    36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
+    None: "not checked",
+}  # fmt: skip
+
+
+def status_of(exit_code: int | None) -> Status:
+    """mutmut's verdict for a mutant whose test run exited with `exit_code` (None: not run)."""
+    return _STATUS.get(exit_code, "suspicious")
+
+
+def mutant_globs(targets: Iterable[Target] = TARGETS) -> list[str]:
+    """`mutmut run` name patterns selecting exactly the targets' mutants (mutmut names a function f's mutants
+    `<module>.x_f__mutmut_<n>` and a method's `<module>.xǁClassǁm__mutmut_<n>`)."""
+    out: list[str] = []
+    for t in targets:
+        out += [f"{t.module}.x_{f}__mutmut_*" for f in t.functions] if t.functions else [f"{t.module}.*"]
+    return out
+
+
+def target_of(mutant: str, targets: Iterable[Target] = TARGETS) -> Target | None:
+    """The target a mutant name belongs to, or None."""
+    for t in targets:
+        rest = mutant.removeprefix(t.module + ".")
+        if rest == mutant or "." in rest:
+            continue
+        if not t.functions or any(rest.startswith(f"x_{f}__mutmut_") for f in t.functions):
+            return t
+    return None
+
+
+def read_exit_codes(mutants_dir: Path) -> dict[str, int | None]:
+    """mutant name -> exit code of its test run, from mutmut's `<file>.py.meta` files."""
+    out: dict[str, int | None] = {}
+    for meta in sorted(mutants_dir.rglob("*.py.meta")):
+        try:
+            out.update(json.loads(meta.read_text())["exit_code_by_key"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise GenoPipelineError(f"{meta}: unreadable mutmut result ({exc}); fix: rerun `geno-pipeline mutation`") from None
+    return out
+
+
+class ModuleScore(Document):
+    """One target's mutants by verdict."""
+
+    name: str
+    """Target name."""
+    path: str
+    """Mutated file."""
+    functions: list[str]
+    """Only these functions are mutated (empty: the whole file)."""
+    source_sha256: str
+    """sha256 of the file when it was mutated."""
+    mutants: int = Field(ge=0)
+    """Mutants generated."""
+    killed: int = Field(ge=0)
+    """Mutants some test failed on."""
+    timeout: int = Field(ge=0)
+    """Mutants whose tests ran past mutmut's time limit (counted as detected)."""
+    survived: int = Field(ge=0)
+    """Mutants every test passed on, equivalent ones included."""
+    no_tests: int = Field(ge=0)
+    """Mutants in code that no fast-tier test runs (counted as not detected)."""
+    other: int = Field(ge=0)
+    """Skipped, suspicious, crashed or unchecked mutants (counted as not detected)."""
+    equivalent: int = Field(ge=0)
+    """Survivors judged equivalent (tests/mutation_equivalents.yaml), left out of the score."""
+    score: float = Field(ge=0, le=1)
+    """(killed + timeout) / (mutants - equivalent); 1.0 when nothing is left."""
+
+
+class Survivor(Document):
+    """A mutant no test detected."""
+
+    mutant: str
+    """mutmut's name for it (`mutmut show NAME` prints the change)."""
+    target: str
+    """Target name."""
+    status: str
+    """mutmut's verdict."""
+    equivalent_reason: str | None
+    """Why it is equivalent, or null when it is a gap in the tests."""
+
+
+class MutationReport(Document):
+    """reports/mutation.json: `geno-pipeline mutation`."""
+
+    schema_version: Literal["1.0"] = "1.0"
+    """Version of this document's shape."""
+    tool: str
+    """Mutation tool and version."""
+    tests: str
+    """Which tests run against each mutant."""
+    target_score: float
+    """Required score on every target and in total."""
+    modules: list[ModuleScore]
+    """Score per target."""
+    total_mutants: int = Field(ge=0)
+    """Mutants over all targets."""
+    total_detected: int = Field(ge=0)
+    """Killed plus timed out."""
+    total_equivalent: int = Field(ge=0)
+    """Survivors judged equivalent."""
+    total_score: float = Field(ge=0, le=1)
+    """total_detected / (total_mutants - total_equivalent)."""
+    target_met: bool
+    """Every module's score and the total are at least target_score."""
+    survivors: list[Survivor]
+    """Every mutant not detected, equivalent or not."""
+    stale_equivalents: list[str]
+    """Names in the equivalents file that are no longer undetected mutants (remove them)."""
+
+
+def _score(detected: int, mutants: int, equivalent: int) -> float:
+    denominator = mutants - equivalent
+    return 1.0 if denominator <= 0 else detected / denominator
+
+
+def _module_score(target: Target, statuses: Mapping[str, Status], equivalents: Mapping[str, str], sha256: str) -> ModuleScore:
+    mine = {name: s for name, s in statuses.items() if target_of(name) == target}
+    count = {s: sum(1 for v in mine.values() if v == s) for s in ("killed", "timeout", "survived", "no tests")}
+    equivalent = sum(1 for name, s in mine.items() if s == "survived" and name in equivalents)
+    return ModuleScore(
+        name=target.name, path=target.path, functions=list(target.functions), source_sha256=sha256, mutants=len(mine),
+        killed=count["killed"], timeout=count["timeout"], survived=count["survived"], no_tests=count["no tests"],
+        other=len(mine) - sum(count.values()), equivalent=equivalent,
+        score=_score(count["killed"] + count["timeout"], len(mine), equivalent),
+    )  # fmt: skip
+
+
+def build_report(
+    exit_codes: Mapping[str, int | None], equivalents: Mapping[str, str], sha256_by_path: Mapping[str, str], *, tool: str
+) -> MutationReport:
+    """The report from mutmut's exit codes and the equivalents list (mutant name -> reason); pure."""
+    statuses = {name: status_of(code) for name, code in exit_codes.items() if target_of(name) is not None}
+    modules = [_module_score(t, statuses, equivalents, sha256_by_path[t.path]) for t in TARGETS]
+    survivors = [
+        Survivor(mutant=name, target=target.name, status=status, equivalent_reason=equivalents.get(name) if status == "survived" else None)
+        for name, status in sorted(statuses.items())
+        if status not in ("killed", "timeout") and (target := target_of(name)) is not None
+    ]
+    mutants = sum(m.mutants for m in modules)
+    detected = sum(m.killed + m.timeout for m in modules)
+    equivalent = sum(m.equivalent for m in modules)
+    total = _score(detected, mutants, equivalent)
+    return MutationReport(
+        tool=tool, tests="the fast tier (pytest -m 'not slow'): the tests that execute the mutated function",
+        target_score=TARGET_SCORE, modules=modules, total_mutants=mutants, total_detected=detected, total_equivalent=equivalent,
+        total_score=total, target_met=total >= TARGET_SCORE and all(m.score >= TARGET_SCORE for m in modules),
+        survivors=survivors, stale_equivalents=sorted(n for n in equivalents if statuses.get(n) != "survived"),
+    )  # fmt: skip
+
+
+def read_equivalents(path: Path) -> dict[str, str]:
+    """tests/mutation_equivalents.yaml: mutant name -> reason (an absent file is an empty list)."""
+    if not path.is_file():
+        return {}
+    data = parse_yaml(path.read_text())
+    data = {} if data is None else data
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in data.items()):
+        raise GenoPipelineError(f"{path}: must map each mutant name to a non-empty reason; fix: edit it to `NAME: why it is equivalent`")
+    return data
+
+
+def configured_targets(pyproject: Path) -> list[str]:
+    """`[tool.mutmut] only_mutate` of pyproject.toml."""
+    import tomllib
+
+    return list(tomllib.loads(pyproject.read_text())["tool"]["mutmut"]["only_mutate"])
+
+
+def _run_mutmut(root: Path, max_children: int | None) -> None:
+    if importlib.util.find_spec("mutmut") is None:
+        raise GenoPipelineError("mutmut is not installed; fix: pip install -c requirements.lock -e '.[dev]'")
+    wanted = [t.path for t in TARGETS]
+    if configured_targets(root / "pyproject.toml") != wanted:
+        raise GenoPipelineError(f"{root / 'pyproject.toml'}: [tool.mutmut] only_mutate must list {wanted}; fix: copy that list there")
+    command = [sys.executable, "-m", "mutmut", "run", *(["--max-children", str(max_children)] if max_children else []), *mutant_globs()]
+    print(f"mutation: running mutmut on {len(TARGETS)} targets (tens of minutes on 2 cores) ...", flush=True)
+    code = subprocess.call(command, cwd=root)
+    print(flush=True)
+    if code != 0:
+        raise GenoPipelineError(f"mutmut exited {code}; fix: see its output above (the unmutated fast tier must pass)")
+
+
+def run_mutation_cli(layout: Layout, *, report_only: bool, max_children: int | None) -> int:
+    """Run mutmut (unless `report_only`), write reports/mutation.json, print the scores; exit 1 below the target."""
+    root = layout.root
+    if not report_only:
+        _run_mutmut(root, max_children)
+    exit_codes = read_exit_codes(root / MUTANTS_DIR)
+    missing = [t.name for t in TARGETS if not any(target_of(n) == t and c is not None for n, c in exit_codes.items())]
+    if missing:
+        raise GenoPipelineError(f"no mutmut results for {', '.join(missing)} under {root / MUTANTS_DIR}; fix: run `geno-pipeline mutation`")
+    unchecked = sorted(n for n, c in exit_codes.items() if c is None and target_of(n) is not None)
+    if unchecked:
+        raise GenoPipelineError(f"{len(unchecked)} mutants were not checked (e.g. {unchecked[0]}); fix: run `geno-pipeline mutation`")
+    equivalents = read_equivalents(root / EQUIVALENTS_FILE)
+    sha = {t.path: sha256_file(root / t.path) for t in TARGETS}
+    report = build_report(exit_codes, equivalents, sha, tool=f"mutmut {metadata.version('mutmut')}")
+    write_json(layout.mutation_report, report, schema="mutation")
+    for line in summary_lines(report):
+        print(f"mutation: {line}")
+    print(f"mutation: wrote {layout.rel(layout.mutation_report)}")
+    return 0 if report.target_met else 1
+
+
+def summary_lines(report: MutationReport) -> list[str]:
+    """The per-module table, the total and the undetected mutants."""
+    lines = [f"{'module':<20} {'mutants':>7} {'killed':>6} {'timeout':>7} {'survived':>8} {'no tests':>8} {'equiv':>5} {'score':>7}"]
+    for m in report.modules:
+        lines.append(
+            f"{m.name:<20} {m.mutants:>7} {m.killed:>6} {m.timeout:>7} {m.survived:>8} {m.no_tests:>8} {m.equivalent:>5} {m.score:>7.1%}"
+        )
+    lines.append(
+        f"{'total':<20} {report.total_mutants:>7} {report.total_detected:>6} (killed + timeout) {report.total_equivalent:>5} equivalent "
+        f"{report.total_score:>7.1%}  target {report.target_score:.0%}: {'met' if report.target_met else 'MISSED'}"
+    )
+    for s in report.survivors:
+        lines.append(f"  {s.status}: {s.mutant}" + (f"  (equivalent: {s.equivalent_reason})" if s.equivalent_reason else ""))
+    lines += [f"  stale equivalent entry: {name}" for name in report.stale_equivalents]
+    return lines
