@@ -143,11 +143,13 @@ class ModuleScore(Document):
     no_tests: int = Field(ge=0)
     """Mutants in code that no fast-tier test runs (counted as not detected)."""
     other: int = Field(ge=0)
-    """Skipped, suspicious, crashed or unchecked mutants (counted as not detected)."""
+    """Skipped, suspicious or crashed mutants (counted as not detected)."""
+    unchecked: int = Field(ge=0)
+    """Mutants not run yet (`geno-pipeline mutation --target NAME` runs one module)."""
     equivalent: int = Field(ge=0)
     """Survivors judged equivalent (tests/mutation_equivalents.yaml), left out of the score."""
-    score: float = Field(ge=0, le=1)
-    """(killed + timeout) / (mutants - equivalent); 1.0 when nothing is left."""
+    score: float | None = Field(ge=0, le=1)
+    """(killed + timeout) / (mutants - equivalent); 1.0 when nothing is left; null until every mutant was run."""
 
 
 class Survivor(Document):
@@ -182,10 +184,14 @@ class MutationReport(Document):
     """Killed plus timed out."""
     total_equivalent: int = Field(ge=0)
     """Survivors judged equivalent."""
-    total_score: float = Field(ge=0, le=1)
-    """total_detected / (total_mutants - total_equivalent)."""
+    total_unchecked: int = Field(ge=0)
+    """Mutants not run yet."""
+    complete: bool
+    """Every mutant of every target was run."""
+    total_score: float | None = Field(ge=0, le=1)
+    """total_detected / (total_mutants - total_equivalent); null until complete."""
     target_met: bool
-    """Every module's score and the total are at least target_score."""
+    """Complete, and every module's score and the total are at least target_score."""
     survivors: list[Survivor]
     """Every mutant not detected, equivalent or not."""
     stale_equivalents: list[str]
@@ -199,13 +205,14 @@ def _score(detected: int, mutants: int, equivalent: int) -> float:
 
 def _module_score(target: Target, statuses: Mapping[str, Status], equivalents: Mapping[str, str], sha256: str) -> ModuleScore:
     mine = {name: s for name, s in statuses.items() if target_of(name) == target}
-    count = {s: sum(1 for v in mine.values() if v == s) for s in ("killed", "timeout", "survived", "no tests")}
+    count = {s: sum(1 for v in mine.values() if v == s) for s in ("killed", "timeout", "survived", "no tests", "not checked")}
     equivalent = sum(1 for name, s in mine.items() if s == "survived" and name in equivalents)
+    complete = count["not checked"] == 0 and bool(mine)
     return ModuleScore(
         name=target.name, path=target.path, functions=list(target.functions), source_sha256=sha256, mutants=len(mine),
         killed=count["killed"], timeout=count["timeout"], survived=count["survived"], no_tests=count["no tests"],
-        other=len(mine) - sum(count.values()), equivalent=equivalent,
-        score=_score(count["killed"] + count["timeout"], len(mine), equivalent),
+        other=len(mine) - sum(count.values()), unchecked=count["not checked"], equivalent=equivalent,
+        score=_score(count["killed"] + count["timeout"], len(mine), equivalent) if complete else None,
     )  # fmt: skip
 
 
@@ -218,17 +225,19 @@ def build_report(
     survivors = [
         Survivor(mutant=name, target=target.name, status=status, equivalent_reason=equivalents.get(name) if status == "survived" else None)
         for name, status in sorted(statuses.items())
-        if status not in ("killed", "timeout") and (target := target_of(name)) is not None
+        if status not in ("killed", "timeout", "not checked") and (target := target_of(name)) is not None
     ]
     mutants = sum(m.mutants for m in modules)
     detected = sum(m.killed + m.timeout for m in modules)
     equivalent = sum(m.equivalent for m in modules)
-    total = _score(detected, mutants, equivalent)
+    complete = all(m.score is not None for m in modules)
+    total = _score(detected, mutants, equivalent) if complete else None
+    met = total is not None and total >= TARGET_SCORE and all(m.score is not None and m.score >= TARGET_SCORE for m in modules)
     return MutationReport(
         tool=tool, tests="the fast tier (pytest -m 'not slow'): the tests that execute the mutated function",
         target_score=TARGET_SCORE, modules=modules, total_mutants=mutants, total_detected=detected, total_equivalent=equivalent,
-        total_score=total, target_met=total >= TARGET_SCORE and all(m.score >= TARGET_SCORE for m in modules),
-        survivors=survivors, stale_equivalents=sorted(n for n in equivalents if statuses.get(n) != "survived"),
+        total_unchecked=sum(m.unchecked for m in modules), complete=complete, total_score=total, target_met=met,
+        survivors=survivors, stale_equivalents=sorted(n for n in equivalents if statuses.get(n) not in ("survived", "not checked")),
     )  # fmt: skip
 
 
@@ -250,32 +259,49 @@ def configured_targets(pyproject: Path) -> list[str]:
     return list(tomllib.loads(pyproject.read_text())["tool"]["mutmut"]["only_mutate"])
 
 
-def _run_mutmut(root: Path, max_children: int | None) -> None:
+def _run_mutmut(root: Path, max_children: int | None, targets: tuple[Target, ...]) -> None:
     if importlib.util.find_spec("mutmut") is None:
         raise GenoPipelineError("mutmut is not installed; fix: pip install -c requirements.lock -e '.[dev]'")
     wanted = [t.path for t in TARGETS]
     if configured_targets(root / "pyproject.toml") != wanted:
         raise GenoPipelineError(f"{root / 'pyproject.toml'}: [tool.mutmut] only_mutate must list {wanted}; fix: copy that list there")
-    command = [sys.executable, "-m", "mutmut", "run", *(["--max-children", str(max_children)] if max_children else []), *mutant_globs()]
-    print(f"mutation: running mutmut on {len(TARGETS)} targets (tens of minutes on 2 cores) ...", flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "mutmut",
+        "run",
+        *(["--max-children", str(max_children)] if max_children else []),
+        *mutant_globs(targets),
+    ]
+    names = ", ".join(t.name for t in targets)
+    print(f"mutation: running mutmut on {names} (minutes per module on 2 cores; results already in mutants/ are kept) ...", flush=True)
     code = subprocess.call(command, cwd=root)
     print(flush=True)
     if code != 0:
         raise GenoPipelineError(f"mutmut exited {code}; fix: see its output above (the unmutated fast tier must pass)")
 
 
-def run_mutation_cli(layout: Layout, *, report_only: bool, max_children: int | None) -> int:
-    """Run mutmut (unless `report_only`), write reports/mutation.json, print the scores; exit 1 below the target."""
+def select_targets(names: list[str] | None) -> tuple[Target, ...]:
+    """The targets named (all when None); an unknown name is an error naming the known ones."""
+    if not names:
+        return TARGETS
+    known = {t.name: t for t in TARGETS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise GenoPipelineError(f"--target {unknown[0]}: no such target; fix: use one of {', '.join(known)}")
+    return tuple(known[n] for n in dict.fromkeys(names))
+
+
+def run_mutation_cli(layout: Layout, *, report_only: bool, max_children: int | None, targets: list[str] | None = None) -> int:
+    """Run mutmut (unless `report_only`) on the named targets (default all), write reports/mutation.json from every result
+    in mutants/, print the scores; exit 1 unless every module was run and meets the target."""
     root = layout.root
+    chosen = select_targets(targets)
     if not report_only:
-        _run_mutmut(root, max_children)
+        _run_mutmut(root, max_children, chosen)
     exit_codes = read_exit_codes(root / MUTANTS_DIR)
-    missing = [t.name for t in TARGETS if not any(target_of(n) == t and c is not None for n, c in exit_codes.items())]
-    if missing:
-        raise GenoPipelineError(f"no mutmut results for {', '.join(missing)} under {root / MUTANTS_DIR}; fix: run `geno-pipeline mutation`")
-    unchecked = sorted(n for n, c in exit_codes.items() if c is None and target_of(n) is not None)
-    if unchecked:
-        raise GenoPipelineError(f"{len(unchecked)} mutants were not checked (e.g. {unchecked[0]}); fix: run `geno-pipeline mutation`")
+    if not any(c is not None and target_of(n) is not None for n, c in exit_codes.items()):
+        raise GenoPipelineError(f"no mutmut results under {root / MUTANTS_DIR}; fix: run `geno-pipeline mutation`")
     equivalents = read_equivalents(root / EQUIVALENTS_FILE)
     sha = {t.path: sha256_file(root / t.path) for t in TARGETS}
     report = build_report(exit_codes, equivalents, sha, tool=f"mutmut {metadata.version('mutmut')}")
@@ -290,12 +316,12 @@ def summary_lines(report: MutationReport) -> list[str]:
     """The per-module table, the total and the undetected mutants."""
     lines = [f"{'module':<20} {'mutants':>7} {'killed':>6} {'timeout':>7} {'survived':>8} {'no tests':>8} {'equiv':>5} {'score':>7}"]
     for m in report.modules:
-        lines.append(
-            f"{m.name:<20} {m.mutants:>7} {m.killed:>6} {m.timeout:>7} {m.survived:>8} {m.no_tests:>8} {m.equivalent:>5} {m.score:>7.1%}"
-        )
+        score = f"{m.score:>7.1%}" if m.score is not None else f"not run: {m.unchecked} of {m.mutants} mutants unchecked"
+        lines.append(f"{m.name:<20} {m.mutants:>7} {m.killed:>6} {m.timeout:>7} {m.survived:>8} {m.no_tests:>8} {m.equivalent:>5} {score}")
+    total = f"{report.total_score:.1%}" if report.total_score is not None else f"incomplete ({report.total_unchecked} mutants unchecked)"
     lines.append(
-        f"{'total':<20} {report.total_mutants:>7} {report.total_detected:>6} (killed + timeout) {report.total_equivalent:>5} equivalent "
-        f"{report.total_score:>7.1%}  target {report.target_score:.0%}: {'met' if report.target_met else 'MISSED'}"
+        f"total: {report.total_mutants} mutants, {report.total_detected} detected (killed + timeout), {report.total_equivalent} "
+        f"equivalent: {total}; target {report.target_score:.0%} per module and in total: {'met' if report.target_met else 'NOT MET'}"
     )
     for s in report.survivors:
         lines.append(f"  {s.status}: {s.mutant}" + (f"  (equivalent: {s.equivalent_reason})" if s.equivalent_reason else ""))

@@ -102,7 +102,24 @@ def test_drift_gitignore_and_dvc_config() -> None:
     "command",
     [
         [],
-        *[[c] for c in ("data", "preflight", "train", "sweep", "release", "verify", "sign", "validate", "schemas", "repro-check", "bench")],
+        *[
+            [c]
+            for c in (
+                "data",
+                "preflight",
+                "train",
+                "sweep",
+                "release",
+                "verify",
+                "sign",
+                "validate",
+                "schemas",
+                "repro-check",
+                "bench",
+                "reliability",
+                "mutation",
+            )
+        ],
     ],
 )
 def test_drift_help_explains_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
