@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_parsers(sub)
     _add_trust_parsers(sub)
     _add_tool_parsers(sub)
+    _add_mutation_parser(sub)
     return parser
 
 
@@ -175,7 +176,7 @@ def _add_trust_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """validate, schemas, repro-check, bench, reliability, mutation."""
+    """validate, schemas, repro-check, bench, reliability."""
     p = sub.add_parser(
         "validate",
         help="check a JSON/JSONL file we write against its schema",
@@ -237,6 +238,24 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--other-kills", type=int, default=8, help="SIGKILLs each of data and release (default 8)")
     p.add_argument("--storage-rounds", type=int, default=2, help="rounds of ENOSPC + EROFS on data, train, release (default 2)")
 
+
+@dataclass(frozen=True)
+class StageCommand:
+    """How the CLI runs one pipeline stage: params narrowed to the stage, its run, and what to print."""
+
+    announce: Callable[[LoadedParams], str | None]  # a first line before long work, or None
+    run: Callable[[LoadedParams, Layout, argparse.Namespace], StageResult[Any]]
+    summary: Callable[[Layout, Any, argparse.Namespace], list[str]]
+    status: Callable[[Any], str]  # a key of STATUS_EXIT
+    failure: Callable[[Any], str] = lambda _doc: ""  # the stderr line of a non-ok status
+    persist: Callable[[LoadedParams, Layout, argparse.Namespace, Any], None] | None = None  # writes after the summary
+
+
+STATUS_EXIT = {"ok": EXIT_OK, "preflight_not_ok": EXIT_PREFLIGHT, "training_stopped": EXIT_TRAINING_STOPPED}
+
+
+def _add_mutation_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """mutation."""
     p = sub.add_parser(
         "mutation",
         help="mutation testing of the core modules (mutmut); write reports/mutation.json",
@@ -258,21 +277,6 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run only this module (repeatable): schedule, sampling, tuples, edits, collapse, checksums, release_verify, "
         "checkpoint_bindings, config_validation; the report still scores every module from the results in mutants/",
     )
-
-
-@dataclass(frozen=True)
-class StageCommand:
-    """How the CLI runs one pipeline stage: params narrowed to the stage, its run, and what to print."""
-
-    announce: Callable[[LoadedParams], str | None]  # a first line before long work, or None
-    run: Callable[[LoadedParams, Layout, argparse.Namespace], StageResult[Any]]
-    summary: Callable[[Layout, Any, argparse.Namespace], list[str]]
-    status: Callable[[Any], str]  # a key of STATUS_EXIT
-    failure: Callable[[Any], str] = lambda _doc: ""  # the stderr line of a non-ok status
-    persist: Callable[[LoadedParams, Layout, argparse.Namespace, Any], None] | None = None  # writes after the summary
-
-
-STATUS_EXIT = {"ok": EXIT_OK, "preflight_not_ok": EXIT_PREFLIGHT, "training_stopped": EXIT_TRAINING_STOPPED}
 
 
 def _data_command() -> StageCommand:
