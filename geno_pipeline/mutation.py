@@ -10,7 +10,6 @@ every target file, so a test can tell when the committed report no longer descri
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -26,7 +25,7 @@ from geno_pipeline.documents import Document
 from geno_pipeline.errors import GenoPipelineError
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
-from geno_pipeline.yamlio import parse_yaml
+from geno_pipeline.readers import read_json_text, read_yaml
 
 __all__ = [
     "EQUIVALENTS_FILE",
@@ -114,10 +113,10 @@ def read_exit_codes(mutants_dir: Path) -> dict[str, int | None]:
     """mutant name -> exit code of its test run, from mutmut's `<file>.py.meta` files."""
     out: dict[str, int | None] = {}
     for meta in sorted(mutants_dir.rglob("*.py.meta")):
-        try:
-            out.update(json.loads(meta.read_text())["exit_code_by_key"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise GenoPipelineError(f"{meta}: unreadable mutmut result ({exc}); fix: rerun `geno-pipeline mutation`") from None
+        document = read_json_text(meta, error=GenoPipelineError, fix="rerun `geno-pipeline mutation`")
+        if not isinstance(document, dict) or not isinstance(document.get("exit_code_by_key"), dict):
+            raise GenoPipelineError(f"{meta}: no exit_code_by_key mapping in this mutmut result; fix: rerun `geno-pipeline mutation`")
+        out.update(document["exit_code_by_key"])
     return out
 
 
@@ -203,8 +202,7 @@ def _score(detected: int, mutants: int, equivalent: int) -> float:
     return 1.0 if denominator <= 0 else detected / denominator
 
 
-def _module_score(target: Target, statuses: Mapping[str, Status], equivalents: Mapping[str, str], sha256: str) -> ModuleScore:
-    mine = {name: s for name, s in statuses.items() if target_of(name) == target}
+def _module_score(target: Target, mine: Mapping[str, Status], equivalents: Mapping[str, str], sha256: str) -> ModuleScore:
     count = {s: sum(1 for v in mine.values() if v == s) for s in ("killed", "timeout", "survived", "no tests", "not checked")}
     equivalent = sum(1 for name, s in mine.items() if s == "survived" and name in equivalents)
     complete = count["not checked"] == 0 and bool(mine)
@@ -220,12 +218,15 @@ def build_report(
     exit_codes: Mapping[str, int | None], equivalents: Mapping[str, str], sha256_by_path: Mapping[str, str], *, tool: str
 ) -> MutationReport:
     """The report from mutmut's exit codes and the equivalents list (mutant name -> reason); pure."""
-    statuses = {name: status_of(code) for name, code in exit_codes.items() if target_of(name) is not None}
-    modules = [_module_score(t, statuses, equivalents, sha256_by_path[t.path]) for t in TARGETS]
+    owner = {name: target for name in exit_codes if (target := target_of(name)) is not None}
+    statuses = {name: status_of(exit_codes[name]) for name in owner}
+    modules = [_module_score(t, {n: s for n, s in statuses.items() if owner[n] == t}, equivalents, sha256_by_path[t.path]) for t in TARGETS]
     survivors = [
-        Survivor(mutant=name, target=target.name, status=status, equivalent_reason=equivalents.get(name) if status == "survived" else None)
+        Survivor(
+            mutant=name, target=owner[name].name, status=status, equivalent_reason=equivalents.get(name) if status == "survived" else None
+        )
         for name, status in sorted(statuses.items())
-        if status not in ("killed", "timeout", "not checked") and (target := target_of(name)) is not None
+        if status not in ("killed", "timeout", "not checked")
     ]
     mutants = sum(m.mutants for m in modules)
     detected = sum(m.killed + m.timeout for m in modules)
@@ -245,10 +246,11 @@ def read_equivalents(path: Path) -> dict[str, str]:
     """tests/mutation_equivalents.yaml: mutant name -> reason (an absent file is an empty list)."""
     if not path.is_file():
         return {}
-    data = parse_yaml(path.read_text())
+    fix = "edit it to `NAME: why it is equivalent`"
+    data = read_yaml(path, error=GenoPipelineError, fix=fix)
     data = {} if data is None else data
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in data.items()):
-        raise GenoPipelineError(f"{path}: must map each mutant name to a non-empty reason; fix: edit it to `NAME: why it is equivalent`")
+        raise GenoPipelineError(f"{path}: must map each mutant name to a non-empty reason; fix: {fix}")
     return data
 
 
