@@ -19,7 +19,10 @@ from geno_pipeline.config import (
     PreflightParams,
     ReleaseParams,
     RuntimeParams,
+    SweepParams,
+    SweepStageParams,
     TrainParams,
+    TrainStageParams,
     load_params,
     params_from_mapping,
 )
@@ -170,3 +173,22 @@ def test_config_yaml_round_trip(params: Params, tmp_path_factory: pytest.TempPat
     path = tmp_path_factory.mktemp("rt") / "params.yaml"
     path.write_text(yaml.safe_dump(params.model_dump(mode="python"), sort_keys=False))
     assert load_params(path) == params
+
+
+def test_config_sweep_stage_narrows_and_reseeds_the_train_stage() -> None:
+    params = Params(
+        runtime=RuntimeParams(device="cpu", cpu_threads=3),
+        train=TrainParams(seed=11, steps=40, warmup_steps=4),
+        collapse=CollapseParams(log_every_steps=7, on_alert="halt"),
+        sweep=SweepParams(seeds=3),
+    )
+    stage = SweepStageParams.from_params(params)
+    assert (stage.runtime, stage.train, stage.collapse, stage.sweep) == (params.runtime, params.train, params.collapse, params.sweep)
+    same = stage.train_stage()
+    assert same == TrainStageParams.from_params(params)
+    reseeded = stage.train_stage(seed=12)
+    assert reseeded.train.seed == 12 and stage.train.seed == 11
+    assert reseeded.train.model_dump(exclude={"seed"}) == params.train.model_dump(exclude={"seed"})
+    assert (reseeded.runtime, reseeded.collapse) == (params.runtime, params.collapse)
+    assert reseeded.sha256() != same.sha256()
+    assert stage.train_stage(seed=0).train.seed == 0  # seed 0 is a seed, not "keep the released one"
