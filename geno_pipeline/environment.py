@@ -1,6 +1,6 @@
 """The deterministic environment fingerprint (artifacts/preflight/environment.json).
 
-It holds only what can change numerical results: library versions, device kind, dtype,
+It holds only what can change numerical results: library versions, CPU class, device kind, dtype,
 determinism flags and thread count. No hostnames, paths or times, so it is stable across runs
 on the same class of machine and `train` (which depends on it) reruns only when it changes.
 """
@@ -39,6 +39,10 @@ class EnvironmentFingerprint(Document):
     """Python major.minor."""
     machine: str
     """CPU architecture (platform.machine())."""
+    cpu_class: str | None
+    """`<CPU vendor>/<instruction set torch's CPU kernels use>`, e.g. `AuthenticAMD/AVX512` (torchflags.cpu_kernel_class):
+    torch's kernels and the BLAS take different code paths, hence round differently, on different CPU classes. Read
+    from torch by train in its own process and by preflight in its torch probe process (null when that did not report)."""
     torch_version: str | None
     """Installed torch version."""
     numpy_version: str | None
@@ -76,15 +80,18 @@ def package_version(distribution: str) -> str | None:
         return None
 
 
-def build_fingerprint(runtime: RuntimeParams, *, device_kind: str, world_size: int, tf32: bool) -> EnvironmentFingerprint:
-    """The fingerprint for the resolved device kind and world size under `runtime` params; `tf32` is what torch reported
-    after the determinism settings were applied."""
+def build_fingerprint(
+    runtime: RuntimeParams, *, device_kind: str, world_size: int, tf32: bool, cpu_class: str | None
+) -> EnvironmentFingerprint:
+    """The fingerprint for the resolved device kind and world size under `runtime` params; `tf32` and `cpu_class` are
+    what torch reported after the determinism settings were applied."""
     from geno_pipeline.distributed import resolve_backend
 
     cuda = device_kind.startswith("cuda")
     return EnvironmentFingerprint(
         python=f"{sys.version_info.major}.{sys.version_info.minor}",
         machine=platform.machine(),
+        cpu_class=cpu_class,
         torch_version=package_version("torch"),
         numpy_version=package_version("numpy"),
         device_kind=device_kind,

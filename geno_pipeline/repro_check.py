@@ -187,7 +187,8 @@ def _explain(ok: bool, env: list[str], inputs: list[str], stages: list[StageChec
         return (
             "outputs differ and the environment fingerprint differs from the reference run ("
             + "; ".join(env)
-            + "): bit-identity is only promised within one environment class"
+            + "): bit-identity is only promised within one environment class; compare with a reference run on a machine "
+            "of this class (a second fresh clone here, as CI does), or commit this run's dvc.lock and reports as the reference"
         )
     first = [d for s in stages for d in s.field_differences][:4] or [f for s in stages for f in s.changed_files][:4]
     what = "; ".join(first)

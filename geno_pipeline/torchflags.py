@@ -7,12 +7,15 @@ This module imports nothing heavy (torch only inside functions), so the probe pr
 from __future__ import annotations
 
 import os
+import platform
 import sys
 
 __all__ = [
     "CUBLAS_WORKSPACE_CONFIG",
     "INDUCTOR_DETERMINISTIC_ENV",
     "apply_torch_determinism",
+    "cpu_kernel_class",
+    "cpu_vendor",
     "set_deterministic_algorithms",
     "torch_determinism_flags",
 ]
@@ -66,3 +69,26 @@ def torch_determinism_flags() -> dict[str, bool]:
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
     }
+
+
+def cpu_vendor(cpuinfo: str) -> str | None:
+    """The CPU vendor in /proc/cpuinfo text: x86's `vendor_id` (GenuineIntel, AuthenticAMD) or Arm's `CPU implementer`."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("vendor_id", "CPU implementer") and value.strip():
+            return value.strip()
+    return None
+
+
+def cpu_kernel_class(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """`<vendor>/<instruction set>`: the CPU vendor (MKL picks its code paths by it) and the instruction set torch's CPU
+    kernels dispatch to (`torch.backends.cpu.get_cpu_capability()`, e.g. AVX2 or AVX512). Float results on the CPU are
+    bit-identical only within one such class: the kernels and BLAS paths, hence the rounding, differ between them."""
+    import torch
+
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as handle:
+            vendor = cpu_vendor(handle.read())
+    except OSError:
+        vendor = None
+    return f"{vendor or platform.processor() or 'unknown'}/{torch.backends.cpu.get_cpu_capability()}"

@@ -10,7 +10,8 @@ never imports torch) probes the other dependencies, NVML, the disk and the datas
 
 Protocol: one JSON object per stdout line. `imported` (the import of torch), then the process waits for a line on
 stdin, so that NVML can list the other processes on each GPU before this one creates a CUDA context; then `cuda`
-(devices, architectures, the determinism settings train applies, as torch reports them after applying them), one
+(devices, architectures, the determinism settings train applies, as torch reports them after applying them, and the
+CPU class), one
 `kernel` per selected device (a seeded matmul compared with the CPU), and `done`. Only stdlib and torch are imported.
 """
 
@@ -25,7 +26,7 @@ from importlib import metadata
 from typing import Any
 
 from geno_pipeline.devices import resolve_device, selected_cuda_ordinals
-from geno_pipeline.torchflags import apply_torch_determinism, torch_determinism_flags
+from geno_pipeline.torchflags import apply_torch_determinism, cpu_kernel_class, torch_determinism_flags
 
 __all__ = ["KERNEL_SEED", "KERNEL_SIZE", "kernel_smoke", "kernel_tolerance", "main", "torch_cuda_facts"]
 
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     facts = torch_cuda_facts()
     ordinals = selected_cuda_ordinals(plan["requested_device"], cuda_usable=usable, nproc_per_node=int(plan["nproc_per_node"]))
     ordinals = [o for o in ordinals if o < facts["device_count"]]
-    _emit("cuda", cuda=facts, determinism={**flags, "cuda_initialized_before": initialised}, ordinals=ordinals)
+    determinism = {**flags, "cuda_initialized_before": initialised, "cpu_class": cpu_kernel_class()}
+    _emit("cuda", cuda=facts, determinism=determinism, ordinals=ordinals)
     for ordinal in ordinals:
         _emit("kernel", ordinal=ordinal, **kernel_smoke(f"cuda:{ordinal}"))
     _emit("done")

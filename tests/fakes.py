@@ -232,6 +232,7 @@ DETERMINISTIC = TorchDeterminismFlags(
     tf32_matmul=False,
     tf32_cudnn=False,
     cuda_initialized_before=False,
+    cpu_class="GenuineIntel/AVX2",
 )
 
 

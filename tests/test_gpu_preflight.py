@@ -4,6 +4,7 @@ fake torch probe process; the real probe process and its time bounds; the determ
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import json
 import re
@@ -259,17 +260,17 @@ def test_each_kernel_code(root: Path, k, code: str) -> None:
 
 def test_nondeterministic_kernel_is_allowed_when_determinism_is_off(root: Path) -> None:
     write_params(root, runtime={"device": "auto", "deterministic": False})
-    flags = TorchDeterminismFlags(False, False, False, False, True, True, False)
+    flags = TorchDeterminismFlags(False, False, False, False, True, True, False, "GenuineIntel/AVX2")
     report, _ = run(root, [gpu()], kernels=[kernel(0, "nondeterministic", identical=False)], determinism=flags)
     assert issues(report) == {"determinism.disabled": "warning"} and rows(report)["cuda.kernel"][0] == "pass"
 
 
 def test_determinism_read_back_from_torch(root: Path) -> None:
-    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False)
+    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False, "GenuineIntel/AVX2")
     report, _ = run(root, [gpu()], determinism=tf32_on)
     assert issues(report) == {"determinism.unsupported": "error"} and report.determinism is not None
     assert report.determinism.tf32_allowed is True and "TF32 on" in report.issues[0].message
-    initialised = TorchDeterminismFlags(True, False, False, True, False, False, True)
+    initialised = TorchDeterminismFlags(True, False, False, True, False, False, True, "GenuineIntel/AVX2")
     report, _ = run(root, [gpu()], determinism=initialised)
     assert issues(report) == {"determinism.cuda_already_initialized": "warning"}
 
@@ -319,6 +320,9 @@ def test_real_probe_process_on_this_machine() -> None:
     assert facts.imported and facts.failure is None and facts.version is not None
     assert facts.cuda is not None and facts.determinism is not None
     assert facts.determinism.deterministic_algorithms and not facts.determinism.tf32_matmul and not facts.determinism.cudnn_benchmark
+    from geno_pipeline.torchflags import cpu_kernel_class
+
+    assert facts.determinism.cpu_class == cpu_kernel_class()  # the probe process reads the same class torch has here
     if not facts.cuda.cuda_available:
         assert facts.kernels == []
 
@@ -338,7 +342,8 @@ if MODE == "crash_cuda":
 cuda = {"torch_version": "2.13.0", "cuda_available": True, "device_count": 2, "cuda_version": "12.4", "cudnn_version": 1,
         "arch_list": ["sm_90"], "devices": [], "error": None}
 flags = {"deterministic_algorithms": True, "deterministic_warn_only": False, "cudnn_benchmark": False,
-         "cudnn_deterministic": True, "tf32_matmul": False, "tf32_cudnn": False, "cuda_initialized_before": False}
+         "cudnn_deterministic": True, "tf32_matmul": False, "tf32_cudnn": False, "cuda_initialized_before": False,
+         "cpu_class": "GenuineIntel/AVX2"}
 say("cuda", cuda=cuda, determinism=flags, ordinals=[0, 1])
 say("kernel", ordinal=0, device="cuda:0", seed=1, size=256, tolerance=1e-4, outcome="ok", max_rel_error=1e-7,
     repeat_identical=True, duration_ms=3.0, error=None)
@@ -439,11 +444,50 @@ def test_fingerprint_tf32_is_what_the_probe_process_read_from_torch(root: Path) 
     from geno_pipeline.preflight.stage import fingerprint_tf32
 
     runtime = RuntimeParams(device="auto", deterministic=True)
-    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False)
+    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False, "GenuineIntel/AVX2")
     assert fingerprint_tf32(run(root, [gpu()], determinism=tf32_on)[0], runtime) is True
     assert fingerprint_tf32(run(root, [gpu()])[0], runtime) is False
-    cuda_only_tf32 = TorchDeterminismFlags(True, False, False, True, False, True, False)
+    cuda_only_tf32 = TorchDeterminismFlags(True, False, False, True, False, True, False, "GenuineIntel/AVX2")
     assert fingerprint_tf32(run(root, [gpu()], determinism=cuda_only_tf32)[0], runtime) is True
     unmeasured = run(root, [gpu()])[0].model_copy(update={"determinism": None})
     assert fingerprint_tf32(unmeasured, runtime) is False
     assert fingerprint_tf32(unmeasured, RuntimeParams(device="auto", deterministic=False)) is True
+
+
+def test_fingerprint_cpu_class_is_what_the_probe_process_read(root: Path) -> None:
+    """environment.json's cpu_class comes from the probe process's reading; null when the probe did not report."""
+    from geno_pipeline.preflight.stage import fingerprint_cpu_class
+
+    other = dataclasses.replace(DETERMINISTIC, cpu_class="AuthenticAMD/AVX512")
+    for flags, want in ((DETERMINISTIC, "GenuineIntel/AVX2"), (other, "AuthenticAMD/AVX512")):
+        report = run(root, [gpu()], determinism=flags)[0]
+        assert report.determinism is not None and report.determinism.cpu_class == want
+        assert fingerprint_cpu_class(report) == want
+    assert fingerprint_cpu_class(run(root, [gpu()])[0].model_copy(update={"determinism": None})) is None
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "vendor"),
+    [
+        ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n", "GenuineIntel"),
+        ("processor\t: 0\nvendor_id\t: AuthenticAMD\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\n", "AuthenticAMD"),
+        ("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n", "0x41"),
+        ("processor\t: 0\nvendor_id\t:\nmodel name\t: x\n", None),
+        ("", None),
+    ],
+)
+def test_cpu_vendor_reads_proc_cpuinfo(cpuinfo: str, vendor: str | None) -> None:
+    from geno_pipeline.torchflags import cpu_vendor
+
+    assert cpu_vendor(cpuinfo) == vendor
+
+
+def test_cpu_kernel_class_names_the_vendor_and_torchs_instruction_set(tmp_path: Path) -> None:
+    import torch
+
+    from geno_pipeline.torchflags import cpu_kernel_class
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n")
+    assert cpu_kernel_class(str(info)) == f"GenuineIntel/{torch.backends.cpu.get_cpu_capability()}"
+    assert cpu_kernel_class(str(tmp_path / "missing")).endswith(f"/{torch.backends.cpu.get_cpu_capability()}")

@@ -378,3 +378,8 @@ def test_train_fingerprint_records_tf32_as_torch_reports_it(tmp_path: Path, dete
     report = json.loads(layout.train_report.read_text())
     assert report["environment"]["tf32"] is (not deterministic)
     assert report["determinism"]["tf32_matmul"] is (not deterministic)
+    from geno_pipeline.torchflags import cpu_kernel_class
+
+    here = cpu_kernel_class()  # the CPU class torch dispatches to in this process: the same in preflight's probe and train
+    assert json.loads(layout.environment.read_text())["cpu_class"] == report["environment"]["cpu_class"] == here
+    assert report["determinism"]["cpu_class"] == here

@@ -308,6 +308,9 @@ class DeterminismProbe(Document):
     """torch.backends.cudnn.benchmark after the settings."""
     can_take_effect: bool
     """False when CUDA was already initialised before the settings were applied (the workspace setting may not apply)."""
+    cpu_class: str
+    """`<CPU vendor>/<instruction set torch's CPU kernels use>`, e.g. `AuthenticAMD/AVX512`, as the probe process read it:
+    part of the environment class (CPU float results are bit-identical only within one)."""
 
 
 class KernelSmoke(Document):

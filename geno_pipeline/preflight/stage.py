@@ -17,7 +17,16 @@ from geno_pipeline.preflight.runner import TrainingPreflightRequest, build_repor
 from geno_pipeline.preflight.torch_process import TorchProcessFn
 from geno_pipeline.runtime_report import StageResult
 
-__all__ = ["assess", "fingerprint_tf32", "format_table", "run", "summary", "write_outputs", "write_training_preflight_report"]
+__all__ = [
+    "assess",
+    "fingerprint_cpu_class",
+    "fingerprint_tf32",
+    "format_table",
+    "run",
+    "summary",
+    "write_outputs",
+    "write_training_preflight_report",
+]
 
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
 
@@ -30,13 +39,19 @@ def fingerprint_tf32(report: PreflightReport, runtime: RuntimeParams) -> bool:
     return not runtime.deterministic
 
 
+def fingerprint_cpu_class(report: PreflightReport) -> str | None:
+    """The CPU class the probe process read from torch; None when it did not report (torch unusable: preflight fails)."""
+    return report.determinism.cpu_class if report.determinism is not None else None
+
+
 def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout, output: Path) -> None:
     """reports/preflight.json (volatile), artifacts/preflight/environment.json and outcome.json (deterministic)."""
     write_json(output, report, schema="preflight_report")
     runtime = loaded.params.runtime
     world = planned_world_size(runtime.nproc_per_node)
     kind = fingerprint_device_kind(report.accelerator)
-    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=world, tf32=fingerprint_tf32(report, runtime))
+    tf32, cpu_class = fingerprint_tf32(report, runtime), fingerprint_cpu_class(report)
+    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=world, tf32=tf32, cpu_class=cpu_class)
     write_json(layout.environment, fingerprint, schema="environment")
     write_json(layout.preflight_outcome, outcome_of(report), schema="preflight_outcome")
 

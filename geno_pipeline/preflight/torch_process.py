@@ -66,6 +66,7 @@ class TorchDeterminismFlags:
     tf32_matmul: bool
     tf32_cudnn: bool
     cuda_initialized_before: bool
+    cpu_class: str  # `<vendor>/<instruction set>` (torchflags.cpu_kernel_class)
 
 
 @dataclass(frozen=True)

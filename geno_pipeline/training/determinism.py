@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from geno_pipeline.torchflags import apply_torch_determinism, torch_determinism_flags
+from geno_pipeline.torchflags import apply_torch_determinism, cpu_kernel_class, torch_determinism_flags
 from geno_pipeline.training.seeds import TorchDeterminismReport, TrainerSeeds
 
 __all__ = ["TorchDeterminismReport", "TrainerSeeds", "configure_torch_reproducibility"]
@@ -38,4 +38,5 @@ def configure_torch_reproducibility(
         tf32_cudnn=flags["tf32_cudnn"],
         cpu_threads=torch.get_num_threads(),
         cuda_initialized_before=initialised,
+        cpu_class=cpu_kernel_class(),
     )

@@ -63,3 +63,5 @@ class TorchDeterminismReport(Document):
     """torch.get_num_threads()."""
     cuda_initialized_before: bool
     """CUDA was already initialised when the settings were applied (the workspace setting may not apply)."""
+    cpu_class: str
+    """`<CPU vendor>/<instruction set torch's CPU kernels use>` (part of the environment class)."""

@@ -238,7 +238,7 @@ def setup(
         train.seed, deterministic=runtime.deterministic, device=device, cpu_threads=runtime.cpu_threads
     )
     tf32 = determinism.tf32_matmul or determinism.tf32_cudnn
-    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=group.size, tf32=tf32)
+    fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=group.size, tf32=tf32, cpu_class=determinism.cpu_class)
     _check_fingerprint(expected_fingerprint, fingerprint)
     bindings = Bindings(
         params_sha256=params.sha256(),

@@ -33,6 +33,7 @@ def determinism_facts(
         tf32_allowed=tf32,
         cudnn_benchmark=flags.cudnn_benchmark,
         can_take_effect=not (cuda and flags.cuda_initialized_before),
+        cpu_class=flags.cpu_class,
     )
 
 
