@@ -195,7 +195,7 @@ def bench_train_step(steps: int, repeats: int) -> list[BenchEntry]:
         model.load_state_dict(state0)
         opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
         for i, b in enumerate(batches, start=1):
-            bare_update(model, opt, train, b, i)
+            bare_update(model, opt, train, [b], i)
 
     bare()  # warm up
     torch.use_deterministic_algorithms(True)

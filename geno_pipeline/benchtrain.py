@@ -109,13 +109,14 @@ def _bare_loop(params: Any, layout: Layout) -> None:
     """What training must do and nothing else: windows, model, optimizer, then per step draw -> encode -> update."""
 
     from geno_pipeline.data.dataset import load_dataset
+    from geno_pipeline.distributed import micro_batch_slices
     from geno_pipeline.environment import torch_training_device
     from geno_pipeline.training.heldout import encode_batch
     from geno_pipeline.training.model import build_world_model
     from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
     from geno_pipeline.training.seeds import TrainerSeeds
     from geno_pipeline.training.trainer import build_adamw_optimizer
-    from geno_pipeline.training.tuples import TupleSampler
+    from geno_pipeline.training.tuples import TupleSampler, take_rows
 
     train = params.train
     dataset = load_dataset(layout.dataset_dir)
@@ -127,25 +128,34 @@ def _bare_loop(params: Any, layout: Layout) -> None:
     opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
     weights, mix = edit_type_weights_from_mapping(train.edit_type_weights), rollout_mix_from_mapping(train.rollout_step_mix)
     sampler = TupleSampler(seeds.sampler, window_length=window, weights=weights, mix=mix)
+    slices = micro_batch_slices(train.batch_size, train.micro_batches)
     for step in range(1, train.steps + 1):
-        bare_update(model, opt, train, encode_batch(model, sampler.draw(dataset.train, train.batch_size), device), step)
+        batch = sampler.draw(dataset.train, train.batch_size)
+        bare_update(model, opt, train, [encode_batch(model, take_rows(batch, rows), device) for rows in slices], step)
 
 
-def bare_update(model: Any, opt: Any, train: Any, batch: Any, step: int) -> None:
-    """The optimizer math and nothing else: schedule, whole-batch loss + KL, backward, clip, AdamW step, loss read back."""
+def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: int) -> None:
+    """The optimizer math and nothing else: schedule; per micro-batch (as many as train.micro_batches, like the stage) loss
+    + KL weighted by its share of the real steps, backward, gradients accumulated; clip, AdamW step, loss read back."""
     import torch
 
     from geno_pipeline.training.schedule import set_optimizer_lr
     from geno_pipeline.training.trainer import gaussian_kl, masked_prediction_loss
 
     set_optimizer_lr(opt, step=step, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule)
-    pred = model.rollout(batch.state, batch.actions)
-    loss = masked_prediction_loss(pred, batch.target, batch.action_mask) + train.kl_weight * gaussian_kl(pred, batch.action_mask)
+    total = float(max(sum(int(s.action_mask.sum()) for s in shards), 1))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    loss_sum = 0.0
+    for shard in shards:
+        pred = model.rollout(shard.state, shard.actions)
+        share = float(shard.action_mask.sum()) / total
+        loss = share * (
+            masked_prediction_loss(pred, shard.target, shard.action_mask) + train.kl_weight * gaussian_kl(pred, shard.action_mask)
+        )
+        loss.backward()
+        loss_sum += float(loss.detach())
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], train.grad_clip_norm)
     opt.step()
-    float(loss.detach())
 
 
 def _loop_parts(facts: Any) -> dict[str, float]:

@@ -28,6 +28,7 @@ __all__ = [
     "staging_dir",
     "storage_error",
     "sweep_temporaries",
+    "write_staged_bytes",
     "writing",
 ]
 
@@ -93,6 +94,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     fsync_dir(path.parent)
+
+
+def write_staged_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a new file inside a staging directory (see `staging_dir`).
+
+    No temporary file, fsync or rename of its own: nothing outside sees the staging directory, and
+    `replace_dir_atomically` fsyncs every file in it before publishing it in one rename."""
+    path = Path(path)
+    with writing(path), open(path, "xb") as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

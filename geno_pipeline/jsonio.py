@@ -18,6 +18,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "canonical_json",
+    "document_text",
     "fsync_dir",
     "jsonl_line",
     "read_json",
@@ -41,11 +42,16 @@ def validate_document(document: Any, schema: str, *, source: str = "<document>")
         raise SchemaValidationError(f"{source} does not match schema '{schema}':\n" + "\n".join(lines) + more)
 
 
-def write_json(path: Path, obj: Any, *, schema: str) -> None:
-    """Validate `obj` against `schema`, then write it canonically and atomically."""
+def document_text(path: Path, obj: Any, *, schema: str) -> str:
+    """`obj` as the canonical JSON text to write at `path`, once validated against `schema`."""
     document = to_jsonable(obj)
     validate_document(document, schema, source=str(path))
-    atomic_write_text(Path(path), canonical_json(document))
+    return canonical_json(document)
+
+
+def write_json(path: Path, obj: Any, *, schema: str) -> None:
+    """Validate `obj` against `schema`, then write it canonically and atomically."""
+    atomic_write_text(Path(path), document_text(path, obj, schema=schema))
 
 
 def read_json(

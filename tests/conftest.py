@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# no per-example wall-clock deadline: timings on shared 2-core machines are noise, not a property of the code
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = Path(__file__).resolve().parent / "params_tiny.yaml"

@@ -230,3 +230,11 @@ def test_detect_collapse_thresholds_are_strict_at_the_boundary() -> None:
     assert [a.criterion for a in detect_collapse(closer, thresholds=th, initial_pairwise_pred_dist_mean=6.0)] == ["pairwise_pred_dist_mean"]
     over = dataclasses.replace(at, kl_reg=math.nextafter(10.0, 11.0))
     assert [a.criterion for a in detect_collapse(over, thresholds=th, initial_pairwise_pred_dist_mean=6.0)] == ["kl_reg"]
+
+
+def test_reference_collapse_metrics_refuses_ragged_rows() -> None:
+    """The pure-Python oracle gives no numbers for rows of unequal length (each row pairs with its target row, so only the
+    pairwise distances between prediction rows can see it)."""
+    ragged = [[0.5, 1.0], [0.25, 0.5, 2.0]]
+    with pytest.raises(ValueError, match="zip"):
+        reference_collapse_metrics(ragged, ragged, kl_reg=0.0)

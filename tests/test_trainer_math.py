@@ -11,7 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geno_pipeline.config import ModelParams, TrainParams
-from geno_pipeline.data.edits import ACTION_FEATURES, MAX_EDIT_BASES, EditType, RelEdit, apply_edit, sample_edit
+from geno_pipeline.data.edits import (
+    ACTION_FEATURES,
+    EDIT_TYPES,
+    MAX_EDIT_BASES,
+    EditBatch,
+    EditType,
+    RelEdit,
+    action_features,
+    apply_edit,
+    apply_edits,
+    sample_edits,
+)
 from geno_pipeline.training.model import FrozenConvEncoder, build_world_model
 from geno_pipeline.training.sampling import DEFAULT_EDIT_TYPE_WEIGHTS, rollout_mix_from_mapping
 from geno_pipeline.training.trainer import (
@@ -145,26 +156,108 @@ def test_apply_edit_at_window_edges(edit: RelEdit, expected: list[int]) -> None:
     assert apply_edit(_buffer(), edit, capacity=12).tolist() == expected
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from(list(EditType)), st.integers(min_value=MAX_EDIT_BASES, max_value=40))
-def test_sample_edit_stays_inside_the_window(seed: int, kind: EditType, window: int) -> None:
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**32 - 1),
+    st.lists(st.sampled_from(list(EditType)), min_size=1, max_size=30),
+    st.integers(min_value=MAX_EDIT_BASES, max_value=40),
+)
+def test_sample_edits_stay_inside_the_window(seed: int, kinds: list[EditType], window: int) -> None:
     rng = np.random.default_rng(seed)
-    buffer = rng.integers(0, 4, window + 2 * MAX_EDIT_BASES, dtype=np.uint8)
-    edit = sample_edit(rng, kind, buffer, window)
-    assert edit.edit_type is kind
-    assert edit.position >= 0 and edit.position + edit.ref_length <= window
-    assert all(0 <= b <= 3 for b in edit.alt)
-    if kind is EditType.SNV:
-        assert edit.ref_length == 1 and len(edit.alt) == 1 and edit.alt[0] != buffer[edit.position]
-    elif kind is EditType.MNV:
-        assert 2 <= edit.ref_length <= 3 and len(edit.alt) == edit.ref_length
-        assert all(a != r for a, r in zip(edit.alt, buffer[edit.position : edit.position + edit.ref_length], strict=True))
-    elif kind is EditType.INS:
-        assert edit.ref_length == 0 and 1 <= len(edit.alt) <= MAX_EDIT_BASES
-    elif kind is EditType.DEL:
-        assert 1 <= edit.ref_length <= MAX_EDIT_BASES and edit.alt == ()
-    else:
-        assert 1 <= edit.ref_length <= MAX_EDIT_BASES and 1 <= len(edit.alt) <= MAX_EDIT_BASES
+    buffers = rng.integers(0, 4, (len(kinds), window + 2 * MAX_EDIT_BASES), dtype=np.uint8)
+    batch = sample_edits(rng, np.array([EDIT_TYPES.index(k) for k in kinds]), buffers, window)
+    for row, (kind, edit) in enumerate(zip(kinds, batch.rel_edits(np.arange(len(kinds))), strict=True)):
+        buffer = buffers[row]
+        assert edit.edit_type is kind
+        assert edit.position >= 0 and edit.position + edit.ref_length <= window
+        assert all(0 <= b <= 3 for b in edit.alt) and (batch.alt[row, len(edit.alt) :] == 0).all()
+        if kind is EditType.SNV:
+            assert edit.ref_length == 1 and len(edit.alt) == 1 and edit.alt[0] != buffer[edit.position]
+        elif kind is EditType.MNV:
+            assert 2 <= edit.ref_length <= 3 and len(edit.alt) == edit.ref_length
+            assert all(a != r for a, r in zip(edit.alt, buffer[edit.position : edit.position + edit.ref_length], strict=True))
+        elif kind is EditType.INS:
+            assert edit.ref_length == 0 and 1 <= len(edit.alt) <= MAX_EDIT_BASES
+        elif kind is EditType.DEL:
+            assert 1 <= edit.ref_length <= MAX_EDIT_BASES and edit.alt == ()
+        else:
+            assert 1 <= edit.ref_length <= MAX_EDIT_BASES and 1 <= len(edit.alt) <= MAX_EDIT_BASES
+
+
+def test_sample_edits_reach_every_length_and_position_of_each_type() -> None:
+    rng = np.random.default_rng(0)
+    window, n = 12, 4000
+    buffers = rng.integers(0, 4, (n, window + MAX_EDIT_BASES), dtype=np.uint8)
+    for kind in EditType:
+        batch = sample_edits(rng, np.full(n, EDIT_TYPES.index(kind)), buffers, window)
+        ref = {EditType.SNV: {1}, EditType.MNV: {2, 3}, EditType.INS: {0}}.get(kind, set(range(1, MAX_EDIT_BASES + 1)))
+        alt = {EditType.SNV: {1}, EditType.MNV: {2, 3}, EditType.DEL: {0}}.get(kind, set(range(1, MAX_EDIT_BASES + 1)))
+        assert set(batch.ref_length.tolist()) == ref and set(batch.alt_length.tolist()) == alt
+        if kind is EditType.MNV:
+            assert (batch.alt_length == batch.ref_length).all()
+        # every start from 0 to the last that fits the longest replaced run
+        assert set(batch.position.tolist()) == set(range(window - max(min(ref), 1) + 1))
+        if kind in (EditType.INS, EditType.INDEL):
+            assert set(batch.alt[:, 0].tolist()) == {0, 1, 2, 3}
+
+
+def test_sample_edits_advance_the_generator_the_same_for_any_types() -> None:
+    buffers = np.random.default_rng(1).integers(0, 4, (6, 40), dtype=np.uint8)
+    states = []
+    for types in ([0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 0, 1], [4, 4, 4, 3, 3, 3]):
+        rng = np.random.default_rng(7)
+        sample_edits(rng, np.array(types), buffers, 20)
+        states.append(rng.bit_generator.state["state"])
+    assert states[0] == states[1] == states[2]
+
+
+def test_apply_edits_leaves_finished_rows_alone_and_tracks_lengths() -> None:
+    buffers = np.tile(_buffer(), (3, 1))
+    edits = EditBatch.of([RelEdit(EditType.DEL, 0, 3, ()), RelEdit(EditType.DEL, 0, 3, ()), RelEdit(EditType.INS, 1, 0, (3, 3))])
+    out, lengths = apply_edits(buffers, np.array([12, 12, 9]), edits, np.array([True, False, True]))
+    assert out[0].tolist() == [3, 0, 1, 2, 3, 1, 1, 2, 2, 0, 0, 0]  # past the valid length: zeros
+    assert out[1].tolist() == _buffer().tolist() and lengths[1] == 12  # not live: unchanged
+    assert out[2].tolist() == [0, 3, 3, 1, 2, 3, 0, 1, 2, 3, 1, 0]  # only the 9 valid bases move right
+    assert lengths.tolist() == [9, 12, 11]
+
+
+def _features_by_hand(edit: RelEdit, window: int) -> list[float]:
+    x = edit.position / window
+    row = [1.0 if t is edit.edit_type else 0.0 for t in EDIT_TYPES] + [x]
+    for freq in (1.0, 2.0, 4.0, 8.0):
+        row += [math.sin(math.pi * freq * x), math.cos(math.pi * freq * x)]
+    row += [edit.ref_length / MAX_EDIT_BASES, len(edit.alt) / MAX_EDIT_BASES]
+    bases = [0.0] * (4 * MAX_EDIT_BASES)
+    for j, b in enumerate(edit.alt):
+        bases[4 * j + b] = 1.0
+    return row + bases
+
+
+def test_action_features_by_hand() -> None:
+    edits = [RelEdit(EditType.INDEL, 3, 2, (2, 0, 3)), RelEdit(EditType.DEL, 0, 10, ()), RelEdit(EditType.SNV, 15, 1, (1,))]
+    features = action_features(EditBatch.of(edits), 16)
+    assert features.shape == (3, ACTION_FEATURES) and features.dtype == np.float32
+    for row, edit in enumerate(edits):
+        assert features[row].tolist() == pytest.approx(_features_by_hand(edit, 16), abs=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1), st.integers(min_value=1, max_value=40))
+def test_draw_tuples_targets_are_each_examples_edits_applied_in_turn(seed: int, n: int) -> None:
+    window, flank = 48, 40
+    windows = np.random.default_rng(2).integers(0, 4, (30, window + flank), dtype=np.uint8)
+    mix = rollout_mix_from_mapping({1: 0.4, 2: 0.2, 3: 0.2, 4: 0.2})
+    batch = draw_tuples(
+        np.random.default_rng(seed), windows, n, window_length=window, weights=DEFAULT_EDIT_TYPE_WEIGHTS, mix=mix, split="t"
+    )
+    for b in range(n):
+        buffer = windows[int(batch.window_ids[b].removeprefix("t:"))]
+        assert (batch.sources[b] == buffer[:window]).all()
+        for k, edit in enumerate(batch.rel_edits[b]):
+            alt = np.array(edit.alt, dtype=np.uint8)
+            buffer = np.concatenate((buffer[: edit.position], alt, buffer[edit.position + edit.ref_length :]))[: window + flank]
+            assert (batch.targets[b, k] == buffer[:window]).all()
+            assert batch.actions[b, k].tolist() == pytest.approx(_features_by_hand(edit, window), abs=1e-6)
 
 
 def test_encoder_shape_and_position_sensitivity() -> None:

@@ -15,10 +15,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationError
 
-from geno_pipeline.checksums import check_sha256sums, sha256_bytes, sha256_file, write_sha256sums
+from geno_pipeline.checksums import SumsEntry, check_sha256sums, format_sha256sums, sha256_bytes, sha256_file
 from geno_pipeline.documents import Document
 from geno_pipeline.errors import TrainingCheckpointError
-from geno_pipeline.jsonio import atomic_write_bytes, read_json, replace_dir_atomically, staging_dir, write_json
+from geno_pipeline.fsio import write_staged_bytes
+from geno_pipeline.jsonio import document_text, read_json, replace_dir_atomically, staging_dir
 from geno_pipeline.readers import read_tensors
 from geno_pipeline.tensorfile import serialize_tensors
 
@@ -45,6 +46,7 @@ __all__ = [
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+SUMS_FILE = "SHA256SUMS"
 _DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -178,17 +180,22 @@ def save_checkpoint(
     model_tensors: dict[str, torch.Tensor],
     optimizer_tensors: dict[str, torch.Tensor],
 ) -> Path:
-    """Write checkpoint `step-NNNNNN` atomically; `state.tensors` is filled in here."""
+    """Write checkpoint `step-NNNNNN` atomically; `state.tensors` is filled in here.
+
+    The files go into a staging directory that `replace_dir_atomically` fsyncs and renames into place, so each file is
+    written once, hashed from the bytes in memory, and synced once."""
     final = Path(directory) / checkpoint_dir_name(state.step)
     stage = staging_dir(final)
     try:
         digests = {}
         for name, tensors in ((MODEL_FILE, model_tensors), (OPTIMIZER_FILE, optimizer_tensors)):
             data = serialize_tensors(tensors, {"step": str(state.step), "run_id": state.run_id})
-            atomic_write_bytes(stage / name, data)
+            write_staged_bytes(stage / name, data)
             digests[name] = sha256_bytes(data)
-        write_json(stage / STATE_FILE, state.model_copy(update={"tensors": digests}), schema="checkpoint_state")
-        write_sha256sums(stage, [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE])
+        text = document_text(stage / STATE_FILE, state.model_copy(update={"tensors": digests}), schema="checkpoint_state")
+        write_staged_bytes(stage / STATE_FILE, text.encode("utf-8"))
+        entries = [SumsEntry(digest, name) for name, digest in {**digests, STATE_FILE: sha256_bytes(text.encode("utf-8"))}.items()]
+        write_staged_bytes(stage / SUMS_FILE, format_sha256sums(entries).encode("utf-8"))
         replace_dir_atomically(stage, final)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
