@@ -17,13 +17,11 @@ __all__ = [
     "EDIT_TYPES",
     "EDIT_TYPE_NAMES",
     "MAX_EDIT_BASES",
-    "EditBatch",
     "EditType",
     "RelEdit",
     "action_features",
     "apply_edit",
-    "apply_edits",
-    "sample_edits",
+    "sample_edit",
 ]
 
 
@@ -55,106 +53,52 @@ class RelEdit:
     alt: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class EditBatch:
-    """One edit per row of a batch of buffers, as arrays (row b's edit is `rel_edit(b)`)."""
-
-    types: np.ndarray  # int64 [n]: index into EDIT_TYPES
-    position: np.ndarray  # int64 [n]: first replaced base, inside the window
-    ref_length: np.ndarray  # int64 [n]: bases replaced
-    alt_length: np.ndarray  # int64 [n]: bases put in their place
-    alt: np.ndarray  # uint8 [n, MAX_EDIT_BASES]: those bases, zeros past alt_length
-
-    def rel_edits(self, rows: np.ndarray) -> list[RelEdit]:
-        """The edits of rows `rows` as `RelEdit`s."""
-        types, position, ref_length = self.types.tolist(), self.position.tolist(), self.ref_length.tolist()
-        alt_length, alt = self.alt_length.tolist(), self.alt.tolist()
-        return [RelEdit(EDIT_TYPES[types[b]], position[b], ref_length[b], tuple(alt[b][: alt_length[b]])) for b in rows.tolist()]
-
-    @classmethod
-    def of(cls, edits: list[RelEdit]) -> EditBatch:
-        """The arrays of a list of edits."""
-        alt = np.zeros((len(edits), MAX_EDIT_BASES), dtype=np.uint8)
-        for row, edit in enumerate(edits):
-            alt[row, : len(edit.alt)] = edit.alt
-        return cls(
-            types=np.array([EDIT_TYPES.index(e.edit_type) for e in edits], dtype=np.int64),
-            position=np.array([e.position for e in edits], dtype=np.int64),
-            ref_length=np.array([e.ref_length for e in edits], dtype=np.int64),
-            alt_length=np.array([len(e.alt) for e in edits], dtype=np.int64),
-            alt=alt,
-        )
-
-
-_SUBSTITUTIONS = np.array([t in (EditType.SNV, EditType.MNV) for t in EDIT_TYPES])
-
-
-def sample_edits(rng: np.random.Generator, types: np.ndarray, buffers: np.ndarray, window: int) -> EditBatch:
-    """Draw one edit of type `EDIT_TYPES[types[b]]` inside the first `window` bases of each row of `buffers` [n, C].
-
-    SNV: one base changed; MNV: 2 or 3 adjacent bases each changed; INS: 1..MAX_EDIT_BASES random bases inserted;
-    DEL: 1..MAX_EDIT_BASES bases deleted; INDEL: 1..MAX_EDIT_BASES bases replaced by 1..MAX_EDIT_BASES random ones.
-    Every row draws every variate, whatever its type, so the generator advances the same for any mix of types."""
-    n = len(types)
-    rows = np.arange(n)
-    first = rng.integers(1, MAX_EDIT_BASES + 1, size=n)
-    second = rng.integers(1, MAX_EDIT_BASES + 1, size=n)
-    multi = rng.integers(2, 4, size=n)
-    one, zero = np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    # rows by EDIT_TYPES: SNV, INS, DEL, MNV, INDEL
-    ref_length = np.stack((one, zero, first, multi, first))[types, rows]
-    alt_length = np.stack((one, first, zero, multi, second))[types, rows]
-    position = rng.integers(0, window - np.maximum(ref_length, 1) + 1)
-    shift = rng.integers(1, 4, size=(n, MAX_EDIT_BASES))
-    fresh = rng.integers(0, 4, size=(n, MAX_EDIT_BASES))
-    offsets = np.arange(MAX_EDIT_BASES)[None, :]
-    ref = buffers[rows[:, None], np.minimum(position[:, None] + offsets, buffers.shape[1] - 1)].astype(np.int64)
-    alt = np.where(_SUBSTITUTIONS[types][:, None], (ref + shift) % 4, fresh)
-    alt = np.where(offsets < alt_length[:, None], alt, 0).astype(np.uint8)
-    return EditBatch(types=types.astype(np.int64), position=position, ref_length=ref_length, alt_length=alt_length, alt=alt)
-
-
-def apply_edits(buffers: np.ndarray, lengths: np.ndarray, edits: EditBatch, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each live row of `buffers` [n, C] (its first `lengths[b]` bases valid) after its edit, truncated at the right to C
-    bases; the other rows unchanged. Returns the new buffers and valid lengths; bases past a row's length are 0."""
-    out, new_lengths = buffers.copy(), lengths.copy()
-    rows = np.flatnonzero(live)
-    capacity = buffers.shape[1]
-    i = np.arange(capacity, dtype=np.int32)[None, :]
-    p, r, m = (a[rows, None].astype(np.int32) for a in (edits.position, edits.ref_length, edits.alt_length))
-    source = np.where(i < p, i, i - m + r)
-    kept = buffers[rows[:, None], np.minimum(source, capacity - 1)]
-    kept[source >= lengths[rows, None]] = 0
-    inserted = edits.alt[rows[:, None], np.clip(i - p, 0, MAX_EDIT_BASES - 1)]
-    out[rows] = np.where((i >= p) & (i < p + m), inserted, kept)
-    new_lengths[rows] = np.minimum(lengths[rows] - edits.ref_length[rows] + edits.alt_length[rows], capacity)
-    return out, new_lengths
+def sample_edit(rng: np.random.Generator, edit_type: EditType, buffer: np.ndarray, window: int) -> RelEdit:
+    """Draw one edit of `edit_type` inside the first `window` bases of `buffer`."""
+    if edit_type is EditType.SNV:
+        p = int(rng.integers(0, window))
+        return RelEdit(edit_type, p, 1, ((int(buffer[p]) + int(rng.integers(1, 4))) % 4,))
+    if edit_type is EditType.MNV:
+        n = int(rng.integers(2, 4))
+        p = int(rng.integers(0, window - n + 1))
+        alt = (buffer[p : p + n].astype(np.int64) + rng.integers(1, 4, size=n)) % 4
+        return RelEdit(edit_type, p, n, tuple(int(b) for b in alt))
+    if edit_type is EditType.INS:
+        m = int(rng.integers(1, MAX_EDIT_BASES + 1))
+        p = int(rng.integers(0, window))
+        return RelEdit(edit_type, p, 0, tuple(int(b) for b in rng.integers(0, 4, size=m)))
+    if edit_type is EditType.DEL:
+        n = int(rng.integers(1, MAX_EDIT_BASES + 1))
+        return RelEdit(edit_type, int(rng.integers(0, window - n + 1)), n, ())
+    if edit_type is EditType.INDEL:
+        n = int(rng.integers(1, MAX_EDIT_BASES + 1))
+        m = int(rng.integers(1, MAX_EDIT_BASES + 1))
+        p = int(rng.integers(0, window - n + 1))
+        return RelEdit(edit_type, p, n, tuple(int(b) for b in rng.integers(0, 4, size=m)))
+    raise ValueError(f"unknown edit type {edit_type!r}")
 
 
 def apply_edit(buffer: np.ndarray, edit: RelEdit, *, capacity: int) -> np.ndarray:
-    """The buffer after `edit`, truncated at the right to `capacity` bases (`apply_edits` on one row)."""
-    length = min(len(buffer), capacity)
-    row = np.zeros((1, capacity), dtype=np.uint8)
-    row[0, :length] = buffer[:length]
-    out, lengths = apply_edits(row, np.array([length]), EditBatch.of([edit]), np.array([True]))
-    return out[0, : int(lengths[0])]
+    """The buffer after `edit`, truncated at the right to `capacity` bases."""
+    alt = np.asarray(edit.alt, dtype=np.uint8)
+    out = np.concatenate((buffer[: edit.position], alt, buffer[edit.position + edit.ref_length :]))
+    return out[:capacity]
 
 
-def action_features(edits: EditBatch, window: int) -> np.ndarray:
-    """Float32 features [n, ACTION_FEATURES]: type one-hot, position, sinusoidal position, lengths, alt bases one-hot."""
-    n = len(edits.types)
+def action_features(edits: list[RelEdit], window: int) -> np.ndarray:
+    """Float32 features [len(edits), ACTION_FEATURES]: type, position, lengths and bases."""
+    out = np.zeros((len(edits), ACTION_FEATURES), dtype=np.float32)
     base = len(EDIT_TYPES)
-    x = edits.position / window
-    angles = (np.pi * np.asarray(_POS_FREQS))[None, :] * x[:, None]
-    off = base + 1 + 2 * len(_POS_FREQS)
-    out = np.zeros((n, ACTION_FEATURES), dtype=np.float32)
-    out[np.arange(n), edits.types] = 1.0
-    out[:, base] = x
-    out[:, base + 1 : off : 2] = np.sin(angles)
-    out[:, base + 2 : off : 2] = np.cos(angles)
-    out[:, off] = edits.ref_length / MAX_EDIT_BASES
-    out[:, off + 1] = edits.alt_length / MAX_EDIT_BASES
-    hot = (np.arange(MAX_EDIT_BASES)[None, :] < edits.alt_length[:, None]).astype(np.float32)
-    bases = off + 2 + 4 * np.arange(MAX_EDIT_BASES)[None, :] + edits.alt
-    np.put_along_axis(out, bases.astype(np.int64), hot, axis=1)
+    for row, edit in enumerate(edits):
+        out[row, EDIT_TYPES.index(edit.edit_type)] = 1.0
+        x = edit.position / window
+        out[row, base] = x
+        for j, freq in enumerate(_POS_FREQS):
+            out[row, base + 1 + 2 * j] = np.sin(np.pi * freq * x)
+            out[row, base + 2 + 2 * j] = np.cos(np.pi * freq * x)
+        off = base + 1 + 2 * len(_POS_FREQS)
+        out[row, off] = edit.ref_length / MAX_EDIT_BASES
+        out[row, off + 1] = len(edit.alt) / MAX_EDIT_BASES
+        for j, b in enumerate(edit.alt[:MAX_EDIT_BASES]):
+            out[row, off + 2 + 4 * j + b] = 1.0
     return out

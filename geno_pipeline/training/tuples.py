@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from geno_pipeline.data.edits import ACTION_FEATURES, RelEdit, action_features, apply_edits, sample_edits
+from geno_pipeline.data.edits import ACTION_FEATURES, RelEdit, action_features, apply_edit, sample_edit
 from geno_pipeline.training.sampling import (
+    EDIT_TYPES,
     EditTypeWeight,
     RolloutStepWeight,
     sample_edit_types_array,
@@ -46,26 +47,26 @@ def draw_tuples(
     mix: Sequence[RolloutStepWeight],
     split: str,
 ) -> TupleBatch:
-    """Draw `n` tuples from `windows` (uint8 [W, L + flank]), the whole batch at once: rollout step k applies one
-    edit to every example still rolling out; the generator advances the same whatever the examples' edit types."""
+    """Draw `n` tuples from `windows` (uint8 [W, L + flank])."""
     rows = rng.integers(0, windows.shape[0], size=n)
     ks = sample_rollout_steps_array(rng, n, mix=mix)
     k_max = int(ks.max()) if n else 0
     types = sample_edit_types_array(rng, n * k_max, weights=weights).reshape(n, k_max)
-    buffers = np.ascontiguousarray(windows[rows])
-    lengths = np.full(n, windows.shape[1], dtype=np.int64)
+    capacity = windows.shape[1]
     targets = np.zeros((n, k_max, window_length), dtype=np.uint8)
     actions = np.zeros((n, k_max, ACTION_FEATURES), dtype=np.float32)
-    edits: list[list[RelEdit]] = [[] for _ in range(n)]
-    for k in range(k_max):
-        live = ks > k
-        step = sample_edits(rng, types[:, k], buffers, window_length)
-        buffers, lengths = apply_edits(buffers, lengths, step, live)
-        targets[:, k] = buffers[:, :window_length]  # a finished example keeps its buffer: padding repeats its last target
-        actions[live, k] = action_features(step, window_length)[live]
-        alive = np.flatnonzero(live)
-        for b, edit in zip(alive.tolist(), step.rel_edits(alive), strict=True):
-            edits[b].append(edit)
+    all_edits: list[tuple[RelEdit, ...]] = []
+    for b in range(n):
+        buffer = windows[rows[b]]
+        edits: list[RelEdit] = []
+        for k in range(int(ks[b])):
+            edit = sample_edit(rng, EDIT_TYPES[int(types[b, k])], buffer, window_length)
+            buffer = apply_edit(buffer, edit, capacity=capacity)
+            targets[b, k] = buffer[:window_length]
+            edits.append(edit)
+        targets[b, len(edits) :] = buffer[:window_length]
+        actions[b, : len(edits)] = action_features(edits, window_length)
+        all_edits.append(tuple(edits))
     mask = np.arange(k_max)[None, :] < ks[:, None]
     return TupleBatch(
         sources=np.ascontiguousarray(windows[rows, :window_length]),
@@ -74,7 +75,7 @@ def draw_tuples(
         mask=mask,
         rollout_steps=ks,
         window_ids=tuple(f"{split}:{int(r)}" for r in rows),
-        rel_edits=tuple(tuple(e) for e in edits),
+        rel_edits=tuple(all_edits),
     )
 
 
