@@ -136,7 +136,7 @@ def _bare_loop(params: Any, layout: Layout) -> None:
 
 def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: int) -> None:
     """The optimizer math and nothing else: schedule; per micro-batch (as many as train.micro_batches, like the stage) loss
-    + KL weighted by its share of the real steps, backward, gradients accumulated; clip, AdamW step, loss read back."""
+    + KL weighted by its share of the real steps, backward, gradients accumulated; clip, loss read back, AdamW step."""
     import torch
 
     from geno_pipeline.training.schedule import set_optimizer_lr
@@ -145,7 +145,7 @@ def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: i
     set_optimizer_lr(opt, step=step, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule)
     total = float(max(sum(int(s.action_mask.sum()) for s in shards), 1))
     opt.zero_grad(set_to_none=True)
-    loss_sum = 0.0
+    losses = []
     for shard in shards:
         pred = model.rollout(shard.state, shard.actions)
         share = float(shard.action_mask.sum()) / total
@@ -153,8 +153,9 @@ def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: i
             masked_prediction_loss(pred, shard.target, shard.action_mask) + train.kl_weight * gaussian_kl(pred, shard.action_mask)
         )
         loss.backward()
-        loss_sum += float(loss.detach())
+        losses.append(loss.detach())
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], train.grad_clip_norm)
+    float(torch.stack(losses).sum())  # the step's loss read back once, as the stage reads it before stepping
     opt.step()
 
 

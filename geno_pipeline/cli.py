@@ -263,7 +263,8 @@ def _add_mutation_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "collapse, checksums, release verify, the checkpoint binding checks and config validation; run the fast test tier's "
         "tests that execute each mutated function; write the score per module to reports/mutation.json and print it. "
         "Survivors judged equivalent are listed with a reason in tests/mutation_equivalents.yaml. Needs the dev extra; "
-        "takes tens of minutes on 2 cores (mutmut keeps results in mutants/ and reruns only what changed). "
+        "takes tens of minutes on 2 cores. mutmut keeps its copy and results in mutants/; this command names the targeted "
+        "modules' mutants, so it runs all of them again (`--report-only` scores the results already there). "
         "Exit 1 unless every module was run and it and the total score at least 90%%.",
     )
     p.add_argument("--root", type=Path, default=Path("."))

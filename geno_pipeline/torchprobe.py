@@ -11,8 +11,8 @@ never imports torch) probes the other dependencies, NVML, the disk and the datas
 Protocol: one JSON object per stdout line. `imported` (the import of torch), then the process waits for a line on
 stdin, so that NVML can list the other processes on each GPU before this one creates a CUDA context; then `cuda`
 (devices, architectures, the determinism settings train applies, as torch reports them after applying them, and the
-CPU class), one
-`kernel` per selected device (a seeded matmul compared with the CPU), and `done`. Only stdlib and torch are imported.
+CPU class), one `kernel` per selected device (a seeded matmul compared with the CPU), and `done`. Only stdlib and
+torch are imported.
 """
 
 from __future__ import annotations

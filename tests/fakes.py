@@ -224,6 +224,9 @@ def fake_torch(
     )
 
 
+FAKE_CPU_CLASS = "GenuineIntel/AVX2"
+"""The CPU class the fakes report (vendor/instruction set): not the class of the machines that run the tests."""
+
 DETERMINISTIC = TorchDeterminismFlags(
     deterministic_algorithms=True,
     deterministic_warn_only=False,
@@ -232,7 +235,7 @@ DETERMINISTIC = TorchDeterminismFlags(
     tf32_matmul=False,
     tf32_cudnn=False,
     cuda_initialized_before=False,
-    cpu_class="GenuineIntel/AVX2",
+    cpu_class=FAKE_CPU_CLASS,
 )
 
 

@@ -28,6 +28,7 @@ from geno_pipeline.torchprobe import kernel_smoke
 from tests.conftest import REPO, write_params
 from tests.fakes import (
     DETERMINISTIC,
+    FAKE_CPU_CLASS,
     GPU_IS_LOST,
     UNKNOWN,
     FakeGpu,
@@ -260,17 +261,17 @@ def test_each_kernel_code(root: Path, k, code: str) -> None:
 
 def test_nondeterministic_kernel_is_allowed_when_determinism_is_off(root: Path) -> None:
     write_params(root, runtime={"device": "auto", "deterministic": False})
-    flags = TorchDeterminismFlags(False, False, False, False, True, True, False, "GenuineIntel/AVX2")
+    flags = TorchDeterminismFlags(False, False, False, False, True, True, False, FAKE_CPU_CLASS)
     report, _ = run(root, [gpu()], kernels=[kernel(0, "nondeterministic", identical=False)], determinism=flags)
     assert issues(report) == {"determinism.disabled": "warning"} and rows(report)["cuda.kernel"][0] == "pass"
 
 
 def test_determinism_read_back_from_torch(root: Path) -> None:
-    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False, "GenuineIntel/AVX2")
+    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False, FAKE_CPU_CLASS)
     report, _ = run(root, [gpu()], determinism=tf32_on)
     assert issues(report) == {"determinism.unsupported": "error"} and report.determinism is not None
     assert report.determinism.tf32_allowed is True and "TF32 on" in report.issues[0].message
-    initialised = TorchDeterminismFlags(True, False, False, True, False, False, True, "GenuineIntel/AVX2")
+    initialised = TorchDeterminismFlags(True, False, False, True, False, False, True, FAKE_CPU_CLASS)
     report, _ = run(root, [gpu()], determinism=initialised)
     assert issues(report) == {"determinism.cuda_already_initialized": "warning"}
 
@@ -444,10 +445,10 @@ def test_fingerprint_tf32_is_what_the_probe_process_read_from_torch(root: Path) 
     from geno_pipeline.preflight.stage import fingerprint_tf32
 
     runtime = RuntimeParams(device="auto", deterministic=True)
-    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False, "GenuineIntel/AVX2")
+    tf32_on = TorchDeterminismFlags(True, False, False, True, True, False, False, FAKE_CPU_CLASS)
     assert fingerprint_tf32(run(root, [gpu()], determinism=tf32_on)[0], runtime) is True
     assert fingerprint_tf32(run(root, [gpu()])[0], runtime) is False
-    cuda_only_tf32 = TorchDeterminismFlags(True, False, False, True, False, True, False, "GenuineIntel/AVX2")
+    cuda_only_tf32 = TorchDeterminismFlags(True, False, False, True, False, True, False, FAKE_CPU_CLASS)
     assert fingerprint_tf32(run(root, [gpu()], determinism=cuda_only_tf32)[0], runtime) is True
     unmeasured = run(root, [gpu()])[0].model_copy(update={"determinism": None})
     assert fingerprint_tf32(unmeasured, runtime) is False
@@ -459,7 +460,7 @@ def test_fingerprint_cpu_class_is_what_the_probe_process_read(root: Path) -> Non
     from geno_pipeline.preflight.stage import fingerprint_cpu_class
 
     other = dataclasses.replace(DETERMINISTIC, cpu_class="AuthenticAMD/AVX512")
-    for flags, want in ((DETERMINISTIC, "GenuineIntel/AVX2"), (other, "AuthenticAMD/AVX512")):
+    for flags, want in ((DETERMINISTIC, FAKE_CPU_CLASS), (other, "AuthenticAMD/AVX512")):
         report = run(root, [gpu()], determinism=flags)[0]
         assert report.determinism is not None and report.determinism.cpu_class == want
         assert fingerprint_cpu_class(report) == want

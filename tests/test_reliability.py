@@ -170,3 +170,25 @@ def test_an_unexpected_exception_is_one_line_and_the_traceback_only_with_debug(
     monkeypatch.setenv("GENO_PIPELINE_DEBUG", "1")
     assert gp(tmp_path, "data") == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_staged_files_are_published_whole_by_one_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geno_pipeline import fsio
+
+    final = tmp_path / "step-000004"
+    final.mkdir()
+    (final / "old.bin").write_bytes(b"old")
+    staging = staging_dir(final)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(fsio.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    fsio.write_staged_bytes(staging / "a.bin", b"alpha")
+    fsio.write_staged_bytes(staging / "b.bin", b"")
+    assert synced == []  # a staged write syncs nothing of its own ...
+    with pytest.raises(StorageError, match=r"a\.bin: cannot write: .*errno 17"):
+        fsio.write_staged_bytes(staging / "a.bin", b"again")  # ... and never overwrites: each file is written once
+    assert (final / "old.bin").read_bytes() == b"old"  # nothing published before the rename
+    fsio.replace_dir_atomically(staging, final)
+    assert len(synced) == 4  # ... each staged file is synced once when published, then the staging and parent directories
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == {"a.bin": b"alpha", "b.bin": b""}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000004"]  # no staging or old directory left
