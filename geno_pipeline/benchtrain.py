@@ -106,7 +106,8 @@ def _prepare(root: Path, params: Any) -> Layout:
 
 
 def _bare_loop(params: Any, layout: Layout) -> None:
-    """What training must do and nothing else: windows, model, optimizer, then per step draw -> encode -> update."""
+    """What training must do and nothing else: windows, model, optimizer, the sources' states when the stage caches them,
+    then per step draw -> encode -> update."""
 
     from geno_pipeline.data.dataset import load_dataset
     from geno_pipeline.distributed import micro_batch_slices
@@ -115,6 +116,7 @@ def _bare_loop(params: Any, layout: Layout) -> None:
     from geno_pipeline.training.model import build_world_model
     from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
     from geno_pipeline.training.seeds import TrainerSeeds
+    from geno_pipeline.training.stage import source_states
     from geno_pipeline.training.trainer import build_adamw_optimizer
     from geno_pipeline.training.tuples import TupleSampler, take_rows
 
@@ -129,9 +131,11 @@ def _bare_loop(params: Any, layout: Layout) -> None:
     weights, mix = edit_type_weights_from_mapping(train.edit_type_weights), rollout_mix_from_mapping(train.rollout_step_mix)
     sampler = TupleSampler(seeds.sampler, window_length=window, weights=weights, mix=mix)
     slices = micro_batch_slices(train.batch_size, train.micro_batches)
+    sources = source_states(model, dataset, train, device)  # the stage's encoding: each window once when that is less work
     for step in range(1, train.steps + 1):
         batch = sampler.draw(dataset.train, train.batch_size)
-        bare_update(model, opt, train, [encode_batch(model, take_rows(batch, rows), device) for rows in slices], step)
+        shards = [encode_batch(model, take_rows(batch, rows), device, source_states=sources) for rows in slices]
+        bare_update(model, opt, train, shards, step)
 
 
 def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: int) -> None:

@@ -404,15 +404,15 @@ CASES = [
         2,
         "valid_windows.npy: not a numeric .npy",
     ),
-    Case("dataset-npy-dtype", npy(np.zeros((300, 96), dtype=np.int64)), ("train",), 2, "train_windows.npy: expected uint8"),
+    Case("dataset-npy-dtype", npy(np.zeros((96, 96), dtype=np.int64)), ("train",), 2, "train_windows.npy: expected uint8"),
     Case(
         "dataset-npy-shape",
         npy(np.zeros((10, 96), dtype=np.uint8)),
         ("train",),
         2,
-        "train_windows.npy: expected uint8 codes of shape (300, 96)",
+        "train_windows.npy: expected uint8 codes of shape (96, 96)",
     ),
-    Case("dataset-npy-codes", npy(np.full((300, 96), 9, dtype=np.uint8)), ("train",), 2, "train_windows.npy: expected uint8 codes"),
+    Case("dataset-npy-codes", npy(np.full((96, 96), 9, dtype=np.uint8)), ("train",), 2, "train_windows.npy: expected uint8 codes"),
     Case(
         "dataset-file-deleted",
         remove(f"{DATASET}/valid_windows.npy"),

@@ -323,6 +323,75 @@ def test_encode_batch_encodes_the_real_targets_and_repeats_the_last_for_padding(
         assert torch.equal(encoded.state, model.encoder.encode(torch.from_numpy(batch.sources)))
 
 
+@given(windows=st.integers(0, 10**7), draws=st.integers(0, 10**8), state_dim=st.integers(1, 4096))
+def test_source_states_are_cached_exactly_when_that_is_less_encoder_work_and_fits(windows: int, draws: int, state_dim: int) -> None:
+    from geno_pipeline.training.heldout import SOURCE_CACHE_MAX_BYTES, caches_source_states
+
+    cached = caches_source_states(windows, draws, state_dim)
+    assert cached == (0 < windows <= draws and windows * state_dim * 4 <= SOURCE_CACHE_MAX_BYTES)
+    if cached:  # more draws never turn it off; fewer windows never turn it off
+        assert caches_source_states(windows, draws + 1, state_dim) and caches_source_states(max(windows - 1, 1), draws, state_dim)
+
+
+def test_cached_source_states_are_looked_up_by_row(prepared: Path) -> None:
+    """With the windows encoded once (fixed chunks), each drawn source's state is its row of them, whatever batch drew
+    it; against encoding the batch's sources it agrees to fp32 rounding (the BLAS may round a chunk of 64 rows
+    differently from a batch of 8), which is why the choice is fixed by the params and the dataset."""
+    from geno_pipeline.data.dataset import load_dataset
+    from geno_pipeline.training.heldout import SOURCE_CACHE_CHUNK, encode_batch, encode_windows
+    from geno_pipeline.training.sampling import DEFAULT_EDIT_TYPE_WEIGHTS, rollout_mix_from_mapping
+    from geno_pipeline.training.tuples import TupleSampler, take_rows
+
+    params = load_params(prepared / "params.yaml")
+    dataset = load_dataset(prepared / "artifacts" / "dataset")
+    model = build_world_model(window_length=64, params=params.train.model, encoder_seed=1, init_seed=2)
+    windows = np.concatenate([dataset.train] * 3)  # more than one chunk, the last one partial
+    assert windows.shape[0] > SOURCE_CACHE_CHUNK and windows.shape[0] % SOURCE_CACHE_CHUNK
+    states = encode_windows(model, windows, 64, "cpu")
+    assert states.shape == (windows.shape[0], params.train.model.state_dim)
+    assert torch.equal(states[:SOURCE_CACHE_CHUNK], model.encoder.encode(torch.from_numpy(windows[:SOURCE_CACHE_CHUNK, :64].copy())))
+    mix = rollout_mix_from_mapping({1: 0.5, 2: 0.25, 3: 0.25})
+    sampler = TupleSampler(9, window_length=64, weights=DEFAULT_EDIT_TYPE_WEIGHTS, mix=mix)
+    for size in (1, 8, 33):
+        batch = sampler.draw(windows, size)
+        assert np.array_equal(batch.sources, windows[batch.rows, :64])
+        half = take_rows(batch, slice(size // 2, size))
+        assert np.array_equal(half.rows, batch.rows[size // 2 :])
+        for part in (batch, half):
+            cached, plain = encode_batch(model, part, "cpu", source_states=states), encode_batch(model, part, "cpu")
+            assert torch.equal(cached.state, states[torch.from_numpy(part.rows)])
+            assert torch.equal(cached.target, plain.target)  # only the sources come from the cache
+            assert torch.allclose(cached.state, plain.state, rtol=0, atol=1e-5)
+            marked = encode_batch(model, part, "cpu", source_states=states + 1.0)  # the states given are the ones used
+            assert torch.equal(marked.state, states[torch.from_numpy(part.rows)] + 1.0)
+
+
+@pytest.mark.slow
+def test_train_without_the_source_cache_resumes_identically(tmp_path: Path) -> None:
+    """More training windows than the run draws (steps x batch): sources are encoded per step instead, and a run stopped
+    and resumed in a new process still writes the straight run's bytes."""
+    from geno_pipeline.data.dataset import load_dataset
+    from geno_pipeline.training.stage import TrainStageParams, setup, source_states
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir()
+    write_params(straight, data={"train_windows": 300}, train={"steps": 8})
+    shutil.copy(Path(__file__).resolve().parent.parent / "pyproject.toml", straight / "pyproject.toml")
+    cli(straight, "data")
+    cli(straight, "preflight")
+    shutil.copytree(straight, resumed)
+    params = load_params(straight / "params.yaml")
+    run = setup(TrainStageParams.from_params(params), Layout.for_root(straight), expected_fingerprint=None, model_factory=None)
+    assert run.source_states is None and load_dataset(straight / "artifacts" / "dataset").train.shape[0] == 300
+    assert source_states(run.model, run.dataset, params.train.model_copy(update={"steps": 300}), "cpu") is not None
+    cli(straight, "train", "--no-progress")
+    cli(resumed, "train", "--no-progress", "--stop-after-step", "3")
+    cli(resumed, "train", "--no-progress", "--resume", "auto")
+    assert tree(resumed / "artifacts" / "train") == tree(straight / "artifacts" / "train")
+    for report in ("train.json", "metrics.json"):
+        assert (resumed / "reports" / report).read_bytes() == (straight / "reports" / report).read_bytes()
+
+
 @pytest.mark.slow
 def test_train_resume_refuses_another_package_version(stopped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import geno_pipeline.training.stage as train_stage

@@ -15,7 +15,24 @@ from geno_pipeline.training.seeds import TrainerSeeds
 from geno_pipeline.training.trainer import TorchTrainerBatch, gaussian_kl, masked_prediction_loss
 from geno_pipeline.training.tuples import TupleBatch, draw_tuples
 
-__all__ = ["Evaluation", "HeldOut", "build_held_out", "encode_batch", "evaluate", "padded_target_rows"]
+__all__ = [
+    "SOURCE_CACHE_CHUNK",
+    "SOURCE_CACHE_MAX_BYTES",
+    "Evaluation",
+    "HeldOut",
+    "build_held_out",
+    "caches_source_states",
+    "encode_batch",
+    "encode_windows",
+    "evaluate",
+    "padded_target_rows",
+]
+
+SOURCE_CACHE_CHUNK = 64
+"""Rows per encoder call when every training window is encoded once: fixed, so each state's bits depend only on its
+window and its place in the windows array, never on which batch drew it."""
+SOURCE_CACHE_MAX_BYTES = 1 << 30
+"""The most memory the cached source states may take (float32 states); above it sources are encoded per step."""
 
 
 @dataclass(frozen=True)
@@ -54,14 +71,37 @@ def padded_target_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return real, position[use]
 
 
-def encode_batch(model: WorldModel, batch: TupleBatch, device: str, *, reuse_padding: bool = True) -> TorchTrainerBatch:
+def caches_source_states(windows: int, draws: int, state_dim: int) -> bool:
+    """Whether training encodes every one of `windows` training windows once, up front, instead of the `draws` sources
+    (steps x batch size) it draws: when that is no more encoder work and the states fit in `SOURCE_CACHE_MAX_BYTES`.
+    A function of the params and the dataset only, so a resumed run and every worker decide alike."""
+    return 0 < windows <= draws and windows * state_dim * 4 <= SOURCE_CACHE_MAX_BYTES
+
+
+def encode_windows(model: WorldModel, windows: np.ndarray, window_length: int, device: str) -> torch.Tensor:
+    """The states [W, D] of every window's first `window_length` bases, encoded `SOURCE_CACHE_CHUNK` rows at a time."""
+    states = [
+        model.encoder.encode(torch.from_numpy(np.ascontiguousarray(windows[i : i + SOURCE_CACHE_CHUNK, :window_length])).to(device))
+        for i in range(0, windows.shape[0], SOURCE_CACHE_CHUNK)
+    ]
+    return torch.cat(states)
+
+
+def encode_batch(
+    model: WorldModel, batch: TupleBatch, device: str, *, reuse_padding: bool = True, source_states: torch.Tensor | None = None
+) -> TorchTrainerBatch:
     """Encode a drawn tuple batch with the frozen encoder into the trainer's input.
 
     With `reuse_padding` (every training step) only the real target windows are encoded; padding steps reuse their
     example's last real encoding instead of encoding the same window again (padded steps are masked out of every loss
-    and statistic). The held-out batch, encoded once per run, encodes the whole padded block as it always has."""
+    and statistic). The held-out batch, encoded once per run, encodes the whole padded block as it always has.
+    With `source_states` (`encode_windows` of the windows the batch was drawn from) the sources are looked up by row
+    instead of encoded."""
     b, k, length = batch.targets.shape
-    sources = torch.from_numpy(batch.sources).to(device)
+    if source_states is not None:
+        state = source_states[torch.from_numpy(batch.rows).to(source_states.device)]
+    else:
+        state = model.encoder.encode(torch.from_numpy(batch.sources).to(device))
     if reuse_padding:
         real, gather = padded_target_rows(batch.mask)
         encoded = model.encoder.encode(torch.from_numpy(batch.targets.reshape(b * k, length)[real]).to(device))
@@ -69,7 +109,7 @@ def encode_batch(model: WorldModel, batch: TupleBatch, device: str, *, reuse_pad
     else:
         target = model.encoder.encode(torch.from_numpy(batch.targets.reshape(b * k, length)).to(device)).reshape(b, k, -1)
     return TorchTrainerBatch(
-        state=model.encoder.encode(sources),
+        state=state,
         target=target,
         actions=torch.from_numpy(batch.actions).to(device),
         action_mask=torch.from_numpy(batch.mask).to(device),

@@ -59,7 +59,7 @@ from geno_pipeline.training.documents import (
     TrainMetrics,
     summarize_collapse,
 )
-from geno_pipeline.training.heldout import HeldOut, build_held_out, encode_batch, evaluate
+from geno_pipeline.training.heldout import HeldOut, build_held_out, caches_source_states, encode_batch, encode_windows, evaluate
 from geno_pipeline.training.logs import RunLogs, write_plots
 from geno_pipeline.training.model import WorldModel, build_world_model
 from geno_pipeline.training.progress import Progress
@@ -112,6 +112,8 @@ class TrainingRun:
     monitor: CollapseMonitor
     group: Collective
     shards: list[slice]  # this rank's micro-batches: rows of the global batch
+    source_states: torch.Tensor | None = None  # every training window encoded once (see `caches_source_states`)
+    source_seconds: float = 0.0  # time to encode them, counted in the loop's encoding part
     lines: list[CollapseLine] = field(default_factory=list)
     start: int = 0
     resumed_from: Path | None = None
@@ -252,6 +254,8 @@ def setup(
     model = (model_factory or _default_model)(train, window, seeds).to(device)
     optimizer = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
     weights, mix = edit_type_weights_from_mapping(train.edit_type_weights), rollout_mix_from_mapping(train.rollout_step_mix)
+    t0 = time.perf_counter()
+    sources = source_states(model, dataset, train, device)
     return TrainingRun(
         params=params, layout=layout, dataset=dataset, device=device, seeds=seeds, determinism=determinism, fingerprint=fingerprint,
         bindings=bindings, run_id=run_identity(params, dataset, group.size), model=model, optimizer=optimizer,
@@ -261,7 +265,16 @@ def setup(
         held=build_held_out(model, dataset, train, params.collapse, seeds, device) if group.rank == 0 else None,
         logs=RunLogs(layout), monitor=CollapseMonitor.from_params(params.collapse),
         group=group, shards=[slices[j] for j in shard_range(train.micro_batches, group.size, group.rank)],
+        source_states=sources, source_seconds=time.perf_counter() - t0,
     )  # fmt: skip
+
+
+def source_states(model: WorldModel, dataset: Dataset, train: TrainParams, device: str) -> torch.Tensor | None:
+    """Every training window's state, encoded once, when that is less encoder work than encoding each step's sources."""
+    windows, state_dim = dataset.train.shape[0], train.model.state_dim
+    if not caches_source_states(windows, train.steps * train.batch_size, state_dim):
+        return None
+    return encode_windows(model, dataset.train, dataset.manifest.counts.window_length, device)
 
 
 # ---------------------------------------------------------------- 2) start or resume
@@ -383,13 +396,14 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool)
     bar = Progress(train.steps, run.start, enabled=progress and run.writer)
     steps_run = 0
     parts = dict.fromkeys(PARTS, 0.0)
+    parts["encoding"] = run.source_seconds
     clock = time.perf_counter
     outcome: LoopOutcome | None = None
     for step in range(run.start + 1, train.steps + 1):
         t0 = clock()
         batch = run.sampler.draw(run.dataset.train, train.batch_size)
         t1 = clock()
-        shards = [encode_batch(run.model, take_rows(batch, rows), run.device) for rows in run.shards]
+        shards = [encode_batch(run.model, take_rows(batch, rows), run.device, source_states=run.source_states) for rows in run.shards]
         t2 = clock()
         result = run.trainer.train_step(shards, step=step, action_count=int(batch.mask.sum()))
         t3 = clock()

@@ -33,6 +33,7 @@ class TupleBatch:
     actions: np.ndarray  # float32 [B, K_max, ACTION_FEATURES]; zeros for padding
     mask: np.ndarray  # bool [B, K_max]; True where step k < K_b
     rollout_steps: np.ndarray  # int64 [B]
+    rows: np.ndarray  # int64 [B]: each source's row in the windows it was drawn from
     window_ids: tuple[str, ...]
     rel_edits: tuple[tuple[RelEdit, ...], ...]
 
@@ -74,6 +75,7 @@ def draw_tuples(
         actions=actions,
         mask=mask,
         rollout_steps=ks,
+        rows=rows.astype(np.int64),
         window_ids=tuple(f"{split}:{int(r)}" for r in rows),
         rel_edits=tuple(all_edits),
     )
@@ -87,6 +89,7 @@ def take_rows(batch: TupleBatch, rows: slice) -> TupleBatch:
         actions=batch.actions[rows],
         mask=batch.mask[rows],
         rollout_steps=batch.rollout_steps[rows],
+        rows=batch.rows[rows],
         window_ids=batch.window_ids[rows],
         rel_edits=batch.rel_edits[rows],
     )
