@@ -264,8 +264,10 @@ def _add_mutation_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "tests that execute each mutated function; write the score per module to reports/mutation.json and print it. "
         "Survivors judged equivalent are listed with a reason in tests/mutation_equivalents.yaml. Needs the dev extra; "
         "takes tens of minutes on 2 cores. mutmut keeps its copy and results in mutants/; this command names the targeted "
-        "modules' mutants, so it runs all of them again (`--report-only` scores the results already there). "
-        "Exit 1 unless every module was run and it and the total score at least 90%%.",
+        "modules' mutants, so it runs all of them again (`--report-only` scores the results already there). A module "
+        "none of whose mutants were run in mutants/ (a fresh clone has none) keeps the figures of the existing report "
+        "while its file is unchanged, marked carried over. "
+        "Exit 1 unless every module was scored and it and the total score at least 90%%.",
     )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--report-only", action="store_true", help="do not run mutmut: score the results already in ROOT/mutants/")

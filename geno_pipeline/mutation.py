@@ -23,7 +23,7 @@ from pydantic import Field
 from geno_pipeline.checksums import sha256_file
 from geno_pipeline.documents import Document
 from geno_pipeline.errors import GenoPipelineError
-from geno_pipeline.jsonio import write_json
+from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.readers import read_json_text, read_yaml
 
@@ -34,6 +34,7 @@ __all__ = [
     "MutationReport",
     "Target",
     "build_report",
+    "carry_over",
     "mutant_globs",
     "read_exit_codes",
     "run_mutation_cli",
@@ -149,6 +150,9 @@ class ModuleScore(Document):
     """Survivors judged equivalent (tests/mutation_equivalents.yaml), left out of the score."""
     score: float | None = Field(ge=0, le=1)
     """(killed + timeout) / (mutants - equivalent); 1.0 when nothing is left; null until every mutant was run."""
+    carried_over: bool = False
+    """The figures are the previous report's: none of this module's mutants were run in this mutants/ directory (a fresh
+    clone has none), and its file's sha256 and function selection are the ones that report scored."""
 
 
 class Survivor(Document):
@@ -228,6 +232,12 @@ def build_report(
         for name, status in sorted(statuses.items())
         if status not in ("killed", "timeout", "not checked")
     ]
+    stale = sorted(n for n in equivalents if statuses.get(n) not in ("survived", "not checked"))
+    return _assemble(tool, modules, survivors, stale)
+
+
+def _assemble(tool: str, modules: list[ModuleScore], survivors: list[Survivor], stale: list[str]) -> MutationReport:
+    """The report with its totals summed from `modules`."""
     mutants = sum(m.mutants for m in modules)
     detected = sum(m.killed + m.timeout for m in modules)
     equivalent = sum(m.equivalent for m in modules)
@@ -238,8 +248,45 @@ def build_report(
         tool=tool, tests="the fast tier (pytest -m 'not slow'): the tests that execute the mutated function",
         target_score=TARGET_SCORE, modules=modules, total_mutants=mutants, total_detected=detected, total_equivalent=equivalent,
         total_unchecked=sum(m.unchecked for m in modules), complete=complete, total_score=total, target_met=met,
-        survivors=survivors, stale_equivalents=sorted(n for n in equivalents if statuses.get(n) not in ("survived", "not checked")),
+        survivors=survivors, stale_equivalents=stale,
     )  # fmt: skip
+
+
+def carry_over(report: MutationReport, previous: MutationReport, equivalents: Mapping[str, str]) -> MutationReport:
+    """`report` with every module none of whose mutants were run here taken from `previous`, where that scored it with
+    the same file sha256 and function selection; its survivors come along, judged against today's `equivalents`
+    (an entry for one of its mutants that did not survive there is stale); pure."""
+    old = {m.name: m for m in previous.modules}
+    same = {
+        m.name
+        for m in report.modules
+        if m.mutants == m.unchecked
+        and (p := old.get(m.name)) is not None
+        and p.score is not None
+        and (p.path, p.functions, p.source_sha256) == (m.path, m.functions, m.source_sha256)
+    }
+    if not same:
+        return report
+    kept = [
+        s.model_copy(update={"equivalent_reason": equivalents.get(s.mutant) if s.status == "survived" else None})
+        for s in previous.survivors
+        if s.target in same
+    ]
+    modules = []
+    for m in report.modules:
+        if m.name not in same:
+            modules.append(m)
+            continue
+        p = old[m.name]
+        equivalent = sum(1 for s in kept if s.target == m.name and s.equivalent_reason is not None)
+        score = _score(p.killed + p.timeout, p.mutants, equivalent)
+        modules.append(p.model_copy(update={"equivalent": equivalent, "score": score, "carried_over": True}))
+    survivors = sorted([s for s in report.survivors if s.target not in same] + kept, key=lambda s: s.mutant)
+    surviving = {s.mutant for s in kept if s.status == "survived"}
+    stale = set(report.stale_equivalents) | {
+        n for n in equivalents if (t := target_of(n)) is not None and t.name in same and n not in surviving
+    }
+    return _assemble(report.tool, modules, survivors, sorted(stale))
 
 
 def read_equivalents(path: Path) -> dict[str, str]:
@@ -307,6 +354,10 @@ def run_mutation_cli(layout: Layout, *, report_only: bool, max_children: int | N
     equivalents = read_equivalents(root / EQUIVALENTS_FILE)
     sha = {t.path: sha256_file(root / t.path) for t in TARGETS}
     report = build_report(exit_codes, equivalents, sha, tool=f"mutmut {metadata.version('mutmut')}")
+    if layout.mutation_report.is_file():  # modules not run here keep the last report's figures while their files are unchanged
+        fix = "restore it from git, or delete it and run every module (`geno-pipeline mutation`)"
+        previous = MutationReport.model_validate(read_json(layout.mutation_report, schema="mutation", error=GenoPipelineError, fix=fix))
+        report = carry_over(report, previous, equivalents)
     write_json(layout.mutation_report, report, schema="mutation")
     for line in summary_lines(report):
         print(f"mutation: {line}")
@@ -319,6 +370,7 @@ def summary_lines(report: MutationReport) -> list[str]:
     lines = [f"{'module':<20} {'mutants':>7} {'killed':>6} {'timeout':>7} {'survived':>8} {'no tests':>8} {'equiv':>5} {'score':>7}"]
     for m in report.modules:
         score = f"{m.score:>7.1%}" if m.score is not None else f"not run: {m.unchecked} of {m.mutants} mutants unchecked"
+        score += " (carried over: file unchanged, not run here)" if m.carried_over else ""
         lines.append(f"{m.name:<20} {m.mutants:>7} {m.killed:>6} {m.timeout:>7} {m.survived:>8} {m.no_tests:>8} {m.equivalent:>5} {score}")
     total = f"{report.total_score:.1%}" if report.total_score is not None else f"incomplete ({report.total_unchecked} mutants unchecked)"
     lines.append(

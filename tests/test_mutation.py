@@ -20,6 +20,7 @@ from geno_pipeline.mutation import (
     TARGET_SCORE,
     TARGETS,
     build_report,
+    carry_over,
     mutant_globs,
     read_equivalents,
     read_exit_codes,
@@ -118,6 +119,30 @@ def test_equivalent_entries_that_no_longer_survive_are_stale() -> None:
     report = build_report(exits, equivalents, SHA, tool="mutmut test")
     assert report.stale_equivalents == sorted(equivalents)
     assert next(m for m in report.modules if m.name == "schedule").equivalent == 0
+
+
+def test_modules_not_run_here_keep_the_previous_figures_while_their_files_are_unchanged() -> None:
+    equivalents = {"geno_pipeline.training.schedule.x_f__mutmut_3": "same float either way"}
+    previous = build_report(codes(schedule=[1, 1, 0], edits=[1, 0]), equivalents, SHA, tool="mutmut old")
+    changed = SHA | {"geno_pipeline/data/edits.py": "1" * 64}
+    fresh = build_report(codes(schedule=[None] * 3, edits=[None] * 2, tuples=[1, 36]), equivalents, changed, tool="mutmut new")
+    report = carry_over(fresh, previous, equivalents)
+    validate_document(json.loads(report.model_dump_json()), "mutation")
+    by = {m.name: m for m in report.modules}
+    assert by["schedule"].carried_over and (by["schedule"].killed, by["schedule"].equivalent, by["schedule"].score) == (2, 1, 1.0)
+    assert not by["edits"].carried_over and by["edits"].score is None  # its file changed: it must be run again
+    assert not by["tuples"].carried_over and (by["tuples"].killed, by["tuples"].timeout) == (1, 1)  # run here: this run's
+    assert [s.mutant for s in report.survivors] == ["geno_pipeline.training.schedule.x_f__mutmut_3"]
+    assert report.survivors[0].equivalent_reason == "same float either way"
+    assert (report.total_mutants, report.total_unchecked, report.complete, report.target_met) == (fresh.total_mutants, 2, False, False)
+    assert report.total_detected == fresh.total_detected + 2
+    # today's equivalents decide: an entry removed counts the survivor against the score; one for a mutant that did not
+    # survive there is stale
+    judged = carry_over(fresh, previous, {"geno_pipeline.training.schedule.x_f__mutmut_1": "killed there"})
+    schedule = next(m for m in judged.modules if m.name == "schedule")
+    assert (schedule.equivalent, schedule.score) == (0, pytest.approx(2 / 3))
+    assert judged.stale_equivalents == ["geno_pipeline.training.schedule.x_f__mutmut_1"]
+    assert carry_over(previous, previous, equivalents) == previous  # everything run here: nothing is carried
 
 
 def test_read_exit_codes_and_a_bad_equivalents_file(tmp_path: Path) -> None:
