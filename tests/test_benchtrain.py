@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geno_pipeline.benchtrain import StageBench, bench_train_stage, fit_growth
+from geno_pipeline.benchtrain import StageBench, bench_train_stage, cadence, fit_growth
 from geno_pipeline.config import load_params
 from geno_pipeline.training.stage import PARTS
 from tests.conftest import TINY
@@ -43,3 +43,30 @@ def test_bench_train_stage_reports_every_part(tmp_path: Path) -> None:
     assert result.ratio == pytest.approx(result.ours_s / result.bare_s, rel=1e-2)  # ours_s and bare_s are rounded to 0.1 ms
     assert result.meets_target == (result.ratio <= 1.10) or abs(result.ratio - 1.10) < 1e-3
     assert sum(result.parts.values()) == pytest.approx(result.ours_s, rel=0.05)
+    assert (result.evaluations, result.checkpoints) == (4, 3)  # steps 0, 4, 8, 12 evaluated; 4, 8, 12 checkpointed
+    assert result.required_s > 0
+    assert result.floor_ratio == pytest.approx((result.bare_s + result.required_s) / result.bare_s, rel=1e-2)
+    assert list((tmp_path / "runs").iterdir()) == []  # each run's outputs removed once measured
+
+
+@given(steps=st.integers(1, 400), log_every=st.integers(1, 50), every=st.integers(1, 50))
+def test_cadence_counts_what_the_stage_schedules(steps: int, log_every: int, every: int) -> None:
+    evaluations, checkpoints = cadence(steps, log_every, every)
+    assert evaluations == 1 + sum(1 for s in range(1, steps + 1) if s % log_every == 0 or s == steps)
+    assert checkpoints == sum(1 for s in range(1, steps + 1) if s % every == 0 or s == steps)
+
+
+def test_required_work_writes_durable_checkpoints_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from geno_pipeline import benchtrain
+
+    files = {"a.safetensors": b"alpha", "state.json": b"{}"}
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    benchtrain._durable_writes(files, tmp_path / "w", 3)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["0", "1", "2"]
+    assert all({p.name: p.read_bytes() for p in (tmp_path / "w" / n).iterdir()} == files for n in "012")
+    assert len(synced) == 3 * 4  # per checkpoint: two files, the staging directory, the parent after the rename
+    assert synced[3] == str(tmp_path / "w")

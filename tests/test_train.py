@@ -265,6 +265,38 @@ def test_train_every_written_log_line_validates(prepared: Path) -> None:
     assert len((prepared / "artifacts" / "train" / "metrics.jsonl").read_text().splitlines()) == 12
 
 
+def test_train_checkpoints_record_only_synced_log_bytes(prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log lines are appended without a sync of their own; each checkpoint syncs every log before it records the logs'
+    lengths, and before any of its own files is synced, so a checkpoint on disk never names log bytes a crash could take
+    back; the finished run syncs the logs once more."""
+    from geno_pipeline.layout import LOG_FILES
+
+    other = clone(prepared, tmp_path / "other")
+    events: list[tuple[str, int]] = []  # (path, size) at each fsync, in order
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        events.append((path, os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run_training(load_params(other / "params.yaml"), Layout.for_root(other))
+    train = other / "artifacts" / "train"
+    logs = {name: str((train / name).resolve()) for name in LOG_FILES}
+    checkpoints = sorted((train / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-000008", "step-000012"]  # keep_checkpoints: 2
+    for checkpoint in checkpoints:
+        recorded = json.loads((checkpoint / "state.json").read_text())["logs"]
+        first_own = next(i for i, (path, _) in enumerate(events) if f"/.{checkpoint.name}.tmp-" in path)
+        for name, path in logs.items():
+            synced = [size for p, size in events[:first_own] if p == path]
+            assert synced and synced[-1] == recorded[name]["bytes"], (checkpoint.name, name, synced[-1:], recorded[name])
+    for name, path in logs.items():
+        assert [size for p, size in events if p == path][-1] == (train / name).stat().st_size, name  # the finished run's logs
+    assert tree(train) == tree(prepared / "artifacts" / "train")  # the same bytes as the CLI's run
+
+
 def test_train_runtime_facts_break_the_loop_time_into_parts(prepared: Path) -> None:
     from geno_pipeline.training.stage import PARTS
 

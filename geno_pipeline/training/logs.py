@@ -7,13 +7,14 @@ back to that prefix, so a resumed run's logs equal the straight run's byte for b
 from __future__ import annotations
 
 import json
+import os
 
 from pydantic import ValidationError
 
 from geno_pipeline.checksums import sha256_bytes
 from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.fsio import writing
-from geno_pipeline.jsonio import append_jsonl, atomic_write_bytes, atomic_write_text, jsonl_line, validate_document
+from geno_pipeline.jsonio import atomic_write_bytes, atomic_write_text, jsonl_line, validate_document
 from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.readers import read_text
 from geno_pipeline.training.checkpoint import LogRecord
@@ -32,19 +33,29 @@ COLLAPSE_PLOT_KEYS = (
 
 
 class RunLogs:
-    """Append-only deterministic logs; truncated back to a checkpoint's prefix on resume."""
+    """Append-only deterministic logs; truncated back to a checkpoint's prefix on resume.
+
+    Lines are appended without a sync of their own: `record` (what a checkpoint keeps) syncs every log first, so a
+    checkpoint on disk never records log bytes that a crash of the machine could take back."""
 
     def __init__(self, layout: Layout) -> None:
         self.paths = {name: layout.log(name) for name in LOG_FILES}
-        self._metrics_shape_checked = False
+        self._shape_checked: set[str] = set()
 
     def reset(self) -> None:
         """Start every log empty."""
         for path in self.paths.values():
             atomic_write_bytes(path, b"")
 
+    def sync(self) -> None:
+        """Flush every log to disk."""
+        for path in self.paths.values():
+            with writing(path), open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
     def record(self) -> dict[str, LogRecord]:
-        """Length and hash of every log now (what a checkpoint keeps)."""
+        """Length and hash of every log now, synced to disk first (what a checkpoint keeps)."""
+        self.sync()
         out = {}
         for name, path in self.paths.items():
             data = path.read_bytes()
@@ -66,21 +77,25 @@ class RunLogs:
             atomic_write_bytes(path, data[: want.bytes])
 
     def metrics(self, line: MetricsLine) -> None:
-        """Append one step's metrics (not fsynced per step; checkpoints fsync).
-
-        The first line of a run is validated against the schema; the others have the same shape by construction (one
-        pydantic model, checked on construction, the schema generated from it), so the per-step cost is the dump only.
-        `tests/test_train.py` validates every written line."""
-        document = line.model_dump(mode="json")
-        if not self._metrics_shape_checked:
-            validate_document(document, "metrics_line", source=str(self.paths["metrics.jsonl"]))
-            self._metrics_shape_checked = True
-        with writing(self.paths["metrics.jsonl"]), open(self.paths["metrics.jsonl"], "a", encoding="utf-8") as handle:
-            handle.write(jsonl_line(document))
+        """Append one step's metrics."""
+        self._append("metrics.jsonl", line.model_dump(mode="json"), "metrics_line")
 
     def collapse(self, line: CollapseLine) -> None:
         """Append one held-out observation."""
-        append_jsonl(self.paths["collapse.jsonl"], [line], schema="collapse_line")
+        self._append("collapse.jsonl", line.model_dump(mode="json"), "collapse_line")
+
+    def _append(self, name: str, document: dict[str, object], schema: str) -> None:
+        """Append one JSON line to log `name`.
+
+        A run's first line of each log is validated against the schema; the others have the same shape by construction
+        (one pydantic model, checked on construction, the schema generated from it), so the per-line cost is the dump
+        only. `tests/test_train.py` validates every written line."""
+        path = self.paths[name]
+        if name not in self._shape_checked:
+            validate_document(document, schema, source=str(path))
+            self._shape_checked.add(name)
+        with writing(path), open(path, "a", encoding="utf-8") as handle:
+            handle.write(jsonl_line(document))
 
     def log(self, text: str) -> None:
         """Append one line to train.log."""

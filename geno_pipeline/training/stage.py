@@ -499,6 +499,7 @@ def finish(run: TrainingRun, outcome: LoopOutcome) -> TrainingReport:
     if outcome.status == "completed":
         _save_final_model(run, outcome.last_step)
         run.logs.log(f"done: {outcome.message}")
+    run.logs.sync()  # the lines after the last checkpoint are as durable as the reports that follow
     write_plots(run.layout, run.logs)
     summary = summarize_collapse(run.lines)
     last = run.lines[-1] if run.lines else None
