@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -295,6 +297,33 @@ def test_train_checkpoints_record_only_synced_log_bytes(prepared: Path, tmp_path
     for name, path in logs.items():
         assert [size for p, size in events if p == path][-1] == (train / name).stat().st_size, name  # the finished run's logs
     assert tree(train) == tree(prepared / "artifacts" / "train")  # the same bytes as the CLI's run
+
+
+def test_train_encoding_part_counts_the_source_cache_and_not_the_held_out_batch(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's encoding part starts from the time the source cache took; building the held-out batch (setup, in
+    the same constructor call) must not be counted in it. A fake clock makes the figures exact."""
+    from types import SimpleNamespace
+
+    from geno_pipeline.training import stage
+
+    now = [0.0]
+    monkeypatch.setattr(stage, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def timed(advance: float, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            now[0] += advance
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(stage, "source_states", timed(7.0, stage.source_states))
+    monkeypatch.setattr(stage, "build_held_out", timed(100.0, stage.build_held_out))
+    other = clone(prepared, tmp_path / "other")
+    params = stage.TrainStageParams.from_params(load_params(other / "params.yaml"))
+    run = stage.setup(params, Layout.for_root(other), expected_fingerprint=None, model_factory=None)
+    assert run.source_states is not None and run.source_seconds == 7.0
 
 
 def test_train_runtime_facts_break_the_loop_time_into_parts(prepared: Path) -> None:
