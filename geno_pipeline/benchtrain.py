@@ -121,9 +121,9 @@ def _prepare(root: Path, params: Any) -> Layout:
     return layout
 
 
-def _bare_loop(params: Any, layout: Layout) -> None:
+def _bare_loop(params: Any, layout: Layout) -> Any:
     """What training must do and nothing else: windows, model, optimizer, the sources' states when the stage caches them,
-    then per step draw -> encode -> update."""
+    then per step draw -> encode -> update; returns the trained model."""
 
     from geno_pipeline.data.dataset import load_dataset
     from geno_pipeline.distributed import micro_batch_slices
@@ -152,30 +152,39 @@ def _bare_loop(params: Any, layout: Layout) -> None:
         batch = sampler.draw(dataset.train, train.batch_size)
         shards = [encode_batch(model, take_rows(batch, rows), device, source_states=sources) for rows in slices]
         bare_update(model, opt, train, shards, step)
+    return model
 
 
 def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: int) -> None:
-    """The optimizer math and nothing else: schedule; per micro-batch (as many as train.micro_batches, like the stage) loss
-    + KL weighted by its share of the real steps, backward, gradients accumulated; clip, loss read back, AdamW step."""
+    """The stage's optimizer math in plain torch and nothing else, on one process: schedule; per micro-batch the rollout,
+    its masked squared-error sum and prediction sum; the global batch's mean and variance, summed over the micro-batches
+    left to right; each micro-batch's surrogate (its share of the loss and its exact first-order share of the global
+    KL, `global_kl_terms`) backpropagated into the accumulating gradients; clip, loss read back, AdamW step. It ends with
+    the stage's weights bit for bit (`test_bare_loop_does_the_stage_math`)."""
+    import functools
+    import operator
+
     import torch
 
     from geno_pipeline.training.schedule import set_optimizer_lr
-    from geno_pipeline.training.trainer import gaussian_kl, masked_prediction_loss
+    from geno_pipeline.training.trainer import KL_EPS, global_kl_terms
 
+    add = functools.partial(functools.reduce, operator.add)  # left to right, as the stage sums micro-batches
     set_optimizer_lr(opt, step=step, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule)
-    total = float(max(sum(int(s.action_mask.sum()) for s in shards), 1))
+    n = float(max(sum(int(s.action_mask.sum()) for s in shards), 1))
+    preds = [model.rollout(s.state, s.actions) for s in shards]
+    masks = [s.action_mask.to(p.dtype) for s, p in zip(shards, preds, strict=True)]
+    errs = [((p - s.target).pow(2).mean(dim=-1) * m).sum() for p, s, m in zip(preds, shards, masks, strict=True)]
+    sums = [(p * m.unsqueeze(-1)).sum(dim=(0, 1)) for p, m in zip(preds, masks, strict=True)]
+    mu, pred_loss = add(x.detach() for x in sums) / n, add(e.detach() for e in errs) / n
+    squares = [((p - mu).pow(2) * m.unsqueeze(-1)).sum(dim=(0, 1)) for p, m in zip(preds, masks, strict=True)]
+    kl, grad_mu, grad_var = global_kl_terms(mu, add(x.detach() for x in squares) / n + KL_EPS)
     opt.zero_grad(set_to_none=True)
-    losses = []
-    for shard in shards:
-        pred = model.rollout(shard.state, shard.actions)
-        share = float(shard.action_mask.sum()) / total
-        loss = share * (
-            masked_prediction_loss(pred, shard.target, shard.action_mask) + train.kl_weight * gaussian_kl(pred, shard.action_mask)
-        )
-        loss.backward()
-        losses.append(loss.detach())
-    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], train.grad_clip_norm)
-    float(torch.stack(losses).sum())  # the step's loss read back once, as the stage reads it before stepping
+    for e, s1, s2 in zip(errs, sums, squares, strict=True):
+        (e / n + train.kl_weight * ((grad_mu * s1).sum() + (grad_var * s2).sum()) / n).backward()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    torch.nn.utils.clip_grad_norm_(params, train.grad_clip_norm)
+    float(pred_loss + train.kl_weight * kl)  # the step's loss read back once, as the stage reads it before stepping
     opt.step()
 
 

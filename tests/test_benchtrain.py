@@ -49,6 +49,28 @@ def test_bench_train_stage_reports_every_part(tmp_path: Path) -> None:
     assert list((tmp_path / "runs").iterdir()) == []  # each run's outputs removed once measured
 
 
+@pytest.mark.parametrize("micro_batches", [1, 2, 4])
+def test_bare_loop_does_the_stage_math(tmp_path: Path, micro_batches: int) -> None:
+    """The bench's reference is the same math as the stage: it ends with the stage's weights, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    from geno_pipeline import benchtrain
+    from geno_pipeline.training import stage
+    from geno_pipeline.training.determinism import configure_torch_reproducibility
+
+    params = benchtrain._params_with(TINY, micro_batches=micro_batches, steps=6)
+    layout = benchtrain._prepare(tmp_path, params)
+    configure_torch_reproducibility(0, deterministic=True, cpu_threads=params.runtime.cpu_threads)
+    stage.run(params, layout)
+    model = benchtrain._bare_loop(params, layout)
+    ours, bare = load_file(layout.final_model), model.state_dict()
+    assert sorted(ours) == sorted(bare)
+    assert all(torch.equal(ours[k], bare[k]) for k in ours)
+    initial = benchtrain._bare_loop(params.model_copy(update={"train": params.train.model_copy(update={"steps": 1})}), layout)
+    assert not all(torch.equal(initial.state_dict()[k], bare[k]) for k in ours)  # the comparison can tell runs apart
+
+
 @given(steps=st.integers(1, 400), log_every=st.integers(1, 50), every=st.integers(1, 50))
 def test_cadence_counts_what_the_stage_schedules(steps: int, log_every: int, every: int) -> None:
     evaluations, checkpoints = cadence(steps, log_every, every)

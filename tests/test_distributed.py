@@ -40,6 +40,7 @@ from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.trainer import (
     TorchTrainer,
     TorchTrainerBatch,
+    accumulate_in_order,
     build_adamw_optimizer,
     flat_grad,
     gaussian_kl,
@@ -78,6 +79,33 @@ def test_distributed_ordered_sum_is_the_left_fold(values: list[float]) -> None:
         expected = expected + torch.tensor([v], dtype=torch.float32)
     assert ordered_sum(rows).numpy().tobytes() == expected.numpy().tobytes()
     assert ordered_sum(rows).shape == (1,)
+
+
+_GRAD = st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.5e-8, -(2.0**-149), 1e30, -7.25])
+
+
+@given(st.lists(st.lists(st.one_of(st.none(), st.lists(_GRAD, min_size=3, max_size=3)), min_size=3, max_size=3), min_size=1, max_size=5))
+def test_distributed_accumulated_gradients_are_the_ordered_sum_of_flat_rows(micro: list[list[list[float] | None]]) -> None:
+    """On one process each micro-batch's gradients accumulate in `.grad`; that is the same bits as summing every
+    micro-batch's `flat_grad` row in order, for parameters a micro-batch does not reach and for signed zeros too."""
+    params = [torch.zeros(3, requires_grad=True) for _ in range(3)]
+
+    def surrogate(grads: list[list[float] | None]) -> torch.Tensor:
+        terms = [(p * torch.tensor(g)).sum() for p, g in zip(params, grads, strict=True) if g is not None]
+        return sum(terms, torch.zeros((), requires_grad=True))  # a micro-batch may reach no parameter
+
+    rows = []
+    for grads in micro:
+        for p in params:
+            p.grad = None
+        surrogate(grads).backward()
+        rows.append(flat_grad(params))
+    expected = ordered_sum(torch.stack(rows))
+    for p in params:
+        p.grad = None
+    for index, grads in enumerate(micro):
+        accumulate_in_order(params, surrogate(grads), first=index == 0)
+    assert flat_grad(params).numpy().tobytes() == expected.numpy().tobytes()
 
 
 def _batch(seed: int, b: int, k: int, d: int, actions: int) -> TorchTrainerBatch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 
@@ -53,12 +54,24 @@ class RunLogs:
             with writing(path), open(path, "rb") as handle:
                 os.fsync(handle.fileno())
 
-    def record(self) -> dict[str, LogRecord]:
-        """Length and hash of every log now, synced to disk first (what a checkpoint keeps)."""
+    def lengths(self) -> dict[str, int]:
+        """Every log's length in bytes now: each line is handed to the OS as it is appended, so this is what a
+        checkpoint taken now must record."""
+        with writing(self.paths["train.log"]):
+            return {name: path.stat().st_size for name, path in self.paths.items()}
+
+    def record(self, lengths: Mapping[str, int] | None = None) -> dict[str, LogRecord]:
+        """Length and hash of every log's first `lengths[name]` bytes (default: all of it now), synced to disk first
+        (what a checkpoint keeps). Lines appended after `lengths` was taken are not recorded; they are synced too."""
         self.sync()
         out = {}
         for name, path in self.paths.items():
-            data = path.read_bytes()
+            with writing(path), open(path, "rb") as handle:
+                data = handle.read() if lengths is None else handle.read(lengths[name])
+            if lengths is not None and len(data) != lengths[name]:
+                raise TrainingCheckpointError(
+                    f"{path}: {len(data)} bytes, fewer than the {lengths[name]} it had at the checkpoint; it was cut while training"
+                )
             out[name] = LogRecord(bytes=len(data), sha256=sha256_bytes(data))
         return out
 

@@ -33,6 +33,7 @@ from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.runtime_report import StageResult
 from geno_pipeline.source import source_digest
 from geno_pipeline.tensorfile import serialize_tensors
+from geno_pipeline.training.background import BackgroundWriter
 from geno_pipeline.training.checkpoint import (
     Bindings,
     CheckpointState,
@@ -118,6 +119,7 @@ class TrainingRun:
     start: int = 0
     resumed_from: Path | None = None
     last_loss: float | None = None
+    saver: BackgroundWriter = field(default_factory=lambda: BackgroundWriter("checkpoint"))  # writes checkpoints (rank 0)
 
     @property
     def train(self) -> TrainParams:
@@ -154,33 +156,41 @@ class TrainingRun:
         return line
 
     def checkpoint(self, step: int, *, scheduled: bool) -> None:
-        """Write checkpoint `step`; a scheduled one is logged, an extra one (stop or halt) leaves the logs as the straight run has them."""
-        if scheduled:  # logged before the log digests are taken, so a resume from here keeps the line
+        """Checkpoint `step`: what it holds is copied now, and written, synced and renamed into place by the background
+        writer while training goes on (older ones pruned after it); a scheduled one is logged, an extra one (stop or
+        halt) leaves the logs as the straight run has them."""
+        if scheduled:  # logged before the log lengths are taken, so a resume from here keeps the line
             self.logs.log(f"step {step} checkpoint {step:06d}")
         else:
             print(f"train: checkpoint at step {step}", file=sys.stderr)
         names = {id(p): n for n, p in self.parameters_by_name().items()}
-        state = CheckpointState(
-            step=step,
-            steps_total=self.train.steps,
-            run_id=self.run_id,
-            sampler=SamplerState.model_validate(self.sampler.state()),
-            monitor_baseline_pairwise=self.monitor.initial_pairwise_pred_dist_mean,
-            last_train_loss=self.last_loss,
-            logs=self.logs.record(),
-            tensors={},
-            optimizer_groups=group_states(self.optimizer),
-            bindings=self.bindings,
-            params=self.params_document(),
-        )
-        save_checkpoint(
-            self.layout.checkpoints,
-            state=state,
-            model_tensors=dict(self.model.state_dict()),
-            optimizer_tensors=optimizer_tensors(self.optimizer, names),
-        )
-        t = self.train
-        prune_checkpoints(self.layout.checkpoints, keep=t.keep_checkpoints, every=t.checkpoint_every_steps, steps_total=t.steps)
+        lengths = self.logs.lengths()
+        model, optimizer = snapshot(self.model.state_dict()), snapshot(optimizer_tensors(self.optimizer, names))
+        fields = {
+            "step": step,
+            "steps_total": self.train.steps,
+            "run_id": self.run_id,
+            "sampler": SamplerState.model_validate(self.sampler.state()),
+            "monitor_baseline_pairwise": self.monitor.initial_pairwise_pred_dist_mean,
+            "last_train_loss": self.last_loss,
+            "tensors": {},
+            "optimizer_groups": group_states(self.optimizer),
+            "bindings": self.bindings,
+            "params": self.params_document(),
+        }
+        directory, t = self.layout.checkpoints, self.train
+
+        def write() -> None:
+            state = CheckpointState(logs=self.logs.record(lengths), **fields)  # type: ignore[arg-type]
+            save_checkpoint(directory, state=state, model_tensors=model, optimizer_tensors=optimizer)
+            prune_checkpoints(directory, keep=t.keep_checkpoints, every=t.checkpoint_every_steps, steps_total=t.steps)
+
+        self.saver.submit(write)
+
+
+def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy in host memory of each tensor as it is now (training goes on changing the originals in place)."""
+    return {name: t.detach().to("cpu", copy=True) for name, t in tensors.items()}
 
 
 # ---------------------------------------------------------------- 1) setup
@@ -389,15 +399,29 @@ def ranks_agree(run: TrainingRun, step: int) -> None:
 
 
 def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
-    """Steps `start + 1 .. train.steps`: update, log, observe, checkpoint; returns how the loop ended.
+    """Steps `start + 1 .. train.steps`: update, log, observe, checkpoint; returns how the loop ended, once the last
+    checkpoint is on disk.
 
     Every rank draws the same global batch and computes its own micro-batches of it; rank 0 alone logs, evaluates and
-    writes checkpoints, and tells the others when a collapse alert halts the run."""
+    writes checkpoints (in the background, `TrainingRun.checkpoint`), and tells the others when a collapse alert halts
+    the run. When the loop raises, the checkpoint being written is finished (or its staging directory removed) first."""
+    parts = dict.fromkeys(PARTS, 0.0)
+    parts["encoding"] = run.source_seconds
+    try:
+        outcome = _steps(run, parts, stop_after_step=stop_after_step, progress=progress)
+    except BaseException:
+        run.saver.abandon()
+        raise
+    t0 = time.perf_counter()
+    run.saver.close()
+    parts["checkpoint"] += time.perf_counter() - t0  # waiting for the last checkpoint is checkpoint time
+    return outcome
+
+
+def _steps(run: TrainingRun, parts: dict[str, float], *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
     train, collapse = run.train, run.params.collapse
     bar = Progress(train.steps, run.start, enabled=progress and run.writer)
     steps_run = 0
-    parts = dict.fromkeys(PARTS, 0.0)
-    parts["encoding"] = run.source_seconds
     clock = time.perf_counter
     outcome: LoopOutcome | None = None
     for step in range(run.start + 1, train.steps + 1):

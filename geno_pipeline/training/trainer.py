@@ -20,6 +20,7 @@ __all__ = [
     "TorchTrainer",
     "TorchTrainerBatch",
     "TorchTrainerStepResult",
+    "accumulate_in_order",
     "build_adamw_optimizer",
     "flat_grad",
     "gaussian_kl",
@@ -171,21 +172,20 @@ class TorchTrainer:
         second = [((p - mu).pow(2) * w).sum(dim=(0, 1)) for p, w in zip(predictions, weights, strict=True)]
         var = ordered_sum(group.gather_rows(torch.stack([s.detach() for s in second]))) / n + KL_EPS
         kl, grad_mu, grad_var = global_kl_terms(mu, var)
-        # one micro-batch on one process: its gradient is already the total (the ordered sum of one row is that row),
-        # so the flat copies are skipped; a parameter without a gradient gets zeros, as `flat_grad` would give it
-        single = len(shards) == 1 and group.size == 1
+        # on one process the micro-batches' gradients accumulate in `.grad` in micro-batch order: the ordered sum
+        # without the flat copies (`accumulate_in_order`); several processes gather flat rows and sum them in order
+        local = group.size == 1
         rows = []
-        for err_sum, f, s in zip(err_sums, first, second, strict=True):
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, (err_sum, f, s) in enumerate(zip(err_sums, first, second, strict=True)):
             surrogate = err_sum / n + cfg.kl_weight * ((grad_mu * f).sum() + (grad_var * s).sum()) / n
-            self.optimizer.zero_grad(set_to_none=True)
-            surrogate.backward()
-            if not single:
+            if local:
+                accumulate_in_order(self._params, surrogate, first=index == 0)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                surrogate.backward()
                 rows.append(flat_grad(self._params))
-        if single:
-            for p in self._params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-        else:
+        if not local:
             set_flat_grad(self._params, ordered_sum(group.gather_rows(torch.stack(rows))))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip_norm))
         loss = pred_loss + cfg.kl_weight * kl
@@ -217,6 +217,23 @@ def global_kl_terms(mu: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dim = mu.shape[-1]
     kl = (0.5 * (var + mu.pow(2) - 1.0 - torch.log(var))).mean()
     return kl, mu / dim, 0.5 * (1.0 - 1.0 / var) / dim
+
+
+def accumulate_in_order(params: Sequence[Tensor], surrogate: Tensor, *, first: bool) -> None:
+    """Backpropagate one micro-batch's `surrogate` into `.grad`, as `ordered_sum` of every micro-batch's `flat_grad`
+    rows would add them, bit for bit: the first micro-batch's gradients become the totals (zeros for a parameter it
+    does not reach), each later one is added to them, and a parameter a later micro-batch does not reach gets
+    zeros added (x + 0.0 is not always x: -0.0 + 0.0 is 0.0)."""
+    before = [] if first else [(p.grad, -1 if p.grad is None else p.grad._version) for p in params]
+    surrogate.backward()
+    if first:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return
+    for p, (grad, version) in zip(params, before, strict=True):
+        if p.grad is grad and grad is not None and grad._version == version:  # not reached by this micro-batch
+            grad += torch.zeros_like(grad)
 
 
 def flat_grad(params: Sequence[Tensor]) -> Tensor:

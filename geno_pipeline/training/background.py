@@ -1,0 +1,48 @@
+"""One background thread that runs write jobs in order while training goes on (checkpoints: see `TrainingRun.checkpoint`).
+
+At most one job is in flight: `submit` waits for the previous one first, so jobs finish in the order they were
+submitted and a slow disk holds training back instead of piling up snapshots in memory. A job's error is raised in
+the training thread at the next `submit` or `wait`. A job's file writes release the GIL (write, fsync, rename), so on
+a machine with a core the training threads leave idle, they cost the step loop little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+__all__ = ["BackgroundWriter"]
+
+
+class BackgroundWriter:
+    """Run jobs one at a time on a worker thread, in submission order; errors come back to the caller."""
+
+    def __init__(self, name: str = "writer") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: Future[None] | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` on the worker once the previous job has finished (whose error, if any, is raised here instead)."""
+        self.wait()
+        self._pending = self._pool.submit(job)
+
+    def wait(self) -> None:
+        """Block until the job in flight has finished; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the job in flight (raising its error) and stop the worker."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """Stop after the job in flight has finished and cleaned up after itself, dropping its error: for when the
+        training thread is already raising one of its own."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.exception()  # waits; the job's own cleanup (a removed staging directory) has run by then
+        self._pool.shutdown(wait=True)
