@@ -72,7 +72,8 @@ class StageBench(Document):
     """Median seconds those evaluations (with collapse metrics) and durable checkpoint writes take alone (the run's
     checkpoint bytes, each file synced, the directory renamed into place and synced): work the bare loop leaves out."""
     floor_ratio: float
-    """(bare_s + required_s) / bare_s: the least ratio reachable while that work runs on the training path."""
+    """(bare_s + required_s) / bare_s: the least ratio reachable while that work runs on the training thread (the stage
+    writes checkpoints on a background thread, which takes part of it off where a core is left idle)."""
 
 
 class ScalingCurve(Document):
