@@ -21,6 +21,7 @@ from pydantic import Field
 from geno_pipeline.benchio import ingest_params, measured, write_bench_fasta
 from geno_pipeline.benchtrain import StageBench, bare_update, run_scaling, tiny_and_default_profiles
 from geno_pipeline.documents import Document
+from geno_pipeline.errors import DistributedError
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
 
@@ -362,6 +363,9 @@ def bench_fasta_ingest(root: Path, bases: int, repeats: int) -> list[IngestFigur
     return figures
 
 
+BENCHWORK_TIMEOUT_S = 300
+
+
 def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> float:
     """Seconds per step of `world` benchwork processes (each `threads` threads); rank 0 saves the weights to `save`."""
     import json
@@ -381,7 +385,17 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
         if world > 1:
             env |= {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [proc.communicate(timeout=900) for proc in procs]
+    try:
+        outs = [proc.communicate(timeout=BENCHWORK_TIMEOUT_S) for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:  # a hung rendezvous or collective: stop every worker, leave none behind
+            proc.kill()
+        for proc in procs:
+            proc.communicate()
+        raise DistributedError(
+            f"bench: benchwork {mode} x{world} did not finish in {BENCHWORK_TIMEOUT_S} s (a worker hung in its rendezvous or a "
+            "collective on 127.0.0.1); its processes were stopped; fix: rerun `geno-pipeline bench`"
+        ) from None
     for proc, (_, err) in zip(procs, outs, strict=True):
         if proc.returncode != 0:
             raise RuntimeError(f"benchwork {mode} x{world} failed: {err.strip()[-400:]}")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -433,3 +434,23 @@ def test_distributed_sigkill_of_the_launcher_leaves_no_worker(straight: Path) ->
     while any(_alive(pid) for pid in workers.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers.values())  # the kernel killed them with the launcher (PR_SET_PDEATHSIG)
+
+
+def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benchwork job that does not finish in time (here: a limit it cannot meet) is one clear error, and none of its
+    worker processes is left running."""
+    from geno_pipeline import bench
+    from geno_pipeline.errors import DistributedError
+
+    started: list[subprocess.Popen[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[str]:
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(bench, "BENCHWORK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    with pytest.raises(DistributedError, match=r"benchwork ddp x2 did not finish in 0.5 s.*processes were stopped"):
+        bench._benchwork("ddp", 2, 1, 100, tmp_path / "w.npy")
+    assert len(started) == 2 and all(p.poll() is not None for p in started)
