@@ -57,18 +57,21 @@ class RunLogs:
     def lengths(self) -> dict[str, int]:
         """Every log's length in bytes now: each line is handed to the OS as it is appended, so this is what a
         checkpoint taken now must record."""
-        with writing(self.paths["train.log"]):
-            return {name: path.stat().st_size for name, path in self.paths.items()}
+        out = {}
+        for name, path in self.paths.items():
+            with writing(path):
+                out[name] = path.stat().st_size
+        return out
 
-    def record(self, lengths: Mapping[str, int] | None = None) -> dict[str, LogRecord]:
-        """Length and hash of every log's first `lengths[name]` bytes (default: all of it now), synced to disk first
-        (what a checkpoint keeps). Lines appended after `lengths` was taken are not recorded; they are synced too."""
+    def record(self, lengths: Mapping[str, int]) -> dict[str, LogRecord]:
+        """Length and hash of every log's first `lengths[name]` bytes (`lengths()` when the checkpoint was taken), synced
+        to disk first (what a checkpoint keeps). Lines appended since are not recorded; they are synced too."""
         self.sync()
         out = {}
         for name, path in self.paths.items():
             with writing(path), open(path, "rb") as handle:
-                data = handle.read() if lengths is None else handle.read(lengths[name])
-            if lengths is not None and len(data) != lengths[name]:
+                data = handle.read(lengths[name])
+            if len(data) != lengths[name]:
                 raise TrainingCheckpointError(
                     f"{path}: {len(data)} bytes, fewer than the {lengths[name]} it had at the checkpoint; it was cut while training"
                 )

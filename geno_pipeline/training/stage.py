@@ -166,23 +166,24 @@ class TrainingRun:
         names = {id(p): n for n, p in self.parameters_by_name().items()}
         lengths = self.logs.lengths()
         model, optimizer = snapshot(self.model.state_dict()), snapshot(optimizer_tensors(self.optimizer, names))
-        fields = {
-            "step": step,
-            "steps_total": self.train.steps,
-            "run_id": self.run_id,
-            "sampler": SamplerState.model_validate(self.sampler.state()),
-            "monitor_baseline_pairwise": self.monitor.initial_pairwise_pred_dist_mean,
-            "last_train_loss": self.last_loss,
-            "tensors": {},
-            "optimizer_groups": group_states(self.optimizer),
-            "bindings": self.bindings,
-            "params": self.params_document(),
-        }
+        state = CheckpointState(
+            step=step,
+            steps_total=self.train.steps,
+            run_id=self.run_id,
+            sampler=SamplerState.model_validate(self.sampler.state()),
+            monitor_baseline_pairwise=self.monitor.initial_pairwise_pred_dist_mean,
+            last_train_loss=self.last_loss,
+            logs={},  # recorded by the writer, once it has synced the logs
+            tensors={},
+            optimizer_groups=group_states(self.optimizer),
+            bindings=self.bindings,
+            params=self.params_document(),
+        )
         directory, t = self.layout.checkpoints, self.train
 
         def write() -> None:
-            state = CheckpointState(logs=self.logs.record(lengths), **fields)  # type: ignore[arg-type]
-            save_checkpoint(directory, state=state, model_tensors=model, optimizer_tensors=optimizer)
+            recorded = state.model_copy(update={"logs": self.logs.record(lengths)})
+            save_checkpoint(directory, state=recorded, model_tensors=model, optimizer_tensors=optimizer)
             prune_checkpoints(directory, keep=t.keep_checkpoints, every=t.checkpoint_every_steps, steps_total=t.steps)
 
         self.saver.submit(write)
