@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from geno_pipeline.config import load_params
@@ -552,3 +552,55 @@ def test_train_fingerprint_records_tf32_as_torch_reports_it(tmp_path: Path, dete
     here = cpu_kernel_class()  # the CPU class torch dispatches to in this process: the same in preflight's probe and train
     assert json.loads(layout.environment.read_text())["cpu_class"] == report["environment"]["cpu_class"] == here
     assert report["determinism"]["cpu_class"] == here
+
+
+_LOG_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.sampled_from(["metrics.jsonl", "collapse.jsonl", "train.log"]), st.text(max_size=40)),
+        st.tuples(st.just("record"), st.integers(0, 3), st.just("")),  # 0: now; k > 0: the k-th record back's lengths
+        st.tuples(st.just("truncate"), st.integers(1, 3), st.just("")),
+        st.tuples(st.just("reset"), st.just(0), st.just("")),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_LOG_OPS)
+@example(ops=[("append", "train.log", "a"), ("record", 0, ""), ("append", "train.log", "b"), ("record", 0, ""), ("record", 2, "")])
+@example(ops=[("append", "train.log", "a"), ("record", 0, ""), ("reset", 0, ""), ("append", "train.log", "b"), ("record", 0, "")])
+@example(
+    ops=[("append", "train.log", "a"), ("record", 0, ""), ("append", "train.log", "b"), ("record", 0, ""), ("truncate", 2, ""),
+         ("append", "train.log", "c"), ("record", 0, "")]
+)  # fmt: skip
+def test_log_records_hash_only_new_bytes_and_equal_a_fresh_hash_of_the_prefix(ops: list[tuple[str, Any, str]]) -> None:
+    """`RunLogs.record` keeps a running hash and reads only the bytes appended since the last record; whatever the order of
+    appends, records (at the lengths now or at an earlier checkpoint's), truncations to a record and resets, each record
+    is the length and SHA-256 of the log's first bytes, as hashing that prefix afresh gives."""
+    import tempfile
+
+    from geno_pipeline.training.logs import RunLogs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = Layout.for_root(Path(tmp))
+        layout.log("train.log").parent.mkdir(parents=True)
+        logs = RunLogs(layout)
+        logs.reset()
+        history: list[tuple[dict[str, int], dict[str, Any]]] = []
+        for op, arg, text in ops:
+            if op == "append":
+                with open(logs.paths[arg], "a", encoding="utf-8") as handle:
+                    handle.write(text + "\n")
+            elif op == "record":
+                lengths = logs.lengths() if arg == 0 or arg > len(history) else history[-arg][0]
+                records = logs.record(lengths)
+                for name, path in logs.paths.items():
+                    prefix = path.read_bytes()[: lengths[name]]
+                    assert (records[name].bytes, records[name].sha256) == (len(prefix), hashlib.sha256(prefix).hexdigest())
+                history.append((lengths, records))
+            elif op == "truncate" and arg <= len(history):
+                logs.truncate_to(history[-arg][1])
+                del history[len(history) - arg + 1 :]
+            elif op == "reset":
+                logs.reset()
+                history.clear()

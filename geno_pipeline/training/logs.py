@@ -6,6 +6,7 @@ back to that prefix, so a resumed run's logs equal the straight run's byte for b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -37,14 +38,18 @@ class RunLogs:
     """Append-only deterministic logs; truncated back to a checkpoint's prefix on resume.
 
     Lines are appended without a sync of their own: `record` (what a checkpoint keeps) syncs every log first, so a
-    checkpoint on disk never records log bytes that a crash of the machine could take back."""
+    checkpoint on disk never records log bytes that a crash of the machine could take back. `record` hashes only the
+    bytes appended since the last record (the running hash of the prefix before them is kept), so a checkpoint costs
+    the same at step 100 000 as at step 100."""
 
     def __init__(self, layout: Layout) -> None:
         self.paths = {name: layout.log(name) for name in LOG_FILES}
         self._shape_checked: set[str] = set()
+        self._hashed: dict[str, tuple[int, hashlib._Hash]] = {}  # log -> (bytes hashed, running SHA-256 of them)
 
     def reset(self) -> None:
         """Start every log empty."""
+        self._hashed.clear()
         for path in self.paths.values():
             atomic_write_bytes(path, b"")
 
@@ -69,17 +74,26 @@ class RunLogs:
         self.sync()
         out = {}
         for name, path in self.paths.items():
+            want = lengths[name]
+            done, running = self._hashed.get(name, (0, hashlib.sha256()))
+            if done > want:  # a record behind the last one: hash its prefix afresh
+                done, running = 0, hashlib.sha256()
+            digest = running.copy()
             with writing(path), open(path, "rb") as handle:
-                data = handle.read(lengths[name])
-            if len(data) != lengths[name]:
+                handle.seek(done)
+                data = handle.read(want - done)
+            if done + len(data) != want:
                 raise TrainingCheckpointError(
-                    f"{path}: {len(data)} bytes, fewer than the {lengths[name]} it had at the checkpoint; it was cut while training"
+                    f"{path}: {done + len(data)} bytes, fewer than the {want} it had at the checkpoint; it was cut while training"
                 )
-            out[name] = LogRecord(bytes=len(data), sha256=sha256_bytes(data))
+            digest.update(data)
+            self._hashed[name] = (want, digest)
+            out[name] = LogRecord(bytes=want, sha256=digest.hexdigest())
         return out
 
     def truncate_to(self, records: dict[str, LogRecord]) -> None:
         """Cut every log back to the prefix a checkpoint recorded; refuse when the prefix differs."""
+        self._hashed.clear()
         for name, path in self.paths.items():
             want = records.get(name)
             if want is None:

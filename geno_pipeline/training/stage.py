@@ -6,6 +6,7 @@ Durations and throughput are returned as facts for reports/runtime/train.json.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -134,8 +135,9 @@ class TrainingRun:
         """The optimizer's parameters by the names its groups list (how checkpoints name their state)."""
         return {n: p for g in self.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
 
+    @functools.cached_property
     def params_document(self) -> dict[str, object]:
-        """The train stage params as checkpoints store them (canonical JSON, parsed back)."""
+        """The train stage params as checkpoints store them (canonical JSON, parsed back); made once per run."""
         return dict(json.loads(canonical_json(self.params)))
 
     def observe(self, step: int) -> CollapseLine:
@@ -177,7 +179,7 @@ class TrainingRun:
             tensors={},
             optimizer_groups=group_states(self.optimizer),
             bindings=self.bindings,
-            params=self.params_document(),
+            params=self.params_document,
         )
         directory, t = self.layout.checkpoints, self.train
 
@@ -310,7 +312,7 @@ def expected_checkpoint(run: TrainingRun) -> Expected:
     return Expected(
         bindings=run.bindings,
         steps_total=run.train.steps,
-        params=run.params_document(),
+        params=run.params_document,
         model=tensor_specs(dict(run.model.state_dict())),
         groups=[(g["group_name"], list(g["names"])) for g in run.optimizer.param_groups],
         optimizer=optimizer,
