@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import statistics
 import struct
 import subprocess
@@ -25,7 +26,7 @@ from geno_pipeline.errors import DistributedError
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
 
-__all__ = ["BenchEntry", "BenchReport", "run_bench", "run_bench_cli"]
+__all__ = ["BenchEntry", "BenchReport", "innermost_frame", "run_bench", "run_bench_cli"]
 
 
 class BenchEntry(Document):
@@ -366,6 +367,17 @@ def bench_fasta_ingest(root: Path, bases: int, repeats: int) -> list[IngestFigur
 BENCHWORK_TIMEOUT_S = 300
 
 
+def innermost_frame(dump: str) -> str:
+    """The innermost Python frame of the signalled thread in a faulthandler dump (`File "x.py", line 3 in f`), or what
+    the dump shows instead."""
+    lines = dump.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("Current thread"):
+            frames = [x.strip() for x in lines[index + 1 :] if x.startswith("  ")]
+            return frames[0] if frames else "no Python frame"
+    return "no stack (it was still starting)"
+
+
 def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> float:
     """Seconds per step of `world` benchwork processes (each `threads` threads); rank 0 saves the weights to `save`."""
     import json
@@ -385,16 +397,21 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
         if world > 1:
             env |= {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + BENCHWORK_TIMEOUT_S
     try:
-        outs = [proc.communicate(timeout=BENCHWORK_TIMEOUT_S) for proc in procs]
+        outs = [proc.communicate(timeout=max(deadline - time.monotonic(), 0.0)) for proc in procs]
     except subprocess.TimeoutExpired:
-        for proc in procs:  # a hung rendezvous or collective: stop every worker, leave none behind
+        hung = [rank for rank, proc in enumerate(procs) if proc.poll() is None]
+        for rank in hung:  # each prints its threads' stacks (benchwork registers SIGUSR1 with faulthandler)
+            procs[rank].send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        for proc in procs:  # then every worker is stopped: none is left behind
             proc.kill()
-        for proc in procs:
-            proc.communicate()
+        errs = [proc.communicate()[1] for proc in procs]
+        where = "; ".join(f"rank {rank} at {innermost_frame(errs[rank])}" for rank in hung)
         raise DistributedError(
-            f"bench: benchwork {mode} x{world} did not finish in {BENCHWORK_TIMEOUT_S} s (a worker hung in its rendezvous or a "
-            "collective on 127.0.0.1); its processes were stopped; fix: rerun `geno-pipeline bench`"
+            f"bench: benchwork {mode} x{world} did not finish in {BENCHWORK_TIMEOUT_S} s ({where}); its processes were "
+            "stopped; fix: rerun `geno-pipeline bench`, and report it with this message if it happens again"
         ) from None
     for proc, (_, err) in zip(procs, outs, strict=True):
         if proc.returncode != 0:

@@ -451,6 +451,33 @@ def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(bench, "BENCHWORK_TIMEOUT_S", 0.5)
     monkeypatch.setattr(subprocess, "Popen", popen)
-    with pytest.raises(DistributedError, match=r"benchwork ddp x2 did not finish in 0.5 s.*processes were stopped"):
+    hung = r"benchwork ddp x2 did not finish in 0.5 s \(rank 0 at .*; rank 1 at .*\).*processes were stopped"
+    with pytest.raises(DistributedError, match=hung):
         bench._benchwork("ddp", 2, 1, 100, tmp_path / "w.npy")
     assert len(started) == 2 and all(p.poll() is not None for p in started)
+
+
+def test_innermost_frame_names_where_a_signalled_worker_was() -> None:
+    """A process that registers SIGUSR1 with faulthandler, as benchwork does, and waits in a function: the frame the bench
+    reports is that function's line; a dump without the signalled thread's frames says so."""
+    from geno_pipeline.bench import innermost_frame
+
+    code = (
+        "import faulthandler, signal, sys, time\n"
+        "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+        "def waiting():\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "waiting()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert innermost_frame(err) == 'File "<string>", line 5 in waiting'
+    assert innermost_frame("") == "no stack (it was still starting)"
+    assert innermost_frame("Current thread 0x1 (most recent call first):\n  <no Python frame>\n") == "<no Python frame>"

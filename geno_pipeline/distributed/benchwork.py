@@ -5,14 +5,17 @@ model on a synthetic genome with batch 64 in 2 micro-batches: every step draws t
 micro-batches and updates. `fixed` is the trainer's step (per-micro-batch gradients gathered and summed in order);
 `ddp` is plain `DistributedDataParallel` (gradients all-reduced and averaged by the backend, KL per shard). Run under
 RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT for several workers, or alone. Rank 0 prints one JSON line (seconds per step
-after warmup) and saves the final trainable weights as one float32 .npy.
+after warmup) and saves the final trainable weights as one float32 .npy. SIGUSR1 prints every thread's Python stack to
+stderr (how the bench reports where a hung worker was).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--save", default=None)
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the bench asks a worker that hangs where it is
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     job = job_from_env(os.environ)
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.nn.utils.clip_grad_norm_(params, train.grad_clip_norm)
             opt.step()
         seconds = (time.perf_counter() - start) / args.steps
+        # the DDP wrapper's reducer holds the process group: freed after the group is destroyed, it hung the worker's
+        # exit in about one run in eight, so it goes while the group is alive
+        del ddp
         if group.rank == 0:
             if args.save:
                 np.save(args.save, torch.cat([p.detach().reshape(-1) for p in params]).numpy())
