@@ -573,6 +573,10 @@ _LOG_OPS = st.lists(
     ops=[("append", "train.log", "a"), ("record", 0, ""), ("append", "train.log", "b"), ("record", 0, ""), ("truncate", 2, ""),
          ("append", "train.log", "c"), ("record", 0, "")]
 )  # fmt: skip
+@example(
+    ops=[("record", 0, ""), ("append", "metrics.jsonl", ""), ("record", 0, ""), ("record", 2, ""), ("record", 0, ""),
+         ("truncate", 2, ""), ("truncate", 2, "")]
+)  # fmt: skip
 def test_log_records_hash_only_new_bytes_and_equal_a_fresh_hash_of_the_prefix(ops: list[tuple[str, Any, str]]) -> None:
     """`RunLogs.record` keeps a running hash and reads only the bytes appended since the last record; whatever the order of
     appends, records (at the lengths now or at an earlier checkpoint's), truncations to a record and resets, each record
@@ -599,8 +603,11 @@ def test_log_records_hash_only_new_bytes_and_equal_a_fresh_hash_of_the_prefix(op
                     assert (records[name].bytes, records[name].sha256) == (len(prefix), hashlib.sha256(prefix).hexdigest())
                 history.append((lengths, records))
             elif op == "truncate" and arg <= len(history):
+                kept = history[-arg][0]
                 logs.truncate_to(history[-arg][1])
-                del history[len(history) - arg + 1 :]
+                # The checkpoints after it are gone; so is any earlier record longer than the cut logs (one made at a
+                # later checkpoint's lengths, then recorded back): neither is a prefix of what remains.
+                history = [h for h in history[: len(history) - arg + 1] if all(h[0][n] <= kept[n] for n in kept)]
             elif op == "reset":
                 logs.reset()
                 history.clear()
