@@ -408,15 +408,33 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
         for proc in procs:  # then every worker is stopped: none is left behind
             proc.kill()
         errs = [proc.communicate()[1] for proc in procs]
-        where = "; ".join(f"rank {rank} at {innermost_frame(errs[rank])}" for rank in hung)
+        where = "; ".join(
+            [f"rank {rank} at {innermost_frame(errs[rank])}" for rank in hung]
+            + [
+                _exit_words(rank, procs[rank].returncode, errs[rank])
+                for rank in range(world)
+                if rank not in hung and procs[rank].returncode
+            ]
+        )
         raise DistributedError(
             f"bench: benchwork {mode} x{world} did not finish in {BENCHWORK_TIMEOUT_S} s ({where}); its processes were "
             "stopped; fix: rerun `geno-pipeline bench`, and report it with this message if it happens again"
         ) from None
-    for proc, (_, err) in zip(procs, outs, strict=True):
-        if proc.returncode != 0:
-            raise RuntimeError(f"benchwork {mode} x{world} failed: {err.strip()[-400:]}")
+    failed = [
+        _exit_words(rank, proc.returncode, err) for rank, (proc, (_, err)) in enumerate(zip(procs, outs, strict=True)) if proc.returncode
+    ]
+    if failed:
+        raise DistributedError(
+            f"bench: benchwork {mode} x{world} failed ({'; '.join(failed)}); "
+            "fix: rerun `geno-pipeline bench`, and report it with this message if it happens again"
+        )
     return float(json.loads(outs[0][0].strip().splitlines()[-1])["seconds_per_step"])
+
+
+def _exit_words(rank: int, code: int | None, stderr: str) -> str:
+    """`rank N exited with status S: <the last line it wrote to stderr>`."""
+    lines = stderr.strip().splitlines()
+    return f"rank {rank} exited with status {code}: {lines[-1] if lines else 'nothing on stderr'}"
 
 
 def bench_distributed(steps: int) -> tuple[DistributedBench, list[BenchEntry]]:

@@ -457,6 +457,19 @@ def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypa
     assert len(started) == 2 and all(p.poll() is not None for p in started)
 
 
+def test_bench_says_which_benchwork_worker_failed_and_how(tmp_path: Path) -> None:
+    """A benchwork worker that exits with an error (here: a mode it does not know) is one DistributedError naming the rank,
+    its exit status and the last line it wrote, not a traceback."""
+    from geno_pipeline import bench
+    from geno_pipeline.errors import DistributedError
+
+    with pytest.raises(
+        DistributedError, match=r"benchwork nosuchmode x1 failed \(rank 0 exited with status 2: .*invalid choice: 'nosuchmode'"
+    ):
+        bench._benchwork("nosuchmode", 1, 1, 1, tmp_path / "w.npy")
+    assert not (tmp_path / "w.npy").exists()
+
+
 def test_innermost_frame_names_where_a_signalled_worker_was() -> None:
     """A process that registers SIGUSR1 with faulthandler, as benchwork does, and waits in a function: the frame the bench
     reports is that function's line; a dump without the signalled thread's frames says so."""
@@ -466,8 +479,7 @@ def test_innermost_frame_names_where_a_signalled_worker_was() -> None:
         "import faulthandler, signal, sys, time\n"
         "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
         "def waiting():\n"
-        "    print('ready', flush=True)\n"
-        "    time.sleep(60)\n"
+        "    print('ready', flush=True); time.sleep(60)\n"  # one line: signalled before or in the sleep, the frame is this one
         "waiting()\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -478,6 +490,6 @@ def test_innermost_frame_names_where_a_signalled_worker_was() -> None:
     finally:
         proc.kill()
         _, err = proc.communicate(timeout=30)
-    assert innermost_frame(err) == 'File "<string>", line 5 in waiting'
+    assert innermost_frame(err) == 'File "<string>", line 4 in waiting'
     assert innermost_frame("") == "no stack (it was still starting)"
     assert innermost_frame("Current thread 0x1 (most recent call first):\n  <no Python frame>\n") == "<no Python frame>"

@@ -176,13 +176,13 @@ class TorchTrainer:
         # without the flat copies (`accumulate_in_order`); several processes gather flat rows and sum them in order
         local = group.size == 1
         rows = []
-        self.optimizer.zero_grad(set_to_none=True)
         for index, (err_sum, f, s) in enumerate(zip(err_sums, first, second, strict=True)):
             surrogate = err_sum / n + cfg.kl_weight * ((grad_mu * f).sum() + (grad_var * s).sum()) / n
+            if not local or index == 0:  # one process: cleared once, then accumulated; several: each its own gradient
+                self.optimizer.zero_grad(set_to_none=True)
             if local:
                 accumulate_in_order(self._params, surrogate, first=index == 0)
             else:
-                self.optimizer.zero_grad(set_to_none=True)
                 surrogate.backward()
                 rows.append(flat_grad(self._params))
         if not local:
