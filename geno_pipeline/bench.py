@@ -398,6 +398,7 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
             env |= {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     deadline = time.monotonic() + BENCHWORK_TIMEOUT_S
+    hung: list[int] = []
     try:
         outs = [proc.communicate(timeout=max(deadline - time.monotonic(), 0.0)) for proc in procs]
     except subprocess.TimeoutExpired:
@@ -407,27 +408,19 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
         time.sleep(1.0)
         for proc in procs:  # then every worker is stopped: none is left behind
             proc.kill()
-        errs = [proc.communicate()[1] for proc in procs]
-        where = "; ".join(
-            [f"rank {rank} at {innermost_frame(errs[rank])}" for rank in hung]
-            + [
-                _exit_words(rank, procs[rank].returncode, errs[rank])
-                for rank in range(world)
-                if rank not in hung and procs[rank].returncode
-            ]
-        )
-        raise DistributedError(
-            f"bench: benchwork {mode} x{world} did not finish in {BENCHWORK_TIMEOUT_S} s ({where}); its processes were "
-            "stopped; fix: rerun `geno-pipeline bench`, and report it with this message if it happens again"
-        ) from None
-    failed = [
-        _exit_words(rank, proc.returncode, err) for rank, (proc, (_, err)) in enumerate(zip(procs, outs, strict=True)) if proc.returncode
+        outs = [proc.communicate() for proc in procs]
+    errs = [err for _, err in outs]
+    problems = [f"rank {rank} at {innermost_frame(errs[rank])}" for rank in hung] + [
+        _exit_words(rank, proc.returncode, errs[rank]) for rank, proc in enumerate(procs) if rank not in hung and proc.returncode
     ]
-    if failed:
+    fix = "fix: rerun `geno-pipeline bench`, and report it with this message if it happens again"
+    if hung:
         raise DistributedError(
-            f"bench: benchwork {mode} x{world} failed ({'; '.join(failed)}); "
-            "fix: rerun `geno-pipeline bench`, and report it with this message if it happens again"
+            f"bench: benchwork {mode} x{world} did not finish in {BENCHWORK_TIMEOUT_S} s ({'; '.join(problems)}); "
+            f"its processes were stopped; {fix}"
         )
+    if problems:
+        raise DistributedError(f"bench: benchwork {mode} x{world} failed ({'; '.join(problems)}); {fix}")
     return float(json.loads(outs[0][0].strip().splitlines()[-1])["seconds_per_step"])
 
 
