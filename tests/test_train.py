@@ -333,6 +333,7 @@ def test_background_writer_runs_jobs_in_order_and_hands_back_their_errors(fails:
     assert ran == list(range(len(fails)))
     assert raised == [f"job {i}" for i, bad in enumerate(fails) if bad]
     assert threads and threading.get_ident() not in threads
+    assert writer.busy_seconds >= 0.001 * len(fails)  # each job sleeps 1 ms, failed ones included
     late = BackgroundWriter("test")
     late.submit(job(fails.index(True)) if any(fails) else lambda: None)
     late.abandon()  # no error, even when the job failed

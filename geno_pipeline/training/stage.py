@@ -599,6 +599,7 @@ def run(
         "train_step_seconds": round(outcome.step_seconds, 4),
         "steps_per_second": round(outcome.steps_run / outcome.step_seconds, 3) if outcome.step_seconds > 0 else None,
         **{f"loop_{part}_seconds": round(seconds, 4) for part, seconds in outcome.parts.items()},
+        "checkpoint_writer_seconds": round(training.saver.busy_seconds, 4),  # beside the loop, not one of its parts
     }
     return StageResult(report, facts)
 
