@@ -7,7 +7,7 @@ the training thread at the next `submit` or `wait`.
 What the thread saves is the time a job waits on the disk (fsync), when the GIL is released. The rest of a job (its
 Python: serializing, validating, hashing) holds the GIL, and each time the job gets the GIL back after a system call
 it waits for the training thread to let go of it. So a job slows the training thread's own steps while it runs. On
-the CPU tiny profile (a checkpoint every 4 steps of a ~5 ms step) a run took from 0.84 to 1.22 times as long as with
+the CPU tiny profile (a checkpoint every 4 steps of a ~5 ms step) a run took from 0.79 to 1.22 times as long as with
 the same jobs run on the training thread (12 alternate pairs in two sessions; README, Performance): there the thread
 saves little. `busy_seconds` counts how long jobs ran.
 """
