@@ -64,9 +64,12 @@ class StageBench(Document):
     """ratio <= 1.10."""
     parts: dict[str, float]
     """The stage's seconds by part (median run): setup, sampling, encoding, step, logs, evaluation, checkpoint, finish."""
+    writer: str
+    """The checkpoint writer the stage used: ProcessWriter (Linux) or ThreadWriter."""
     writer_s: float
-    """Seconds the background checkpoint writer ran its jobs (median run): beside the loop, so not one of `parts`. Its
-    GIL hand-offs slow the loop's own parts while it runs (see training/background.py)."""
+    """Seconds the checkpoint writer ran its jobs (median run): beside the loop, so not one of `parts`. On Linux it is a
+    forked process on another core; elsewhere a thread, whose Python shares the GIL with the loop and slows its parts
+    (see training/background.py)."""
     evaluations: int
     """Held-out evaluations a run of the profile makes (step 0, every collapse.log_every_steps-th step and the last)."""
     checkpoints: int
@@ -75,8 +78,8 @@ class StageBench(Document):
     """Median seconds those evaluations (with collapse metrics) and durable checkpoint writes take alone (the run's
     checkpoint bytes, each file synced, the directory renamed into place and synced): work the bare loop leaves out."""
     floor_ratio: float
-    """(bare_s + required_s) / bare_s: the least ratio reachable while that work runs on the training thread. The stage
-    writes checkpoints on a background thread, which takes their disk waits off it, but not their Python (the GIL)."""
+    """(bare_s + required_s) / bare_s: the least ratio reachable if that work ran on the training thread. The stage's
+    evaluations do; its checkpoint writes run in the writer (a process on Linux), so the stage can go below it."""
 
 
 class ScalingCurve(Document):
@@ -270,8 +273,8 @@ def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> St
         t0 = time.perf_counter()
         result = train_stage.run(params, run_layout)
         wall = time.perf_counter() - t0
-        writer = result.facts["checkpoint_writer_seconds"]
-        assert isinstance(writer, float)
+        writer, kind = result.facts["checkpoint_writer_seconds"], result.facts["checkpoint_writer"]
+        assert isinstance(writer, float) and isinstance(kind, str)
         ours.append((wall, _loop_parts(result.facts), writer))
         t0 = time.perf_counter()
         _bare_loop(params, layout)
@@ -286,7 +289,7 @@ def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> St
     parts = {"setup_and_finish": round(outside, 4), **{k: round(v, 4) for k, v in loop.items()}}
     return StageBench(
         profile=profile, steps=params.train.steps, repeats=repeats, ours_s=round(ours_s, 4), bare_s=round(bare_s, 4),
-        ratio=round(ours_s / bare_s, 4), meets_target=ours_s / bare_s <= TARGET_RATIO, parts=parts, writer_s=round(writer, 4),
+        ratio=round(ours_s / bare_s, 4), meets_target=ours_s / bare_s <= TARGET_RATIO, parts=parts, writer=kind, writer_s=round(writer, 4),
         evaluations=evaluations, checkpoints=checkpoints, required_s=round(required_s, 4),
         floor_ratio=round((bare_s + required_s) / bare_s, 4),
     )  # fmt: skip

@@ -51,14 +51,16 @@ _LATE_TEMPORARIES = {
 }
 
 # A child process whose write layer fails: os.fsync raises ENOSPC at the N-th call, or every new temp file is EROFS.
+# The count is kept in shared memory, so the train stage's forked checkpoint writer process counts with it.
 _HARNESS = """
-import errno, os, sys, tempfile
+import errno, mmap, os, struct, sys, tempfile
 kind, nth, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-calls = [0]
+calls = mmap.mmap(-1, 8)
 real_fsync = os.fsync
 def fsync(fd):
-    calls[0] += 1
-    if calls[0] >= nth:
+    count = struct.unpack("<q", calls[:8])[0] + 1
+    calls[:8] = struct.pack("<q", count)
+    if count >= nth:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return real_fsync(fd)
 def read_only(*args, **kwargs):

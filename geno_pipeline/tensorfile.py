@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["serialize_tensors"]
+__all__ = ["TensorBytes", "serialize_tensors", "tensor_bytes"]
 
 _DTYPES = {
     torch.float64: "F64",
@@ -30,20 +31,40 @@ _DTYPES = {
 }
 
 
-def serialize_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
-    """safetensors bytes for `tensors` (stored in name order) with string `metadata`."""
+@dataclass(frozen=True)
+class TensorBytes:
+    """A tensor as the bytes a safetensors file stores: its dtype tag, shape and raw little-endian data (an owned copy,
+    so it can be handed to another thread or process while training changes the tensor it came from)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
+def tensor_bytes(tensor: torch.Tensor) -> TensorBytes:
+    """`tensor` (any device) copied out as `TensorBytes`; raises `ValueError` for a dtype safetensors files cannot hold."""
+    tensor = tensor.detach().to("cpu").contiguous()
+    if tensor.dtype not in _DTYPES:
+        raise ValueError(f"tensor has unsupported dtype {tensor.dtype}")
+    raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
+    return TensorBytes(_DTYPES[tensor.dtype], tuple(tensor.shape), raw.numpy().tobytes())
+
+
+def serialize_tensors(tensors: Mapping[str, torch.Tensor | TensorBytes], metadata: Mapping[str, str] | None = None) -> bytes:
+    """safetensors bytes for `tensors` (stored in name order) with string `metadata`. `TensorBytes` are stored as they
+    are, with no torch call (what the checkpoint writer process is given)."""
     header: dict[str, object] = {}
     blobs: list[bytes] = []
     offset = 0
     for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        if tensor.dtype not in _DTYPES:
-            raise ValueError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
-        raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
-        data = raw.numpy().tobytes()
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
+        value = tensors[name]
+        try:
+            blob = value if isinstance(value, TensorBytes) else tensor_bytes(value)
+        except ValueError as exc:
+            raise ValueError(f"tensor {name!r}: {exc}") from None
+        header[name] = {"dtype": blob.dtype, "shape": list(blob.shape), "data_offsets": [offset, offset + len(blob.data)]}
+        blobs.append(blob.data)
+        offset += len(blob.data)
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")

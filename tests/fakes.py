@@ -294,3 +294,14 @@ def ok_dependency(spec: DependencySpec) -> DependencyProbe:
         reason="ok",
         duration_ms=0.0,
     )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (Linux /proc)."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

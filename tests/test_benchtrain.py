@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from geno_pipeline.benchtrain import StageBench, bench_train_stage, cadence, fit_growth
 from geno_pipeline.config import load_params
+from geno_pipeline.training.background import process_writer_available
 from geno_pipeline.training.stage import PARTS
 from tests.conftest import TINY
 
@@ -46,6 +47,7 @@ def test_bench_train_stage_reports_every_part(tmp_path: Path) -> None:
     assert (result.evaluations, result.checkpoints) == (4, 3)  # steps 0, 4, 8, 12 evaluated; 4, 8, 12 checkpointed
     assert result.required_s > 0
     assert result.writer_s > 0  # its 3 checkpoints, written beside the loop (the parts, checked above, leave it out)
+    assert result.writer == ("ProcessWriter" if process_writer_available() else "ThreadWriter")
     assert result.floor_ratio == pytest.approx((result.bare_s + result.required_s) / result.bare_s, rel=1e-2)
     assert list((tmp_path / "runs").iterdir()) == []  # each run's outputs removed once measured
 

@@ -48,6 +48,7 @@ from geno_pipeline.training.trainer import (
     masked_prediction_loss,
 )
 from tests.conftest import REPO, write_params
+from tests.fakes import process_alive
 
 # ---------------------------------------------------------------- the split and the sums
 
@@ -289,14 +290,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _local_rank(pid: int) -> int:
     env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return int(next(e for e in env if e.startswith(b"LOCAL_RANK=")).split(b"=")[1])
@@ -366,7 +359,7 @@ def test_distributed_sigkill_of_a_worker_stops_the_job_and_resume_is_byte_identi
     assert proc.returncode == 9, err
     assert f"worker rank 1 (pid {workers[1]}): killed by SIGKILL" in err and "resume with `geno-pipeline train --resume auto`" in err
     assert took < 20  # the collective timeout (dist_timeout_s: 20) bounds it; the launcher notices in 0.1 s
-    assert not any(_alive(pid) for pid in workers.values())
+    assert not any(process_alive(pid) for pid in workers.values())
     assert "Traceback" not in err
     gp(root, "train", "--resume", "auto", "--no-progress")
     gp(root, "release")
@@ -384,11 +377,11 @@ def test_distributed_a_hung_worker_runs_into_the_timeout(straight: Path) -> None
         _, err = proc.communicate(timeout=90)
     finally:
         for pid in workers.values():
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 9, err
     assert "hung longer than runtime.dist_timeout_s (5 s)" in err and "Traceback" not in err
-    assert not any(_alive(pid) for pid in workers.values())
+    assert not any(process_alive(pid) for pid in workers.values())
 
 
 @pytest.mark.slow
@@ -431,9 +424,9 @@ def test_distributed_sigkill_of_the_launcher_leaves_no_worker(straight: Path) ->
     proc.kill()
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers.values()) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in workers.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers.values())  # the kernel killed them with the launcher (PR_SET_PDEATHSIG)
+    assert not any(process_alive(pid) for pid in workers.values())  # the kernel killed them with the launcher (PR_SET_PDEATHSIG)
 
 
 def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

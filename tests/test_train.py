@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,9 +24,11 @@ from hypothesis import strategies as st
 from geno_pipeline.config import load_params
 from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.layout import Layout
+from geno_pipeline.training.background import process_writer_available
 from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.stage import run_training
 from tests.conftest import write_params
+from tests.fakes import process_alive
 
 
 def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -274,16 +277,21 @@ def test_train_checkpoints_record_only_synced_log_bytes(prepared: Path, tmp_path
     from geno_pipeline.layout import LOG_FILES
 
     other = clone(prepared, tmp_path / "other")
-    events: list[tuple[str, int]] = []  # (path, size) at each fsync, in order
+    journal = tmp_path / "fsyncs.txt"  # (pid, path, size) at each fsync, in order, from the stage and its writer process
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        events.append((path, os.fstat(fd).st_size))
+        with open(journal, "a", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()}\t{os.readlink(f'/proc/self/fd/{fd}')}\t{os.fstat(fd).st_size}\n")
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
     run_training(load_params(other / "params.yaml"), Layout.for_root(other))
+    rows = [line.split("\t") for line in journal.read_text().splitlines()]
+    events = [(path, int(size)) for _, path, size in rows]
+    if process_writer_available():  # the checkpoints' own syncs (and the log syncs they record) ran in the writer process
+        writers = {pid for pid, path, _ in rows if ".step-" in path}
+        assert len(writers) == 1 and str(os.getpid()) not in writers, writers
     train = other / "artifacts" / "train"
     logs = {name: str((train / name).resolve()) for name in LOG_FILES}
     checkpoints = sorted((train / "checkpoints").iterdir())
@@ -299,44 +307,112 @@ def test_train_checkpoints_record_only_synced_log_bytes(prepared: Path, tmp_path
     assert tree(train) == tree(prepared / "artifacts" / "train")  # the same bytes as the CLI's run
 
 
-@given(st.lists(st.booleans(), min_size=1, max_size=8))
-def test_background_writer_runs_jobs_in_order_and_hands_back_their_errors(fails: list[bool]) -> None:
-    """Jobs run one at a time in submission order; a job's error is raised by the next `submit` (which then does not
-    queue its job) or by `close`; `abandon` waits for the job in flight and drops its error."""
+def test_train_writes_the_same_bytes_with_either_checkpoint_writer(prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the checkpoints are written changes nothing on disk: a run whose checkpoints are written on a thread (the
+    fallback off Linux) gives the same train tree as the CLI's run (a writer process on Linux), and each says which
+    writer ran in its runtime facts."""
+    import functools
+
+    from geno_pipeline.training import stage
+
+    cli_facts = json.loads(Layout.for_root(prepared).runtime_report("train").read_text())["facts"]
+    assert cli_facts["checkpoint_writer"] == ("ProcessWriter" if process_writer_available() else "ThreadWriter")
+    other = clone(prepared, tmp_path / "other")
+    monkeypatch.setattr(stage, "start_writer", functools.partial(stage.start_writer, process=False))
+    result = stage.run(load_params(other / "params.yaml"), Layout.for_root(other))
+    assert result.facts["checkpoint_writer"] == "ThreadWriter" and float(result.facts["checkpoint_writer_seconds"]) > 0  # type: ignore[arg-type]
+    assert tree(other / "artifacts" / "train") == tree(prepared / "artifacts" / "train")
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+@settings(max_examples=10, deadline=None)
+@given(fails=st.lists(st.booleans(), min_size=1, max_size=8))
+def test_writer_runs_jobs_in_order_and_hands_back_their_errors(
+    process: bool, fails: list[bool], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Jobs run one at a time in submission order, away from the calling thread (in another process for the process
+    writer); a job's error is raised by the next `submit` (which then does not queue its job) or by `close`, as the same
+    error; `abandon` waits for the job in flight and drops its error; nothing is left running."""
     import threading
 
-    from geno_pipeline.training.background import BackgroundWriter
+    from geno_pipeline.training.background import ProcessWriter, ThreadWriter, Writer
 
-    writer, ran, threads = BackgroundWriter("test"), [], set()
+    journal = tmp_path_factory.mktemp("writer") / "ran.txt"
 
-    def job(index: int) -> Callable[[], None]:
-        def body() -> None:
-            time.sleep(0.001)
-            ran.append(index)
-            threads.add(threading.get_ident())
-            if fails[index]:
-                raise OSError(f"job {index}")
+    def handler(index: int) -> None:
+        time.sleep(0.001)
+        with open(journal, "a", encoding="utf-8") as handle:
+            handle.write(f"{index} {os.getpid()} {threading.get_ident()}\n")
+        if fails[index]:
+            raise OSError(errno.ENOSPC, f"job {index}")
 
-        return body
+    def start() -> Writer[int]:
+        return ProcessWriter(handler, "test") if process else ThreadWriter(handler, "test")
 
-    raised = []
+    writer, raised = start(), []
     for index in range(len(fails)):
         try:
-            writer.submit(job(index))
+            writer.submit(index)
         except OSError as exc:
-            raised.append(str(exc))
-            writer.submit(job(index))  # the caller goes on: the failed job is handed back once
+            raised.append((exc.errno, exc.strerror))
+            writer.submit(index)  # the caller goes on: the failed job is handed back once
     try:
         writer.close()
     except OSError as exc:
-        raised.append(str(exc))
-    assert ran == list(range(len(fails)))
-    assert raised == [f"job {i}" for i, bad in enumerate(fails) if bad]
-    assert threads and threading.get_ident() not in threads
+        raised.append((exc.errno, exc.strerror))
+    rows = [line.split() for line in journal.read_text().splitlines()]
+    assert [int(r[0]) for r in rows] == list(range(len(fails)))
+    assert raised == [(errno.ENOSPC, f"job {i}") for i, bad in enumerate(fails) if bad]
+    if process:
+        assert {r[1] for r in rows} == {str(writer.pid)} != {str(os.getpid())}  # type: ignore[attr-defined]
+        assert not process_alive(writer.pid)  # type: ignore[attr-defined]
+    else:
+        assert {r[1] for r in rows} == {str(os.getpid())} and str(threading.get_ident()) not in {r[2] for r in rows}
     assert writer.busy_seconds >= 0.001 * len(fails)  # each job sleeps 1 ms, failed ones included
-    late = BackgroundWriter("test")
-    late.submit(job(fails.index(True)) if any(fails) else lambda: None)
+    late = start()
+    late.submit(fails.index(True) if any(fails) else 0)
     late.abandon()  # no error, even when the job failed
+
+
+def test_process_writer_hands_over_a_payload_larger_than_its_pipe(tmp_path: Path) -> None:
+    """A payload of several MiB (more than the pipe holds, so written and read in parts) arrives whole."""
+    from geno_pipeline.training.background import ProcessWriter
+
+    out, data = tmp_path / "got.bin", os.urandom(3 << 20)
+    writer: ProcessWriter[bytes] = ProcessWriter(out.write_bytes, "test")
+    writer.submit(data)
+    writer.close()
+    assert out.read_bytes() == data and not process_alive(writer.pid)
+
+
+def test_process_writer_names_a_child_that_died_and_an_unpicklable_error() -> None:
+    """A writer process killed mid-job (out of memory, say) is one clear `TrainingError`; an error the child cannot send
+    back as itself comes back as a `RuntimeError` naming it, with the child's traceback."""
+    from geno_pipeline.errors import TrainingError
+    from geno_pipeline.training.background import ProcessWriter
+
+    def die(_: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    writer: ProcessWriter[int] = ProcessWriter(die, "test")
+    writer.submit(1)
+    with pytest.raises(TrainingError, match=rf"test writer process \(pid {writer.pid}\) died .*killed by signal 9.*--resume auto"):
+        writer.wait()
+    assert not process_alive(writer.pid)
+
+    class Odd(Exception):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__(f"odd {a} {b}")
+
+    def odd(_: object) -> None:
+        raise Odd(1, 2)
+
+    second: ProcessWriter[int] = ProcessWriter(odd, "test")
+    second.submit(1)
+    with pytest.raises(RuntimeError, match="Odd: odd 1 2") as info:
+        second.close()
+    assert "in the checkpoint writer process" in "".join(getattr(info.value, "__notes__", []))
+    assert not process_alive(second.pid)
 
 
 def test_train_encoding_part_counts_the_source_cache_and_not_the_held_out_batch(

@@ -8,7 +8,6 @@ no worker outlives the job.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -17,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from geno_pipeline.errors import EXIT_DISTRIBUTED, EXIT_INTERNAL, EXIT_INVALID, DistributedError
+from geno_pipeline.processes import die_with_parent
 
 __all__ = ["LAUNCHER_PID_ENV", "WorkerExit", "describe_exit", "die_with_launcher", "exit_code_of", "launch_workers"]
 
 LAUNCHER_PID_ENV = "GENO_PIPELINE_LAUNCHER_PID"
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,7 @@ def die_with_launcher(environ: Mapping[str, str] | None = None) -> None:
     launcher = env.get(LAUNCHER_PID_ENV, "")
     if not launcher.isdigit() or not sys.platform.startswith("linux"):
         return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(launcher):  # the launcher died before prctl took effect
+    if die_with_parent(int(launcher)) is False:  # the launcher died before the request took effect
         raise DistributedError(f"the launcher (pid {launcher}) is gone; this worker stops")
 
 

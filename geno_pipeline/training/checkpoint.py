@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.fsio import write_staged_bytes
 from geno_pipeline.jsonio import document_text, read_json, replace_dir_atomically, staging_dir
 from geno_pipeline.readers import read_tensors
-from geno_pipeline.tensorfile import serialize_tensors
+from geno_pipeline.tensorfile import TensorBytes, serialize_tensors
 
 __all__ = [
     "Bindings",
@@ -177,8 +178,8 @@ def save_checkpoint(
     directory: Path,
     *,
     state: CheckpointState,
-    model_tensors: dict[str, torch.Tensor],
-    optimizer_tensors: dict[str, torch.Tensor],
+    model_tensors: Mapping[str, torch.Tensor | TensorBytes],
+    optimizer_tensors: Mapping[str, torch.Tensor | TensorBytes],
 ) -> Path:
     """Write checkpoint `step-NNNNNN` atomically; `state.tensors` is filled in here.
 

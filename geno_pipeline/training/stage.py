@@ -33,8 +33,8 @@ from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.runtime_report import StageResult
 from geno_pipeline.source import source_digest
-from geno_pipeline.tensorfile import serialize_tensors
-from geno_pipeline.training.background import BackgroundWriter
+from geno_pipeline.tensorfile import TensorBytes, serialize_tensors, tensor_bytes
+from geno_pipeline.training.background import Writer, start_writer
 from geno_pipeline.training.checkpoint import (
     Bindings,
     CheckpointState,
@@ -120,7 +120,7 @@ class TrainingRun:
     start: int = 0
     resumed_from: Path | None = None
     last_loss: float | None = None
-    saver: BackgroundWriter = field(default_factory=lambda: BackgroundWriter("checkpoint"))  # writes checkpoints (rank 0)
+    saver: Writer[CheckpointJob] | None = None  # writes checkpoints (rank 0), started at the first one
 
     @property
     def train(self) -> TrainParams:
@@ -166,8 +166,6 @@ class TrainingRun:
         else:
             print(f"train: checkpoint at step {step}", file=sys.stderr)
         names = {id(p): n for n, p in self.parameters_by_name().items()}
-        lengths = self.logs.lengths()
-        model, optimizer = snapshot(self.model.state_dict()), snapshot(optimizer_tensors(self.optimizer, names))
         state = CheckpointState(
             step=step,
             steps_total=self.train.steps,
@@ -181,19 +179,35 @@ class TrainingRun:
             bindings=self.bindings,
             params=self.params_document,
         )
-        directory, t = self.layout.checkpoints, self.train
+        job = CheckpointJob(
+            state, self.logs.lengths(), snapshot(self.model.state_dict()), snapshot(optimizer_tensors(self.optimizer, names))
+        )
+        if self.saver is None:
+            self.saver = start_writer(self.write_checkpoint, "checkpoint")
+        self.saver.submit(job)
 
-        def write() -> None:
-            recorded = state.model_copy(update={"logs": self.logs.record(lengths)})
-            save_checkpoint(directory, state=recorded, model_tensors=model, optimizer_tensors=optimizer)
-            prune_checkpoints(directory, keep=t.keep_checkpoints, every=t.checkpoint_every_steps, steps_total=t.steps)
+    def write_checkpoint(self, job: CheckpointJob) -> None:
+        """The writer's job (in the writer process or thread): sync the logs and record them, write the checkpoint
+        durably, prune older ones. No torch call: the tensors come as `TensorBytes`."""
+        recorded = job.state.model_copy(update={"logs": self.logs.record(job.lengths)})
+        save_checkpoint(self.layout.checkpoints, state=recorded, model_tensors=job.model, optimizer_tensors=job.optimizer)
+        t = self.train
+        prune_checkpoints(self.layout.checkpoints, keep=t.keep_checkpoints, every=t.checkpoint_every_steps, steps_total=t.steps)
 
-        self.saver.submit(write)
+
+@dataclass(frozen=True)
+class CheckpointJob:
+    """What the writer is handed for one checkpoint: everything copied out at the step."""
+
+    state: CheckpointState  # logs and tensors not yet filled in
+    lengths: dict[str, int]  # each log's length at the step (`RunLogs.lengths`)
+    model: dict[str, TensorBytes]
+    optimizer: dict[str, TensorBytes]
 
 
-def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, TensorBytes]:
     """A copy in host memory of each tensor as it is now (training goes on changing the originals in place)."""
-    return {name: t.detach().to("cpu", copy=True) for name, t in tensors.items()}
+    return {name: tensor_bytes(t) for name, t in tensors.items()}
 
 
 # ---------------------------------------------------------------- 1) setup
@@ -413,10 +427,12 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool)
     try:
         outcome = _steps(run, parts, stop_after_step=stop_after_step, progress=progress)
     except BaseException:
-        run.saver.abandon()
+        if run.saver is not None:
+            run.saver.abandon()
         raise
     t0 = time.perf_counter()
-    run.saver.close()
+    if run.saver is not None:
+        run.saver.close()
     parts["checkpoint"] += time.perf_counter() - t0  # waiting for the last checkpoint is checkpoint time
     return outcome
 
@@ -599,7 +615,8 @@ def run(
         "train_step_seconds": round(outcome.step_seconds, 4),
         "steps_per_second": round(outcome.steps_run / outcome.step_seconds, 3) if outcome.step_seconds > 0 else None,
         **{f"loop_{part}_seconds": round(seconds, 4) for part, seconds in outcome.parts.items()},
-        "checkpoint_writer_seconds": round(training.saver.busy_seconds, 4),  # beside the loop, not one of its parts
+        "checkpoint_writer_seconds": round(training.saver.busy_seconds, 4) if training.saver is not None else 0.0,  # beside the loop
+        "checkpoint_writer": type(training.saver).__name__ if training.saver is not None else None,
     }
     return StageResult(report, facts)
 
