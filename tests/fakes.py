@@ -3,7 +3,9 @@ process. Nothing here is used by the shipped code."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from geno_pipeline.preflight.checks.dependencies import DependencySpec
 from geno_pipeline.preflight.documents import DependencyProbe, KernelSmoke, TorchCudaProbe, TorchDevice
@@ -298,10 +300,25 @@ def ok_dependency(spec: DependencySpec) -> DependencyProbe:
 
 def process_alive(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie (Linux /proc)."""
-    from pathlib import Path
-
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state != "Z"
+
+
+def processes_of(root: Path) -> list[int]:
+    """Live processes working on project `root`: its path on their command line or as their working directory (a
+    forked child keeps both of its parent's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if (str(root) in cmdline or cwd == str(root)) and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

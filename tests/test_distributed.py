@@ -48,7 +48,7 @@ from geno_pipeline.training.trainer import (
     masked_prediction_loss,
 )
 from tests.conftest import REPO, write_params
-from tests.fakes import process_alive
+from tests.fakes import process_alive, processes_of
 
 # ---------------------------------------------------------------- the split and the sums
 
@@ -424,9 +424,10 @@ def test_distributed_sigkill_of_the_launcher_leaves_no_worker(straight: Path) ->
     proc.kill()
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 10
-    while any(process_alive(pid) for pid in workers.values()) and time.monotonic() < deadline:
+    while processes_of(root) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(process_alive(pid) for pid in workers.values())  # the kernel killed them with the launcher (PR_SET_PDEATHSIG)
+    assert processes_of(root) == []  # nor did rank 0's checkpoint writer process
 
 
 def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

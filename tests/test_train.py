@@ -28,7 +28,7 @@ from geno_pipeline.training.background import process_writer_available
 from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.stage import run_training
 from tests.conftest import write_params
-from tests.fakes import process_alive
+from tests.fakes import process_alive, processes_of
 
 
 def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -110,6 +110,10 @@ def test_train_sigkill_then_resume_auto(tmp_path: Path) -> None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 10
+    while processes_of(root) and time.time() < deadline:
+        time.sleep(0.05)
+    assert processes_of(root) == []  # its checkpoint writer process did not outlive it
     killed_at = metrics.read_bytes().count(b"\n")
     assert 60 <= killed_at < 400, "the run should be killed mid-way"
     resumed = cli(root, "train", "--no-progress", "--resume", "auto")
@@ -383,6 +387,32 @@ def test_process_writer_hands_over_a_payload_larger_than_its_pipe(tmp_path: Path
     writer.submit(data)
     writer.close()
     assert out.read_bytes() == data and not process_alive(writer.pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_process_writer_dies_with_its_parent_even_in_the_middle_of_a_job() -> None:
+    """SIGKILL of the stage process kills its writer at once, also while a job runs (which would otherwise go on
+    writing into a project that a resumed run may already be using)."""
+    script = (
+        "import os, sys, time\n"
+        "from geno_pipeline.training.background import ProcessWriter\n"
+        "writer = ProcessWriter(time.sleep, 'test')\n"
+        "writer.submit(120)\n"
+        "print(writer.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        assert process_alive(child)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while process_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not process_alive(child)
 
 
 def test_process_writer_names_a_child_that_died_and_an_unpicklable_error() -> None:
