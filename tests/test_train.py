@@ -229,8 +229,13 @@ def test_train_real_collapse_fires_alerts_and_halts(prepared: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_train_checkpoint_loader_never_unpickles(prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Resuming loads a checkpoint without any unpickling, and a pickle put in place of a tensor file is refused."""
+    """Resuming loads a checkpoint without any unpickling, and a pickle put in place of a tensor file is refused.
+
+    Unpickling is forbidden while the checkpoint is loaded (and verified); the run around it may use pickle for its own
+    hand-over to the checkpoint writer process, which never reads a file."""
     import pickle
+
+    from geno_pipeline.training import stage
 
     root = clone(prepared, tmp_path / "p")
     cli(root, "train", "--no-progress", "--stop-after-step", "6")
@@ -238,12 +243,21 @@ def test_train_checkpoint_loader_never_unpickles(prepared: Path, tmp_path: Path,
     def forbidden(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a checkpoint load unpickled something")
 
-    monkeypatch.setattr(pickle, "load", forbidden)
-    monkeypatch.setattr(pickle, "loads", forbidden)
-    monkeypatch.setattr(torch, "load", forbidden)
-    other = clone(root, tmp_path / "q")
+    real_load, loaded = stage.load_checkpoint, []
+
+    def guarded(path: Path, **kwargs: Any) -> Any:
+        with monkeypatch.context() as patch:
+            patch.setattr(pickle, "load", forbidden)
+            patch.setattr(pickle, "loads", forbidden)
+            patch.setattr(torch, "load", forbidden)
+            loaded.append(Path(path).name)
+            return real_load(path, **kwargs)
+
+    monkeypatch.setattr(stage, "load_checkpoint", guarded)
+    other = tmp_path / "q"
+    shutil.copytree(root, other)  # with its checkpoints
     report = run_training(load_params(other / "params.yaml"), Layout.for_root(other), resume="auto")
-    assert report.status == "completed"
+    assert report.status == "completed" and loaded == ["step-000006"]
     target = root / "artifacts" / "train" / "checkpoints" / "step-000006" / "model.safetensors"
     target.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))  # what torch.save would put there, minus the zip
     _resume_fails(root, "model.safetensors")
