@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -342,6 +343,38 @@ def test_train_writes_the_same_bytes_with_either_checkpoint_writer(prepared: Pat
     assert tree(other / "artifacts" / "train") == tree(prepared / "artifacts" / "train")
 
 
+def _open_files() -> list[str]:
+    """What this process's file descriptors point at (Linux)."""
+    out = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the descriptor listing the directory itself, closed by now
+            out.append(os.readlink(fd))
+    return sorted(out)
+
+
+@pytest.mark.skipif(not process_writer_available(), reason="the writer process exists on Linux only")
+def test_train_falls_back_to_a_thread_when_the_fork_is_refused(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When the system refuses the writer process (fork: EAGAIN at the process limit), the stage says so on stderr and
+    writes its checkpoints on a thread: the same train tree as the CLI's run, and no pipe or log left open after it."""
+    from geno_pipeline.training import background, stage
+
+    other = clone(prepared, tmp_path / "other")
+    params = load_params(other / "params.yaml")
+
+    def refused() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(background.os, "fork", refused)
+    before = _open_files()
+    result = stage.run(params, Layout.for_root(other))
+    assert _open_files() == before
+    assert result.facts["checkpoint_writer"] == "ThreadWriter"
+    assert "could not start the checkpoint writer process ([Errno 11] Resource temporarily unavailable)" in capsys.readouterr().err
+    assert tree(other / "artifacts" / "train") == tree(prepared / "artifacts" / "train")
+
+
 @pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
 @settings(max_examples=10, deadline=None)
 @given(fails=st.lists(st.booleans(), min_size=1, max_size=8))
@@ -455,7 +488,7 @@ def test_process_writer_names_a_child_that_died_and_an_unpicklable_error() -> No
     second.submit(1)
     with pytest.raises(RuntimeError, match="Odd: odd 1 2") as info:
         second.close()
-    assert "in the checkpoint writer process" in "".join(getattr(info.value, "__notes__", []))
+    assert "in the test writer process" in "".join(getattr(info.value, "__notes__", []))
     assert not process_alive(second.pid)
 
 
@@ -681,6 +714,7 @@ _LOG_OPS = st.lists(
         st.tuples(st.just("record"), st.integers(0, 3), st.just("")),  # 0: now; k > 0: the k-th record back's lengths
         st.tuples(st.just("truncate"), st.integers(1, 3), st.just("")),
         st.tuples(st.just("reset"), st.just(0), st.just("")),
+        st.tuples(st.just("close"), st.just(0), st.just("")),
     ),
     max_size=25,
 )
@@ -700,8 +734,10 @@ _LOG_OPS = st.lists(
 )  # fmt: skip
 def test_log_records_hash_only_new_bytes_and_equal_a_fresh_hash_of_the_prefix(ops: list[tuple[str, Any, str]]) -> None:
     """`RunLogs.record` keeps a running hash and reads only the bytes appended since the last record; whatever the order of
-    appends, records (at the lengths now or at an earlier checkpoint's), truncations to a record and resets, each record
-    is the length and SHA-256 of the log's first bytes, as hashing that prefix afresh gives."""
+    appends, records (at the lengths now or at an earlier checkpoint's), truncations to a record, resets and closes, each
+    record is the length and SHA-256 of the log's first bytes, as hashing that prefix afresh gives. train.log lines go
+    through `RunLogs.log` (its append handle, kept open across records and reopened after a reset, truncation or close),
+    the other logs' from outside; each log ends holding exactly the lines appended since its last cut, in order."""
     import tempfile
 
     from geno_pipeline.training.logs import RunLogs
@@ -712,10 +748,18 @@ def test_log_records_hash_only_new_bytes_and_equal_a_fresh_hash_of_the_prefix(op
         logs = RunLogs(layout)
         logs.reset()
         history: list[tuple[dict[str, int], dict[str, Any]]] = []
+        expected = dict.fromkeys(logs.paths, b"")
         for op, arg, text in ops:
+            text = text.replace("\n", " ").replace("\r", " ")
             if op == "append":
-                with open(logs.paths[arg], "a", encoding="utf-8") as handle:
+                expected[arg] += (text + "\n").encode()
+            if op == "append" and arg == "train.log":
+                logs.log(text)
+            elif op == "append":
+                with open(logs.paths[arg], "a", encoding="utf-8", newline="") as handle:
                     handle.write(text + "\n")
+            elif op == "close":
+                logs.close()
             elif op == "record":
                 lengths = logs.lengths() if arg == 0 or arg > len(history) else history[-arg][0]
                 records = logs.record(lengths)
@@ -729,6 +773,10 @@ def test_log_records_hash_only_new_bytes_and_equal_a_fresh_hash_of_the_prefix(op
                 # The checkpoints after it are gone; so is any earlier record longer than the cut logs (one made at a
                 # later checkpoint's lengths, then recorded back): neither is a prefix of what remains.
                 history = [h for h in history[: len(history) - arg + 1] if all(h[0][n] <= kept[n] for n in kept)]
+                expected = {n: data[: kept[n]] for n, data in expected.items()}
             elif op == "reset":
                 logs.reset()
                 history.clear()
+                expected = dict.fromkeys(logs.paths, b"")
+        logs.close()
+        assert {n: p.read_bytes() for n, p in logs.paths.items()} == expected

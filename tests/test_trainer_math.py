@@ -198,3 +198,32 @@ def test_draw_tuples_stream_is_pinned() -> None:
     digest = hashlib.sha256(batch.sources.tobytes() + batch.targets.tobytes() + edits).hexdigest()
     assert batch.rollout_steps.tolist() == [1, 3, 2, 1, 1, 3, 3, 3, 1, 1, 2, 1, 2, 1, 3, 1]
     assert digest == "ec4de525c2b31c20f22f918a7c60c01f54bc32d49cfe130f2cd25dc1321059cf"
+
+
+@settings(max_examples=20, deadline=None)
+@given(eval_mask=st.lists(st.booleans(), min_size=1, max_size=40))
+def test_train_step_puts_every_module_in_training_mode(eval_mask: list[bool]) -> None:
+    """Whichever modules were left in eval mode (the held-out evaluation leaves the whole model so; anything may set one
+    submodule), a train step runs with every trainable module in training mode, and leaves them so."""
+    params = ModelParams(state_dim=8, hidden_dim=16, conv_channels=4, kernel_size=3, segments=4)
+    model = build_world_model(window_length=16, params=params, encoder_seed=1, init_seed=2)
+    train = TrainParams(steps=10, warmup_steps=1, model=params)
+    opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
+    trainer = TorchTrainer(predictor=model.predictor, action_encoder=model.action_encoder, optimizer=opt, config=train, total_steps=10)
+    modules = [*model.predictor.modules(), *model.action_encoder.modules()]
+    for module, off in zip(modules, eval_mask * len(modules), strict=False):
+        if off:
+            module.training = False
+    seen: list[bool] = []
+    hooks = [m.register_forward_pre_hook(lambda m, _: seen.append(m.training)) for m in modules]
+    gen = torch.Generator().manual_seed(0)
+    batch = TorchTrainerBatch(
+        state=torch.randn(4, 8, generator=gen), target=torch.randn(4, 2, 8, generator=gen),
+        actions=torch.randn(4, 2, ACTION_FEATURES, generator=gen), action_mask=torch.ones(4, 2, dtype=torch.bool),
+        rel_edits=((),) * 4, window_ids=("w",) * 4,
+    )  # fmt: skip
+    trainer.train_step(batch, step=1)
+    for hook in hooks:
+        hook.remove()
+    assert seen and all(seen)
+    assert all(m.training for m in modules)

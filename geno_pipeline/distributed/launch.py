@@ -57,7 +57,7 @@ def die_with_launcher(environ: Mapping[str, str] | None = None) -> None:
     """In a worker this package launched: have the kernel SIGKILL it when the launcher dies (Linux), or exit now if it already has."""
     env = os.environ if environ is None else environ
     launcher = env.get(LAUNCHER_PID_ENV, "")
-    if not launcher.isdigit() or not sys.platform.startswith("linux"):
+    if not launcher.isdigit():
         return
     if die_with_parent(int(launcher)) is False:  # the launcher died before the request took effect
         raise DistributedError(f"the launcher (pid {launcher}) is gone; this worker stops")

@@ -135,9 +135,9 @@ def _read_frame(fd: int) -> bytes | None:
     return None if head is None else _read_exact(fd, _LENGTH.unpack(head)[0])
 
 
-def _portable(exc: BaseException) -> BaseException:
+def _portable(exc: BaseException, name: str) -> BaseException:
     """`exc` as it can travel back to the parent: itself when it pickles and unpickles to the same message, else a
-    `RuntimeError` naming it; unexpected errors carry the child's traceback as a note."""
+    `RuntimeError` naming it; unexpected errors carry the traceback of writer process `name` as a note."""
     try:
         copy = pickle.loads(pickle.dumps(exc))
         same = type(copy) is type(exc) and str(copy) == str(exc)
@@ -145,11 +145,11 @@ def _portable(exc: BaseException) -> BaseException:
         same = False
     out = exc if same else RuntimeError(f"{type(exc).__name__}: {exc}")
     if not isinstance(exc, (OSError, GenoPipelineError)):  # a bug: keep where it happened
-        out.add_note("in the checkpoint writer process:\n" + "".join(traceback.format_exception(exc)).rstrip())
+        out.add_note(f"in the {name} writer process:\n" + "".join(traceback.format_exception(exc)).rstrip())
     return out
 
 
-def _serve(handler: Callable[[P], None], jobs: int, results: int) -> None:
+def _serve(handler: Callable[[P], None], jobs: int, results: int, name: str) -> None:
     """The child's loop: read a payload, run the handler, send back (seconds, error or None); stop at end of file."""
     while (frame := _read_frame(jobs)) is not None:
         t0 = time.perf_counter()
@@ -157,7 +157,7 @@ def _serve(handler: Callable[[P], None], jobs: int, results: int) -> None:
         try:
             handler(pickle.loads(frame))
         except BaseException as exc:
-            error = _portable(exc)
+            error = _portable(exc, name)
         _write_frame(results, pickle.dumps((time.perf_counter() - t0, error)))
 
 
@@ -168,13 +168,20 @@ class ProcessWriter(Generic[P]):
         self.name = name
         self.busy_seconds = 0.0
         """Wall seconds jobs have run in the child (as it reported them)."""
-        jobs_r, jobs_w = os.pipe()
-        results_r, results_w = os.pipe()
-        _widen(jobs_w)
-        parent = os.getpid()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        pid = os.fork()
+        opened: list[int] = []
+        try:  # no pipe or process to be had (EMFILE, EAGAIN, ENOMEM): raise, leaving nothing open
+            opened.extend(os.pipe())
+            opened.extend(os.pipe())
+            jobs_r, jobs_w, results_r, results_w = opened
+            _widen(jobs_w)
+            parent = os.getpid()
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            pid = os.fork()
+        except OSError:
+            for fd in opened:
+                os.close(fd)
+            raise
         if pid == 0:  # the child: serve jobs, then leave without running anything of the parent's (os._exit)
             code = 1
             try:
@@ -182,7 +189,7 @@ class ProcessWriter(Generic[P]):
                 os.close(results_r)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent waits for the job in flight
                 if die_with_parent(parent) is not False:
-                    _serve(handler, jobs_r, results_w)
+                    _serve(handler, jobs_r, results_w, name)
                     code = 0
             finally:
                 os._exit(code)
@@ -260,7 +267,11 @@ def process_writer_available() -> bool:
 
 
 def start_writer(handler: Callable[[P], None], name: str, *, process: bool | None = None) -> Writer[P]:
-    """A `ProcessWriter` where available (or `process`), else a `ThreadWriter`."""
+    """A `ProcessWriter` where available (or `process`), else a `ThreadWriter`; also a `ThreadWriter`, with a warning
+    on stderr, when the system refuses the fork (process limit, memory): it writes the same bytes, more slowly."""
     if process if process is not None else process_writer_available():
-        return ProcessWriter(handler, name)
+        try:
+            return ProcessWriter(handler, name)
+        except OSError as exc:
+            print(f"train: could not start the {name} writer process ({exc}); writing {name}s on a thread instead", file=sys.stderr)
     return ThreadWriter(handler, name)

@@ -7,6 +7,7 @@ back to that prefix, so a resumed run's logs equal the straight run's byte for b
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -40,15 +41,26 @@ class RunLogs:
     Lines are appended without a sync of their own: `record` (what a checkpoint keeps) syncs every log first, so a
     checkpoint on disk never records log bytes that a crash of the machine could take back. `record` hashes only the
     bytes appended since the last record (the running hash of the prefix before them is kept), so a checkpoint costs
-    the same at step 100 000 as at step 100."""
+    the same at step 100 000 as at step 100.
+
+    Each log is opened for appending once (at its first line after `reset` or `truncate_to`, which replace the file)
+    and written unbuffered, one system call a line; `close` closes them (`finish`, or the loop raising)."""
 
     def __init__(self, layout: Layout) -> None:
         self.paths = {name: layout.log(name) for name in LOG_FILES}
         self._shape_checked: set[str] = set()
         self._hashed: dict[str, tuple[int, hashlib._Hash]] = {}  # log -> (bytes hashed, running SHA-256 of them)
+        self._handles: dict[str, io.FileIO] = {}  # log -> open for appending, unbuffered
+
+    def close(self) -> None:
+        """Close the logs' append handles (a later line opens its log again)."""
+        handles, self._handles = self._handles, {}
+        for handle in handles.values():
+            handle.close()
 
     def reset(self) -> None:
         """Start every log empty."""
+        self.close()
         self._hashed.clear()
         for path in self.paths.values():
             atomic_write_bytes(path, b"")
@@ -93,6 +105,7 @@ class RunLogs:
 
     def truncate_to(self, records: dict[str, LogRecord]) -> None:
         """Cut every log back to the prefix a checkpoint recorded; refuse when the prefix differs."""
+        self.close()
         self._hashed.clear()
         for name, path in self.paths.items():
             want = records.get(name)
@@ -120,17 +133,25 @@ class RunLogs:
         A run's first line of each log is validated against the schema; the others have the same shape by construction
         (one pydantic model, checked on construction, the schema generated from it), so the per-line cost is the dump
         only. `tests/test_train.py` validates every written line."""
-        path = self.paths[name]
         if name not in self._shape_checked:
-            validate_document(document, schema, source=str(path))
+            validate_document(document, schema, source=str(self.paths[name]))
             self._shape_checked.add(name)
-        with writing(path), open(path, "a", encoding="utf-8") as handle:
-            handle.write(jsonl_line(document))
+        self._write(name, jsonl_line(document))
 
     def log(self, text: str) -> None:
         """Append one line to train.log."""
-        with writing(self.paths["train.log"]), open(self.paths["train.log"], "a", encoding="utf-8") as handle:
-            handle.write(text.rstrip("\n") + "\n")
+        self._write("train.log", text.rstrip("\n") + "\n")
+
+    def _write(self, name: str, line: str) -> None:
+        """Hand one line to the OS (`lengths` counts it from then on)."""
+        path = self.paths[name]
+        with writing(path):
+            handle = self._handles.get(name)
+            if handle is None:
+                handle = self._handles[name] = io.FileIO(path, "a")
+            view = memoryview(line.encode("utf-8"))
+            while view:
+                view = view[os.write(handle.fileno(), view) :]
 
     def collapse_lines(self) -> list[CollapseLine]:
         """Every observation in collapse.jsonl."""

@@ -429,6 +429,7 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool)
     except BaseException:
         if run.saver is not None:
             run.saver.abandon()
+        run.logs.close()
         raise
     t0 = time.perf_counter()
     if run.saver is not None:
@@ -544,6 +545,7 @@ def finish(run: TrainingRun, outcome: LoopOutcome) -> TrainingReport:
         _save_final_model(run, outcome.last_step)
         run.logs.log(f"done: {outcome.message}")
     run.logs.sync()  # the lines after the last checkpoint are as durable as the reports that follow
+    run.logs.close()
     write_plots(run.layout, run.logs)
     summary = summarize_collapse(run.lines)
     last = run.lines[-1] if run.lines else None

@@ -140,6 +140,7 @@ class TorchTrainer:
         self.total_steps = total_steps
         self.group: Collective = group if group is not None else LocalGroup()
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._modules = [*predictor.modules(), *action_encoder.modules()]
 
     def train_step(
         self, shards: TorchTrainerBatch | Sequence[TorchTrainerBatch], *, step: int, action_count: int | None = None
@@ -153,8 +154,9 @@ class TorchTrainer:
         multiplier = set_optimizer_lr(
             self.optimizer, step=step, total_steps=self.total_steps, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule
         )
-        self.predictor.train()
-        self.action_encoder.train()
+        if not all(m.training for m in self._modules):  # `.train()` walks every module each call: only when one is not
+            self.predictor.train()
+            self.action_encoder.train()
         predictions, weights, err_sums, first = [], [], [], []
         for shard in shards:
             prediction = rollout(self.predictor, self.action_encoder, shard.state, shard.actions)
