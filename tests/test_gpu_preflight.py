@@ -412,6 +412,7 @@ def test_set_deterministic_algorithms_matches_torchs_function() -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inductor_first", [False, True])
 def test_inductor_sees_the_determinism_setting_either_way(inductor_first: bool) -> None:
     code = textwrap.dedent(f"""

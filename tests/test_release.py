@@ -78,6 +78,7 @@ def cli_validate(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "geno_pipeline", "validate", str(path)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_release_twice_identical_and_source_date_epoch(released: Path) -> None:
     sums = (released / "artifacts" / "release" / "SHA256SUMS").read_bytes()
     assert cli(released, "release").returncode == 0
@@ -177,6 +178,7 @@ def test_release_gate_preflight_not_ok(released: Path, tmp_path: Path) -> None:
     _gate(released, tmp_path, mutate, "preflight reported errors accelerator.not_found")
 
 
+@pytest.mark.slow
 def test_release_gate_training_stopped_early(released: Path, tmp_path: Path) -> None:
     def mutate(root: Path) -> None:
         assert cli(root, "train", "--no-progress", "--stop-after-step", "5").returncode == 0

@@ -130,11 +130,18 @@ def _resume_fails(root: Path, needle: str) -> None:
     assert tree(root / "artifacts" / "train") == before  # nothing overwritten
 
 
-@pytest.fixture()
-def stopped(prepared: Path, tmp_path: Path) -> Path:
-    root = clone(prepared, tmp_path / "p")
+@pytest.fixture(scope="module")
+def stopped_once(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prepared project trained to step 6 and stopped there (its checkpoint is step-000006)."""
+    root = clone(prepared, tmp_path_factory.mktemp("stopped") / "p")
     cli(root, "train", "--no-progress", "--stop-after-step", "6")
     return root
+
+
+@pytest.fixture()
+def stopped(stopped_once: Path, tmp_path: Path) -> Path:
+    """A copy of `stopped_once` of the test's own, to tamper with."""
+    return Path(shutil.copytree(stopped_once, tmp_path / "p"))
 
 
 def test_train_tamper_flipped_tensor_byte(stopped: Path) -> None:
