@@ -126,6 +126,18 @@ def _median(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _paired_medians(ours: Callable[[], object], reference: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Medians of `repeats` runs of each, alternating ours and reference, so that a burst of load on a shared machine
+    falls on both instead of on one block of runs."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((ours, times[0]), (reference, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def _entry(name: str, ours: float, ref: float, detail: str) -> BenchEntry:
     return BenchEntry(name=name, ours_s=round(ours, 6), reference_s=round(ref, 6), ratio=round(ours / ref, 4), detail=detail)
 
@@ -201,11 +213,10 @@ def bench_train_step(steps: int, repeats: int) -> list[BenchEntry]:
 
     bare()  # warm up
     torch.use_deterministic_algorithms(True)
-    ours_s = _median(ours, repeats)
-    bare_s = _median(bare, repeats)
+    ours_s, bare_s = _paired_medians(ours, bare, repeats)
     torch.use_deterministic_algorithms(False)
     nondet_s = _median(ours, repeats)
-    detail = f"{steps} steps of batch {train.batch_size}, default model, 2 threads, median of {repeats}"
+    detail = f"{steps} steps of batch {train.batch_size}, default model, 2 threads, median of {repeats} alternating runs"
     return [
         _entry("train_step_vs_bare_torch_loop", ours_s, bare_s, detail),
         _entry("deterministic_vs_nondeterministic_train_steps", ours_s, nondet_s, detail),
@@ -466,7 +477,7 @@ def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> B
     stage = tiny_and_default_profiles(layout.root, quick=quick, repeats=2 if quick else 3)
     entries = [
         bench_samplers(200_000 if quick else 1_000_000, 3 if quick else 5),
-        *bench_train_step(20 if quick else 60, 3),
+        *bench_train_step(20 if quick else 60, 3 if quick else 5),
         bench_collapse(256 if quick else 1024, 256),
         bench_sha256(16 if quick else 64, 3),
         bench_preflight(layout.root, 3 if quick else 7),

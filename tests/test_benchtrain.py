@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import statistics
+import types
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geno_pipeline.benchtrain import StageBench, bench_train_stage, cadence, fit_growth
@@ -95,3 +97,32 @@ def test_required_work_writes_durable_checkpoints_and_leaves_nothing(tmp_path: P
     assert all({p.name: p.read_bytes() for p in (tmp_path / "w" / n).iterdir()} == files for n in "012")
     assert len(synced) == 3 * 4  # per checkpoint: two files, the staging directory, the parent after the rename
     assert synced[3] == str(tmp_path / "w")
+
+
+@settings(max_examples=20, deadline=None)
+@given(repeats=st.integers(1, 7))
+def test_paired_medians_alternate_the_two_and_take_each_ones_median(repeats: int) -> None:
+    """The step bench times ours and the reference in turn (a burst of load on a shared machine hits both), `repeats`
+    runs each, and reports each one's median run."""
+    from geno_pipeline import bench
+
+    calls: list[str] = []
+    clock = iter(range(10_000))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: float(next(clock)))
+    run = {"ours": 0, "reference": 0}
+
+    def step(name: str) -> None:  # run k of ours takes 1 + k ticks of the fake clock, of the reference 1 + 3k
+        calls.append(name)
+        run[name] += 1
+        for _ in range(run[name] * (1 if name == "ours" else 3)):
+            next(clock)
+
+    original = bench.time
+    bench.time = fake_time  # type: ignore[assignment]
+    try:
+        ours, reference = bench._paired_medians(lambda: step("ours"), lambda: step("reference"), repeats)
+    finally:
+        bench.time = original
+    assert calls == ["ours", "reference"] * repeats
+    assert ours == statistics.median(1 + k for k in range(1, repeats + 1))
+    assert reference == statistics.median(1 + 3 * k for k in range(1, repeats + 1))
