@@ -474,7 +474,7 @@ def bench_distributed(steps: int) -> tuple[DistributedBench, list[BenchEntry]]:
 def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> BenchReport:
     """Run every benchmark and write reports/bench.json."""
     fasta_bases = (fasta_mib if fasta_mib is not None else 64 if quick else 512) << 20
-    stage = tiny_and_default_profiles(layout.root, quick=quick, repeats=2 if quick else 3)
+    stage = tiny_and_default_profiles(layout.root, quick=quick, repeats=2 if quick else 5)
     entries = [
         bench_samplers(200_000 if quick else 1_000_000, 3 if quick else 5),
         *bench_train_step(20 if quick else 60, 3 if quick else 5),
