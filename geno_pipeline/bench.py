@@ -117,25 +117,21 @@ class BenchReport(Document):
     """The headline: the whole train stage against a bare end-to-end loop, on the tiny and the default profile."""
 
 
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def _median(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_seconds(fn) for _ in range(repeats))
 
 
 def _paired_medians(ours: Callable[[], object], reference: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Medians of `repeats` runs of each, alternating ours and reference, so that a burst of load on a shared machine
     falls on both instead of on one block of runs."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, out in ((ours, times[0]), (reference, times[1])):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1])
+    pairs = [(_seconds(ours), _seconds(reference)) for _ in range(repeats)]
+    return statistics.median(o for o, _ in pairs), statistics.median(r for _, r in pairs)
 
 
 def _entry(name: str, ours: float, ref: float, detail: str) -> BenchEntry:
