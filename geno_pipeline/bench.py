@@ -511,7 +511,8 @@ def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None, 
         parts = ", ".join(f"{k} {v:.3f}" for k, v in s.parts.items())
         print(
             f"bench: train_stage_end_to_end_vs_bare_loop ({s.profile}, {s.steps} steps): ratio {s.ratio:.4f} (ours {s.ours_s:.3f}s vs "
-            f"bare {s.bare_s:.3f}s; target <= 1.10{'' if s.meets_target else ' -- TARGET MISSED'}); seconds by part: {parts}; "
+            f"bare {s.bare_s:.3f}s; target <= 1.10{'' if s.meets_target else ' -- TARGET MISSED'}; {len(s.pair_ratios)} alternate pairs "
+            f"from {min(s.pair_ratios):.4f} to {max(s.pair_ratios):.4f}); seconds by part: {parts}; "
             f"checkpoint writer ({s.writer}) busy {s.writer_s:.3f}s beside the loop; "
             f"its {s.evaluations} held-out evaluations and {s.checkpoints} durable checkpoint writes alone take {s.required_s:.3f}s: "
             f"floor ratio {s.floor_ratio:.4f}"

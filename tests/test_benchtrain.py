@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geno_pipeline.benchtrain import StageBench, bench_train_stage, cadence, fit_growth
+from geno_pipeline.benchtrain import StageBench, bench_train_stage, cadence, fit_growth, pair_ratios
 from geno_pipeline.config import load_params
 from geno_pipeline.training.background import process_writer_available
 from geno_pipeline.training.stage import PARTS
@@ -45,6 +45,7 @@ def test_bench_train_stage_reports_every_part(tmp_path: Path) -> None:
     assert all(v >= 0 for v in result.parts.values()) and result.ours_s > 0 and result.bare_s > 0
     assert result.ratio == pytest.approx(result.ours_s / result.bare_s, rel=1e-2)  # ours_s and bare_s are rounded to 0.1 ms
     assert result.meets_target == (result.ratio <= 1.10) or abs(result.ratio - 1.10) < 1e-3
+    assert result.pair_ratios == [pytest.approx(result.ratio, rel=1e-2)]  # one pair: its ratio is the ratio
     assert sum(result.parts.values()) == pytest.approx(result.ours_s, rel=0.05)
     assert (result.evaluations, result.checkpoints) == (4, 3)  # steps 0, 4, 8, 12 evaluated; 4, 8, 12 checkpointed
     assert result.required_s > 0
@@ -52,6 +53,17 @@ def test_bench_train_stage_reports_every_part(tmp_path: Path) -> None:
     assert result.writer == ("ProcessWriter" if process_writer_available() else "ThreadWriter")
     assert result.floor_ratio == pytest.approx((result.bare_s + result.required_s) / result.bare_s, rel=1e-2)
     assert list((tmp_path / "runs").iterdir()) == []  # each run's outputs removed once measured
+
+
+@given(st.lists(st.tuples(st.floats(0.01, 100.0), st.floats(0.01, 100.0)), min_size=1, max_size=9))
+def test_the_ratio_of_medians_lies_between_the_pair_ratios(runs: list[tuple[float, float]]) -> None:
+    """What `StageBench.pair_ratios` promises: each pair's ratio, in order, and the headline ratio (of the medians)
+    between the least and the greatest of them."""
+    ours, bare = [o for o, _ in runs], [b for _, b in runs]
+    pairs = pair_ratios(ours, bare)
+    assert pairs == [pytest.approx(o / b, abs=6e-5) for o, b in runs]
+    ratio = statistics.median(ours) / statistics.median(bare)
+    assert min(pairs) - 1e-4 <= ratio <= max(pairs) + 1e-4
 
 
 @pytest.mark.parametrize("micro_batches", [1, 2, 4])
