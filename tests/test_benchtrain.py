@@ -138,3 +138,22 @@ def test_paired_medians_alternate_the_two_and_take_each_ones_median(repeats: int
     assert calls == ["ours", "reference"] * repeats
     assert ours == statistics.median(1 + k for k in range(1, repeats + 1))
     assert reference == statistics.median(1 + 3 * k for k in range(1, repeats + 1))
+
+
+def test_bench_prints_each_profiles_ratio_pair_range_and_a_missed_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench`'s train-stage lines, from the committed reports/bench.json: the ratio, the range of its pairs, and
+    TARGET MISSED exactly where the target was missed."""
+    from geno_pipeline import bench
+    from geno_pipeline.layout import Layout
+
+    report = bench.BenchReport.model_validate_json((Path(__file__).parents[1] / "reports" / "bench.json").read_text())
+    missed = report.train_stage[0].model_copy(update={"ratio": 1.25, "meets_target": False, "pair_ratios": [1.3, 1.2, 1.25]})
+    met = report.train_stage[-1].model_copy(update={"ratio": 1.05, "meets_target": True, "pair_ratios": [1.01, 1.05, 1.2]})
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: report.model_copy(update={"train_stage": [missed, met]}))
+    assert bench.run_bench_cli(Layout.for_root(tmp_path), quick=True) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "train_stage_end_to_end" in line]
+    assert len(lines) == 2
+    assert "ratio 1.2500" in lines[0] and "TARGET MISSED; 3 alternate pairs from 1.2000 to 1.3000)" in lines[0]
+    assert "ratio 1.0500" in lines[1] and "TARGET MISSED" not in lines[1] and "3 alternate pairs from 1.0100 to 1.2000)" in lines[1]
