@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from geno_pipeline.benchio import ingest_params, measured, write_bench_fasta
-from geno_pipeline.benchtrain import StageBench, bare_update, run_scaling, tiny_and_default_profiles
+from geno_pipeline.benchtrain import StageBench, bare_update, median_seconds, run_scaling, seconds, tiny_and_default_profiles
 from geno_pipeline.documents import Document
 from geno_pipeline.errors import DistributedError
 from geno_pipeline.jsonio import write_json
@@ -117,23 +117,6 @@ class BenchReport(Document):
     """The headline: the whole train stage against a bare end-to-end loop, on the tiny and the default profile."""
 
 
-def _seconds(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    return statistics.median(_seconds(fn) for _ in range(repeats))
-
-
-def _paired_medians(ours: Callable[[], object], reference: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Medians of `repeats` runs of each, alternating ours and reference, so that a burst of load on a shared machine
-    falls on both instead of on one block of runs."""
-    pairs = [(_seconds(ours), _seconds(reference)) for _ in range(repeats)]
-    return statistics.median(o for o, _ in pairs), statistics.median(r for _, r in pairs)
-
-
 def _entry(name: str, ours: float, ref: float, detail: str) -> BenchEntry:
     return BenchEntry(name=name, ours_s=round(ours, 6), reference_s=round(ref, 6), ratio=round(ours / ref, 4), detail=detail)
 
@@ -143,9 +126,9 @@ def bench_samplers(n: int, repeats: int) -> BenchEntry:
 
     from geno_pipeline.training.sampling import sample_edit_type, sample_edit_types_array
 
-    ours = _median(lambda: sample_edit_types_array(np.random.default_rng(0), n), repeats)
+    ours = median_seconds(lambda: sample_edit_types_array(np.random.default_rng(0), n), repeats)
     rng = random.Random(0)
-    ref = _median(lambda: [sample_edit_type(rng) for _ in range(n)], max(1, repeats // 2))
+    ref = median_seconds(lambda: [sample_edit_type(rng) for _ in range(n)], max(1, repeats // 2))
     return _entry("edit_type_sampler_vectorized_vs_python_loop", ours, ref, f"{n} draws, median of {repeats}")
 
 
@@ -209,9 +192,9 @@ def bench_train_step(steps: int, repeats: int) -> list[BenchEntry]:
 
     bare()  # warm up
     torch.use_deterministic_algorithms(True)
-    ours_s, bare_s = _paired_medians(ours, bare, repeats)
+    ours_s, bare_s = _interleaved(ours, bare, repeats)
     torch.use_deterministic_algorithms(False)
-    nondet_s = _median(ours, repeats)
+    nondet_s = median_seconds(ours, repeats)
     detail = f"{steps} steps of batch {train.batch_size}, default model, 2 threads, median of {repeats} alternating runs"
     return [
         _entry("train_step_vs_bare_torch_loop", ours_s, bare_s, detail),
@@ -228,9 +211,9 @@ def bench_collapse(n: int, dim: int) -> BenchEntry:
     gen = torch.Generator().manual_seed(0)
     p = torch.randn(n, dim, generator=gen, dtype=torch.float64)
     t = torch.randn(n, dim, generator=gen, dtype=torch.float64)
-    ours = _median(lambda: compute_collapse_metrics(p, t, kl_reg=0.0), 3)
+    ours = median_seconds(lambda: compute_collapse_metrics(p, t, kl_reg=0.0), 3)
     pl, tl = p.tolist(), t.tolist()
-    ref = _median(lambda: reference_collapse_metrics(pl, tl, kl_reg=0.0), 1)
+    ref = median_seconds(lambda: reference_collapse_metrics(pl, tl, kl_reg=0.0), 1)
     return _entry("collapse_metrics_vs_pure_python", ours, ref, f"N={n}, D={dim}")
 
 
@@ -256,21 +239,16 @@ def bench_sha256(size_mib: int, repeats: int) -> BenchEntry:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "blob"
         path.write_bytes(os.urandom(size_mib << 20))
-        ours = _median(lambda: sha256_file(path), repeats)
-        ref = _median(lambda: subprocess.run(["sha256sum", str(path)], capture_output=True, check=True), repeats)
+        ours = median_seconds(lambda: sha256_file(path), repeats)
+        ref = median_seconds(lambda: subprocess.run(["sha256sum", str(path)], capture_output=True, check=True), repeats)
     return _entry("sha256_file_vs_coreutils_sha256sum", ours, ref, f"{size_mib} MiB file, median of {repeats}")
 
 
 def _interleaved(ours: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Medians of `ours` and `ref`, run alternately so that a change in the machine's load hits both alike."""
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(repeats):
-        for fn, times in ((ours, a), (ref, b)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(a), statistics.median(b)
+    """Medians of `repeats` runs of each, `ours` and `ref` alternately, so that a change in the machine's load hits both
+    alike instead of one block of runs."""
+    pairs = [(seconds(ours), seconds(ref)) for _ in range(repeats)]
+    return statistics.median(o for o, _ in pairs), statistics.median(r for _, r in pairs)
 
 
 def bench_preflight(root: Path, repeats: int) -> BenchEntry:

@@ -37,9 +37,11 @@ __all__ = [
     "bench_train_stage",
     "cadence",
     "fit_growth",
+    "median_seconds",
     "pair_ratios",
     "required_work_seconds",
     "run_scaling",
+    "seconds",
     "tiny_and_default_profiles",
 ]
 
@@ -114,6 +116,18 @@ class ScalingReport(Document):
     """Fewer and smaller sizes."""
     curves: list[ScalingCurve]
     """Each measured curve and its fitted growth."""
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    """Wall seconds of one call of `fn`."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of `fn`."""
+    return statistics.median(seconds(fn) for _ in range(repeats))
 
 
 def _params_with(path: Path, **train: Any) -> Any:
@@ -488,16 +502,10 @@ def _verify_curve(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCur
             problems = verify_bundle(bundle)
             if problems:
                 raise RuntimeError(f"the grown bundle does not verify: {problems}")
-            wall = statistics.median(_timed(partial(verify_bundle, bundle)) for _ in range(3))
+            wall = median_seconds(partial(verify_bundle, bundle), 3)
             rows.append([round(size / 2**20, 2), round(wall, 5)])
             print(f"bench: scaling: verify on a {size / 2**20:.0f} MiB bundle: {wall:.3f} s", flush=True)
     return [_curve(layout, "verify_vs_bundle_size", ("bundle_mib", "seconds"), rows, "seconds")]
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def run_scaling(layout: Layout, *, quick: bool) -> ScalingReport:

@@ -113,10 +113,10 @@ def test_required_work_writes_durable_checkpoints_and_leaves_nothing(tmp_path: P
 
 @settings(max_examples=20, deadline=None)
 @given(repeats=st.integers(1, 7))
-def test_paired_medians_alternate_the_two_and_take_each_ones_median(repeats: int) -> None:
+def test_interleaved_medians_alternate_the_two_and_take_each_ones_median(repeats: int) -> None:
     """The step bench times ours and the reference in turn (a burst of load on a shared machine hits both), `repeats`
     runs each, and reports each one's median run."""
-    from geno_pipeline import bench
+    from geno_pipeline import bench, benchtrain
 
     calls: list[str] = []
     clock = iter(range(10_000))
@@ -129,12 +129,12 @@ def test_paired_medians_alternate_the_two_and_take_each_ones_median(repeats: int
         for _ in range(run[name] * (1 if name == "ours" else 3)):
             next(clock)
 
-    original = bench.time
-    bench.time = fake_time  # type: ignore[assignment]
+    original = benchtrain.time
+    benchtrain.time = fake_time  # type: ignore[assignment]
     try:
-        ours, reference = bench._paired_medians(lambda: step("ours"), lambda: step("reference"), repeats)
+        ours, reference = bench._interleaved(lambda: step("ours"), lambda: step("reference"), repeats)
     finally:
-        bench.time = original
+        benchtrain.time = original
     assert calls == ["ours", "reference"] * repeats
     assert ours == statistics.median(1 + k for k in range(1, repeats + 1))
     assert reference == statistics.median(1 + 3 * k for k in range(1, repeats + 1))
