@@ -6,7 +6,7 @@ so the three agree on the device.
 
 from __future__ import annotations
 
-__all__ = ["requested_cuda_index", "resolve_device", "selected_cuda_ordinals"]
+__all__ = ["requested_cuda_index", "resolve_device", "selected_cuda_ordinals", "worker_device"]
 
 
 def requested_cuda_index(device: str) -> int | None:
@@ -35,3 +35,19 @@ def selected_cuda_ordinals(requested: str, *, cuda_usable: bool, nproc_per_node:
     if index is None:
         return []
     return list(range(nproc_per_node)) if nproc_per_node > 1 else [index]
+
+
+def worker_device(requested: str, *, cuda_usable: bool, local_rank: int | None) -> str:
+    """The device one training process uses.
+
+    Without a launcher (`local_rank` None) it is `resolve_device`. Under one (LOCAL_RANK set, rank 0 included) a CUDA
+    job's worker uses `cuda:LOCAL_RANK`, the GPU the launcher gave it; an explicit `cuda:N` naming another GPU is an
+    error (ValueError naming both), never silently replaced or kept.
+    """
+    device = resolve_device(requested, cuda_usable=cuda_usable)
+    if local_rank is None or not device.startswith("cuda"):
+        return device
+    asked = requested_cuda_index(requested) if ":" in requested else None
+    if asked is not None and asked != local_rank:
+        raise ValueError(f"runtime.device is {requested} but this worker's LOCAL_RANK is {local_rank}, which gives it cuda:{local_rank}")
+    return f"cuda:{local_rank}"

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from geno_pipeline.config import RuntimeParams
-from geno_pipeline.devices import requested_cuda_index, resolve_device
+from geno_pipeline.devices import requested_cuda_index, worker_device
 from geno_pipeline.documents import Document
 from geno_pipeline.errors import TrainingError
 from geno_pipeline.torchflags import CUBLAS_WORKSPACE_CONFIG
@@ -58,9 +58,9 @@ class EnvironmentFingerprint(Document):
     cublas_workspace_config: str | None
     """CUBLAS_WORKSPACE_CONFIG train applies (CUDA and deterministic only)."""
     tf32: bool
-    """Whether TF32 is allowed (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32), as torch reports
-    it after the determinism settings: train reads it in its own process, preflight in its torch probe process (off when
-    runtime.deterministic is true, on otherwise)."""
+    """Whether TF32 is allowed (torch's fp32_precision of cuBLAS matmuls or cuDNN is `tf32`, or
+    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 on CUDA), as torch reports it after the determinism settings: train reads it in
+    its own process, preflight in its torch probe process (off when runtime.deterministic is true, on otherwise)."""
     world_size: int = Field(ge=1)
     """Worker processes in the job (the launcher's WORLD_SIZE, else runtime.nproc_per_node); the bytes do not depend on it
     (train.micro_batches fixes the reduction order), but the run identity names it."""
@@ -115,16 +115,19 @@ def device_kind(device: str, *, name: str | None, capability: str | None) -> str
     return f"cuda:{name}:sm_{capability.replace('.', '')}"
 
 
-def torch_training_device(requested: str, *, local_rank: int = 0) -> tuple[str, str]:
+def torch_training_device(requested: str, *, local_rank: int | None = None) -> tuple[str, str]:
     """(device, device kind) for training, asking torch; raises `TrainingError` when a CUDA device is not usable.
 
-    A worker of a multi-process job on CUDA uses `cuda:<local_rank>`."""
+    A worker of a launched job (`local_rank` from LOCAL_RANK) on CUDA uses `cuda:<local_rank>` (`devices.worker_device`)."""
     import torch
 
     usable = bool(torch.cuda.is_available())
-    device = resolve_device(requested, cuda_usable=usable)
-    if local_rank and device.startswith("cuda"):
-        device = f"cuda:{local_rank}"
+    try:
+        device = worker_device(requested, cuda_usable=usable, local_rank=local_rank)
+    except ValueError as exc:
+        raise TrainingError(
+            f"{exc}; fix: set runtime.device: cuda (each worker then uses cuda:LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        ) from None
     index = requested_cuda_index(device)
     if index is None:
         return device, device_kind(device, name=None, capability=None)

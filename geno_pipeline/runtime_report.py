@@ -57,7 +57,7 @@ class RuntimeReport(Document):
 
 def utc_now() -> str:
     """Current UTC time, second precision, ISO 8601 with Z."""
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def git_state(root: Path) -> tuple[str | None, bool | None]:

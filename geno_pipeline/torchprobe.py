@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -39,8 +40,21 @@ def _emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def _pci_bus_id(props: Any) -> str | None:
+    """`domain:bus:device` as NVML writes it (`00000000:18:00`), from the properties torch exposes (None if it has none)."""
+    parts = [getattr(props, name, None) for name in ("pci_domain_id", "pci_bus_id", "pci_device_id")]
+    if not all(isinstance(p, int) for p in parts):
+        return None
+    return f"{parts[0]:08X}:{parts[1]:02X}:{parts[2]:02X}"
+
+
 def torch_cuda_facts() -> dict[str, Any]:
-    """What torch says about CUDA (fields of `TorchCudaProbe`); creates a CUDA context on each device it asks about."""
+    """What torch says about CUDA (fields of `TorchCudaProbe`).
+
+    Device properties come from cudaGetDeviceProperties, which creates no CUDA context: free memory is NVML's, read
+    before anything here touched a GPU, so this asks torch for none (torch.cuda.mem_get_info would create a context on
+    every device it asks about, and count that context as used memory).
+    """
     import torch
 
     try:
@@ -49,17 +63,15 @@ def torch_cuda_facts() -> dict[str, Any]:
         devices = []
         for index in range(count):
             props = torch.cuda.get_device_properties(index)
-            try:
-                free: int | None = int(torch.cuda.mem_get_info(index)[0])
-            except Exception:
-                free = None
+            uuid = getattr(props, "uuid", None)
             devices.append(
                 {
                     "index": index,
                     "name": str(props.name),
                     "total_memory_bytes": int(props.total_memory),
-                    "free_memory_bytes": free,
                     "capability": f"{props.major}.{props.minor}",
+                    "uuid": None if uuid is None else str(uuid),
+                    "pci_bus_id": _pci_bus_id(props),
                 }
             )
         cudnn = torch.backends.cudnn.version() if available else None
@@ -96,7 +108,8 @@ def kernel_smoke(
 
     mm = matmul or torch.matmul
     start = time.perf_counter()
-    tolerance = kernel_tolerance(bool(torch.backends.cuda.matmul.allow_tf32) and device.startswith("cuda"))
+    flags = torch_determinism_flags()
+    tolerance = kernel_tolerance((flags["tf32_matmul"] or flags["tf32_cublas_override"]) and device.startswith("cuda"))
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(size, size, generator=gen)
     b = torch.randn(size, size, generator=gen)
@@ -113,10 +126,13 @@ def kernel_smoke(
         ms = (time.perf_counter() - start) * 1000.0
         return {**result, "outcome": "failed", "max_rel_error": None, "repeat_identical": None, "duration_ms": ms,
                 "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
-    outcome = "ok" if error <= tolerance else "mismatch"  # NaN compares false: a mismatch
+    ms = (time.perf_counter() - start) * 1000.0
+    if not math.isfinite(error):  # a GPU that computes NaN or inf: JSON has no such number, so null and the reason
+        why = f"the result is not finite: max rel. error {error}"
+        return {**result, "outcome": "mismatch", "max_rel_error": None, "repeat_identical": identical, "duration_ms": ms, "error": why}
+    outcome = "ok" if error <= tolerance else "mismatch"
     if outcome == "ok" and not identical:
         outcome = "nondeterministic"
-    ms = (time.perf_counter() - start) * 1000.0
     return {**result, "outcome": outcome, "max_rel_error": error, "repeat_identical": identical, "duration_ms": ms, "error": None}
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,25 +18,27 @@ from geno_pipeline.preflight import (
     TrainingPreflightRequest,
     build_training_preflight_report,
     map_visible_devices,
-    probe_accelerator,
     probe_dependency,
 )
 from geno_pipeline.preflight.documents import TorchCudaProbe
 from tests.conftest import write_params
-from tests.fakes import FakeGpu, FakeNvml, FixedTorchProcess, fake_torch, kernel, ok_dependency
+from tests.fakes import FixedTorchProcess, cuda_device, cuda_devices, fake_torch, gpu_environment, kernel, ok_dependency
+from tests.nvml_lib import Driver, FakeNvmlLib, GpuSpec, MigSpec, no_nvml_library
 
 GIB = 1024**3
 
 
-def report_for(root: Path, nvml: FakeNvml, torch_probe: TorchCudaProbe, env: dict[str, str] | None = None, dependency_probe=ok_dependency):
+def report_for(
+    root: Path, nvml: FakeNvmlLib | None, torch_probe: TorchCudaProbe, env: dict[str, str] | None = None, dependency_probe=ok_dependency
+):
+    """A report through the default accelerator probe: the real pynvml over `nvml` (None: no NVIDIA library at all)."""
     request = TrainingPreflightRequest.for_root(root)
     kernels = [kernel(i) for i in range(torch_probe.device_count)][:1]
-    return build_training_preflight_report(
-        request,
-        dependency_probe=dependency_probe,
-        accelerator_probe=lambda rt, pf: probe_accelerator(rt, pf, nvml=nvml, torch_probe=lambda: torch_probe, environ=env or {}),
-        torch_process=FixedTorchProcess(cuda=torch_probe, kernels=kernels),
-    )
+    library = no_nvml_library() if nvml is None else nvml.installed()
+    with library, gpu_environment(env):
+        return build_training_preflight_report(
+            request, dependency_probe=dependency_probe, torch_process=FixedTorchProcess(cuda=torch_probe, kernels=kernels)
+        )
 
 
 def codes(report) -> set[str]:
@@ -54,38 +57,39 @@ def root(tiny_dataset: Path) -> Path:
 
 
 def test_preflight_no_nvml_library(root: Path) -> None:
-    report = report_for(root, FakeNvml(init_error=12), fake_torch())
+    report = report_for(root, None, fake_torch())
     assert report.ok and codes(report) == set() and report.resolved_device == "cpu"
     assert {c.name: (c.status, c.code) for c in report.checks}["nvml"] == ("skip", "nvml.library_not_found")
     write_params(root, runtime={"device": "auto"}, preflight={"require_accelerator": True})
-    report = report_for(root, FakeNvml(init_error=12), fake_torch())
+    report = report_for(root, None, fake_torch())
     assert not report.ok and codes(report) == {"nvml.library_not_found", "accelerator.not_found"}
 
 
 def test_preflight_driver_not_loaded(root: Path) -> None:
-    report = report_for(root, FakeNvml(init_error=9), fake_torch())
+    report = report_for(root, FakeNvmlLib([], Driver(init_error=9)), fake_torch())
     assert report.ok and codes(report) == set()
     write_params(root, runtime={"device": "cuda"})
-    report = report_for(root, FakeNvml(init_error=9), fake_torch())
+    report = report_for(root, FakeNvmlLib([], Driver(init_error=9)), fake_torch())
     assert not report.ok and codes(report) == {"nvml.driver_not_loaded", "accelerator.not_found"}
 
 
 def test_preflight_driver_library_mismatch(root: Path) -> None:
-    report = report_for(root, FakeNvml(init_error=18), fake_torch())
+    report = report_for(root, FakeNvmlLib([], Driver(init_error=18)), fake_torch())
     assert report.ok and codes(report) == {"nvml.driver_library_mismatch"}
     assert report.issues[0].severity == "warning"
-    report = report_for(root, FakeNvml(init_error=4), fake_torch())
+    report = report_for(root, FakeNvmlLib([], Driver(init_error=4)), fake_torch())
     assert report.ok and codes(report) == {"nvml.no_permission"}
 
 
 def test_preflight_zero_gpus(root: Path) -> None:
-    report = report_for(root, FakeNvml([]), fake_torch())
+    report = report_for(root, FakeNvmlLib([]), fake_torch())
     assert report.ok and codes(report) == set() and report.resolved_device == "cpu"
     assert {c.name: c.status for c in report.checks}["accelerator"] == "skip"
 
 
 def test_preflight_one_gpu_enough_free_vram(root: Path) -> None:
-    report = report_for(root, FakeNvml([FakeGpu(UUID0, H100[0], H100[1], 70 * GIB)]), fake_torch([(H100[0], H100[1], 70 * GIB)]))
+    gpus = [GpuSpec(UUID0, H100[0], H100[1], 70 * GIB)]
+    report = report_for(root, FakeNvmlLib(gpus), fake_torch(cuda_devices(gpus)))
     assert report.ok and codes(report) == set()
     assert report.resolved_device == "cuda:0"
     assert report.accelerator.free_memory_bytes == 70 * GIB
@@ -93,69 +97,60 @@ def test_preflight_one_gpu_enough_free_vram(root: Path) -> None:
 
 
 def test_preflight_one_gpu_total_enough_free_not(root: Path) -> None:
-    gpu = FakeGpu(UUID0, H100[0], H100[1], 1 * GIB)
-    report = report_for(root, FakeNvml([gpu]), fake_torch([(H100[0], H100[1], 1 * GIB)]))
+    gpus = [GpuSpec(UUID0, H100[0], H100[1], 1 * GIB)]
+    report = report_for(root, FakeNvmlLib(gpus), fake_torch(cuda_devices(gpus)))
     assert not report.ok and codes(report) == {"accelerator.insufficient_vram"}
     assert "enough in total" in report.issues[0].message
 
 
 @pytest.mark.parametrize("selector", ["1", UUID1, UUID1[:12]])
 def test_preflight_two_gpus_cuda_visible_devices(root: Path, selector: str) -> None:
-    gpus = [FakeGpu(UUID0, "GPU zero", 40 * GIB, 1 * GIB), FakeGpu(UUID1, "GPU one", 80 * GIB, 60 * GIB)]
+    gpus = [GpuSpec(UUID0, "GPU zero", 40 * GIB, 1 * GIB), GpuSpec(UUID1, "GPU one", 80 * GIB, 60 * GIB, pci_bus=0x28)]
     # torch only sees the visible GPU (physical 1) as cuda:0
-    report = report_for(root, FakeNvml(gpus), fake_torch([("GPU one", 80 * GIB, 60 * GIB)]), {"CUDA_VISIBLE_DEVICES": selector})
+    report = report_for(root, FakeNvmlLib(gpus), fake_torch([cuda_device(0, gpus[1])]), {"CUDA_VISIBLE_DEVICES": selector})
     assert report.ok and codes(report) == set()
     assert [(v.ordinal, v.nvml_index) for v in report.accelerator.visible] == [(0, 1)]
     assert report.accelerator.device_name == "GPU one"
 
 
 def test_preflight_visible_devices_mapping_rules() -> None:
-    from geno_pipeline.preflight.documents import NvmlDevice
+    from geno_pipeline.preflight.documents import MigInstance, NvmlDevice
 
+    mig = MigInstance(uuid="MIG-1234abcd-0000-0000-0000-000000000000", gpu_instance_id=1, compute_instance_id=0, total_memory_bytes=1,
+                      free_memory_bytes=1)  # fmt: skip
+    shape = {"name": "g", "total_memory_bytes": 1, "free_memory_bytes": 1, "used_memory_bytes": 0, "compute_capability": "9.0"}
     devs = [
-        NvmlDevice(
-            index=i,
-            uuid=u,
-            name="g",
-            total_memory_bytes=1,
-            free_memory_bytes=1,
-            used_memory_bytes=0,
-            mig_enabled=m,
-            mig_instances=mi,
-            compute_capability="9.0",
-        )
-        for i, (u, m, mi) in enumerate([(UUID0, False, []), (UUID1, True, ["MIG-1234abcd-0000-0000-0000-000000000000"])])
+        NvmlDevice(index=i, uuid=u, mig_enabled=m, mig_instances=mi, pci_bus_id=bus, **shape)  # type: ignore[arg-type]
+        for i, (u, m, mi, bus) in enumerate([(UUID0, False, [], "00000000:18:00.0"), (UUID1, True, [mig], "00000000:28:00.0")])
     ]
-    assert [v.nvml_index for v in map_visible_devices(None, devs)] == [0, 1]
-    assert [v.nvml_index for v in map_visible_devices("1,0", devs)] == [1, 0]
-    assert [v.nvml_index for v in map_visible_devices("0,7,1", devs)] == [0]  # CUDA stops at an unknown entry
+    assert [(v.ordinal, v.nvml_index) for v in map_visible_devices(None, devs)] == [(0, None), (1, None)]  # CUDA's order unknown
+    assert [v.nvml_index for v in map_visible_devices(None, devs, "PCI_BUS_ID")] == [0, 1]
+    assert [v.nvml_index for v in map_visible_devices("1,0", devs, "PCI_BUS_ID")] == [1, 0]
+    assert [v.nvml_index for v in map_visible_devices("0,7,1", devs, "PCI_BUS_ID")] == [0]  # CUDA stops at an unknown entry
+    assert [v.nvml_index for v in map_visible_devices(f"{UUID1},{UUID0}", devs)] == [1, 0]
     assert [v.nvml_index for v in map_visible_devices("", devs)] == []
     assert [v.nvml_index for v in map_visible_devices("-1", devs)] == []
-    mig = map_visible_devices("MIG-1234abcd", devs)
-    assert [(v.nvml_index, v.mig_uuid) for v in mig] == [(1, "MIG-1234abcd-0000-0000-0000-000000000000")]
+    found = map_visible_devices("MIG-1234abcd", devs)
+    assert [(v.nvml_index, v.mig_uuid) for v in found] == [(1, "MIG-1234abcd-0000-0000-0000-000000000000")]
 
 
 def test_preflight_mig_enabled(root: Path) -> None:
-    gpu = FakeGpu(UUID0, "NVIDIA A100", 80 * GIB, 70 * GIB, mig=True, mig_uuids=["MIG-aaaa0000-0000-0000-0000-000000000000"])
-    report = report_for(root, FakeNvml([gpu]), fake_torch([("NVIDIA A100", 80 * GIB, 70 * GIB)]))
+    instance = MigSpec("MIG-aaaa0000-0000-0000-0000-000000000000", 1, 0, 40 * GIB, 39 * GIB)
+    gpu = GpuSpec(UUID0, "NVIDIA A100", 80 * GIB, 70 * GIB, capability=(8, 0), mig=True, mig_devices=[instance])
+    report = report_for(root, FakeNvmlLib([gpu]), fake_torch(cuda_devices([gpu])))
     assert report.ok and codes(report) == {"accelerator.mig_enabled"}
-    report = report_for(
-        root,
-        FakeNvml([gpu]),
-        fake_torch([("NVIDIA A100 MIG 3g.40gb", 40 * GIB, 39 * GIB)]),
-        {"CUDA_VISIBLE_DEVICES": "MIG-aaaa0000-0000-0000-0000-000000000000"},
-    )
-    assert report.ok and codes(report) == set()
+    report = report_for(root, FakeNvmlLib([gpu]), fake_torch([cuda_device(0, instance, gpu)]), {"CUDA_VISIBLE_DEVICES": instance.uuid})
+    assert report.ok and codes(report) == set() and report.accelerator.free_memory_bytes == 39 * GIB
 
 
 def test_preflight_nvml_sees_gpu_torch_cannot(root: Path) -> None:
-    report = report_for(root, FakeNvml([FakeGpu(UUID0, H100[0], H100[1], 70 * GIB)]), fake_torch())
+    report = report_for(root, FakeNvmlLib([GpuSpec(UUID0, H100[0], H100[1], 70 * GIB)]), fake_torch())
     assert not report.ok and codes(report) == {"accelerator.torch_cuda_unavailable"}
 
 
 def test_preflight_device_count_mismatch_is_warning(root: Path) -> None:
-    gpus = [FakeGpu(UUID0, "a", 40 * GIB, 30 * GIB), FakeGpu(UUID1, "b", 40 * GIB, 30 * GIB)]
-    report = report_for(root, FakeNvml(gpus), fake_torch([("a", 40 * GIB, 30 * GIB)]))
+    gpus = [GpuSpec(UUID0, "a", 40 * GIB, 30 * GIB), GpuSpec(UUID1, "b", 40 * GIB, 30 * GIB, pci_bus=0x28)]
+    report = report_for(root, FakeNvmlLib(gpus), fake_torch([cuda_device(0, gpus[0])]))
     assert report.ok and codes(report) == {"accelerator.device_count_mismatch"}
 
 
@@ -172,7 +167,7 @@ def test_preflight_dependency_raising_at_import(root: Path, tmp_path: Path, monk
             else ok_dependency(spec)
         )
 
-    report = report_for(root, FakeNvml(init_error=12), fake_torch(), dependency_probe=deps)
+    report = report_for(root, None, fake_torch(), dependency_probe=deps)
     assert not report.ok and codes(report) == {"dependency.import_error"}
     assert report.issues[0].path == "safetensors"
 
@@ -183,7 +178,7 @@ def test_preflight_dependency_below_minimum(root: Path) -> None:
             return probe_dependency(DependencySpec("numpy", "numpy", True, "999.0"))
         return ok_dependency(spec)
 
-    report = report_for(root, FakeNvml(init_error=12), fake_torch(), dependency_probe=deps)
+    report = report_for(root, None, fake_torch(), dependency_probe=deps)
     assert not report.ok and codes(report) == {"dependency.too_old"}
     assert "below the minimum 999.0" in report.issues[0].message
 
@@ -203,13 +198,15 @@ def test_preflight_dataset_tampered_and_params_invalid(root: Path) -> None:
     data = root / "artifacts" / "dataset" / "valid_windows.npy"
     data.write_bytes(data.read_bytes()[:-1] + b"\x00")
     (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("batch_size: 8", "batch_size: -8"))
-    report = report_for(root, FakeNvml(init_error=12), fake_torch())
+    report = report_for(root, None, fake_torch())
     assert not report.ok and codes(report) == {"dataset.checksum_mismatch", "params.invalid"}
 
 
 def test_preflight_real_cpu_machine_defaults(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The real probes on this (CPU-only) machine: ok, device cpu, accelerator skip; report validates."""
-    assert main(["preflight", "--root", str(root)]) == 0
+    """The real probes with no GPU visible to CUDA (CUDA_VISIBLE_DEVICES="" hides every GPU, so this holds on a CUDA
+    machine too): ok, device cpu, accelerator skip; report validates."""
+    with gpu_environment({"CUDA_VISIBLE_DEVICES": ""}):
+        assert main(["preflight", "--root", str(root)]) == 0
     report = json.loads((root / "reports" / "preflight.json").read_text())
     validate_document(report, "preflight_report")
     assert report["ok"] is True and report["resolved_device"] == "cpu"
@@ -221,16 +218,16 @@ def test_preflight_real_cpu_machine_defaults(root: Path, capsys: pytest.CaptureF
 
 def test_preflight_require_accelerator_exits_3(root: Path) -> None:
     write_params(root, runtime={"device": "auto"}, preflight={"require_accelerator": True})
-    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "preflight", "--root", str(root)], capture_output=True, text=True)
-    if proc.returncode == 0:
-        pytest.skip("this machine has a usable CUDA device")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU for CUDA, on any machine
+    proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "preflight", "--root", str(root)], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     report = json.loads((root / "reports" / "preflight.json").read_text())
     validate_document(report, "preflight_report")
     errors = [i for i in report["issues"] if i["severity"] == "error"]
     assert "accelerator.not_found" in {i["code"] for i in errors}
-    # on this machine NVML itself is absent too, which is an error once an accelerator is required
+    # where NVML itself is absent too, that is an error once an accelerator is required
     assert {i["code"] for i in errors} <= {"accelerator.not_found", "nvml.library_not_found", "nvml.driver_not_loaded"}
     assert all(i["remedy"] for i in errors)
 
@@ -238,7 +235,7 @@ def test_preflight_require_accelerator_exits_3(root: Path) -> None:
 @pytest.mark.parametrize(("free", "ok"), [(2 * GIB, True), (2 * GIB - 1, False), (2 * GIB + 1, True)])
 def test_preflight_vram_gate_boundary(root: Path, free: int, ok: bool) -> None:
     """preflight.min_vram_gib (2.0 in this profile) free is enough; one byte less is not."""
-    gpu = FakeGpu(UUID0, H100[0], H100[1], free)
-    report = report_for(root, FakeNvml([gpu]), fake_torch([(H100[0], H100[1], free)]))
+    gpus = [GpuSpec(UUID0, H100[0], H100[1], free)]
+    report = report_for(root, FakeNvmlLib(gpus), fake_torch(cuda_devices(gpus)))
     assert report.ok is ok
     assert codes(report) == (set() if ok else {"accelerator.insufficient_vram"})

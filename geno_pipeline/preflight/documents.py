@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from geno_pipeline.documents import Document
+from geno_pipeline.documents import Document, FiniteFloat
 
 __all__ = [
     "MIN_CUDA_VRAM_GB",
@@ -20,6 +20,7 @@ __all__ = [
     "EnvironmentInfo",
     "GpuProcess",
     "KernelSmoke",
+    "MigInstance",
     "NvmlDevice",
     "NvmlProbe",
     "PreflightCheck",
@@ -107,6 +108,21 @@ class GpuProcess(Document):
     """GPU memory it holds (null when NVML cannot say, e.g. without permission)."""
 
 
+class MigInstance(Document):
+    """A MIG device (a compute instance inside a GPU instance) on a MIG-enabled GPU, as NVML reports it."""
+
+    uuid: str
+    """MIG device UUID (MIG-...), the form CUDA_VISIBLE_DEVICES takes."""
+    gpu_instance_id: int | None = Field(ge=0)
+    """GPU instance id (the `<GI>` of `MIG-GPU-<uuid>/<GI>/<CI>`); null when NVML could not read it."""
+    compute_instance_id: int | None = Field(ge=0)
+    """Compute instance id (the `<CI>`); null when NVML could not read it."""
+    total_memory_bytes: int | None = Field(ge=0)
+    """The instance's memory."""
+    free_memory_bytes: int | None = Field(ge=0)
+    """The instance's free memory, read before any CUDA context of the job or of preflight existed."""
+
+
 class NvmlDevice(Document):
     """A physical GPU as NVML reports it: identity, memory, and the health and state preflight checks.
 
@@ -122,13 +138,13 @@ class NvmlDevice(Document):
     total_memory_bytes: int | None = Field(ge=0)
     """Total memory."""
     free_memory_bytes: int | None = Field(ge=0)
-    """Free memory."""
+    """Free memory, read before any CUDA context of preflight existed."""
     used_memory_bytes: int | None = Field(ge=0)
     """Used memory."""
     mig_enabled: bool | None
     """MIG mode currently enabled (null when not supported)."""
-    mig_instances: list[str]
-    """UUIDs of MIG instances (MIG-...) when MIG is enabled."""
+    mig_instances: list[MigInstance]
+    """The MIG devices when MIG is enabled."""
     compute_capability: str | None
     """e.g. `9.0`."""
     driver_version: str | None = None
@@ -183,6 +199,9 @@ class NvmlDevice(Document):
     """Queries that failed for another reason, with the error."""
     lost: bool = False
     """NVML answered GPU_IS_LOST: the GPU fell off the bus or hangs."""
+    handle_error: str | None = None
+    """nvmlDeviceGetHandleByIndex failed (e.g. `NO_PERMISSION: Insufficient Permissions`): NVML counts the GPU but cannot
+    open it, so nothing else about it is known and every health check of it fails."""
 
 
 class NvmlProbe(Document):
@@ -197,9 +216,12 @@ class NvmlProbe(Document):
     driver_version: str | None
     """NVIDIA driver version."""
     cuda_driver_version: str | None
-    """CUDA version the driver supports, e.g. `12.4`."""
+    """CUDA version the driver supports, e.g. `12.4` (null when NVML could not say: see `query_errors`)."""
     devices: list[NvmlDevice]
     """Every GPU NVML sees."""
+    query_errors: dict[str, str] = Field(default_factory=dict)
+    """Machine-wide queries that failed (`driver_version`, `cuda_driver_version`, `device_count`), each with the error;
+    every other query still ran."""
 
 
 class TorchDevice(Document):
@@ -211,10 +233,13 @@ class TorchDevice(Document):
     """Device name."""
     total_memory_bytes: int = Field(ge=0)
     """Total memory."""
-    free_memory_bytes: int | None
-    """Free memory from torch.cuda.mem_get_info."""
     capability: str
     """Compute capability, e.g. `9.0`."""
+    uuid: str | None = None
+    """The device's UUID as CUDA reports it (`xxxxxxxx-xxxx-...`, no `GPU-`/`MIG-` prefix): how preflight finds the NVML
+    device behind each CUDA ordinal."""
+    pci_bus_id: str | None = None
+    """`domain:bus:device` in NVML's form (`00000000:18:00`), the fallback for that mapping."""
 
 
 class TorchCudaProbe(Document):
@@ -251,7 +276,10 @@ class VisibleDevice(Document):
     nvml_index: int | None
     """NVML index of the physical GPU (null when it matches none)."""
     mig_uuid: str | None
-    """MIG instance UUID when the entry selects one."""
+    """MIG instance UUID when the ordinal is one."""
+    mapped_by: Literal["uuid", "pci_bus_id", "cuda_visible_devices", "only_gpu"] | None = None
+    """How the NVML device was found: the UUID CUDA reports (`uuid`), its PCI bus id, a UUID entry of
+    CUDA_VISIBLE_DEVICES, or the machine's only GPU; never by position, since NVML's index need not be CUDA's ordinal."""
 
 
 class AcceleratorProbe(Document):
@@ -270,9 +298,9 @@ class AcceleratorProbe(Document):
     device_name: str | None
     """Name of the selected device."""
     total_memory_bytes: int | None
-    """Total memory of the selected device."""
+    """Total memory of the selected device (its MIG instance's, for a MIG device)."""
     free_memory_bytes: int | None
-    """Free memory of the selected device."""
+    """Free memory of the selected device, from NVML before any CUDA context existed (null when unknown)."""
     min_memory_bytes: int = Field(ge=0)
     """preflight.min_vram_gib in bytes."""
     reason: str
@@ -303,7 +331,10 @@ class DeterminismProbe(Document):
     deterministic_algorithms_supported: bool
     """torch reports deterministic algorithms on (not warn-only) exactly when runtime.deterministic asks for them."""
     tf32_allowed: bool
-    """torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32 after the settings (false when deterministic)."""
+    """cuBLAS or cuDNN may use TF32 after the settings, as torch reports it through the API it has (fp32_precision on
+    torch >= 2.9, allow_tf32 before), or through TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 on CUDA (false when deterministic)."""
+    tf32_cublas_override: bool = False
+    """TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 is set: torch lets cuBLAS use TF32 whatever the settings say."""
     cudnn_benchmark: bool
     """torch.backends.cudnn.benchmark after the settings."""
     can_take_effect: bool
@@ -325,8 +356,8 @@ class KernelSmoke(Document):
     """Matrix side."""
     seed: int = Field(ge=0)
     """Seed of the CPU generator that drew both matrices."""
-    max_rel_error: float | None
-    """max |device - CPU| / max |CPU| (null when it did not finish)."""
+    max_rel_error: FiniteFloat | None
+    """max |device - CPU| / max |CPU| (null when it did not finish, or when it is not finite: `error` then says so)."""
     tolerance: float = Field(gt=0)
     """Largest accepted max_rel_error (fp32; wider when TF32 is allowed)."""
     repeat_identical: bool | None
@@ -336,7 +367,7 @@ class KernelSmoke(Document):
     timeout_s: float = Field(gt=0)
     """The bound it ran under."""
     error: str | None
-    """Exception text, or what stopped it."""
+    """Exception text, what stopped it, or why `max_rel_error` is null (a NaN or infinite result)."""
 
 
 class DiskProbe(Document):

@@ -1,8 +1,10 @@
 """NVML (pynvml from nvidia-ml-py): the driver, every GPU, and each GPU's health and state.
 
-The NVML module is an argument so tests can fake any machine. Every query goes through `_Reader`: a query the GPU or
-driver does not support is recorded in `not_supported` (its check becomes `skip`), any other failure in `query_errors`,
-and GPU_IS_LOST marks the GPU lost. Nothing here raises for an NVML error.
+The NVML module is an argument so tests can fake any machine. Every query has its own error handling, so one failing
+call never hides the others: a query the GPU does not support, or that the driver's library lacks (pynvml raises
+FUNCTION_NOT_FOUND for a symbol an older driver does not export), is recorded in `not_supported` (its check becomes
+`skip`); any other failure in `query_errors`; GPU_IS_LOST marks the GPU lost; a GPU whose handle cannot be opened keeps
+the error in `handle_error`. Nothing here raises for an NVML error.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import contextlib
 import os
 from typing import Any
 
-from geno_pipeline.preflight.documents import ComputeMode, GpuProcess, NvmlDevice, NvmlProbe
+from geno_pipeline.preflight.documents import ComputeMode, GpuProcess, MigInstance, NvmlDevice, NvmlProbe
 
-__all__ = ["CLOCK_EVENT_REASONS", "SLOWDOWN_REASONS", "clock_event_names", "nvml_init_error_code", "probe_nvml"]
+__all__ = ["CLOCK_EVENT_REASONS", "SLOWDOWN_REASONS", "clock_event_names", "nvml_error_name", "nvml_init_error_code", "probe_nvml"]
 
 _NVML_INIT_CODES = (
     ("NVML_ERROR_LIBRARY_NOT_FOUND", 12, "nvml.library_not_found"),
@@ -21,7 +23,7 @@ _NVML_INIT_CODES = (
     ("NVML_ERROR_LIB_RM_VERSION_MISMATCH", 18, "nvml.driver_library_mismatch"),
     ("NVML_ERROR_NO_PERMISSION", 4, "nvml.no_permission"),
 )
-_NOT_SUPPORTED, _GPU_IS_LOST = 3, 15  # nvmlReturn_t values (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_GPU_IS_LOST)
+_NOT_SUPPORTED, _FUNCTION_NOT_FOUND, _GPU_IS_LOST = 3, 13, 15  # nvmlReturn_t (NOT_SUPPORTED, FUNCTION_NOT_FOUND, GPU_IS_LOST)
 _UNCORRECTED, _CORRECTED = 1, 0  # nvmlMemoryErrorType_t
 _VOLATILE, _AGGREGATE = 0, 1  # nvmlEccCounterType_t
 _CLOCK_SM, _CLOCK_MEM = 1, 2  # nvmlClockType_t
@@ -61,8 +63,24 @@ def nvml_init_error_code(nvml: Any, exc: BaseException) -> str:
     return "nvml.init_failed"
 
 
+def nvml_error_name(nvml: Any, value: Any) -> str | None:
+    """`NO_PERMISSION` for nvmlReturn_t 4, from the module's NVML_ERROR_* constants (None when unknown)."""
+    if not isinstance(value, int):
+        return None
+    for name in dir(nvml):
+        if name.startswith("NVML_ERROR_") and getattr(nvml, name, None) == value:
+            return name[len("NVML_ERROR_") :]
+    return None
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _error_text(nvml: Any, exc: BaseException) -> str:
+    """`NO_PERMISSION: Insufficient Permissions`, or the exception's type and text for anything else."""
+    name = nvml_error_name(nvml, getattr(exc, "value", None))
+    return f"{name}: {exc}" if name else f"{type(exc).__name__}: {exc}"
 
 
 class _Reader:
@@ -74,53 +92,78 @@ class _Reader:
         self.query_errors: dict[str, str] = {}
         self.lost = False
 
+    def _code(self, name: str, default: int) -> Any:
+        return getattr(self.nvml, name, default)
+
     def get(self, group: str, names: tuple[str, ...], *args: Any) -> Any:
-        """The first of `names` this nvidia-ml-py has, called with `args`; None when it fails."""
-        fn = next((f for n in names if (f := getattr(self.nvml, n, None)) is not None), None)
-        if fn is None:
-            self.not_supported[group] = f"{names[0]} is not in this nvidia-ml-py"
-            return None
-        try:
-            return fn(*args)
-        except Exception as exc:
-            value = getattr(exc, "value", None)
-            if value == getattr(self.nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED):
-                self.not_supported[group] = str(exc) or "Not Supported"
-            else:
-                self.lost = self.lost or value == getattr(self.nvml, "NVML_ERROR_GPU_IS_LOST", _GPU_IS_LOST)
-                self.query_errors[group] = f"{type(exc).__name__}: {exc}"
-            return None
+        """The first of `names` this nvidia-ml-py has and the driver exports, called with `args`; None when it fails.
+
+        A name the driver's library lacks (FUNCTION_NOT_FOUND: the symbol is newer than the driver) falls through to
+        the next name, the older call for the same fact; when none is there, the query is not supported here.
+        """
+        lacking = []
+        for name in names:
+            fn = getattr(self.nvml, name, None)
+            if fn is None:
+                lacking.append(f"{name} is not in this nvidia-ml-py")
+                continue
+            try:
+                return fn(*args)
+            except Exception as exc:
+                value = getattr(exc, "value", None)
+                if value == self._code("NVML_ERROR_FUNCTION_NOT_FOUND", _FUNCTION_NOT_FOUND):
+                    lacking.append(f"the driver lacks {name} ({exc})")
+                    continue
+                if value == self._code("NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED):
+                    self.not_supported[group] = str(exc) or "Not Supported"
+                else:
+                    self.lost = self.lost or value == self._code("NVML_ERROR_GPU_IS_LOST", _GPU_IS_LOST)
+                    self.query_errors[group] = _error_text(self.nvml, exc)
+                return None
+        self.not_supported[group] = "; ".join(lacking)
+        return None
 
 
-def _memory(read: _Reader, handle: Any) -> tuple[int | None, int | None, int | None]:
+def _memory(read: _Reader, handle: Any, group: str = "memory") -> tuple[int | None, int | None, int | None]:
+    """(total, free, used); the v2 API first, which reports reserved memory apart, so `free` is what can be used."""
     version = getattr(read.nvml, "nvmlMemory_v2", None)
-    info = None
     if version is not None:
-        with contextlib.suppress(Exception):  # the v2 API reports reserved memory separately: `free` is what can be used
-            info = read.nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
-    if info is None:
-        info = read.get("memory", ("nvmlDeviceGetMemoryInfo",), handle)
+        probe = _Reader(read.nvml)
+        info = probe.get(group, ("nvmlDeviceGetMemoryInfo",), handle, version)
+        if info is not None:
+            return int(info.total), int(info.free), int(info.used)
+        read.lost = read.lost or probe.lost
+    info = read.get(group, ("nvmlDeviceGetMemoryInfo",), handle)
     return (None, None, None) if info is None else (int(info.total), int(info.free), int(info.used))
 
 
-def _mig(nvml: Any, handle: Any) -> tuple[bool | None, list[str]]:
-    try:
-        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-    except Exception:  # not supported on this GPU / driver
+def _mig(read: _Reader, handle: Any) -> tuple[bool | None, list[MigInstance]]:
+    """MIG mode and, when enabled, every MIG device with its instance ids and memory (empty slots are skipped)."""
+    nvml = read.nvml
+    mode = read.get("mig_mode", ("nvmlDeviceGetMigMode",), handle)
+    if mode is None:
         return None, []
-    enabled = current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
-    instances: list[str] = []
-    if enabled:
-        try:
-            count = int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))
+    enabled = mode[0] == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+    if not enabled:
+        return False, []
+    count = read.get("mig_devices", ("nvmlDeviceGetMaxMigDeviceCount",), handle) or 0
+    instances = []
+    for j in range(int(count)):
+        try:  # NOT_FOUND: no MIG device in this slot
+            mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
         except Exception:
-            count = 0
-        for j in range(count):
-            try:
-                instances.append(_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j))))
-            except Exception:
-                continue
-    return enabled, instances
+            continue
+        sub = _Reader(nvml)
+        uuid = sub.get("uuid", ("nvmlDeviceGetUUID",), mig)
+        if uuid is None:
+            read.query_errors.setdefault("mig_devices", f"MIG device {j}: {next(iter(sub.query_errors.values()), 'no UUID')}")
+            continue
+        total, free, _used = _memory(sub, mig)
+        gi = sub.get("gi", ("nvmlDeviceGetGpuInstanceId",), mig)
+        ci = sub.get("ci", ("nvmlDeviceGetComputeInstanceId",), mig)
+        instances.append(MigInstance(uuid=_text(uuid), gpu_instance_id=gi, compute_instance_id=ci, total_memory_bytes=total,
+                                     free_memory_bytes=free))  # fmt: skip
+    return True, instances
 
 
 def _processes(read: _Reader, handle: Any) -> list[GpuProcess] | None:
@@ -173,19 +216,21 @@ def _health(read: _Reader, handle: Any) -> dict[str, Any]:
     }
 
 
-def _device(nvml: Any, index: int, driver: str, cuda: str) -> NvmlDevice:
+def _device(nvml: Any, index: int, driver: str | None, cuda: str | None) -> NvmlDevice:
     read = _Reader(nvml)
-    handle = read.get("handle", ("nvmlDeviceGetHandleByIndex",), index)
-    if handle is None:  # nothing else can be asked about this GPU
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception as exc:  # NO_PERMISSION, INSUFFICIENT_POWER, IRQ_ISSUE, GPU_IS_LOST, UNKNOWN: counted, not openable
+        lost = getattr(exc, "value", None) == getattr(nvml, "NVML_ERROR_GPU_IS_LOST", _GPU_IS_LOST)
         return NvmlDevice(
             index=index, uuid="", name="", total_memory_bytes=None, free_memory_bytes=None, used_memory_bytes=None,
             mig_enabled=None, mig_instances=[], compute_capability=None, driver_version=driver, cuda_driver_version=cuda,
-            not_supported=read.not_supported, query_errors=read.query_errors, lost=read.lost,
+            lost=lost, handle_error=_error_text(nvml, exc),
         )  # fmt: skip
     uuid = read.get("uuid", ("nvmlDeviceGetUUID",), handle)
     name = read.get("name", ("nvmlDeviceGetName",), handle)
     total, free, used = _memory(read, handle)
-    mig_enabled, instances = _mig(nvml, handle)
+    mig_enabled, instances = _mig(read, handle)
     capability = read.get("compute_capability", ("nvmlDeviceGetCudaComputeCapability",), handle)
     health = _health(read, handle)
     return NvmlDevice(
@@ -207,8 +252,18 @@ def _device(nvml: Any, index: int, driver: str, cuda: str) -> NvmlDevice:
     )
 
 
+def _cuda_version(raw: Any) -> str:
+    """nvmlSystemGetCudaDriverVersion's 12040 -> `12.4`."""
+    value = int(raw)
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
 def probe_nvml(nvml: Any | None = None) -> NvmlProbe:
-    """Query NVML: driver, CUDA driver version and every device with its health. Never raises for NVML errors."""
+    """Query NVML: driver, CUDA driver version and every device with its health. Never raises for NVML errors.
+
+    Each machine-wide query is asked on its own: a missing libcuda.so.1 (nvmlSystemGetCudaDriverVersion answers
+    LIBRARY_NOT_FOUND) loses the CUDA version only, not the GPUs.
+    """
     if nvml is None:
         try:
             import pynvml as nvml_module
@@ -224,18 +279,26 @@ def probe_nvml(nvml: Any | None = None) -> NvmlProbe:
     except error_type as exc:
         code = nvml_init_error_code(nvml, exc)
         return NvmlProbe(available=False, error_code=code, error=str(exc), driver_version=None, cuda_driver_version=None, devices=[])
+    errors: dict[str, str] = {}
+
+    def ask(key: str, query: Any) -> Any:
+        try:
+            return query()
+        except Exception as exc:
+            errors[key] = _error_text(nvml, exc)
+            return None
+
     try:
-        driver = _text(nvml.nvmlSystemGetDriverVersion())
+        raw_driver = ask("driver_version", nvml.nvmlSystemGetDriverVersion)
+        driver = None if raw_driver is None else _text(raw_driver)
         getter = getattr(nvml, "nvmlSystemGetCudaDriverVersion_v2", None) or nvml.nvmlSystemGetCudaDriverVersion
-        cuda_raw = int(getter())
-        cuda = f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}"
-        devices = [_device(nvml, index, driver, cuda) for index in range(int(nvml.nvmlDeviceGetCount()))]
-    except error_type as exc:
-        return NvmlProbe(
-            available=False, error_code="nvml.init_failed", error=f"{type(exc).__name__}: {exc}", driver_version=None,
-            cuda_driver_version=None, devices=[],
-        )  # fmt: skip
+        raw_cuda = ask("cuda_driver_version", getter)
+        cuda = None if raw_cuda is None else _cuda_version(raw_cuda)
+        count = ask("device_count", nvml.nvmlDeviceGetCount)
+        devices = [_device(nvml, index, driver, cuda) for index in range(int(count or 0))]
     finally:
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
-    return NvmlProbe(available=True, error_code=None, error=None, driver_version=driver, cuda_driver_version=cuda, devices=devices)
+    return NvmlProbe(
+        available=True, error_code=None, error=None, driver_version=driver, cuda_driver_version=cuda, devices=devices, query_errors=errors
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import queue
 import subprocess
 import sys
@@ -67,6 +68,7 @@ class TorchDeterminismFlags:
     tf32_cudnn: bool
     cuda_initialized_before: bool
     cpu_class: str  # `<vendor>/<instruction set>` (torchflags.cpu_kernel_class)
+    tf32_cublas_override: bool = False  # TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 in the probe process's environment
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,12 @@ def _kernel(ordinal: int, plan: TorchProbePlan, raw: dict[str, Any] | None, erro
             tolerance=kernel_tolerance(not plan.deterministic), repeat_identical=None, duration_ms=None, timeout_s=plan.cuda_timeout_s,
             error=str(error),
         )  # fmt: skip
+    outcome, relative, reason = raw["outcome"], raw["max_rel_error"], raw["error"]
+    if relative is not None and not math.isfinite(relative):  # JSON-safe: null and the reason, never NaN
+        outcome, relative, reason = "mismatch", None, f"the result is not finite: max rel. error {relative}"
     return KernelSmoke(
-        ordinal=ordinal, outcome=raw["outcome"], size=raw["size"], seed=raw["seed"], max_rel_error=raw["max_rel_error"],
-        tolerance=raw["tolerance"], repeat_identical=raw["repeat_identical"], duration_ms=raw["duration_ms"],
-        timeout_s=plan.cuda_timeout_s, error=raw["error"],
+        ordinal=ordinal, outcome=outcome, size=raw["size"], seed=raw["seed"], max_rel_error=relative, tolerance=raw["tolerance"],
+        repeat_identical=raw["repeat_identical"], duration_ms=raw["duration_ms"], timeout_s=plan.cuda_timeout_s, error=reason,
     )  # fmt: skip
 
 

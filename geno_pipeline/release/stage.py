@@ -60,7 +60,7 @@ def _created_at() -> str | None:
         return None
     if not epoch.isdigit():
         raise ReleaseError(f"SOURCE_DATE_EPOCH={epoch!r} is not a non-negative integer; fix: unset it or give seconds since 1970")
-    return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

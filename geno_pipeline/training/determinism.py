@@ -34,7 +34,7 @@ def configure_torch_reproducibility(
         torch_deterministic_algorithms=flags["deterministic_algorithms"],
         cudnn_benchmark=flags["cudnn_benchmark"],
         cudnn_deterministic=flags["cudnn_deterministic"],
-        tf32_matmul=flags["tf32_matmul"],
+        tf32_matmul=flags["tf32_matmul"] or (device.startswith("cuda") and flags["tf32_cublas_override"]),
         tf32_cudnn=flags["tf32_cudnn"],
         cpu_threads=torch.get_num_threads(),
         cuda_initialized_before=initialised,

@@ -56,9 +56,10 @@ class TorchDeterminismReport(Document):
     cudnn_deterministic: bool
     """torch.backends.cudnn.deterministic."""
     tf32_matmul: bool
-    """torch.backends.cuda.matmul.allow_tf32."""
+    """cuBLAS matmuls may use TF32: torch.backends.cuda.matmul.fp32_precision is `tf32` (allow_tf32 on torch < 2.9), or
+    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 on a CUDA device."""
     tf32_cudnn: bool
-    """torch.backends.cudnn.allow_tf32."""
+    """cuDNN may use TF32: torch.backends.cudnn.conv or .rnn fp32_precision is `tf32` (allow_tf32 on torch < 2.9)."""
     cpu_threads: int
     """torch.get_num_threads()."""
     cuda_initialized_before: bool

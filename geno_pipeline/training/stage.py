@@ -249,7 +249,7 @@ def setup(
     expected_fingerprint: EnvironmentFingerprint | None,
     model_factory: ModelFactory | None,
     group: Collective | None = None,
-    local_rank: int = 0,
+    local_rank: int | None = None,
 ) -> TrainingRun:
     """Load and check the inputs, apply determinism, and build the model, optimizer, sampler and held-out batch."""
     runtime, train = params.runtime, params.train
@@ -587,7 +587,7 @@ def run(
     expected_fingerprint: EnvironmentFingerprint | None = None,
     model_factory: ModelFactory | None = None,
     group: Collective | None = None,
-    local_rank: int = 0,
+    local_rank: int | None = None,
 ) -> StageResult[TrainingReport | LoopOutcome]:
     """Train (or resume) to `train.steps`; writes artifacts/train, reports/train.json, reports/metrics.json and plots.
 
@@ -617,6 +617,7 @@ def run(
         "train_step_seconds": round(outcome.step_seconds, 4),
         "steps_per_second": round(outcome.steps_run / outcome.step_seconds, 3) if outcome.step_seconds > 0 else None,
         **{f"loop_{part}_seconds": round(seconds, 4) for part, seconds in outcome.parts.items()},
+        "source_encoding_seconds": round(training.source_seconds, 4),  # once, before the loop; inside loop_encoding_seconds
         "checkpoint_writer_seconds": round(training.saver.busy_seconds, 4) if training.saver is not None else 0.0,  # beside the loop
         "checkpoint_writer": type(training.saver).__name__ if training.saver is not None else None,
     }

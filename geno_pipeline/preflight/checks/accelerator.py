@@ -8,15 +8,16 @@ machine; `assess_accelerator` turns a probe into findings as a pure function.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from geno_pipeline.config import PreflightParams, RuntimeParams
 from geno_pipeline.devices import requested_cuda_index, resolve_device, selected_cuda_ordinals
 from geno_pipeline.environment import device_kind
 from geno_pipeline.preflight.checks.base import Finding, passed, problem, skipped
-from geno_pipeline.preflight.documents import AcceleratorProbe, NvmlDevice, NvmlProbe, TorchCudaProbe, VisibleDevice
+from geno_pipeline.preflight.documents import AcceleratorProbe, NvmlDevice, NvmlProbe, TorchCudaProbe, TorchDevice, VisibleDevice
 from geno_pipeline.preflight.nvml import probe_nvml
 from geno_pipeline.torchprobe import torch_cuda_facts
 
@@ -26,6 +27,7 @@ __all__ = [
     "assess_accelerator",
     "empty_accelerator",
     "fingerprint_device_kind",
+    "map_cuda_devices",
     "map_visible_devices",
     "probe_accelerator",
     "probe_torch_cuda",
@@ -44,6 +46,9 @@ _NVML_REMEDY = {
     "nvml.driver_library_mismatch": "the user-space NVML library and the kernel driver differ: reboot or reinstall the driver",
     "nvml.no_permission": "grant access to /dev/nvidia* (e.g. the video group or container device flags)",
     "nvml.init_failed": "check `nvidia-smi`; reinstall the NVIDIA driver if it fails too",
+    "nvml.query_failed": (
+        "check `nvidia-smi`; in a container, NVIDIA_DRIVER_CAPABILITIES must include compute (libcuda.so.1) and utility (NVML)"
+    ),
 }
 
 
@@ -55,32 +60,136 @@ def probe_torch_cuda() -> TorchCudaProbe:
     return TorchCudaProbe(**torch_cuda_facts(), cuda_initialized_before_probe=before)
 
 
-def map_visible_devices(cuda_visible_devices: str | None, devices: list[NvmlDevice]) -> list[VisibleDevice]:
-    """Map CUDA ordinals to NVML devices the way the CUDA runtime reads CUDA_VISIBLE_DEVICES.
+def _uuid_hex(uuid: str | None) -> str:
+    """The 32 hex digits of a UUID, whatever its prefix (`GPU-`, `MIG-`, none) or case."""
+    text = (uuid or "").lower()
+    for prefix in ("gpu-", "mig-"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    return text.replace("-", "")
 
-    Entries are indices, GPU UUIDs (`GPU-...`, prefixes allowed) or MIG UUIDs (`MIG-...`). As in
-    CUDA, the list stops at the first entry that matches no device, and a repeated device.
+
+_Match = tuple[int, "str | None", "MappedBy"]
+MappedBy = Literal["uuid", "pci_bus_id", "cuda_visible_devices", "only_gpu"]
+_LEGACY_MIG = re.compile(r"^MIG-(GPU-[0-9A-Fa-f-]+)/(\d+)/(\d+)$")
+
+
+def _nvml_device_of(device: TorchDevice, nvml_devices: list[NvmlDevice]) -> _Match | None:
+    """The NVML GPU (and MIG device) behind a CUDA device: by the UUID CUDA reports, else by its PCI bus id."""
+    wanted = _uuid_hex(device.uuid)
+    if wanted:
+        for d in nvml_devices:
+            if d.uuid and _uuid_hex(d.uuid) == wanted:
+                return d.index, None, "uuid"
+            for m in d.mig_instances:
+                if _uuid_hex(m.uuid) == wanted:
+                    return d.index, m.uuid, "uuid"
+    if device.pci_bus_id:
+        for d in nvml_devices:
+            if d.pci_bus_id and d.pci_bus_id.upper().rsplit(".", 1)[0] == device.pci_bus_id.upper():
+                return d.index, None, "pci_bus_id"
+    return None
+
+
+def _selector_match(entry: str, devices: list[NvmlDevice], cuda_device_order: str | None) -> _Match | Literal[False] | None:
+    """What one CUDA_VISIBLE_DEVICES entry selects among NVML's GPUs: a match, None (a device, but which one NVML
+    cannot tell), or False (no device: CUDA stops reading the list there)."""
+    if entry.lstrip("-").isdigit():
+        index = int(entry)
+        if not 0 <= index < len(devices):
+            return False
+        if len(devices) == 1:
+            return devices[0].index, None, "only_gpu"
+        if cuda_device_order == "PCI_BUS_ID":  # CUDA's order is then the PCI bus order; NVML's index need not be
+            ordered = sorted(devices, key=lambda d: d.pci_bus_id or "")
+            return (ordered[index].index, None, "pci_bus_id") if ordered[index].pci_bus_id else None
+        return None  # FASTEST_FIRST (CUDA's default): which GPU is "fastest" is CUDA's to say
+    legacy = _LEGACY_MIG.match(entry)
+    if legacy is not None:  # MIG-GPU-<uuid>/<GPU instance>/<compute instance> (drivers before R470 name MIG devices so)
+        gpu, ids = _uuid_hex(legacy.group(1)), (int(legacy.group(2)), int(legacy.group(3)))
+        for d in devices:
+            for m in d.mig_instances if d.uuid and _uuid_hex(d.uuid).startswith(gpu) else []:
+                if (m.gpu_instance_id, m.compute_instance_id) == ids:
+                    return d.index, m.uuid, "cuda_visible_devices"
+        return False
+    if entry.startswith("MIG-"):
+        found = ((d.index, m.uuid) for d in devices for m in d.mig_instances if m.uuid.startswith(entry))
+        return next(((index, mig, "cuda_visible_devices") for index, mig in found), False)
+    if entry:
+        uuid = entry if entry.startswith("GPU-") else f"GPU-{entry}"
+        return next(((d.index, None, "cuda_visible_devices") for d in devices if d.uuid and d.uuid.startswith(uuid)), False)
+    return False
+
+
+def map_visible_devices(cuda_visible_devices: str | None, devices: list[NvmlDevice], cuda_device_order: str | None = None
+                        ) -> list[VisibleDevice]:  # fmt: skip
+    """Map CUDA ordinals to NVML devices from CUDA_VISIBLE_DEVICES alone, as the CUDA runtime reads it: for when torch
+    cannot say which devices it has.
+
+    Entries are indices, GPU UUIDs (`GPU-...`, prefixes allowed) or MIG devices (`MIG-<uuid>`, or
+    `MIG-GPU-<uuid>/<GI>/<CI>`); the list stops at the first entry that matches no device, and at a repeated one. An
+    index is mapped only where NVML can know CUDA's order (one GPU, or CUDA_DEVICE_ORDER=PCI_BUS_ID): CUDA's default
+    order is fastest first, and NVML's index "may not correlate" with it.
     """
-    if cuda_visible_devices is None:
-        return [VisibleDevice(ordinal=i, selector=str(d.index), nvml_index=d.index, mig_uuid=None) for i, d in enumerate(devices)]
+    entries = [str(i) for i in range(len(devices))] if cuda_visible_devices is None else cuda_visible_devices.split(",")
     out: list[VisibleDevice] = []
     seen: set[tuple[int, str | None]] = set()
-    for raw in cuda_visible_devices.split(","):
+    for raw in entries:
         entry = raw.strip()
-        match: tuple[int, str | None] | None = None
-        if entry.lstrip("-").isdigit():
-            index = int(entry)
-            match = next(((d.index, None) for d in devices if d.index == index), None) if index >= 0 else None
-        elif entry.startswith("MIG-"):
-            match = next(((d.index, m) for d in devices for m in d.mig_instances if m.startswith(entry)), None)
-        elif entry:
-            uuid = entry if entry.startswith("GPU-") else f"GPU-{entry}"
-            match = next(((d.index, None) for d in devices if d.uuid.startswith(uuid)), None)
-        if match is None or match in seen:
+        match = _selector_match(entry, devices, cuda_device_order)
+        if match is False or (match is not None and match[:2] in seen):
             break
-        seen.add(match)
-        out.append(VisibleDevice(ordinal=len(out), selector=entry, nvml_index=match[0], mig_uuid=match[1]))
+        if match is None:
+            out.append(VisibleDevice(ordinal=len(out), selector=entry, nvml_index=None, mig_uuid=None, mapped_by=None))
+            continue
+        seen.add(match[:2])
+        out.append(VisibleDevice(ordinal=len(out), selector=entry, nvml_index=match[0], mig_uuid=match[1], mapped_by=match[2]))
     return out
+
+
+def map_cuda_devices(
+    torch_devices: list[TorchDevice], nvml_devices: list[NvmlDevice], cuda_visible_devices: str | None, cuda_device_order: str | None
+) -> list[VisibleDevice]:
+    """Each CUDA ordinal torch sees, with the NVML device behind it, found by UUID (or PCI bus id), never by position.
+
+    When torch reports no devices (it cannot use CUDA), CUDA_VISIBLE_DEVICES is read as CUDA would
+    (`map_visible_devices`).
+    """
+    if not torch_devices:
+        return map_visible_devices(cuda_visible_devices, nvml_devices, cuda_device_order)
+    selectors = None if cuda_visible_devices is None else [e.strip() for e in cuda_visible_devices.split(",")]
+    out = []
+    for device in torch_devices:
+        selector = selectors[device.index] if selectors is not None and device.index < len(selectors) else str(device.index)
+        index, mig, how = _nvml_device_of(device, nvml_devices) or (None, None, None)
+        out.append(VisibleDevice(ordinal=device.index, selector=selector, nvml_index=index, mig_uuid=mig, mapped_by=how))
+    return out
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """A selected ordinal's name and memory: its MIG instance's when it is one, else its GPU's, both from NVML."""
+
+    ordinal: int
+    name: str | None
+    total: int | None
+    free: int | None
+    why_unknown: str | None = None
+
+
+def _memory_of(ordinal: int, visible: list[VisibleDevice], nvml: NvmlProbe, torch_devices: list[TorchDevice]) -> _Memory:
+    tdev = torch_devices[ordinal] if ordinal < len(torch_devices) else None
+    sel = visible[ordinal] if ordinal < len(visible) else None
+    ndev = next((d for d in nvml.devices if sel is not None and d.index == sel.nvml_index), None)
+    name = tdev.name if tdev is not None else (ndev.name if ndev is not None else None)
+    if ndev is None:
+        why = "NVML is unavailable" if not nvml.available else "no NVML device maps to it"
+        return _Memory(ordinal, name, tdev.total_memory_bytes if tdev else None, None, why)
+    if sel is not None and sel.mig_uuid is not None:
+        inst = next((m for m in ndev.mig_instances if m.uuid == sel.mig_uuid), None)
+        if inst is not None:
+            return _Memory(ordinal, name, inst.total_memory_bytes, inst.free_memory_bytes)
+    return _Memory(ordinal, name, ndev.total_memory_bytes, ndev.free_memory_bytes)
 
 
 def probe_accelerator(
@@ -93,10 +202,10 @@ def probe_accelerator(
 ) -> AcceleratorProbe:
     """Probe NVML and torch, map visibility and resolve the device training will use."""
     env = os.environ if environ is None else environ
-    nv = probe_nvml(nvml)
+    nv = probe_nvml(nvml)  # first: it lists each GPU's processes and free memory before anything creates a CUDA context
     th = (torch_probe or probe_torch_cuda)()
     cvd = env.get("CUDA_VISIBLE_DEVICES")
-    visible = map_visible_devices(cvd, nv.devices) if nv.available else []
+    visible = map_cuda_devices(th.devices, nv.devices, cvd, env.get("CUDA_DEVICE_ORDER")) if nv.available else []
     usable = th.cuda_available and th.device_count > 0
     requested = runtime.device
     required = preflight.require_accelerator or requested_cuda_index(requested) is not None
@@ -106,22 +215,16 @@ def probe_accelerator(
     else:
         reason = f"runtime.device is {requested}"
     selected = requested_cuda_index(resolved)
-    tdev = th.devices[selected] if selected is not None and selected < len(th.devices) else None
-    ndev = None
-    if selected is not None and selected < len(visible) and visible[selected].nvml_index is not None:
-        ndev = next((d for d in nv.devices if d.index == visible[selected].nvml_index), None)
-    free = tdev.free_memory_bytes if tdev is not None and tdev.free_memory_bytes is not None else (ndev.free_memory_bytes if ndev else None)
-    total = tdev.total_memory_bytes if tdev is not None else (ndev.total_memory_bytes if ndev else None)
-    name = tdev.name if tdev is not None else (ndev.name if ndev else None)
+    memory = _memory_of(selected, visible, nv, th.devices) if selected is not None else None
     return AcceleratorProbe(
         requested_device=requested,
         resolved_device=resolved,
         required=required,
         available=usable,
         device_count=th.device_count if usable else 0,
-        device_name=name,
-        total_memory_bytes=total,
-        free_memory_bytes=free,
+        device_name=memory.name if memory else None,
+        total_memory_bytes=memory.total if memory else None,
+        free_memory_bytes=memory.free if memory else None,
         min_memory_bytes=int(preflight.min_vram_gib * GIB),
         reason=reason,
         cuda_visible_devices=cvd,
@@ -132,18 +235,23 @@ def probe_accelerator(
     )
 
 
-def _nvml_finding(probe: AcceleratorProbe, wants_cuda: bool) -> Finding:
+def _nvml_finding(probe: AcceleratorProbe, wants_cuda: bool) -> list[Finding]:
     nv = probe.nvml
     if nv.available:
-        return passed("nvml", f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)")
+        row = passed("nvml", f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)")
+        if not nv.query_errors:
+            return [row]
+        failed = "; ".join(f"{key}: {error}" for key, error in nv.query_errors.items())
+        message = f"NVML answered, but could not read {failed}"
+        return [problem("nvml", "warning", "nvml.query_failed", "nvml", message, _NVML_REMEDY["nvml.query_failed"])]
     code = nv.error_code or "nvml.init_failed"
     remedy = _NVML_REMEDY.get(code, _NVML_REMEDY["nvml.init_failed"])
     message = f"NVML unavailable: {nv.error}"
     if wants_cuda:
-        return problem("nvml", "error", code, "nvml", message, remedy)
+        return [problem("nvml", "error", code, "nvml", message, remedy)]
     if code in _NO_GPU_CODES:  # simply no NVIDIA GPU here
-        return Finding("nvml", "skip", message, code, remedy)
-    return problem("nvml", "warning", code, "nvml", message, remedy)
+        return [Finding("nvml", "skip", message, code, remedy)]
+    return [problem("nvml", "warning", code, "nvml", message, remedy)]
 
 
 def _torch_finding(probe: AcceleratorProbe, wants_cuda: bool) -> Finding:
@@ -159,7 +267,7 @@ def _torch_finding(probe: AcceleratorProbe, wants_cuda: bool) -> Finding:
 def _cross_checks(probe: AcceleratorProbe) -> list[Finding]:
     """NVML sees GPUs that torch cannot use; device counts disagree (issues without rows of their own)."""
     nv, th = probe.nvml, probe.torch
-    mapped = [v for v in probe.visible if v.nvml_index is not None]
+    mapped = map_visible_devices(probe.cuda_visible_devices, nv.devices)  # what CUDA_VISIBLE_DEVICES leaves visible, by NVML
     out = []
     if nv.available and mapped and not th.cuda_available and probe.requested_device != "cpu":
         message = (
@@ -171,9 +279,10 @@ def _cross_checks(probe: AcceleratorProbe) -> list[Finding]:
             "or set runtime.device: cpu to train on the CPU"
         )
         out.append(problem("accelerator", "error", "accelerator.torch_cuda_unavailable", "torch", message, remedy, row=False))
-    if nv.available and th.cuda_available and len(mapped) != th.device_count:
+    unopened = any(d.handle_error is not None for d in nv.devices)  # no UUID to map by: gpu.unreadable says so
+    if nv.available and th.cuda_available and len(mapped) != th.device_count and not unopened:
         message = (
-            f"NVML maps {len(mapped)} visible device(s) (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
+            f"NVML finds {len(mapped)} device(s) visible (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
             f"but torch sees {th.device_count}"
         )
         remedy = "check CUDA_VISIBLE_DEVICES: entries after an unknown index or UUID are ignored by CUDA"
@@ -193,54 +302,67 @@ def _cpu_resolution(probe: AcceleratorProbe) -> Finding:
     )  # fmt: skip
 
 
-def _mig_warning(probe: AcceleratorProbe, index: int) -> list[Finding]:
-    sel = probe.visible[index] if index < len(probe.visible) else None
+def _mig_warning(probe: AcceleratorProbe, ordinal: int) -> list[Finding]:
+    sel = probe.visible[ordinal] if ordinal < len(probe.visible) else None
     ndev = next((d for d in probe.nvml.devices if sel is not None and d.index == sel.nvml_index), None)
     if ndev is None or not ndev.mig_enabled or (sel is not None and sel.mig_uuid is not None):
         return []
-    message = f"MIG is enabled on {ndev.name} ({ndev.uuid}); CUDA can only use its MIG instances"
-    remedy = "set CUDA_VISIBLE_DEVICES to a MIG instance UUID (MIG-...) listed in the report, or disable MIG"
+    message = f"cuda:{ordinal}: MIG is enabled on {ndev.name} ({ndev.uuid}); CUDA can only use its MIG devices"
+    remedy = "set CUDA_VISIBLE_DEVICES to MIG device UUIDs (MIG-...) listed in the report, or disable MIG"
     return [problem("accelerator", "warning", "accelerator.mig_enabled", f"nvml:{ndev.index}", message, remedy, row=False)]
 
 
-def _vram_gate(probe: AcceleratorProbe) -> Finding:
-    free, total = probe.free_memory_bytes, probe.total_memory_bytes
+def _gib(b: int | None) -> str:
+    return "unknown" if b is None else f"{b / GIB:.2f} GiB"
 
-    def gib(b: int | None) -> str:
-        return "unknown" if b is None else f"{b / GIB:.2f} GiB"
 
-    detail = f"{probe.device_name}: free {gib(free)} of {gib(total)}, need {gib(probe.min_memory_bytes)} free"
-    if free is not None and free >= probe.min_memory_bytes:
-        return passed("accelerator", f"{probe.resolved_device} {detail}")
-    enough_total = total is not None and total >= probe.min_memory_bytes
-    return problem(
-        "accelerator", "error", "accelerator.insufficient_vram", probe.resolved_device, detail,
-        "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib",
-        detail=detail + (" (enough in total, but other processes hold the rest)" if enough_total else ""),
-    )  # fmt: skip
+def _vram_gate(probe: AcceleratorProbe) -> list[Finding]:
+    """Every selected ordinal has `preflight.min_vram_gib` free (NVML's reading, taken before any CUDA context)."""
+    need = probe.min_memory_bytes
+    lines, findings = [], []
+    for ordinal in probe.selected_ordinals:
+        m = _memory_of(ordinal, probe.visible, probe.nvml, probe.torch.devices)
+        free = f"free {_gib(m.free)}" + (f" ({m.why_unknown})" if m.why_unknown else "")
+        detail = f"cuda:{ordinal} {m.name}: {free} of {_gib(m.total)}, need {_gib(need)} free"
+        lines.append(detail)
+        if m.free is not None and m.free >= need:
+            continue
+        enough_total = m.total is not None and m.total >= need and m.free is not None
+        findings.append(problem(
+            "accelerator", "error", "accelerator.insufficient_vram", f"cuda:{ordinal}", detail,
+            "free GPU memory (stop other jobs; see nvidia-smi), pick another device, or lower preflight.min_vram_gib",
+            detail=detail + (" (enough in total, but other processes hold the rest)" if enough_total else ""), row=False,
+        ))  # fmt: skip
+    text = "; ".join(lines)
+    if not findings:
+        return [passed("accelerator", text)]
+    first = findings[0]
+    return [Finding("accelerator", "fail", text, first.code, first.remedy), *findings]
 
 
 def _cuda_resolution(probe: AcceleratorProbe) -> list[Finding]:
-    index = int(probe.resolved_device.split(":")[1])
     if not probe.available:
         return [problem(
             "accelerator", "error", "accelerator.not_found", "runtime.device", probe.reason,
             "run on a GPU machine with a CUDA build of torch, or set runtime.device: auto or cpu",
             detail=f"runtime.device is {probe.requested_device} but no usable CUDA device was found",
         )]  # fmt: skip
-    if index >= probe.device_count:
+    beyond = [o for o in probe.selected_ordinals if o >= probe.device_count]
+    if beyond:
+        asked = ", ".join(f"cuda:{o}" for o in beyond)
         return [problem(
             "accelerator", "error", "accelerator.invalid_device_index", "runtime.device", probe.reason,
-            f"use cuda:0..cuda:{probe.device_count - 1} or check CUDA_VISIBLE_DEVICES",
-            detail=f"runtime.device is {probe.requested_device} but only {probe.device_count} CUDA device(s) are visible",
+            f"use cuda:0..cuda:{probe.device_count - 1}, fewer workers, or check CUDA_VISIBLE_DEVICES",
+            detail=f"the job uses {asked} but only {probe.device_count} CUDA device(s) are visible",
         )]  # fmt: skip
-    return [*_mig_warning(probe, index), _vram_gate(probe)]
+    mig = [f for o in probe.selected_ordinals for f in _mig_warning(probe, o)]
+    return [*mig, *_vram_gate(probe)]
 
 
 def assess_accelerator(probe: AcceleratorProbe) -> list[Finding]:
     """Findings for a probe: NVML state, torch, cross-checks, device resolution and the VRAM gate."""
     wants_cuda = probe.required or probe.resolved_device.startswith("cuda")
-    findings = [_nvml_finding(probe, wants_cuda), _torch_finding(probe, wants_cuda), *_cross_checks(probe)]
+    findings = [*_nvml_finding(probe, wants_cuda), _torch_finding(probe, wants_cuda), *_cross_checks(probe)]
     if probe.resolved_device.startswith("cuda"):
         return findings + _cuda_resolution(probe)
     return [*findings, _cpu_resolution(probe)]

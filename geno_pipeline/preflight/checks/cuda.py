@@ -5,19 +5,49 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from geno_pipeline.preflight.checks.base import Finding, passed, problem, skipped
 from geno_pipeline.preflight.checks.gpu import REMEDIES, GpuTarget, Verdict, device_rows, gpu_targets
 from geno_pipeline.preflight.documents import AcceleratorProbe, KernelSmoke
 
-__all__ = ["CudaCheck", "CudaFacts", "arch_support", "cuda_version_tuple"]
+__all__ = ["MINIMUM_DRIVER", "CudaCheck", "CudaFacts", "arch_support", "cuda_version_tuple", "driver_compatibility"]
 
 _ARCH = re.compile(r"^(sm|compute)_(\d+)([af]?)$")
+
+# The oldest Linux driver of each CUDA major release family that runs any toolkit of that family (minor-version
+# compatibility, CUDA 11 onwards): NVIDIA's "CUDA Toolkit and Minimum Required Driver Version for CUDA Minor Version
+# Compatibility" (CUDA compatibility guide, table 1; release notes).
+MINIMUM_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580"}
+
+Compatibility = Literal["ok", "minor_older", "too_old"]
 
 
 def cuda_version_tuple(version: str) -> tuple[int, ...]:
     """`12.4` -> (12, 4); `12.4.1` -> (12, 4, 1)."""
     return tuple(int(p) for p in re.findall(r"\d+", version))
+
+
+def driver_compatibility(driver_version: str | None, driver_cuda: str, toolkit_cuda: str) -> tuple[Compatibility, str]:
+    """Can a driver (`driver_version`, supporting CUDA `driver_cuda`) run a build for CUDA `toolkit_cuda`? And why.
+
+    Since CUDA 11 a toolkit runs on any driver of its major family at or above that family's minimum
+    (`MINIMUM_DRIVER`), with a limited feature set when the driver's CUDA minor is below the toolkit's (`minor_older`:
+    PTX of the newer minor cannot be JIT-compiled, newer APIs are missing); a driver of a newer major runs it too
+    (backward compatibility). A driver of an older major, or below the family's minimum, cannot (`too_old`).
+    """
+    (d_major, d_minor), (t_major, t_minor) = cuda_version_tuple(driver_cuda)[:2], cuda_version_tuple(toolkit_cuda)[:2]
+    if d_major > t_major:
+        return "ok", f"CUDA {driver_cuda} is a newer major than {toolkit_cuda}: backward compatible"
+    if d_major < t_major:
+        return "too_old", f"CUDA {driver_cuda} is an older major than {toolkit_cuda}"
+    minimum = MINIMUM_DRIVER.get(t_major)
+    if minimum is not None and driver_version is not None and cuda_version_tuple(driver_version) < cuda_version_tuple(minimum):
+        return "too_old", f"CUDA {t_major}.x needs driver >= {minimum} for minor-version compatibility"
+    if d_minor < t_minor:
+        floor = f" (driver >= {minimum} runs every CUDA {t_major}.x build)" if minimum else ""
+        return "minor_older", f"CUDA {driver_cuda} runs a CUDA {toolkit_cuda} build by minor-version compatibility{floor}"
+    return "ok", f"CUDA {driver_cuda} >= {toolkit_cuda}"
 
 
 def arch_support(capability: str, arch_list: list[str]) -> str | None:
@@ -62,8 +92,10 @@ def _kernel_verdict(k: KernelSmoke | None, ordinal: int, deterministic: bool) ->
         matches = f"max rel. error {k.max_rel_error:.1e} <= {k.tolerance:.0e}"
         return Verdict("pass", f"{k.size}x{k.size} fp32 matmul matches the CPU ({matches}), {note}, {k.duration_ms:.0f} ms")
     if k.outcome == "mismatch":
+        if k.max_rel_error is None:  # NaN or inf: kept out of the JSON, the reason in `error`
+            return Verdict("fail", f"the matmul differs from the CPU: {k.error or 'the result is not finite'}", "cuda.kernel_mismatch")
         return Verdict(
-            "fail", f"the matmul differs from the CPU: max rel. error {k.max_rel_error} > {k.tolerance:.0e}", "cuda.kernel_mismatch"
+            "fail", f"the matmul differs from the CPU: max rel. error {k.max_rel_error:.2e} > {k.tolerance:.0e}", "cuda.kernel_mismatch"
         )
     if k.outcome == "nondeterministic":
         return Verdict("fail", "two runs of the same matmul differ bitwise under the determinism settings", "cuda.kernel_nondeterministic")
@@ -93,13 +125,20 @@ class CudaCheck:
             return [skipped("cuda.driver", "runtime.device is cpu")]
         if th.cuda_version is None:
             return [skipped("cuda.driver", f"torch {th.torch_version} is a CPU build")]
-        if not nv.available or nv.cuda_driver_version is None:
+        if not nv.available:
             return [skipped("cuda.driver", f"NVML unavailable ({nv.error}): the driver's CUDA version is unknown")]
+        if nv.cuda_driver_version is None:
+            why = nv.query_errors.get("cuda_driver_version", "not reported")
+            return [skipped("cuda.driver", f"NVML could not read the driver's CUDA version ({why})")]
         driver, built = nv.cuda_driver_version, th.cuda_version
-        if cuda_version_tuple(driver)[:2] < cuda_version_tuple(built)[:2]:
-            message = f"driver {nv.driver_version} supports CUDA {driver}, but torch {th.torch_version} was built for CUDA {built}"
-            return [problem("cuda.driver", "error", "cuda.driver_too_old", "nvml", message, REMEDIES["cuda.driver_too_old"])]
-        return [passed("cuda.driver", f"driver {nv.driver_version} supports CUDA {driver} >= torch's CUDA {built}")]
+        verdict, why = driver_compatibility(nv.driver_version, driver, built)
+        seen = f"driver {nv.driver_version} supports CUDA {driver}; torch {th.torch_version} was built for CUDA {built}"
+        if verdict == "too_old":
+            return [problem("cuda.driver", "error", "cuda.driver_too_old", "nvml", f"{seen}: {why}", REMEDIES["cuda.driver_too_old"])]
+        if verdict == "minor_older":
+            message = f"{seen}: {why}; features newer than CUDA {driver} may be missing"
+            return [problem("cuda.driver", "warning", "cuda.driver_minor_older", "nvml", message, REMEDIES["cuda.driver_minor_older"])]
+        return [passed("cuda.driver", f"{seen}: {why}")]
 
     def _arch(self, targets: list[GpuTarget]) -> list[Finding]:
         th = self.accelerator.torch

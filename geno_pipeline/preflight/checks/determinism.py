@@ -10,7 +10,7 @@ from geno_pipeline.config import RuntimeParams
 from geno_pipeline.preflight.checks.base import Finding, problem, skipped
 from geno_pipeline.preflight.documents import DeterminismProbe
 from geno_pipeline.preflight.torch_process import TorchDeterminismFlags
-from geno_pipeline.torchflags import CUBLAS_WORKSPACE_CONFIG
+from geno_pipeline.torchflags import CUBLAS_WORKSPACE_CONFIG, TF32_OVERRIDE_ENV
 
 __all__ = ["DeterminismCheck", "determinism_facts"]
 
@@ -24,13 +24,15 @@ def determinism_facts(
     env = os.environ if environ is None else environ
     cuda = resolved_device.startswith("cuda")
     wanted = runtime.deterministic
-    tf32 = flags.tf32_matmul or flags.tf32_cudnn
+    override = flags.tf32_cublas_override
+    tf32 = flags.tf32_matmul or flags.tf32_cudnn or (cuda and override)
     return DeterminismProbe(
         deterministic=wanted,
         cublas_workspace_config_env=env.get("CUBLAS_WORKSPACE_CONFIG"),
         cublas_workspace_config_applied=CUBLAS_WORKSPACE_CONFIG if (cuda and wanted) else None,
         deterministic_algorithms_supported=flags.deterministic_algorithms == wanted and not flags.deterministic_warn_only,
         tf32_allowed=tf32,
+        tf32_cublas_override=override,
         cudnn_benchmark=flags.cudnn_benchmark,
         can_take_effect=not (cuda and flags.cuda_initialized_before),
         cpu_class=flags.cpu_class,
@@ -58,6 +60,11 @@ class DeterminismCheck:
             detail = "runtime.deterministic is false: results are not guaranteed to be reproducible"
             remedy = "set runtime.deterministic: true"
             return [problem(self.name, "warning", "determinism.disabled", key, "deterministic mode off", remedy, detail=detail)]
+        if facts.tf32_cublas_override and self.resolved_device.startswith("cuda"):
+            detail = f"{TF32_OVERRIDE_ENV}=1 makes cuBLAS use TF32 whatever the determinism settings say: results differ from fp32"
+            remedy = f"unset {TF32_OVERRIDE_ENV} (or set runtime.deterministic: false if TF32 results are acceptable)"
+            return [problem(self.name, "error", "determinism.tf32_override", TF32_OVERRIDE_ENV, "TF32 forced on by the environment", remedy,
+                            detail=detail)]  # fmt: skip
         if not facts.deterministic_algorithms_supported or facts.tf32_allowed or facts.cudnn_benchmark:
             algorithms = "on" if facts.deterministic_algorithms_supported else "off or warn-only"
             detail = (

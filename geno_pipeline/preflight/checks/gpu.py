@@ -14,7 +14,7 @@ from geno_pipeline.preflight.checks.base import Finding, problem
 from geno_pipeline.preflight.documents import AcceleratorProbe, CheckStatus, NvmlDevice, Severity
 from geno_pipeline.preflight.nvml import SLOWDOWN_REASONS
 
-__all__ = ["GPU_ROWS", "REMEDIES", "GpuHealthCheck", "GpuTarget", "Verdict", "device_rows", "gpu_targets"]
+__all__ = ["GPU_ROWS", "REMEDIES", "GpuHealthCheck", "GpuTarget", "Verdict", "device_rows", "gpu_targets", "unopened"]
 
 GIB = 1024**3
 _RANK: dict[CheckStatus, int] = {"skip": 0, "pass": 1, "warn": 2, "fail": 3}
@@ -31,7 +31,15 @@ REMEDIES = {
     "gpu.busy": "stop them, or pick a free GPU with CUDA_VISIBLE_DEVICES; they share its compute and memory",
     "gpu.compute_prohibited": "ask the node's admin to run `nvidia-smi -c DEFAULT` on this GPU, or pick another GPU",
     "gpu.exclusive_busy": "wait for that process to end, or pick a free GPU with CUDA_VISIBLE_DEVICES",
-    "cuda.driver_too_old": "install an NVIDIA driver that supports torch's CUDA version, or a torch build for the driver's CUDA or older",
+    "gpu.unreadable": (
+        "NVML counts this GPU but cannot open it: check dmesg and `nvidia-smi -q` for it (power cables, XID errors), "
+        "grant access to its /dev/nvidia* node, or hide it with CUDA_VISIBLE_DEVICES"
+    ),
+    "cuda.driver_too_old": (
+        "install an NVIDIA driver of torch's CUDA major at or above that major's minimum (CUDA 12.x: >= 525.60.13, 13.x: >= 580), "
+        "or a torch build for the driver's CUDA major"
+    ),
+    "cuda.driver_minor_older": "update the NVIDIA driver to one that supports torch's CUDA version to get every feature of the build",
     "cuda.arch_unsupported": "install a torch build with kernels for this GPU's architecture (a newer CUDA wheel), or use another GPU",
     "cuda.kernel_mismatch": "the GPU computes wrong results: drain the node, run `dcgmi diag -r 3`, train on another GPU",
     "cuda.kernel_nondeterministic": "check that nothing overrides CUBLAS_WORKSPACE_CONFIG or the determinism flags; else suspect the GPU",
@@ -81,6 +89,23 @@ def gpu_targets(probe: AcceleratorProbe) -> list[GpuTarget]:
         visible = probe.visible[ordinal] if ordinal < len(probe.visible) else None
         out.append(GpuTarget(ordinal, by_index.get(visible.nvml_index) if visible and visible.nvml_index is not None else None))
     return out
+
+
+def unopened(devices: list[NvmlDevice], *, required: bool) -> Verdict | None:
+    """The verdict on GPUs NVML counts but cannot open (nvmlDeviceGetHandleByIndex failed): never a pass.
+
+    A GPU it cannot open may be sick (INSUFFICIENT_POWER, IRQ_ISSUE, UNKNOWN) or merely not ours to read
+    (NO_PERMISSION); only the latter, and only when CUDA is not required, is a warning.
+    """
+    closed = [d for d in devices if d.handle_error is not None]
+    if not closed:
+        return None
+    if any(d.lost for d in closed):
+        return Verdict("fail", "NVML reports the GPU lost (GPU_IS_LOST)", "gpu.lost")
+    named = "; ".join(f"NVML index {d.index}: {d.handle_error}" for d in closed)
+    text = f"NVML cannot open the GPU ({named}): its health is unknown"
+    permission_only = all((d.handle_error or "").startswith("NO_PERMISSION") for d in closed)
+    return Verdict("warn" if permission_only and not required else "fail", text, "gpu.unreadable")
 
 
 def _unreadable(d: NvmlDevice, groups: tuple[str, ...]) -> Verdict | None:
@@ -197,14 +222,18 @@ class GpuHealthCheck:
         if not self.accelerator.nvml.available:
             why = f"NVML unavailable ({self.accelerator.nvml.error})"
             return [Finding(row, "skip", why) for row, _, _ in GPU_ROWS]
+        required = self.accelerator.required
+        closed = [d for d in self.accelerator.nvml.devices if d.handle_error is not None]
         findings: list[Finding] = []
         for row, groups, judge in GPU_ROWS:
             verdicts = []
             for t in facts:
-                if t.device is None:
-                    verdicts.append((t, Verdict("skip", "no NVML device behind this ordinal (see CUDA_VISIBLE_DEVICES)")))
+                if t.device is None:  # a GPU NVML could not open has no UUID, so nothing maps to it: it may be this one
+                    unmapped = Verdict("skip", "no NVML device behind this ordinal (see CUDA_VISIBLE_DEVICES)")
+                    verdicts.append((t, unopened(closed, required=required) or unmapped))
                 else:
-                    verdicts.append((t, _unreadable(t.device, groups) or judge(t.device)))
+                    verdict = unopened([t.device], required=required) or _unreadable(t.device, groups) or judge(t.device)
+                    verdicts.append((t, verdict))
             findings += device_rows(row, verdicts)
         return _dedupe(findings)
 
