@@ -27,7 +27,7 @@ from geno_pipeline.preflight.nvml import probe_nvml
 from geno_pipeline.preflight.torch_process import TorchProbePlan, TorchProbeProcess
 from geno_pipeline.torchprobe import torch_cuda_facts
 from tests.conftest import REPO, write_params
-from tests.fakes import DETERMINISTIC, FixedTorchProcess, cuda_device, cuda_devices, fake_torch, gpu_environment, kernel
+from tests.fakes import DETERMINISTIC, cuda_device, cuda_devices, gpu_environment
 from tests.nvml_lib import (
     GPU_IS_LOST,
     INSUFFICIENT_POWER,
@@ -90,7 +90,8 @@ SCENARIOS: dict[str, tuple[list[GpuSpec], Driver, dict[str, str], list[Any] | st
     "RTX 4090 (no ECC)": ([rtx4090()], Driver(), {}, None, "auto"),
     "R525 driver (no clocks-event symbol)": ([a100(clock_reasons=0x20)], Driver(version="525.60.13", cuda=12000, missing=R525_MISSING),
                                              {}, None, "auto"),
-    "MIG on, CUDA_VISIBLE_DEVICES unset": ([mig_a100()], Driver(), {}, None, "auto"),
+    # CUDA enumerates one MIG device per process (the first, when CUDA_VISIBLE_DEVICES is unset), never the GPU itself
+    "MIG on, CUDA_VISIBLE_DEVICES unset": ([mig_a100()], Driver(), {}, [cuda_device(0, mig_a100().mig_devices[0], mig_a100())], "auto"),
     "MIG on, CUDA_VISIBLE_DEVICES=MIG-<uuid>": ([mig_a100()], Driver(), {"CUDA_VISIBLE_DEVICES": MIG_UUIDS[0]},
                                                 [cuda_device(0, mig_a100().mig_devices[0], mig_a100())], "auto"),
     "handle NO_PERMISSION": ([h100(handle_error=NO_PERMISSION)], Driver(), {}, None, "auto"),
@@ -109,7 +110,7 @@ EXPECTED: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "RTX 4090 (no ECC)": ({"gpu.ecc": "skip", "gpu.retired_pages": "skip", "gpu.row_remap": "skip"}, {}),
     "R525 driver (no clocks-event symbol)": ({"gpu.retired_pages": "skip", "gpu.clocks": "warn", "cuda.driver": "warn"},
                                              {"gpu.clocks_throttled": "warning", "cuda.driver_minor_older": "warning"}),
-    "MIG on, CUDA_VISIBLE_DEVICES unset": ({"gpu.retired_pages": "skip"}, {"accelerator.mig_enabled": "warning"}),
+    "MIG on, CUDA_VISIBLE_DEVICES unset": ({"gpu.retired_pages": "skip"}, {}),
     "MIG on, CUDA_VISIBLE_DEVICES=MIG-<uuid>": ({"gpu.retired_pages": "skip"}, {}),
     "handle NO_PERMISSION": ({row: "warn" for row in GPU_CHECKS[:7]} | {"accelerator": "fail"},
                              {"gpu.unreadable": "warning", "accelerator.insufficient_vram": "error"}),
@@ -151,32 +152,6 @@ def test_scenario_nvml_order_judges_the_gpu_cuda_uses(root: Path) -> None:
 # ---------------------------------------------------------------- 1. a GPU that computes NaN
 
 
-def test_a_gpu_computing_nan_fails_preflight_with_the_report_on_disk(root: Path) -> None:
-    """The probe process's NaN becomes null plus the reason; preflight fails with cuda.kernel_mismatch (exit 3) and
-    writes its report."""
-    write_params(root, runtime={"device": "cuda"})
-    gpus = [h100()]
-    nan = kernel(0, "mismatch").model_copy(update={"max_rel_error": None, "error": "the result is not finite: max rel. error nan"})
-    raw = {**nan.model_dump(), "max_rel_error": float("nan"), "error": None}
-    process = FixedTorchProcess(cuda=fake_torch(cuda_devices(gpus)), kernels=[nan])
-    lib = FakeNvmlLib(gpus)
-    with lib.installed(), gpu_environment():
-        result = preflight_stage.run(LoadedParams.read(root / "params.yaml"), Layout.for_root(root), torch_process=process)
-    on_disk = json.loads((root / "reports" / "preflight.json").read_text())
-    validate_document(on_disk, "preflight_report")
-    assert on_disk["ok"] is False and on_disk["kernel_smoke"][0]["max_rel_error"] is None
-    assert "not finite" in on_disk["kernel_smoke"][0]["error"]
-    assert [(i["code"], i["severity"]) for i in on_disk["issues"]] == [("cuda.kernel_mismatch", "error")]
-    from geno_pipeline.cli import STATUS_EXIT, _preflight_command
-
-    assert STATUS_EXIT[_preflight_command().status(result.document)] == 3
-    # what the probe process sends for such a GPU (json writes NaN) is made JSON-safe on arrival
-    from geno_pipeline.preflight.torch_process import _kernel
-
-    arrived = _kernel(0, TorchProbePlan("cuda", 1, True, 60.0), {k: v for k, v in raw.items() if k not in ("ordinal", "timeout_s")})
-    assert (arrived.outcome, arrived.max_rel_error) == ("mismatch", None) and "nan" in (arrived.error or "")
-
-
 NAN_CHILD = """
 import json, sys
 def say(event, **f):
@@ -184,7 +159,8 @@ def say(event, **f):
 say("imported", ok=True, error=None, version="2.13.0", duration_ms=5.0)
 sys.stdin.readline()
 cuda = {"torch_version": "2.13.0", "cuda_available": True, "device_count": 1, "cuda_version": "12.4", "cudnn_version": 1,
-        "arch_list": ["sm_90"], "devices": [], "error": None}
+        "arch_list": ["sm_90"], "error": None, "devices": [{"index": 0, "name": "NVIDIA H100 80GB HBM3",
+        "total_memory_bytes": 85899345920, "capability": "9.0", "uuid": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa", "pci_bus_id": None}]}
 flags = {"deterministic_algorithms": True, "deterministic_warn_only": False, "cudnn_benchmark": False,
          "cudnn_deterministic": True, "tf32_matmul": False, "tf32_cudnn": False, "cuda_initialized_before": False,
          "cpu_class": "GenuineIntel/AVX2"}
@@ -193,6 +169,27 @@ say("kernel", ordinal=0, device="cuda:0", seed=1, size=256, tolerance=1e-4, outc
     repeat_identical=False, duration_ms=3.0, error=None)
 say("done")
 """
+
+
+def test_a_gpu_computing_nan_fails_preflight_with_the_report_on_disk(root: Path, tmp_path: Path) -> None:
+    """The real probe process protocol, from a child that reports what a GPU computing NaN makes the probe send (json
+    writes NaN): the report keeps null plus the reason, preflight fails with cuda.kernel_mismatch (exit 3), and the
+    report is on disk."""
+    write_params(root, runtime={"device": "cuda"})
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(NAN_CHILD))
+    lib = FakeNvmlLib([h100()])
+    with lib.installed(), gpu_environment():
+        result = preflight_stage.run(LoadedParams.read(root / "params.yaml"), Layout.for_root(root),
+                                     torch_process=lambda plan: TorchProbeProcess(plan, command=[sys.executable, str(script)]))  # fmt: skip
+    on_disk = json.loads((root / "reports" / "preflight.json").read_text())
+    validate_document(on_disk, "preflight_report")
+    assert on_disk["ok"] is False and on_disk["kernel_smoke"][0]["max_rel_error"] is None
+    assert on_disk["kernel_smoke"][0]["error"] == "the result is not finite: max rel. error nan"
+    assert [(i["code"], i["severity"]) for i in on_disk["issues"]] == [("cuda.kernel_mismatch", "error")]
+    from geno_pipeline.cli import STATUS_EXIT, _preflight_command
+
+    assert STATUS_EXIT[_preflight_command().status(result.document)] == 3
 
 
 def test_the_probe_process_line_with_nan_arrives_as_null_and_a_reason(tmp_path: Path) -> None:
@@ -323,6 +320,7 @@ def test_every_workers_gpu_is_vram_gated(root: Path) -> None:
 
 
 def test_every_workers_gpu_is_mig_checked(root: Path) -> None:
+    """cuda:1 is a MIG-enabled GPU reported as itself (CUDA cannot run on it so): the worker on it is warned of."""
     write_params(root, runtime={"device": "cuda", "nproc_per_node": 2}, train={"micro_batches": 2})
     gpus = [h100(0), mig_a100(1)]
     report, _ = run(root, gpus)
@@ -373,6 +371,18 @@ def test_without_torchs_uuids_an_index_maps_only_where_the_order_is_known() -> N
     assert [(v.nvml_index, v.mapped_by) for v in map_visible_devices(U[1], devices)] == [(1, "cuda_visible_devices")]
     reordered = [devices[1].model_copy(update={"index": 0}), devices[0].model_copy(update={"index": 1})]  # NVML index != bus order
     assert [v.nvml_index for v in map_visible_devices("0", reordered, "PCI_BUS_ID")] == [1]
+
+
+def test_a_mig_device_without_a_uuid_maps_by_bus_id_only_when_alone() -> None:
+    from geno_pipeline.preflight.checks.accelerator import map_cuda_devices
+
+    lib = FakeNvmlLib([mig_a100(0)])
+    with lib.installed():
+        devices = probe_nvml().devices
+    device = cuda_device(0, mig_a100().mig_devices[1], mig_a100()).model_copy(update={"uuid": None})
+    assert [v.nvml_index for v in map_cuda_devices([device], devices, None, None)] == [None]  # two MIG devices share the bus
+    alone = [devices[0].model_copy(update={"mig_instances": devices[0].mig_instances[1:]})]
+    assert [(v.nvml_index, v.mig_uuid) for v in map_cuda_devices([device], alone, None, None)] == [(0, MIG_UUIDS[1])]
 
 
 def test_a_cuda_device_maps_by_pci_bus_id_when_cuda_reports_no_uuid(root: Path) -> None:

@@ -137,7 +137,7 @@ def test_preflight_visible_devices_mapping_rules() -> None:
 def test_preflight_mig_enabled(root: Path) -> None:
     instance = MigSpec("MIG-aaaa0000-0000-0000-0000-000000000000", 1, 0, 40 * GIB, 39 * GIB)
     gpu = GpuSpec(UUID0, "NVIDIA A100", 80 * GIB, 70 * GIB, capability=(8, 0), mig=True, mig_devices=[instance])
-    report = report_for(root, FakeNvmlLib([gpu]), fake_torch(cuda_devices([gpu])))
+    report = report_for(root, FakeNvmlLib([gpu]), fake_torch(cuda_devices([gpu])))  # an ordinal on the MIG-enabled GPU itself
     assert report.ok and codes(report) == {"accelerator.mig_enabled"}
     report = report_for(root, FakeNvmlLib([gpu]), fake_torch([cuda_device(0, instance, gpu)]), {"CUDA_VISIBLE_DEVICES": instance.uuid})
     assert report.ok and codes(report) == set() and report.accelerator.free_memory_bytes == 39 * GIB
