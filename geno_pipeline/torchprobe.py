@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -48,12 +48,23 @@ def _pci_bus_id(props: Any) -> str | None:
     return f"{parts[0]:08X}:{parts[1]:02X}:{parts[2]:02X}"
 
 
-def torch_cuda_facts() -> dict[str, Any]:
+def _free_after_context(index: int) -> int | None:
+    """torch.cuda.mem_get_info on one device: creates a CUDA context there first, and counts it as used."""
+    import torch
+
+    try:
+        return int(torch.cuda.mem_get_info(index)[0])
+    except Exception:
+        return None
+
+
+def torch_cuda_facts(measure: Sequence[int] = ()) -> dict[str, Any]:
     """What torch says about CUDA (fields of `TorchCudaProbe`).
 
-    Device properties come from cudaGetDeviceProperties, which creates no CUDA context: free memory is NVML's, read
-    before anything here touched a GPU, so this asks torch for none (torch.cuda.mem_get_info would create a context on
-    every device it asks about, and count that context as used memory).
+    Device properties come from cudaGetDeviceProperties, which creates no CUDA context. Free memory is NVML's, read
+    before anything here touched a GPU; torch is asked for it only on the devices in `measure` (the ones the job uses,
+    which the kernel smoke test is about to touch anyway), as the fallback where NVML cannot read a device:
+    torch.cuda.mem_get_info creates a context on the device it asks about and counts that context as used.
     """
     import torch
 
@@ -72,6 +83,7 @@ def torch_cuda_facts() -> dict[str, Any]:
                     "capability": f"{props.major}.{props.minor}",
                     "uuid": None if uuid is None else str(uuid),
                     "pci_bus_id": _pci_bus_id(props),
+                    "free_memory_bytes": _free_after_context(index) if index in measure else None,
                 }
             )
         cudnn = torch.backends.cudnn.version() if available else None
@@ -168,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     resolved = resolve_device(plan["requested_device"], cuda_usable=usable)
     apply_torch_determinism(deterministic=bool(plan["deterministic"]), cuda=resolved.startswith("cuda"))
     flags = torch_determinism_flags()
-    facts = torch_cuda_facts()
     ordinals = selected_cuda_ordinals(plan["requested_device"], cuda_usable=usable, nproc_per_node=int(plan["nproc_per_node"]))
+    facts = torch_cuda_facts(measure=ordinals)
     ordinals = [o for o in ordinals if o < facts["device_count"]]
     determinism = {**flags, "cuda_initialized_before": initialised, "cpu_class": cpu_kernel_class()}
     _emit("cuda", cuda=facts, determinism=determinism, ordinals=ordinals)

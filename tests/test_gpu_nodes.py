@@ -94,7 +94,8 @@ SCENARIOS: dict[str, tuple[list[GpuSpec], Driver, dict[str, str], list[Any] | st
     "MIG on, CUDA_VISIBLE_DEVICES unset": ([mig_a100()], Driver(), {}, [cuda_device(0, mig_a100().mig_devices[0], mig_a100())], "auto"),
     "MIG on, CUDA_VISIBLE_DEVICES=MIG-<uuid>": ([mig_a100()], Driver(), {"CUDA_VISIBLE_DEVICES": MIG_UUIDS[0]},
                                                 [cuda_device(0, mig_a100().mig_devices[0], mig_a100())], "auto"),
-    "handle NO_PERMISSION": ([h100(handle_error=NO_PERMISSION)], Driver(), {}, None, "auto"),
+    "handle NO_PERMISSION": ([h100(handle_error=NO_PERMISSION)], Driver(), {},
+                             [cuda_device(0, h100()).model_copy(update={"free_memory_bytes": 78 * GIB})], "auto"),
     "GPU_IS_LOST": ([h100(errors=dict.fromkeys(("nvmlDeviceGetEccMode", "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRemappedRows",
                                                 "nvmlDeviceGetComputeRunningProcesses_v3"), GPU_IS_LOST))], Driver(), {}, None, "auto"),
     "no libcuda.so.1": ([h100()], Driver(cuda_error=LIBRARY_NOT_FOUND), {}, None, "auto"),
@@ -112,8 +113,7 @@ EXPECTED: dict[str, tuple[dict[str, str], dict[str, str]]] = {
                                              {"gpu.clocks_throttled": "warning", "cuda.driver_minor_older": "warning"}),
     "MIG on, CUDA_VISIBLE_DEVICES unset": ({"gpu.retired_pages": "skip"}, {}),
     "MIG on, CUDA_VISIBLE_DEVICES=MIG-<uuid>": ({"gpu.retired_pages": "skip"}, {}),
-    "handle NO_PERMISSION": ({row: "warn" for row in GPU_CHECKS[:7]} | {"accelerator": "fail"},
-                             {"gpu.unreadable": "warning", "accelerator.insufficient_vram": "error"}),
+    "handle NO_PERMISSION": ({row: "warn" for row in GPU_CHECKS[:7]}, {"gpu.unreadable": "warning"}),  # free: torch's reading
     "GPU_IS_LOST": ({row: "fail" for row in GPU_CHECKS[:7]}, {"gpu.lost": "error"}),  # a lost GPU fails every row
     "no libcuda.so.1": ({"nvml": "warn", "gpu.retired_pages": "skip", "cuda.driver": "skip"}, {"nvml.query_failed": "warning"}),
     "NVML order differs from CUDA's": ({"gpu.retired_pages": "skip", "gpu.ecc": "fail"}, {"gpu.ecc_uncorrectable": "error"}),
@@ -217,7 +217,18 @@ def test_a_gpu_nvml_cannot_open_never_passes(root: Path, code: int, device: str)
         assert (check.status, check.code) == (expected, "gpu.unreadable"), row
         assert f"NVML index 0: {name}" in check.message
     assert report.accelerator.nvml.devices[0].handle_error is not None
-    assert not report.ok  # its free memory is unknown too: the VRAM gate cannot pass it
+    assert "accelerator.insufficient_vram" in issues(report)  # NVML cannot read its free memory, and torch gave none here
+    assert not report.ok
+
+
+def test_a_gpu_nvml_may_not_read_is_gated_on_torchs_reading_and_only_warned_of(root: Path) -> None:
+    """NO_PERMISSION with CUDA not required: the GPU still works for CUDA, so the gate uses torch's free-memory reading
+    (taken after the probe process's context) and the health rows warn."""
+    torch_devices = [cuda_device(0, h100()).model_copy(update={"free_memory_bytes": 78 * GIB})]
+    report, _ = run(root, [h100(handle_error=NO_PERMISSION)], torch_devices=torch_devices)
+    assert report.ok and issues(report) == {"gpu.unreadable": "warning"}
+    gate = next(c for c in report.checks if c.name == "accelerator")
+    assert "free 78.00 GiB (no NVML device maps to it: torch's reading, after a CUDA context)" in gate.message
 
 
 def test_an_unopenable_second_gpu_fails_only_the_worker_on_it(root: Path) -> None:
@@ -438,8 +449,12 @@ def test_torch_facts_create_no_cuda_context(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_90"])
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
     facts = torch_cuda_facts()
-    assert facts["error"] is None and [(d["uuid"], d["pci_bus_id"]) for d in facts["devices"]] == [
-        (U[0][4:], "00000000:18:00"), (U[1][4:], "00000000:28:00")]  # fmt: skip
+    assert facts["error"] is None and [(d["uuid"], d["pci_bus_id"], d["free_memory_bytes"]) for d in facts["devices"]] == [
+        (U[0][4:], "00000000:18:00", None), (U[1][4:], "00000000:28:00", None)]  # fmt: skip
+    asked: list[int] = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (asked.append(i), (70 * GIB, 80 * GIB))[1])
+    facts = torch_cuda_facts(measure=[1])  # the job's device only, which the smoke test is about to touch anyway
+    assert asked == [1] and [d["free_memory_bytes"] for d in facts["devices"]] == [None, 70 * GIB]
 
 
 def test_free_vram_is_nvmls_reading(root: Path) -> None:

@@ -240,6 +240,10 @@ class TorchDevice(Document):
     device behind each CUDA ordinal."""
     pci_bus_id: str | None = None
     """`domain:bus:device` in NVML's form (`00000000:18:00`), the fallback for that mapping."""
+    free_memory_bytes: int | None = Field(None, ge=0)
+    """Free memory torch reports on a device the job uses, read after the probe process's own CUDA context exists (so
+    lower than NVML's reading by that context): the VRAM gate's fallback where NVML cannot read the device; null
+    elsewhere."""
 
 
 class TorchCudaProbe(Document):

@@ -127,13 +127,14 @@ def map_cuda_devices(
 
 @dataclass(frozen=True)
 class GpuMemory:
-    """A CUDA ordinal's name and memory: its MIG device's when it is one, else its GPU's, both from NVML."""
+    """A CUDA ordinal's name and memory: its MIG device's when it is one, else its GPU's, from NVML before any CUDA
+    context existed; where NVML cannot say, torch's reading after the probe process's own context (`note` says so)."""
 
     ordinal: int
     name: str | None
     total: int | None
     free: int | None
-    why_unknown: str | None = None
+    note: str | None = None  # why `free` is unknown, or not NVML's
 
 
 def memory_of(ordinal: int, visible: list[VisibleDevice], nvml: NvmlProbe, torch_devices: list[TorchDevice]) -> GpuMemory:
@@ -141,11 +142,17 @@ def memory_of(ordinal: int, visible: list[VisibleDevice], nvml: NvmlProbe, torch
     sel = visible[ordinal] if ordinal < len(visible) else None
     ndev = next((d for d in nvml.devices if sel is not None and d.index == sel.nvml_index), None)
     name = tdev.name if tdev is not None else (ndev.name if ndev is not None else None)
-    if ndev is None:
-        why = "NVML is unavailable" if not nvml.available else "no NVML device maps to it"
-        return GpuMemory(ordinal, name, tdev.total_memory_bytes if tdev else None, None, why)
-    if sel is not None and sel.mig_uuid is not None:
-        inst = next((m for m in ndev.mig_instances if m.uuid == sel.mig_uuid), None)
-        if inst is not None:
-            return GpuMemory(ordinal, name, inst.total_memory_bytes, inst.free_memory_bytes)
-    return GpuMemory(ordinal, name, ndev.total_memory_bytes, ndev.free_memory_bytes)
+    total, free, why = (tdev.total_memory_bytes if tdev else None), None, "NVML is unavailable"
+    if ndev is not None:
+        inst = next((m for m in ndev.mig_instances if sel is not None and m.uuid == sel.mig_uuid), None)
+        total, free = (
+            (inst.total_memory_bytes, inst.free_memory_bytes) if inst is not None else (ndev.total_memory_bytes, ndev.free_memory_bytes)
+        )
+        why = "NVML could not read it"
+    elif nvml.available:
+        why = "no NVML device maps to it"
+    if free is not None:
+        return GpuMemory(ordinal, name, total, free)
+    if tdev is not None and tdev.free_memory_bytes is not None:
+        return GpuMemory(ordinal, name, tdev.total_memory_bytes, tdev.free_memory_bytes, f"{why}: torch's reading, after a CUDA context")
+    return GpuMemory(ordinal, name, total, None, why)

@@ -190,7 +190,7 @@ def _vram_gate(probe: AcceleratorProbe) -> list[Finding]:
     lines, findings = [], []
     for ordinal in probe.selected_ordinals:
         m = memory_of(ordinal, probe.visible, probe.nvml, probe.torch.devices)
-        free = f"free {_gib(m.free)}" + (f" ({m.why_unknown})" if m.why_unknown else "")
+        free = f"free {_gib(m.free)}" + (f" ({m.note})" if m.note else "")
         detail = f"cuda:{ordinal} {m.name}: {free} of {_gib(m.total)}, need {_gib(need)} free"
         lines.append(detail)
         if m.free is not None and m.free >= need:
