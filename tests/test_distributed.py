@@ -5,6 +5,7 @@ killed and resumed, hung, and refused at another world size."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -25,13 +26,17 @@ from geno_pipeline.config import RuntimeParams, TrainParams, load_params
 from geno_pipeline.distributed import (
     JOB_VARIABLES,
     job_from_env,
+    lazy_tree_sum,
     micro_batch_slices,
     ordered_sum,
     planned_world_size,
     rendezvous_port,
     resolve_backend,
     shard_range,
+    tree_fits,
+    tree_sum,
 )
+from geno_pipeline.distributed.group import shard_length
 from geno_pipeline.distributed.launch import WorkerExit, describe_exit, exit_code_of
 from geno_pipeline.distributed.smoke import free_port, run_smoke_test
 from geno_pipeline.errors import ConfigError, DistributedError
@@ -41,7 +46,6 @@ from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.trainer import (
     TorchTrainer,
     TorchTrainerBatch,
-    accumulate_in_order,
     build_adamw_optimizer,
     flat_grad,
     gaussian_kl,
@@ -83,31 +87,51 @@ def test_distributed_ordered_sum_is_the_left_fold(values: list[float]) -> None:
     assert ordered_sum(rows).shape == (1,)
 
 
-_GRAD = st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.5e-8, -(2.0**-149), 1e30, -7.25])
+_GRAD = st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.5e-8, -(2.0**-149), 1e30, -7.25, 0.1, 1e-3, 3.0])
 
 
-@given(st.lists(st.lists(st.one_of(st.none(), st.lists(_GRAD, min_size=3, max_size=3)), min_size=3, max_size=3), min_size=1, max_size=5))
-def test_distributed_accumulated_gradients_are_the_ordered_sum_of_flat_rows(micro: list[list[list[float] | None]]) -> None:
-    """On one process each micro-batch's gradients accumulate in `.grad`; that is the same bits as summing every
-    micro-batch's `flat_grad` row in order, for parameters a micro-batch does not reach and for signed zeros too."""
-    params = [torch.zeros(3, requires_grad=True) for _ in range(3)]
+def _simulated_tree_reduce(partials: list[torch.Tensor]) -> torch.Tensor:
+    """What `TorchGroup.tree_reduce` computes on W ranks: shard q of each partial to rank q, summed there along the
+    tree in rank order, then the summed shards concatenated."""
+    world, numel = len(partials), partials[0].numel()
+    shard = shard_length(numel, world)
+    padded = [torch.cat((p, torch.zeros(world * shard - numel, dtype=p.dtype))) for p in partials]
+    mine = [tree_sum(torch.stack([padded[r][q * shard : (q + 1) * shard] for r in range(world)])) for q in range(world)]
+    return torch.cat(mine)[:numel]
 
-    def surrogate(grads: list[list[float] | None]) -> torch.Tensor:
-        terms = [(p * torch.tensor(g)).sum() for p, g in zip(params, grads, strict=True) if g is not None]
-        return sum(terms, torch.zeros((), requires_grad=True))  # a micro-batch may reach no parameter
 
-    rows = []
-    for grads in micro:
-        for p in params:
-            p.grad = None
-        surrogate(grads).backward()
-        rows.append(flat_grad(params))
-    expected = ordered_sum(torch.stack(rows))
-    for p in params:
-        p.grad = None
-    for index, grads in enumerate(micro):
-        accumulate_in_order(params, surrogate(grads), first=index == 0)
-    assert flat_grad(params).numpy().tobytes() == expected.numpy().tobytes()
+@given(
+    st.sampled_from([1, 2, 4, 8]),
+    st.integers(1, 4),
+    st.integers(1, 7),
+    st.data(),
+)
+def test_distributed_tree_reduction_over_any_power_of_two_world_is_the_single_process_tree(
+    world: int, per_rank: int, numel: int, data: st.DataObject
+) -> None:
+    """W ranks of M = W * k micro-batches: each rank's own subtree sum (`lazy_tree_sum` over its contiguous block),
+    combined shard by shard along the tree, equals the one-process tree sum of all M rows bit for bit, for signed zeros,
+    subnormals and values whose sum depends on the order."""
+    micro = world * per_rank
+    assert tree_fits(micro, world)
+    values = data.draw(st.lists(st.lists(_GRAD, min_size=numel, max_size=numel), min_size=micro, max_size=micro))
+    rows = [torch.tensor(v, dtype=torch.float32) for v in values]
+    partials = [lazy_tree_sum(per_rank, lambda i: rows[i], start=rank * per_rank) for rank in range(world)]
+    assert _simulated_tree_reduce(partials).numpy().tobytes() == tree_sum(rows).numpy().tobytes()
+
+
+def test_distributed_tree_sum_is_the_balanced_tree_and_differs_from_the_left_fold() -> None:
+    a, b, c, d = (torch.tensor([x], dtype=torch.float32) for x in (1e8, 1.0, -1e8, 1.0))
+    assert tree_sum([a, b, c, d]).item() == ((a + b) + (c + d)).item()
+    assert tree_sum([a, b, c]).item() == (a + (b + c)).item()  # split at half the count: 1 | 2
+    assert ordered_sum(torch.stack([a, b, c, d])).item() != tree_sum([a, b, c, d]).item()  # the order is the point
+    order: list[int] = []
+    lazy_tree_sum(6, lambda i: (order.append(i), torch.zeros(1))[1])
+    assert order == list(range(6))  # leaves are computed in micro-batch order, each once
+    assert [tree_fits(m, w) for m, w in ((4, 4), (8, 2), (6, 2), (12, 4), (6, 3), (4, 8), (3, 1))] == [
+        True, True, True, True, False, False, True]  # fmt: skip
+    with pytest.raises(ValueError, match="at least one leaf"):
+        tree_sum([])
 
 
 def _batch(seed: int, b: int, k: int, d: int, actions: int) -> TorchTrainerBatch:
@@ -295,8 +319,8 @@ def _local_rank(pid: int) -> int:
     return int(next(e for e in env if e.startswith(b"LOCAL_RANK=")).split(b"=")[1])
 
 
-def _start_and_wait_for_step(root: Path, step: int) -> tuple[subprocess.Popen[str], dict[int, int]]:
-    """Start a 2-worker train; return it and {local rank: pid} once metrics.jsonl has `step` lines."""
+def _start_and_wait_for_step(root: Path, step: int, world: int = 2) -> tuple[subprocess.Popen[str], dict[int, int]]:
+    """Start a `world`-worker train; return it and {local rank: pid} once metrics.jsonl has `step` lines."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "geno_pipeline", "train", "--no-progress"],
         cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -309,19 +333,19 @@ def _start_and_wait_for_step(root: Path, step: int) -> tuple[subprocess.Popen[st
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     workers = {_local_rank(pid): pid for pid in _children(proc.pid)}
-    assert sorted(workers) == [0, 1], workers
+    assert sorted(workers) == list(range(world)), workers
     return proc, workers
 
 
 @pytest.fixture(scope="module")
 def dist_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny profile with 2 workers and 120 steps: data and preflight done."""
+    """The tiny profile with 2 workers, 4 micro-batches and 120 steps: data and preflight done."""
     root = tmp_path_factory.mktemp("dist") / "base"
     root.mkdir()
     write_params(root)
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     _set(root, "runtime", nproc_per_node=2, dist_timeout_s=20)
-    _set(root, "train", steps=STEPS, checkpoint_every_steps=20)
+    _set(root, "train", steps=STEPS, checkpoint_every_steps=20, micro_batches=4)  # 4 leaves: the tree's order shows
     _set(root, "collapse", log_every_steps=20)
     gp(root, "data")
     gp(root, "preflight")
@@ -336,6 +360,65 @@ def straight(dist_project: Path) -> Path:
     assert "launching 2 workers" in out.stdout and "train: completed: trained 120 steps" in out.stdout
     gp(root, "release")
     return root
+
+
+@pytest.fixture(scope="module")
+def straight4(dist_project: Path) -> Path:
+    """One uninterrupted 4-worker run (one micro-batch each) with its release."""
+    root = _clone(dist_project, dist_project.parent / "straight4")
+    _set(root, "runtime", nproc_per_node=4)
+    gp(root, "preflight")
+    out = gp(root, "train", "--no-progress")
+    assert "launching 4 workers" in out.stdout and "train: completed: trained 120 steps" in out.stdout
+    gp(root, "release")
+    return root
+
+
+def _gradient_bytes(root: Path) -> int:
+    """Bytes of the flat gradient (float32): one `exp_avg` per trained parameter in the last checkpoint's optimizer."""
+    state = load_file(root / f"artifacts/train/checkpoints/step-{STEPS:06d}/optimizer.safetensors")
+    return 4 * sum(t.size for name, t in state.items() if name.endswith(".exp_avg"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_distributed_tree_reduction_moves_what_a_ring_all_reduce_moves(straight: Path, straight4: Path, world: int) -> None:
+    """Measured by the group's byte counters: per step each rank receives about 2(W-1)/W of the gradient (the shard
+    exchange and the gather of the summed shards), plus the micro-batch statistics."""
+    root = straight if world == 2 else straight4
+    facts = json.loads((root / "reports/runtime/train.json").read_text())["facts"]
+    assert facts["gradient_reduction"] == "tree"
+    ring = 2 * (world - 1) / world * _gradient_bytes(root)
+    assert ring <= facts["collective_bytes_received_per_step"] <= ring * 1.05 + 2048, (facts, ring)
+    assert ring <= facts["collective_bytes_sent_per_step"] <= ring * 1.05 + 2048, (facts, ring)
+
+
+@pytest.mark.slow
+def test_distributed_four_workers_twice_give_the_same_release(straight4: Path) -> None:
+    again = _clone(straight4.parent / "base", straight4.parent / "again4")
+    _set(again, "runtime", nproc_per_node=4)
+    gp(again, "preflight")
+    gp(again, "train", "--no-progress")
+    gp(again, "release")
+    sums = "artifacts/release/SHA256SUMS"
+    assert (again / sums).read_bytes() == (straight4 / sums).read_bytes()
+    assert _declared(again) == _declared(straight4)
+
+
+@pytest.mark.slow
+def test_distributed_sigkill_of_one_of_four_workers_and_resume_is_byte_identical(straight4: Path) -> None:
+    root = _clone(straight4.parent / "base", straight4.parent / "killed4")
+    _set(root, "runtime", nproc_per_node=4)
+    gp(root, "preflight")
+    proc, workers = _start_and_wait_for_step(root, 50, world=4)
+    os.kill(workers[2], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 9, err
+    assert f"worker rank 2 (pid {workers[2]}): killed by SIGKILL" in err and "Traceback" not in err
+    assert not any(process_alive(pid) for pid in workers.values())
+    gp(root, "train", "--resume", "auto", "--no-progress")
+    gp(root, "release")
+    assert _declared(root) == _declared(straight4)
 
 
 @pytest.mark.slow
@@ -385,22 +468,24 @@ def test_distributed_a_hung_worker_runs_into_the_timeout(straight: Path) -> None
 
 
 @pytest.mark.slow
-def test_distributed_world_size_one_and_two_give_the_same_numbers(straight: Path) -> None:
-    """The moonshot: with train.micro_batches fixed, 1 and 2 workers give the same weights, optimizer state and logs;
-    only the files that name the run's identity (which includes the world size) differ."""
+def test_distributed_world_sizes_one_two_and_four_give_the_same_numbers(straight: Path, straight4: Path) -> None:
+    """The moonshot: with train.micro_batches fixed (4), 1, 2 and 4 workers give the same weights, optimizer state and
+    logs; only the files that name the run's identity (which includes the world size) differ."""
     one = _clone(straight.parent / "base", straight.parent / "one")
     _set(one, "runtime", nproc_per_node=1)
     gp(one, "preflight")
     out = gp(one, "train", "--no-progress")
     assert "launching" not in out.stdout
-    for name in ("metrics.jsonl", "collapse.jsonl"):
-        assert (one / "artifacts/train" / name).read_bytes() == (straight / "artifacts/train" / name).read_bytes()
-    assert (one / "reports/metrics.json").read_bytes() == (straight / "reports/metrics.json").read_bytes()
     last = f"artifacts/train/checkpoints/step-{STEPS:06d}"
-    for rel in ("artifacts/train/model.safetensors", f"{last}/model.safetensors", f"{last}/optimizer.safetensors"):
-        a, b = load_file(one / rel), load_file(straight / rel)
-        assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a), rel
-    assert (one / "artifacts/train/train.log").read_text() != (straight / "artifacts/train/train.log").read_text()  # run ids
+    for other in (straight, straight4):
+        for name in ("metrics.jsonl", "collapse.jsonl"):
+            assert (one / "artifacts/train" / name).read_bytes() == (other / "artifacts/train" / name).read_bytes()
+        assert (one / "reports/metrics.json").read_bytes() == (other / "reports/metrics.json").read_bytes()
+        for rel in ("artifacts/train/model.safetensors", f"{last}/model.safetensors", f"{last}/optimizer.safetensors"):
+            a, b = load_file(one / rel), load_file(other / rel)
+            assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a), rel
+        assert (one / "artifacts/train/train.log").read_text() != (other / "artifacts/train/train.log").read_text()  # run ids
+    assert json.loads((one / "reports/runtime/train.json").read_text())["facts"]["gradient_reduction"] == "local"
 
 
 @pytest.mark.slow

@@ -5,7 +5,13 @@ The rules that make the bytes independent of the world size live here as small p
 - the global batch is cut into `train.micro_batches` equal, contiguous micro-batches (`micro_batch_slices`);
 - rank r of W takes the contiguous run of micro-batches `shard_range(M, W, r)`, so gathering the ranks in rank order
   lists the micro-batches in micro-batch order;
-- per-micro-batch results are summed left to right in that order (`ordered_sum`), never by a backend's all-reduce.
+- per-micro-batch statistics (a few numbers each) are gathered and summed left to right in that order (`ordered_sum`);
+- per-micro-batch gradients are summed along one fixed balanced binary tree over the micro-batches (`tree_sum`: the
+  left half's sum plus the right half's, split at half the count). When the world size W is a power of two dividing
+  M, each rank's micro-batches form whole subtrees (`tree_fits`): a rank sums its own (`lazy_tree_sum`), and the W
+  partial sums are combined shard by shard along the tree's top W leaves (`group.TorchGroup.tree_reduce`: an
+  all-to-all and an all-gather, ~2(W-1)/W of the gradient received per rank, like a ring all-reduce). Never a
+  backend's all-reduce: its order is the backend's.
 
 This module imports no torch at import time: preflight and the launcher parse the job without it.
 """
@@ -13,7 +19,7 @@ This module imports no torch at import time: preflight and the launcher parse th
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,12 +33,15 @@ __all__ = [
     "JOB_VARIABLES",
     "JobEnv",
     "job_from_env",
+    "lazy_tree_sum",
     "micro_batch_slices",
     "ordered_sum",
     "planned_world_size",
     "rendezvous_port",
     "resolve_backend",
     "shard_range",
+    "tree_fits",
+    "tree_sum",
 ]
 
 DEFAULT_MASTER_PORT = 29500  # torchrun's default
@@ -135,3 +144,29 @@ def ordered_sum(rows: Tensor | Sequence[Tensor]) -> Tensor:
     for row in rows[1:]:
         total += row
     return total
+
+
+def lazy_tree_sum(count: int, leaf: Callable[[int], Tensor], start: int = 0) -> Tensor:
+    """The sum of `leaf(start) .. leaf(start + count - 1)` along the fixed balanced binary tree: the first `count // 2`
+    leaves' tree sum plus the rest's. Leaves are asked for in order, each once, and at most about log2(count) sums are
+    held at a time. The result is a new tensor unless `count` is 1 (then it is `leaf(start)` itself)."""
+    if count < 1:
+        raise ValueError(f"a tree sum needs at least one leaf, not {count}")
+    if count == 1:
+        return leaf(start)
+    half = count // 2
+    left = lazy_tree_sum(half, leaf, start)
+    return left + lazy_tree_sum(count - half, leaf, start + half)
+
+
+def tree_sum(rows: Tensor | Sequence[Tensor]) -> Tensor:
+    """`rows` summed along the fixed balanced binary tree (`lazy_tree_sum`): the same bits for any split of the rows
+    into whole subtrees summed apart and then combined along the tree."""
+    total = lazy_tree_sum(len(rows), lambda i: rows[i])
+    return total.clone() if len(rows) == 1 else total
+
+
+def tree_fits(micro_batches: int, world_size: int) -> bool:
+    """Each rank's contiguous micro-batches form whole subtrees of the tree over `micro_batches` leaves: true when the
+    world size is a power of two dividing the micro-batch count (halving M keeps splitting on rank boundaries)."""
+    return world_size >= 1 and world_size & (world_size - 1) == 0 and micro_batches % world_size == 0

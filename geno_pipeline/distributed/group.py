@@ -1,7 +1,9 @@
 """The process group a training run talks through: one process (`LocalGroup`) or a torch.distributed job (`TorchGroup`).
 
-The trainer only gathers rows and broadcasts small integers: all-gather copies bytes and does no arithmetic, so the
-result does not depend on the algorithm a backend picks (gloo's all-reduce is not deterministic, pytorch#36871).
+The trainer gathers rows, exchanges gradient shards (all-to-all) and broadcasts small integers: these collectives copy
+bytes and do no arithmetic, so the result does not depend on the algorithm a backend picks (gloo's all-reduce is not
+deterministic, pytorch#36871); every sum is ours, in a fixed order. Each group counts the payload bytes it sends and
+receives (`Traffic`), so what a step moves is measured, not estimated.
 """
 
 from __future__ import annotations
@@ -10,17 +12,35 @@ import datetime as dt
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
-from geno_pipeline.distributed import JobEnv
+from geno_pipeline.distributed import JobEnv, tree_sum
 from geno_pipeline.errors import DistributedError
 
-__all__ = ["Collective", "LocalGroup", "TorchGroup", "joined"]
+__all__ = ["Collective", "LocalGroup", "TorchGroup", "Traffic", "joined", "shard_length"]
 
 T = TypeVar("T")
+
+
+@dataclass
+class Traffic:
+    """Payload bytes this rank sent to and received from other ranks through collectives, since the group was made."""
+
+    sent: int = 0
+    received: int = 0
+
+    def add(self, sent: int, received: int) -> None:
+        self.sent += sent
+        self.received += received
+
+
+def shard_length(numel: int, world_size: int) -> int:
+    """Elements per shard when a flat vector of `numel` is cut into `world_size` equal shards (the last zero-padded)."""
+    return -(-numel // world_size)
 
 
 class Collective(Protocol):
@@ -35,8 +55,15 @@ class Collective(Protocol):
     @property
     def backend(self) -> str | None: ...
 
+    @property
+    def traffic(self) -> Traffic: ...
+
     def gather_rows(self, rows: Tensor) -> Tensor:
         """Every rank's `[m, X]` rows stacked in rank order: `[size * m, X]` on every rank."""
+        ...
+
+    def tree_reduce(self, partial: Tensor) -> Tensor:
+        """The tree sum (`distributed.tree_sum`) of every rank's `partial` in rank order, on every rank."""
         ...
 
     def broadcast_int(self, value: int) -> int:
@@ -45,14 +72,21 @@ class Collective(Protocol):
 
 
 class LocalGroup:
-    """A single process: gathering returns the rows, broadcasting returns the value."""
+    """A single process: gathering returns the rows, the tree of one partial is that partial, broadcasting returns the
+    value; nothing is sent."""
 
     rank = 0
     size = 1
     backend: str | None = None
 
+    def __init__(self) -> None:
+        self.traffic = Traffic()
+
     def gather_rows(self, rows: Tensor) -> Tensor:
         return rows
+
+    def tree_reduce(self, partial: Tensor) -> Tensor:
+        return partial
 
     def broadcast_int(self, value: int) -> int:
         return value
@@ -67,6 +101,7 @@ class TorchGroup:
         self.timeout_s = timeout_s
         # gloo gathers CPU tensors; NCCL gathers on the worker's device
         self.comm_device = torch.device(device if backend == "nccl" else "cpu")
+        self.traffic = Traffic()
 
     @property
     def rank(self) -> int:
@@ -93,13 +128,36 @@ class TorchGroup:
         send = rows.detach().to(self.comm_device).contiguous()
         parts = [torch.empty_like(send) for _ in range(self.size)]
         self._guard("all_gather", lambda: dist.all_gather(parts, send))
+        payload = send.numel() * send.element_size() * (self.size - 1)
+        self.traffic.add(payload, payload)
         return torch.cat(parts).to(rows.device)
+
+    def tree_reduce(self, partial: Tensor) -> Tensor:
+        """Shard q of every rank's partial goes to rank q (all-to-all), which sums the W pieces along the tree in rank
+        order; every rank then gathers the W summed shards. Element by element this is the tree sum of the partials,
+        so the bits do not depend on the sharding; each rank receives about 2(W-1)/W of the vector."""
+        import torch.distributed as dist
+
+        flat = partial.detach().reshape(-1).to(self.comm_device)
+        world, shard = self.size, shard_length(flat.numel(), self.size)
+        padded = torch.zeros(world * shard, dtype=flat.dtype, device=flat.device)
+        padded[: flat.numel()] = flat
+        pieces = torch.empty_like(padded)
+        self._guard("all_to_all", lambda: dist.all_to_all_single(pieces, padded))
+        mine = tree_sum(pieces.view(world, shard))  # shard `rank` of rank 0's partial, of rank 1's, ... summed along the tree
+        shards = [torch.empty_like(mine) for _ in range(world)]
+        self._guard("all_gather", lambda: dist.all_gather(shards, mine))
+        payload = shard * flat.element_size() * (world - 1)
+        self.traffic.add(2 * payload, 2 * payload)
+        return torch.cat(shards)[: flat.numel()].view_as(partial).to(partial.device)
 
     def broadcast_int(self, value: int) -> int:
         import torch.distributed as dist
 
         tensor = torch.tensor([value], dtype=torch.int64, device=self.comm_device)
         self._guard("broadcast", lambda: dist.broadcast(tensor, src=0))
+        size = tensor.element_size()
+        self.traffic.add(size * (self.size - 1) if self.rank == 0 else 0, 0 if self.rank == 0 else size)
         return int(tensor.item())
 
 

@@ -23,7 +23,7 @@ from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes, sha256_file
 from geno_pipeline.config import Params, TrainParams, TrainStageParams, cross_section_problems, world_size_problems
 from geno_pipeline.data.dataset import Dataset, load_dataset
-from geno_pipeline.distributed import micro_batch_slices, shard_range
+from geno_pipeline.distributed import micro_batch_slices, shard_range, tree_fits
 from geno_pipeline.distributed.group import Collective, LocalGroup
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint, torch_training_device
@@ -31,7 +31,7 @@ from geno_pipeline.errors import DistributedError, TrainingError
 from geno_pipeline.fsio import atomic_write_bytes
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
-from geno_pipeline.runtime_report import StageResult
+from geno_pipeline.runtime_report import Fact, StageResult
 from geno_pipeline.source import source_digest
 from geno_pipeline.tensorfile import TensorBytes, serialize_tensors, tensor_bytes
 from geno_pipeline.training.background import Writer, start_writer
@@ -256,6 +256,13 @@ def setup(
     group = group if group is not None else LocalGroup()
     for key, value, message, fix in world_size_problems(group.size, train, key="world size"):  # a launcher's WORLD_SIZE
         raise DistributedError(f"{key} {value} {message}; fix: {fix}, or launch a world size that divides it")
+    if group.rank == 0 and not tree_fits(train.micro_batches, group.size):
+        print(
+            f"train: warning: {group.size} workers is not a power of two, so each step gathers every micro-batch's gradient "
+            f"({train.micro_batches} of them) instead of exchanging gradient shards: the same bytes, more traffic; "
+            "a power-of-two world size that divides train.micro_batches moves less",
+            file=sys.stderr,
+        )
     if group.rank == 0:
         for leftover in layout.sweep_stage_temporaries("train"):
             print(f"train: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
@@ -618,10 +625,23 @@ def run(
         "steps_per_second": round(outcome.steps_run / outcome.step_seconds, 3) if outcome.step_seconds > 0 else None,
         **{f"loop_{part}_seconds": round(seconds, 4) for part, seconds in outcome.parts.items()},
         "source_encoding_seconds": round(training.source_seconds, 4),  # once, before the loop; inside loop_encoding_seconds
+        **traffic_facts(training.group, training.train.micro_batches, outcome.steps_run),
         "checkpoint_writer_seconds": round(training.saver.busy_seconds, 4) if training.saver is not None else 0.0,  # beside the loop
         "checkpoint_writer": type(training.saver).__name__ if training.saver is not None else None,
     }
     return StageResult(report, facts)
+
+
+def traffic_facts(group: Collective, micro_batches: int, steps_run: int) -> dict[str, Fact]:
+    """How the gradient was reduced and the payload bytes rank 0 sent and received through collectives per step (setup
+    and checkpoint agreement included, averaged over the steps run)."""
+    how = "local" if group.size == 1 else "tree" if tree_fits(micro_batches, group.size) else "gather"
+    per = max(steps_run, 1)
+    return {
+        "gradient_reduction": how,
+        "collective_bytes_sent_per_step": round(group.traffic.sent / per),
+        "collective_bytes_received_per_step": round(group.traffic.received / per),
+    }
 
 
 def run_training(params: TrainStageParams | Params, layout: Layout, **options: object) -> TrainingReport:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from geno_pipeline.config import TrainParams
 from geno_pipeline.data.edits import RelEdit
-from geno_pipeline.distributed import ordered_sum
+from geno_pipeline.distributed import lazy_tree_sum, ordered_sum, tree_fits, tree_sum
 from geno_pipeline.distributed.group import Collective, LocalGroup
 from geno_pipeline.training.model import rollout
 from geno_pipeline.training.schedule import set_optimizer_lr
@@ -20,7 +20,6 @@ __all__ = [
     "TorchTrainer",
     "TorchTrainerBatch",
     "TorchTrainerStepResult",
-    "accumulate_in_order",
     "build_adamw_optimizer",
     "flat_grad",
     "gaussian_kl",
@@ -119,8 +118,9 @@ class TorchTrainer:
     Each micro-batch's loss is normalised by the global count of real rollout steps, and the KL term is the KL of the
     global batch's statistics: its mean and variance are summed from per-micro-batch partial sums in micro-batch
     order, and each micro-batch backpropagates the exact first-order share of the global KL (see `global_kl_terms`).
-    Per-micro-batch gradients are gathered and summed in micro-batch order (`ordered_sum`), so the update is the same
-    bits for any world size that divides the micro-batch count.
+    Per-micro-batch gradients are summed along one fixed balanced binary tree over the micro-batches
+    (`distributed.tree_sum`): each rank sums its own subtrees, the group combines the partial sums along the same tree
+    (`Collective.tree_reduce`), so the update is the same bits for any world size that divides the micro-batch count.
     """
 
     def __init__(
@@ -174,21 +174,19 @@ class TorchTrainer:
         second = [((p - mu).pow(2) * w).sum(dim=(0, 1)) for p, w in zip(predictions, weights, strict=True)]
         var = ordered_sum(group.gather_rows(torch.stack([s.detach() for s in second]))) / n + KL_EPS
         kl, grad_mu, grad_var = global_kl_terms(mu, var)
-        # on one process the micro-batches' gradients accumulate in `.grad` in micro-batch order: the ordered sum
-        # without the flat copies (`accumulate_in_order`); several processes gather flat rows and sum them in order
-        local = group.size == 1
-        rows = []
-        for index, (err_sum, f, s) in enumerate(zip(err_sums, first, second, strict=True)):
-            surrogate = err_sum / n + cfg.kl_weight * ((grad_mu * f).sum() + (grad_var * s).sum()) / n
-            if not local or index == 0:  # one process: cleared once, then accumulated; several: each its own gradient
-                self.optimizer.zero_grad(set_to_none=True)
-            if local:
-                accumulate_in_order(self._params, surrogate, first=index == 0)
-            else:
-                surrogate.backward()
-                rows.append(flat_grad(self._params))
-        if not local:
-            set_flat_grad(self._params, ordered_sum(group.gather_rows(torch.stack(rows))))
+
+        # each micro-batch's gradient as a flat vector, summed along the fixed tree over the micro-batches
+        def gradient(index: int) -> Tensor:
+            surrogate = err_sums[index] / n + cfg.kl_weight * ((grad_mu * first[index]).sum() + (grad_var * second[index]).sum()) / n
+            self.optimizer.zero_grad(set_to_none=True)
+            surrogate.backward()
+            return flat_grad(self._params)
+
+        if tree_fits(len(shards) * group.size, group.size):  # this rank's micro-batches are whole subtrees
+            total = group.tree_reduce(lazy_tree_sum(len(shards), gradient))
+        else:  # any other world size: every micro-batch's gradient gathered, then the same tree (more bytes, same bits)
+            total = tree_sum(group.gather_rows(torch.stack([gradient(i) for i in range(len(shards))])))
+        set_flat_grad(self._params, total)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip_norm))
         loss = pred_loss + cfg.kl_weight * kl
         loss_value = float(loss)
@@ -219,23 +217,6 @@ def global_kl_terms(mu: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dim = mu.shape[-1]
     kl = (0.5 * (var + mu.pow(2) - 1.0 - torch.log(var))).mean()
     return kl, mu / dim, 0.5 * (1.0 - 1.0 / var) / dim
-
-
-def accumulate_in_order(params: Sequence[Tensor], surrogate: Tensor, *, first: bool) -> None:
-    """Backpropagate one micro-batch's `surrogate` into `.grad`, as `ordered_sum` of every micro-batch's `flat_grad`
-    rows would add them, bit for bit: the first micro-batch's gradients become the totals (zeros for a parameter it
-    does not reach), each later one is added to them, and a parameter a later micro-batch does not reach gets
-    zeros added (x + 0.0 is not always x: -0.0 + 0.0 is 0.0)."""
-    before = [] if first else [(p.grad, -1 if p.grad is None else p.grad._version) for p in params]
-    surrogate.backward()
-    if first:
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return
-    for p, (grad, version) in zip(params, before, strict=True):
-        if p.grad is grad and grad is not None and grad._version == version:  # not reached by this micro-batch
-            grad += torch.zeros_like(grad)
 
 
 def flat_grad(params: Sequence[Tensor]) -> Tensor:
