@@ -251,6 +251,38 @@ def test_distributed_preflight_codes() -> None:
     assert _codes(_facts(smoke=failed))["distributed.smoke"] == "distributed.smoke_failed"
 
 
+def test_distributed_preflight_checks_micro_batches_against_the_launchers_world_size(tiny_root: Path) -> None:
+    """Under a launcher (WORLD_SIZE set, nproc_per_node 1 on each node) the split is checked against WORLD_SIZE."""
+    from geno_pipeline.config import LoadedParams
+    from geno_pipeline.preflight.checks.params import ParamsCheck
+
+    loaded = LoadedParams.read(write_params(tiny_root))  # tiny: micro_batches 2, nproc_per_node 1
+    for environ, verdict in (({}, "pass"), ({"WORLD_SIZE": "2"}, "pass"), ({"WORLD_SIZE": "4"}, "fail")):
+        (finding,) = ParamsCheck(loaded, environ=environ).assess(loaded)
+        assert finding.status == verdict, environ
+    (finding,) = ParamsCheck(loaded, environ={"WORLD_SIZE": "4"}).assess(loaded)
+    assert (finding.code, finding.path) == ("params.invalid", "WORLD_SIZE")
+    assert (
+        finding.message
+        == "WORLD_SIZE=4 (the launcher's) does not divide train.micro_batches (2); every worker takes the same number of micro-batches"
+    )
+
+
+def test_distributed_preflight_smoke_is_bounded_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short runtime.dist_timeout_s (5 s) bounds training's collectives, not preflight's smoke test, whose two fresh
+    interpreters import torch first: on a loaded machine that alone can take longer."""
+    from geno_pipeline.distributed import smoke
+    from geno_pipeline.distributed.smoke import SmokeResult
+    from geno_pipeline.preflight.checks.distributed import SMOKE_TIMEOUT_S, probe_distributed
+    from tests.fakes import fake_torch
+
+    bounds: list[float] = []
+    monkeypatch.setattr(smoke, "run_smoke_test", lambda backend, *, timeout_s: (bounds.append(timeout_s), SmokeResult(True, 1.0, None))[1])
+    accelerator = type("A", (), {"resolved_device": "cpu", "torch": fake_torch()})()
+    probe = probe_distributed(RuntimeParams(nproc_per_node=2, dist_timeout_s=5), accelerator)  # type: ignore[arg-type]
+    assert bounds == [SMOKE_TIMEOUT_S] == [60.0] and probe.smoke.timeout_s == 60.0 and probe.smoke.ok
+
+
 def test_distributed_preflight_real_probes() -> None:
     result = run_smoke_test("gloo", timeout_s=60)
     assert result.ok and result.error is None

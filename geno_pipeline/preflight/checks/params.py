@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from geno_pipeline.config import LoadedParams
+from geno_pipeline.config import LoadedParams, world_size_problems
+from geno_pipeline.distributed import planned_world_size
 from geno_pipeline.preflight.checks.base import Finding, passed, problem
 
 __all__ = ["ParamsCheck"]
@@ -14,16 +17,23 @@ _REMEDY = "fix params.yaml as the message says"
 
 @dataclass(frozen=True)
 class ParamsCheck:
-    """`params`: one row; one issue per problem."""
+    """`params`: one row; one issue per problem. The micro-batch split is checked against the job's world size: a
+    launcher's WORLD_SIZE when the environment has one, else runtime.nproc_per_node (which the params model checks)."""
 
     loaded: LoadedParams
     name: str = "params"
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     def probe(self) -> LoadedParams:
         return self.loaded
 
     def assess(self, facts: LoadedParams) -> list[Finding]:
         if facts.error is None:
+            world = planned_world_size(facts.params.runtime.nproc_per_node, self.environ)
+            launched = world_size_problems(world, facts.params.train, key="WORLD_SIZE") if "WORLD_SIZE" in self.environ else []
+            for key, value, message, fix in launched:
+                return [problem(self.name, "error", "params.invalid", key, f"{key}={value} (the launcher's) {message}", f"{fix}, "
+                                "or launch a world size that divides it")]  # fmt: skip
             return [passed(self.name, f"{facts.path} is valid")]
         problems = facts.error.problems or (str(facts.error),)
         row = problem(
