@@ -268,6 +268,20 @@ def test_distributed_preflight_checks_micro_batches_against_the_launchers_world_
     )
 
 
+def test_distributed_fingerprint_fix_names_the_launchers_world_size() -> None:
+    from geno_pipeline.environment import build_fingerprint
+    from geno_pipeline.training.stage import fingerprint_fix
+
+    runtime = RuntimeParams(nproc_per_node=1)
+    plain = build_fingerprint(runtime, device_kind="cpu", world_size=1, tf32=False, cpu_class="x/AVX2")
+    launched = build_fingerprint(runtime, device_kind="cpu", world_size=2, tf32=False, cpu_class="x/AVX2")
+    assert fingerprint_fix(plain, launched) == (
+        "rerun preflight with the launcher's world size, on each node: `WORLD_SIZE=2 geno-pipeline preflight`"
+    )
+    other_cpu = build_fingerprint(runtime, device_kind="cpu", world_size=1, tf32=False, cpu_class="y/AVX512")
+    assert fingerprint_fix(plain, other_cpu) == "rerun `geno-pipeline preflight`"
+
+
 def test_distributed_preflight_smoke_is_bounded_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """A short runtime.dist_timeout_s (5 s) bounds training's collectives, not preflight's smoke test, whose two fresh
     interpreters import torch first: on a loaded machine that alone can take longer."""
@@ -451,6 +465,34 @@ def test_distributed_sigkill_of_one_of_four_workers_and_resume_is_byte_identical
     gp(root, "train", "--resume", "auto", "--no-progress")
     gp(root, "release")
     assert _declared(root) == _declared(straight4)
+
+
+def _torchrun(root: Path, workers: int) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(workers), "-m", "geno_pipeline",
+               "train", "--no-progress"]  # fmt: skip
+    return subprocess.run(command, cwd=root, env=_env(), capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_distributed_the_external_launcher_flow_of_the_readme(straight: Path) -> None:
+    """torchrun after a plain preflight stops with the fix that works; after `WORLD_SIZE=2 geno-pipeline preflight` the
+    launched job trains the same numbers as the self-launched 2-worker run."""
+    root = _clone(straight.parent / "base", straight.parent / "torchrun")
+    _set(root, "runtime", nproc_per_node=1)
+    gp(root, "preflight")
+    refused = _torchrun(root, 2)
+    assert refused.returncode != 0
+    assert "fix: rerun preflight with the launcher's world size, on each node: `WORLD_SIZE=2 geno-pipeline preflight`" in refused.stderr
+    assert not (root / "artifacts/train/metrics.jsonl").exists()
+    env = _env() | {"WORLD_SIZE": "2"}
+    subprocess.run([sys.executable, "-m", "geno_pipeline", "preflight"], cwd=root, env=env, capture_output=True, text=True, check=True,
+                   timeout=240)  # fmt: skip
+    launched = _torchrun(root, 2)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    for name in ("metrics.jsonl", "collapse.jsonl"):
+        assert (root / "artifacts/train" / name).read_bytes() == (straight / "artifacts/train" / name).read_bytes()
+    a, b = load_file(root / "artifacts/train/model.safetensors"), load_file(straight / "artifacts/train/model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
 
 
 @pytest.mark.slow

@@ -234,12 +234,20 @@ def _default_model(train: TrainParams, window_length: int, seeds: TrainerSeeds) 
     return build_world_model(window_length=window_length, params=train.model, encoder_seed=seeds.encoder, init_seed=seeds.model_init)
 
 
+def fingerprint_fix(expected: EnvironmentFingerprint, actual: EnvironmentFingerprint) -> str:
+    """The command that makes preflight's fingerprint match this run: under a launcher of another world size, preflight
+    must be told that world size (it reads WORLD_SIZE, as the launcher's workers do); otherwise a plain rerun."""
+    if actual.world_size != expected.world_size and actual.world_size != actual.nproc_per_node:
+        return f"rerun preflight with the launcher's world size, on each node: `WORLD_SIZE={actual.world_size} geno-pipeline preflight`"
+    return "rerun `geno-pipeline preflight`"
+
+
 def _check_fingerprint(expected: EnvironmentFingerprint | None, actual: EnvironmentFingerprint) -> None:
     if expected is None or expected == actual:
         return
     have, want = actual.model_dump(), expected.model_dump()
     diffs = ", ".join(f"{k}: preflight {want[k]!r} vs now {have[k]!r}" for k in sorted(have) if have[k] != want[k])
-    raise TrainingError(f"the environment differs from preflight's fingerprint ({diffs}); fix: rerun `geno-pipeline preflight`")
+    raise TrainingError(f"the environment differs from preflight's fingerprint ({diffs}); fix: {fingerprint_fix(expected, actual)}")
 
 
 def setup(
