@@ -184,15 +184,17 @@ def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: i
     """The stage's optimizer math in plain torch and nothing else, on one process: schedule; per micro-batch the rollout,
     its masked squared-error sum and prediction sum; the global batch's mean and variance, summed over the micro-batches
     left to right; each micro-batch's surrogate (its share of the loss and its exact first-order share of the global
-    KL, `global_kl_terms`) backpropagated into the accumulating gradients; clip, loss read back, AdamW step. It ends with
+    KL, `global_kl_terms`) backpropagated on its own, the gradients summed along the fixed tree; clip, loss read back,
+    AdamW step. It ends with
     the stage's weights bit for bit (`test_bare_loop_does_the_stage_math`)."""
     import functools
     import operator
 
     import torch
 
+    from geno_pipeline.distributed import tree_sum
     from geno_pipeline.training.schedule import set_optimizer_lr
-    from geno_pipeline.training.trainer import KL_EPS, global_kl_terms
+    from geno_pipeline.training.trainer import KL_EPS, flat_grad, global_kl_terms, set_flat_grad
 
     add = functools.partial(functools.reduce, operator.add)  # left to right, as the stage sums micro-batches
     set_optimizer_lr(opt, step=step, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule)
@@ -204,10 +206,13 @@ def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: i
     mu, pred_loss = add(x.detach() for x in sums) / n, add(e.detach() for e in errs) / n
     squares = [((p - mu).pow(2) * m.unsqueeze(-1)).sum(dim=(0, 1)) for p, m in zip(preds, masks, strict=True)]
     kl, grad_mu, grad_var = global_kl_terms(mu, add(x.detach() for x in squares) / n + KL_EPS)
-    opt.zero_grad(set_to_none=True)
-    for e, s1, s2 in zip(errs, sums, squares, strict=True):
-        (e / n + train.kl_weight * ((grad_mu * s1).sum() + (grad_var * s2).sum()) / n).backward()
     params = [p for g in opt.param_groups for p in g["params"]]
+    grads = []
+    for e, s1, s2 in zip(errs, sums, squares, strict=True):
+        opt.zero_grad(set_to_none=True)
+        (e / n + train.kl_weight * ((grad_mu * s1).sum() + (grad_var * s2).sum()) / n).backward()
+        grads.append(flat_grad(params))
+    set_flat_grad(params, tree_sum(grads))  # the stage's order: the fixed balanced tree over the micro-batches
     torch.nn.utils.clip_grad_norm_(params, train.grad_clip_norm)
     float(pred_loss + train.kl_weight * kl)  # the step's loss read back once, as the stage reads it before stepping
     opt.step()
