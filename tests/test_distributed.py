@@ -268,6 +268,35 @@ def test_distributed_preflight_checks_micro_batches_against_the_launchers_world_
     )
 
 
+class _OtherRankBlind:
+    """Rank 0 of a 2-rank job whose rank 1 reports what `seen_by_rank_1` says (its node may not share the folder)."""
+
+    rank, size, backend = 0, 2, "gloo"
+
+    def __init__(self, seen_by_rank_1: float) -> None:
+        self.seen_by_rank_1 = seen_by_rank_1
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat((rows, torch.full_like(rows, self.seen_by_rank_1)))
+
+
+def test_distributed_resume_needs_the_checkpoint_on_every_rank(tmp_path: Path) -> None:
+    """A rank that cannot see rank 0's checkpoint (no shared filesystem) stops the whole job with one message naming it,
+    before any rank loads anything."""
+    from geno_pipeline.training.stage import require_visible_everywhere
+
+    checkpoint = tmp_path / "artifacts/train/checkpoints/step-000050"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "SHA256SUMS").write_text("")
+    require_visible_everywhere(_OtherRankBlind(1.0), checkpoint, "artifacts/train/checkpoints/step-000050")  # type: ignore[arg-type]
+    with pytest.raises(DistributedError, match=r"^rank\(s\) 1 of 2 cannot see artifacts/train/checkpoints/step-000050, the checkpoint "
+                                               r"the job resumes from: their nodes do not share the project folder; fix: "):  # fmt: skip
+        require_visible_everywhere(_OtherRankBlind(0.0), checkpoint, "artifacts/train/checkpoints/step-000050")  # type: ignore[arg-type]
+    (checkpoint / "SHA256SUMS").unlink()  # an incomplete folder is not a checkpoint either
+    with pytest.raises(DistributedError, match=r"^rank\(s\) 0, 1 of 2 cannot see"):
+        require_visible_everywhere(_OtherRankBlind(0.0), checkpoint, "artifacts/train/checkpoints/step-000050")  # type: ignore[arg-type]
+
+
 def test_distributed_fingerprint_fix_names_the_launchers_world_size() -> None:
     from geno_pipeline.environment import build_fingerprint
     from geno_pipeline.training.stage import fingerprint_fix

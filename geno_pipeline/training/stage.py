@@ -377,6 +377,23 @@ def agreed_checkpoint(run: TrainingRun, resume: str | Path | None) -> Path | Non
     return None if step < 0 else run.layout.checkpoints / checkpoint_dir_name(step)
 
 
+def require_visible_everywhere(group: Collective, path: Path, where: str) -> None:
+    """Every rank sees the checkpoint rank 0 resumes from, or every rank stops with the same `DistributedError` naming
+    the ranks that do not: their nodes do not share the project folder (each would otherwise fail on its own)."""
+    if group.size == 1:
+        return
+    seen = float(path.is_dir() and (path / "SHA256SUMS").is_file())
+    flags = group.gather_rows(torch.tensor([[seen]], dtype=torch.float32)).reshape(-1).tolist()
+    blind = [rank for rank, flag in enumerate(flags) if flag < 1.0]
+    if blind:
+        ranks = ", ".join(str(r) for r in blind)
+        raise DistributedError(
+            f"rank(s) {ranks} of {group.size} cannot see {where}, the checkpoint the job resumes from: their nodes do not share "
+            "the project folder; fix: put the project on a filesystem every node mounts at the same path (or copy "
+            "artifacts/train/checkpoints to each node), then resume with `geno-pipeline train --resume auto`"
+        )
+
+
 def resume_from(run: TrainingRun, path: Path) -> None:
     """Restore model, optimizer, sampler, logs and monitor from a verified checkpoint (every rank reads it; rank 0 alone
     cuts the logs back)."""
@@ -616,6 +633,8 @@ def run(
     )
     checkpoint = agreed_checkpoint(training, resume)
     if checkpoint is not None:
+        where = layout.rel(checkpoint) if checkpoint.is_absolute() and checkpoint.is_relative_to(layout.root) else str(checkpoint)
+        require_visible_everywhere(training.group, checkpoint, where)
         resume_from(training, checkpoint)
     elif training.writer:
         start_fresh(training)
