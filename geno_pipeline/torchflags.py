@@ -19,6 +19,7 @@ __all__ = [
     "apply_torch_determinism",
     "cpu_kernel_class",
     "cpu_vendor",
+    "cublas_tf32",
     "set_deterministic_algorithms",
     "set_tf32",
     "tf32_cublas_override",
@@ -112,6 +113,11 @@ def tf32_cublas_override(environ: Mapping[str, str] | None = None) -> bool:
     """`TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1`: torch lets cuBLAS use TF32 whatever the settings say."""
     env = os.environ if environ is None else environ
     return env.get(TF32_OVERRIDE_ENV, "").strip() == "1"
+
+
+def cublas_tf32(tf32_matmul: bool, override: bool, *, cuda: bool) -> bool:
+    """cuBLAS may use TF32 on this device: torch's setting says so, or the override forces it (it acts on CUDA only)."""
+    return tf32_matmul or (cuda and override)
 
 
 def torch_determinism_flags() -> dict[str, bool]:

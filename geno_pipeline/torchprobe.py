@@ -27,9 +27,9 @@ from importlib import metadata
 from typing import Any
 
 from geno_pipeline.devices import resolve_device, selected_cuda_ordinals
-from geno_pipeline.torchflags import apply_torch_determinism, cpu_kernel_class, torch_determinism_flags
+from geno_pipeline.torchflags import apply_torch_determinism, cpu_kernel_class, cublas_tf32, torch_determinism_flags
 
-__all__ = ["KERNEL_SEED", "KERNEL_SIZE", "kernel_smoke", "kernel_tolerance", "main", "torch_cuda_facts"]
+__all__ = ["KERNEL_SEED", "KERNEL_SIZE", "kernel_smoke", "kernel_tolerance", "main", "not_finite", "torch_cuda_facts"]
 
 KERNEL_SEED = 20240229
 KERNEL_SIZE = 256  # a 256 x 256 by 256 x 256 fp32 matmul: milliseconds on any GPU, enough to run real cuBLAS kernels
@@ -103,6 +103,11 @@ def torch_cuda_facts(measure: Sequence[int] = ()) -> dict[str, Any]:
     }
 
 
+def not_finite(error: float) -> str:
+    """Why a smoke result's relative error is recorded as null."""
+    return f"the result is not finite: max rel. error {error}"
+
+
 def kernel_tolerance(tf32: bool) -> float:
     """Largest accepted |device - CPU| / max |CPU| for the smoke matmul: fp32 rounding, or TF32's 10-bit mantissa."""
     return 1e-2 if tf32 else 1e-4
@@ -121,7 +126,7 @@ def kernel_smoke(
     mm = matmul or torch.matmul
     start = time.perf_counter()
     flags = torch_determinism_flags()
-    tolerance = kernel_tolerance((flags["tf32_matmul"] or flags["tf32_cublas_override"]) and device.startswith("cuda"))
+    tolerance = kernel_tolerance(cublas_tf32(flags["tf32_matmul"], flags["tf32_cublas_override"], cuda=device.startswith("cuda")))
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(size, size, generator=gen)
     b = torch.randn(size, size, generator=gen)
@@ -140,7 +145,7 @@ def kernel_smoke(
                 "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
     ms = (time.perf_counter() - start) * 1000.0
     if not math.isfinite(error):  # a GPU that computes NaN or inf: JSON has no such number, so null and the reason
-        why = f"the result is not finite: max rel. error {error}"
+        why = not_finite(error)
         return {**result, "outcome": "mismatch", "max_rel_error": None, "repeat_identical": identical, "duration_ms": ms, "error": why}
     outcome = "ok" if error <= tolerance else "mismatch"
     if outcome == "ok" and not identical:

@@ -437,12 +437,19 @@ def straight(dist_project: Path) -> Path:
     return root
 
 
+def _clone_at(base: Path, name: str, world: int) -> Path:
+    """A clone of the base project for `world` workers, preflight rerun (the fingerprint names the world size)."""
+    root = _clone(base, base.parent / name)
+    if world != 2:
+        _set(root, "runtime", nproc_per_node=world)
+        gp(root, "preflight")
+    return root
+
+
 @pytest.fixture(scope="module")
 def straight4(dist_project: Path) -> Path:
     """One uninterrupted 4-worker run (one micro-batch each) with its release."""
-    root = _clone(dist_project, dist_project.parent / "straight4")
-    _set(root, "runtime", nproc_per_node=4)
-    gp(root, "preflight")
+    root = _clone_at(dist_project, "straight4", 4)
     out = gp(root, "train", "--no-progress")
     assert "launching 4 workers" in out.stdout and "train: completed: trained 120 steps" in out.stdout
     gp(root, "release")
@@ -470,30 +477,12 @@ def test_distributed_tree_reduction_moves_what_a_ring_all_reduce_moves(straight:
 
 @pytest.mark.slow
 def test_distributed_four_workers_twice_give_the_same_release(straight4: Path) -> None:
-    again = _clone(straight4.parent / "base", straight4.parent / "again4")
-    _set(again, "runtime", nproc_per_node=4)
-    gp(again, "preflight")
+    again = _clone_at(straight4.parent / "base", "again4", 4)
     gp(again, "train", "--no-progress")
     gp(again, "release")
     sums = "artifacts/release/SHA256SUMS"
     assert (again / sums).read_bytes() == (straight4 / sums).read_bytes()
     assert _declared(again) == _declared(straight4)
-
-
-@pytest.mark.slow
-def test_distributed_sigkill_of_one_of_four_workers_and_resume_is_byte_identical(straight4: Path) -> None:
-    root = _clone(straight4.parent / "base", straight4.parent / "killed4")
-    _set(root, "runtime", nproc_per_node=4)
-    gp(root, "preflight")
-    proc, workers = _start_and_wait_for_step(root, 50, world=4)
-    os.kill(workers[2], signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 9, err
-    assert f"worker rank 2 (pid {workers[2]}): killed by SIGKILL" in err and "Traceback" not in err
-    assert not any(process_alive(pid) for pid in workers.values())
-    gp(root, "train", "--resume", "auto", "--no-progress")
-    gp(root, "release")
-    assert _declared(root) == _declared(straight4)
 
 
 def _torchrun(root: Path, workers: int) -> subprocess.CompletedProcess[str]:
@@ -535,15 +524,20 @@ def test_distributed_two_runs_from_scratch_are_byte_identical(straight: Path) ->
 
 
 @pytest.mark.slow
-def test_distributed_sigkill_of_a_worker_stops_the_job_and_resume_is_byte_identical(straight: Path) -> None:
-    root = _clone(straight.parent / "base", straight.parent / "killed")
-    proc, workers = _start_and_wait_for_step(root, 50)
-    os.kill(workers[1], signal.SIGKILL)
+@pytest.mark.parametrize(("world", "victim"), [(2, 1), (4, 2)])
+def test_distributed_sigkill_of_a_worker_stops_the_job_and_resume_is_byte_identical(
+    request: pytest.FixtureRequest, world: int, victim: int
+) -> None:
+    straight: Path = request.getfixturevalue("straight" if world == 2 else "straight4")
+    root = _clone_at(straight.parent / "base", f"killed{world}", world)
+    proc, workers = _start_and_wait_for_step(root, 50, world=world)
+    os.kill(workers[victim], signal.SIGKILL)
     start = time.monotonic()
     _, err = proc.communicate(timeout=60)
     took = time.monotonic() - start
     assert proc.returncode == 9, err
-    assert f"worker rank 1 (pid {workers[1]}): killed by SIGKILL" in err and "resume with `geno-pipeline train --resume auto`" in err
+    assert f"worker rank {victim} (pid {workers[victim]}): killed by SIGKILL" in err
+    assert "resume with `geno-pipeline train --resume auto`" in err
     assert took < 20  # the collective timeout (dist_timeout_s: 20) bounds it; the launcher notices in 0.1 s
     assert not any(process_alive(pid) for pid in workers.values())
     assert "Traceback" not in err

@@ -124,16 +124,16 @@ class _Reader:
         return None
 
 
-def _memory(read: _Reader, handle: Any, group: str = "memory") -> tuple[int | None, int | None, int | None]:
+def _memory(read: _Reader, handle: Any) -> tuple[int | None, int | None, int | None]:
     """(total, free, used); the v2 API first, which reports reserved memory apart, so `free` is what can be used."""
     version = getattr(read.nvml, "nvmlMemory_v2", None)
     if version is not None:
         probe = _Reader(read.nvml)
-        info = probe.get(group, ("nvmlDeviceGetMemoryInfo",), handle, version)
+        info = probe.get("memory", ("nvmlDeviceGetMemoryInfo",), handle, version)
         if info is not None:
             return int(info.total), int(info.free), int(info.used)
         read.lost = read.lost or probe.lost
-    info = read.get(group, ("nvmlDeviceGetMemoryInfo",), handle)
+    info = read.get("memory", ("nvmlDeviceGetMemoryInfo",), handle)
     return (None, None, None) if info is None else (int(info.total), int(info.free), int(info.used))
 
 
@@ -279,26 +279,18 @@ def probe_nvml(nvml: Any | None = None) -> NvmlProbe:
     except error_type as exc:
         code = nvml_init_error_code(nvml, exc)
         return NvmlProbe(available=False, error_code=code, error=str(exc), driver_version=None, cuda_driver_version=None, devices=[])
-    errors: dict[str, str] = {}
-
-    def ask(key: str, query: Any) -> Any:
-        try:
-            return query()
-        except Exception as exc:
-            errors[key] = _error_text(nvml, exc)
-            return None
-
+    system = _Reader(nvml)  # each machine-wide query on its own, as every device query is
     try:
-        raw_driver = ask("driver_version", nvml.nvmlSystemGetDriverVersion)
+        raw_driver = system.get("driver_version", ("nvmlSystemGetDriverVersion",))
         driver = None if raw_driver is None else _text(raw_driver)
-        getter = getattr(nvml, "nvmlSystemGetCudaDriverVersion_v2", None) or nvml.nvmlSystemGetCudaDriverVersion
-        raw_cuda = ask("cuda_driver_version", getter)
+        raw_cuda = system.get("cuda_driver_version", ("nvmlSystemGetCudaDriverVersion_v2", "nvmlSystemGetCudaDriverVersion"))
         cuda = None if raw_cuda is None else _cuda_version(raw_cuda)
-        count = ask("device_count", nvml.nvmlDeviceGetCount)
+        count = system.get("device_count", ("nvmlDeviceGetCount",))
         devices = [_device(nvml, index, driver, cuda) for index in range(int(count or 0))]
     finally:
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
+    errors = {**system.not_supported, **system.query_errors}
     return NvmlProbe(
         available=True, error_code=None, error=None, driver_version=driver, cuda_driver_version=cuda, devices=devices, query_errors=errors
     )

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from geno_pipeline.devices import selected_cuda_ordinals
 from geno_pipeline.preflight.documents import KernelSmoke, TorchCudaProbe
-from geno_pipeline.torchprobe import KERNEL_SEED, KERNEL_SIZE, kernel_tolerance
+from geno_pipeline.torchprobe import KERNEL_SEED, KERNEL_SIZE, kernel_tolerance, not_finite
 
 __all__ = [
     "IMPORT_TIMEOUT_S",
@@ -116,7 +116,8 @@ def _kernel(ordinal: int, plan: TorchProbePlan, raw: dict[str, Any] | None, erro
         )  # fmt: skip
     outcome, relative, reason = raw["outcome"], raw["max_rel_error"], raw["error"]
     if relative is not None and not math.isfinite(relative):  # JSON-safe: null and the reason, never NaN
-        outcome, relative, reason = "mismatch", None, f"the result is not finite: max rel. error {relative}"
+        reason = not_finite(relative)
+        outcome, relative = "mismatch", None
     return KernelSmoke(
         ordinal=ordinal, outcome=outcome, size=raw["size"], seed=raw["seed"], max_rel_error=relative, tolerance=raw["tolerance"],
         repeat_identical=raw["repeat_identical"], duration_ms=raw["duration_ms"], timeout_s=plan.cuda_timeout_s, error=reason,

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from geno_pipeline.torchflags import apply_torch_determinism, cpu_kernel_class, torch_determinism_flags
+from geno_pipeline.torchflags import apply_torch_determinism, cpu_kernel_class, cublas_tf32, torch_determinism_flags
 from geno_pipeline.training.seeds import TorchDeterminismReport, TrainerSeeds
 
 __all__ = ["TorchDeterminismReport", "TrainerSeeds", "configure_torch_reproducibility"]
@@ -34,7 +34,7 @@ def configure_torch_reproducibility(
         torch_deterministic_algorithms=flags["deterministic_algorithms"],
         cudnn_benchmark=flags["cudnn_benchmark"],
         cudnn_deterministic=flags["cudnn_deterministic"],
-        tf32_matmul=flags["tf32_matmul"] or (device.startswith("cuda") and flags["tf32_cublas_override"]),
+        tf32_matmul=cublas_tf32(flags["tf32_matmul"], flags["tf32_cublas_override"], cuda=device.startswith("cuda")),
         tf32_cudnn=flags["tf32_cudnn"],
         cpu_threads=torch.get_num_threads(),
         cuda_initialized_before=initialised,

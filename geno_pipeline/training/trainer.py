@@ -175,18 +175,25 @@ class TorchTrainer:
         var = ordered_sum(group.gather_rows(torch.stack([s.detach() for s in second]))) / n + KL_EPS
         kl, grad_mu, grad_var = global_kl_terms(mu, var)
 
-        # each micro-batch's gradient as a flat vector, summed along the fixed tree over the micro-batches
-        def gradient(index: int) -> Tensor:
+        # each micro-batch's gradient on its own, summed along the fixed tree over the micro-batches
+        def backward(index: int) -> None:
             surrogate = err_sums[index] / n + cfg.kl_weight * ((grad_mu * first[index]).sum() + (grad_var * second[index]).sum()) / n
             self.optimizer.zero_grad(set_to_none=True)
             surrogate.backward()
+
+        def gradient(index: int) -> Tensor:
+            backward(index)
             return flat_grad(self._params)
 
-        if tree_fits(len(shards) * group.size, group.size):  # this rank's micro-batches are whole subtrees
-            total = group.tree_reduce(lazy_tree_sum(len(shards), gradient))
+        if group.size == 1 and len(shards) == 1:  # a tree of one leaf is that leaf: its gradient stays where backward put it
+            backward(0)
+            for p in self._params:
+                if p.grad is None:  # not reached: a zero gradient, as `flat_grad` gives it
+                    p.grad = torch.zeros_like(p)
+        elif tree_fits(len(shards) * group.size, group.size):  # this rank's micro-batches are whole subtrees
+            set_flat_grad(self._params, group.tree_reduce(lazy_tree_sum(len(shards), gradient)))
         else:  # any other world size: every micro-batch's gradient gathered, then the same tree (more bytes, same bits)
-            total = tree_sum(group.gather_rows(torch.stack([gradient(i) for i in range(len(shards))])))
-        set_flat_grad(self._params, total)
+            set_flat_grad(self._params, tree_sum(group.gather_rows(torch.stack([gradient(i) for i in range(len(shards))]))))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip_norm))
         loss = pred_loss + cfg.kl_weight * kl
         loss_value = float(loss)

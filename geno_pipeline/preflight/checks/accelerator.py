@@ -103,23 +103,22 @@ def probe_accelerator(
     )
 
 
-def _nvml_finding(probe: AcceleratorProbe, wants_cuda: bool) -> list[Finding]:
+def _nvml_finding(probe: AcceleratorProbe, wants_cuda: bool) -> Finding:
     nv = probe.nvml
-    if nv.available:
-        row = passed("nvml", f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)")
-        if not nv.query_errors:
-            return [row]
+    if nv.available and nv.query_errors:
         failed = "; ".join(f"{key}: {error}" for key, error in nv.query_errors.items())
         message = f"NVML answered, but could not read {failed}"
-        return [problem("nvml", "warning", "nvml.query_failed", "nvml", message, _NVML_REMEDY["nvml.query_failed"])]
+        return problem("nvml", "warning", "nvml.query_failed", "nvml", message, _NVML_REMEDY["nvml.query_failed"])
+    if nv.available:
+        return passed("nvml", f"driver {nv.driver_version}, CUDA driver {nv.cuda_driver_version}, {len(nv.devices)} GPU(s)")
     code = nv.error_code or "nvml.init_failed"
     remedy = _NVML_REMEDY.get(code, _NVML_REMEDY["nvml.init_failed"])
     message = f"NVML unavailable: {nv.error}"
     if wants_cuda:
-        return [problem("nvml", "error", code, "nvml", message, remedy)]
+        return problem("nvml", "error", code, "nvml", message, remedy)
     if code in _NO_GPU_CODES:  # simply no NVIDIA GPU here
-        return [Finding("nvml", "skip", message, code, remedy)]
-    return [problem("nvml", "warning", code, "nvml", message, remedy)]
+        return Finding("nvml", "skip", message, code, remedy)
+    return problem("nvml", "warning", code, "nvml", message, remedy)
 
 
 def _torch_finding(probe: AcceleratorProbe, wants_cuda: bool) -> Finding:
@@ -147,7 +146,7 @@ def _cross_checks(probe: AcceleratorProbe) -> list[Finding]:
             "or set runtime.device: cpu to train on the CPU"
         )
         out.append(problem("accelerator", "error", "accelerator.torch_cuda_unavailable", "torch", message, remedy, row=False))
-    unopened = any(d.handle_error is not None for d in nv.devices)  # no UUID to map by: gpu.unreadable says so
+    unopened = any(d.handle_error is not None for d in nv.devices)  # its UUID is unknown: gpu.unreadable says so
     if nv.available and th.cuda_available and len(mapped) != th.device_count and not unopened:
         message = (
             f"NVML finds {len(mapped)} device(s) visible (CUDA_VISIBLE_DEVICES={probe.cuda_visible_devices!r}) "
@@ -230,7 +229,7 @@ def _cuda_resolution(probe: AcceleratorProbe) -> list[Finding]:
 def assess_accelerator(probe: AcceleratorProbe) -> list[Finding]:
     """Findings for a probe: NVML state, torch, cross-checks, device resolution and the VRAM gate."""
     wants_cuda = probe.required or probe.resolved_device.startswith("cuda")
-    findings = [*_nvml_finding(probe, wants_cuda), _torch_finding(probe, wants_cuda), *_cross_checks(probe)]
+    findings = [_nvml_finding(probe, wants_cuda), _torch_finding(probe, wants_cuda), *_cross_checks(probe)]
     if probe.resolved_device.startswith("cuda"):
         return findings + _cuda_resolution(probe)
     return [*findings, _cpu_resolution(probe)]

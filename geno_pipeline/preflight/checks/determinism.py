@@ -10,7 +10,7 @@ from geno_pipeline.config import RuntimeParams
 from geno_pipeline.preflight.checks.base import Finding, problem, skipped
 from geno_pipeline.preflight.documents import DeterminismProbe
 from geno_pipeline.preflight.torch_process import TorchDeterminismFlags
-from geno_pipeline.torchflags import CUBLAS_WORKSPACE_CONFIG, TF32_OVERRIDE_ENV
+from geno_pipeline.torchflags import CUBLAS_WORKSPACE_CONFIG, TF32_OVERRIDE_ENV, cublas_tf32
 
 __all__ = ["DeterminismCheck", "determinism_facts"]
 
@@ -25,7 +25,7 @@ def determinism_facts(
     cuda = resolved_device.startswith("cuda")
     wanted = runtime.deterministic
     override = flags.tf32_cublas_override
-    tf32 = flags.tf32_matmul or flags.tf32_cudnn or (cuda and override)
+    tf32 = cublas_tf32(flags.tf32_matmul, override, cuda=cuda) or flags.tf32_cudnn
     return DeterminismProbe(
         deterministic=wanted,
         cublas_workspace_config_env=env.get("CUBLAS_WORKSPACE_CONFIG"),

@@ -31,10 +31,11 @@ class ParamsCheck:
         if facts.error is None:
             world = planned_world_size(facts.params.runtime.nproc_per_node, self.environ)
             launched = world_size_problems(world, facts.params.train, key="WORLD_SIZE") if "WORLD_SIZE" in self.environ else []
-            for key, value, message, fix in launched:
-                return [problem(self.name, "error", "params.invalid", key, f"{key}={value} (the launcher's) {message}", f"{fix}, "
-                                "or launch a world size that divides it")]  # fmt: skip
-            return [passed(self.name, f"{facts.path} is valid")]
+            if not launched:
+                return [passed(self.name, f"{facts.path} is valid")]
+            key, value, message, fix = launched[0]
+            text = f"{key}={value} (the launcher's) {message}"
+            return [problem(self.name, "error", "params.invalid", key, text, f"{fix}, or launch a world size that divides it")]
         problems = facts.error.problems or (str(facts.error),)
         row = problem(
             self.name, "error", "params.invalid", str(facts.path),
