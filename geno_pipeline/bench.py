@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -75,8 +75,36 @@ class IngestFigures(Document):
     """ratio <= 3 and peak_rss_mib <= rss_limit_mib."""
 
 
+class ReductionTraffic(Document):
+    """Bytes rank 0 of W moves per step to reduce the default model's gradient (M micro-batches, gloo on 127.0.0.1)."""
+
+    world_size: int
+    """Workers W."""
+    micro_batches: int
+    """Micro-batches M per step."""
+    gradient_bytes: int
+    """The gradient, P float32 values, in bytes."""
+    ring_bytes: int
+    """What each rank receives in a ring all-reduce of the gradient: 2(W-1)/W of it."""
+    tree_received_bytes: float
+    """Received per step on the trainer's tree path (counted by the process group; the two small statistic gathers included)."""
+    gather_received_bytes: float
+    """Received per step when every micro-batch's gradient is all-gathered instead (counted by the process group)."""
+    ddp_allreduce_bytes: float
+    """Gradient bytes DDP handed to all-reduce per step (counted by a communication hook)."""
+    tree_loopback_bytes: float | None
+    """Bytes the loopback interface carried per step on the tree path, divided by W (all ranks' traffic, headers
+    included; None where /proc/net/dev cannot be read)."""
+    gather_loopback_bytes: float | None
+    """The same for the all-gather path."""
+    ddp_loopback_bytes: float | None
+    """The same for DDP: what the backend's all-reduce moved."""
+    tree_vs_ring: float
+    """tree_received_bytes / ring_bytes."""
+
+
 class DistributedBench(Document):
-    """The whole step path (draw, encode, update) of the default model, batch 64 in 2 micro-batches, gloo on loopback."""
+    """Multi-process training on the CPU: seconds per step and which runs give the same bits."""
 
     steps: int
     """Timed steps per run (after 5 warm-up steps)."""
@@ -85,17 +113,28 @@ class DistributedBench(Document):
     one_worker_2_threads_s: float
     """Seconds per step: 1 worker, 2 threads."""
     two_workers_1_thread_s: float
-    """Seconds per step: 2 workers x 1 thread, fixed-order reduction."""
+    """Seconds per step: 2 workers x 1 thread, the trainer's tree reduction (median of the alternate runs)."""
     two_workers_ddp_s: float
-    """Seconds per step: 2 workers x 1 thread, plain DistributedDataParallel (all-reduce, KL per shard)."""
+    """Seconds per step: 2 workers x 1 thread, plain DistributedDataParallel (all-reduce, KL per shard; median of the
+    alternate runs)."""
+    tree_vs_ddp_pair_ratios: list[float]
+    """Tree ÷ DDP seconds per step of each alternate pair, 2 workers x 1 thread, M = 2."""
+    tree_vs_ddp_ratio: float
+    """The median of those pair ratios."""
+    meets_target: bool
+    """tree_vs_ddp_ratio <= 1.15."""
+    traffic: list[ReductionTraffic] = Field(default_factory=list)
+    """Bytes per step at W = 2 and 4, M = 4: the tree, the all-gather and DDP."""
     bitwise_1x1_vs_2x1: bool
     """Final weights of 1 worker x 1 thread and 2 workers x 1 thread are the same bits."""
     bitwise_1x2_vs_1x1: bool
     """Final weights of 1 worker x 2 threads and 1 worker x 1 thread are the same bits."""
+    bitwise_gather_vs_tree: bool
+    """Final weights of the all-gather path and the tree path (2 workers, M = 4) are the same bits."""
     max_abs_diff_1x2_vs_1x1: float
     """Largest absolute weight difference between 2 threads and 1 thread."""
     max_abs_diff_ddp_vs_fixed: float
-    """Largest absolute weight difference between DDP and the fixed order (different KL definition and sum order)."""
+    """Largest absolute weight difference between DDP and the tree (different KL definition and sum order)."""
 
 
 class BenchReport(Document):
@@ -363,8 +402,9 @@ def innermost_frame(dump: str) -> str:
     return "no stack (it was still starting)"
 
 
-def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> float:
-    """Seconds per step of `world` benchwork processes (each `threads` threads); rank 0 saves the weights to `save`."""
+def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path, *, micro: int = 2, warmup: int = 5) -> dict[str, Any]:
+    """Rank 0's JSON line from `world` benchwork processes (each `threads` threads, `micro` micro-batches per step):
+    seconds per step and bytes per step; rank 0 saves the weights to `save`."""
     import json
     import subprocess
     import sys
@@ -375,7 +415,7 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
     base = {k: v for k, v in os.environ.items() if k not in JOB_VARIABLES}
     port = str(free_port())
     command = [sys.executable, "-m", "geno_pipeline.distributed.benchwork", "--mode", mode, "--steps", str(steps)]
-    command += ["--threads", str(threads), "--save", str(save)]
+    command += ["--threads", str(threads), "--save", str(save), "--micro", str(micro), "--warmup", str(warmup)]
     procs = []
     for rank in range(world):
         env = base | {"OMP_NUM_THREADS": str(threads)}
@@ -406,7 +446,8 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path) -> f
         )
     if problems:
         raise DistributedError(f"bench: benchwork {mode} x{world} failed ({'; '.join(problems)}); {fix}")
-    return float(json.loads(outs[0][0].strip().splitlines()[-1])["seconds_per_step"])
+    line: dict[str, Any] = json.loads(outs[0][0].strip().splitlines()[-1])
+    return line
 
 
 def _exit_words(rank: int, code: int | None, stderr: str) -> str:
@@ -415,32 +456,69 @@ def _exit_words(rank: int, code: int | None, stderr: str) -> str:
     return f"rank {rank} exited with status {code}: {lines[-1] if lines else 'nothing on stderr'}"
 
 
-def bench_distributed(steps: int) -> tuple[DistributedBench, list[BenchEntry]]:
-    """2 workers x 1 thread against 1 worker x 2 threads, fixed order against DDP, and which runs agree bit for bit."""
+TREE_VS_DDP_TARGET = 1.15
+
+
+def bench_traffic(world: int, d: Path, steps: int = 10, micro: int = 4) -> tuple[ReductionTraffic, bool]:
+    """Bytes per step of the tree, the all-gather and DDP at `world` workers; and whether tree and gather agree bitwise."""
+    runs = {mode: _benchwork(mode, world, 1, steps, d / f"{mode}{world}.npy", micro=micro, warmup=2) for mode in ("tree", "gather", "ddp")}
+    gradient = int(runs["tree"]["gradient_values"]) * 4
+    ring = round(2 * (world - 1) * gradient / world)
+
+    def wire(mode: str) -> float | None:
+        value = runs[mode]["loopback_bytes_per_step"]
+        return None if value is None else round(value / world, 1)
+
+    same = np.load(d / f"tree{world}.npy").tobytes() == np.load(d / f"gather{world}.npy").tobytes()
+    figures = ReductionTraffic(
+        world_size=world, micro_batches=micro, gradient_bytes=gradient, ring_bytes=ring,
+        tree_received_bytes=runs["tree"]["received_bytes_per_step"], gather_received_bytes=runs["gather"]["received_bytes_per_step"],
+        ddp_allreduce_bytes=runs["ddp"]["sent_bytes_per_step"],
+        tree_loopback_bytes=wire("tree"), gather_loopback_bytes=wire("gather"), ddp_loopback_bytes=wire("ddp"),
+        tree_vs_ring=round(runs["tree"]["received_bytes_per_step"] / ring, 4),
+    )  # fmt: skip
+    return figures, same
+
+
+def bench_distributed(steps: int, pairs: int) -> tuple[DistributedBench, list[BenchEntry]]:
+    """2 workers x 1 thread against 1 worker x 2 threads; the tree against DDP in alternate runs; the bytes each moves
+    at 2 and 4 workers; and which runs agree bit for bit."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="geno-bench-dist-") as tmp:
         d = Path(tmp)
-        one_1 = _benchwork("fixed", 1, 1, steps, d / "w11.npy")
-        one_2 = _benchwork("fixed", 1, 2, steps, d / "w12.npy")
-        two = _benchwork("fixed", 2, 1, steps, d / "w21.npy")
-        ddp = _benchwork("ddp", 2, 1, steps, d / "ddp.npy")
+        one_1 = _benchwork("tree", 1, 1, steps, d / "w11.npy")["seconds_per_step"]
+        one_2 = _benchwork("tree", 1, 2, steps, d / "w12.npy")["seconds_per_step"]
+        tree_s: list[float] = []
+        ddp_s: list[float] = []
+        for _ in range(pairs):
+            tree_s.append(_benchwork("tree", 2, 1, steps, d / "w21.npy")["seconds_per_step"])
+            ddp_s.append(_benchwork("ddp", 2, 1, steps, d / "ddp.npy")["seconds_per_step"])
         w11, w12, w21, wddp = (np.load(d / f"{n}.npy") for n in ("w11", "w12", "w21", "ddp"))
+        measured_traffic = [bench_traffic(world, d) for world in (2, 4)]
+    two, ddp = statistics.median(tree_s), statistics.median(ddp_s)
+    ratios = [round(t / r, 4) for t, r in zip(tree_s, ddp_s, strict=True)]
+    ratio = statistics.median(ratios)
     figures = DistributedBench(
         steps=steps,
         one_worker_1_thread_s=round(one_1, 6),
         one_worker_2_threads_s=round(one_2, 6),
         two_workers_1_thread_s=round(two, 6),
         two_workers_ddp_s=round(ddp, 6),
+        tree_vs_ddp_pair_ratios=ratios,
+        tree_vs_ddp_ratio=ratio,
+        meets_target=ratio <= TREE_VS_DDP_TARGET,
+        traffic=[t for t, _ in measured_traffic],
         bitwise_1x1_vs_2x1=w11.tobytes() == w21.tobytes(),
         bitwise_1x2_vs_1x1=w12.tobytes() == w11.tobytes(),
+        bitwise_gather_vs_tree=all(same for _, same in measured_traffic),
         max_abs_diff_1x2_vs_1x1=float(np.abs(w12 - w11).max()),
         max_abs_diff_ddp_vs_fixed=float(np.abs(wddp - w21).max()),
     )
     detail = f"{steps} steps of draw + encode + update, default model, batch 64 in 2 micro-batches, gloo on 127.0.0.1"
     entries = [
         _entry("two_workers_1_thread_vs_one_worker_2_threads", two, one_2, detail),
-        _entry("fixed_order_reduction_vs_ddp_2_workers", two, ddp, detail),
+        _entry("tree_reduction_vs_ddp_2_workers", two, ddp, f"{detail}; medians of {pairs} alternate runs each"),
     ]
     return figures, entries
 
@@ -457,7 +535,7 @@ def run_bench(layout: Layout, *, quick: bool, fasta_mib: int | None = None) -> B
         bench_preflight(layout.root, 3 if quick else 7),
         bench_help(5 if quick else 15),
     ]
-    distributed, dist_entries = bench_distributed(20 if quick else 100)
+    distributed, dist_entries = bench_distributed(20 if quick else 60, 3 if quick else 7)
     entries += dist_entries
     report = BenchReport(
         quick=quick,
@@ -504,8 +582,24 @@ def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None, 
             f"2 workers x 1 thread {d.two_workers_1_thread_s:.4f}, 2 workers DDP {d.two_workers_ddp_s:.4f}"
         )
         print(
-            f"bench: same bits 1x1 vs 2x1: {d.bitwise_1x1_vs_2x1}; 1x2 vs 1x1: {d.bitwise_1x2_vs_1x1} "
-            f"(max |diff| {d.max_abs_diff_1x2_vs_1x1:.3g}); DDP vs fixed order max |diff| {d.max_abs_diff_ddp_vs_fixed:.3g}"
+            f"bench: tree reduction vs DDP, 2 workers x 1 thread: median ratio {d.tree_vs_ddp_ratio:.4f} of "
+            f"{len(d.tree_vs_ddp_pair_ratios)} alternate pairs ({', '.join(f'{r:.3f}' for r in d.tree_vs_ddp_pair_ratios)}; "
+            f"target <= {TREE_VS_DDP_TARGET}{'' if d.meets_target else ' -- TARGET MISSED'})"
+        )
+        for t in d.traffic:
+            wire = "" if t.tree_loopback_bytes is None else (
+                f"; on the loopback wire per rank: tree {t.tree_loopback_bytes:.0f}, all-gather {t.gather_loopback_bytes:.0f}, "
+                f"DDP {t.ddp_loopback_bytes:.0f}"
+            )  # fmt: skip
+            print(
+                f"bench: bytes received per rank per step, W={t.world_size}, M={t.micro_batches}, gradient {t.gradient_bytes} B: "
+                f"tree {t.tree_received_bytes:.0f} ({t.tree_vs_ring:.4f} x the ring all-reduce's 2(W-1)/W = {t.ring_bytes}), "
+                f"all-gather {t.gather_received_bytes:.0f}, DDP all-reduces {t.ddp_allreduce_bytes:.0f}{wire}"
+            )
+        print(
+            f"bench: same bits 1x1 vs 2x1: {d.bitwise_1x1_vs_2x1}; all-gather vs tree: {d.bitwise_gather_vs_tree}; "
+            f"1x2 vs 1x1: {d.bitwise_1x2_vs_1x1} (max |diff| {d.max_abs_diff_1x2_vs_1x1:.3g}); "
+            f"DDP vs tree max |diff| {d.max_abs_diff_ddp_vs_fixed:.3g}"
         )
     if report.collapse_peak_rss_mib_n16384 is not None:
         print(f"bench: compute_collapse_metrics peak RSS growth at N=16384, D=256: {report.collapse_peak_rss_mib_n16384} MiB")

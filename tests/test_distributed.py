@@ -669,3 +669,51 @@ def test_innermost_frame_names_where_a_signalled_worker_was() -> None:
     assert innermost_frame(err) == 'File "<string>", line 4 in waiting'
     assert innermost_frame("") == "no stack (it was still starting)"
     assert innermost_frame("Current thread 0x1 (most recent call first):\n  <no Python frame>\n") == "<no Python frame>"
+
+
+@pytest.mark.slow
+def test_bench_counts_the_bytes_of_the_tree_the_all_gather_and_ddp(tmp_path: Path) -> None:
+    """The bench's traffic line at 2 workers, 4 micro-batches: the tree receives what a ring all-reduce does (plus the
+    two statistic gathers), the all-gather (M - M/W) gradients, DDP hands one gradient to all-reduce per step; the
+    loopback interface carried about as much; and the all-gather path trains the same bits as the tree."""
+    from geno_pipeline.bench import bench_traffic
+
+    figures, same = bench_traffic(2, tmp_path, steps=2)
+    gradient = figures.gradient_bytes
+    assert gradient == 245_312 * 4 and figures.ring_bytes == gradient  # 2(W-1)/W = 1 at W = 2
+    assert gradient <= figures.tree_received_bytes <= 1.01 * gradient
+    assert 2 * gradient <= figures.gather_received_bytes <= 1.01 * 2 * gradient  # (4 - 4/2) gradients
+    assert figures.ddp_allreduce_bytes == gradient
+    if figures.tree_loopback_bytes is not None:  # Linux: the wire agrees with the counters within headers and setup
+        assert figures.tree_loopback_bytes == pytest.approx(figures.tree_received_bytes, rel=0.05)
+        assert figures.gather_loopback_bytes == pytest.approx(figures.gather_received_bytes, rel=0.05)
+        assert figures.ddp_loopback_bytes == pytest.approx(figures.ring_bytes, rel=0.05)
+    assert same
+
+
+def test_loopback_bytes_reads_the_lo_line(tmp_path: Path) -> None:
+    from geno_pipeline.distributed.benchwork import loopback_bytes
+
+    dev = tmp_path / "dev"
+    dev.write_text(
+        "Inter-|   Receive                            |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets\n"
+        "  eth0: 999 1 0 0 0 0 0 0 999 1\n"
+        "    lo: 123456 78 0 0 0 0 0 0 123456 78\n",
+        encoding="ascii",
+    )
+    assert loopback_bytes(str(dev)) == 123456
+    assert loopback_bytes(str(tmp_path / "missing")) is None
+    dev.write_text("  eth0: 1 2 3\n", encoding="ascii")
+    assert loopback_bytes(str(dev)) is None
+
+
+def test_trainer_refuses_an_unknown_reduction() -> None:
+    model = build_world_model(window_length=16, params=TrainParams().model, encoder_seed=1, init_seed=2)
+    config = TrainParams(steps=2, warmup_steps=1, batch_size=4)
+    opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=config)
+    with pytest.raises(ValueError, match="reduction 'ring' is not one of tree, gather"):
+        TorchTrainer(
+            predictor=model.predictor, action_encoder=model.action_encoder, optimizer=opt, config=config, total_steps=2,
+            reduction="ring",  # type: ignore[arg-type]
+        )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -121,6 +122,8 @@ class TorchTrainer:
     Per-micro-batch gradients are summed along one fixed balanced binary tree over the micro-batches
     (`distributed.tree_sum`): each rank sums its own subtrees, the group combines the partial sums along the same tree
     (`Collective.tree_reduce`), so the update is the same bits for any world size that divides the micro-batch count.
+    `reduction="gather"` gathers every micro-batch's gradient instead and sums the same tree: the same bits and
+    (M - M/W) gradients received per rank instead of ~2(W-1)/W of one (what other world sizes do; the bench's reference).
     """
 
     def __init__(
@@ -132,7 +135,11 @@ class TorchTrainer:
         config: TrainParams,
         total_steps: int,
         group: Collective | None = None,
+        reduction: Literal["tree", "gather"] = "tree",
     ) -> None:
+        if reduction not in ("tree", "gather"):
+            raise ValueError(f"reduction {reduction!r} is not one of tree, gather")
+        self.reduction = reduction
         self.predictor = predictor
         self.action_encoder = action_encoder
         self.optimizer = optimizer
@@ -190,7 +197,7 @@ class TorchTrainer:
             for p in self._params:
                 if p.grad is None:  # not reached: a zero gradient, as `flat_grad` gives it
                     p.grad = torch.zeros_like(p)
-        elif tree_fits(len(shards) * group.size, group.size):  # this rank's micro-batches are whole subtrees
+        elif self.reduction == "tree" and tree_fits(len(shards) * group.size, group.size):  # this rank's micro-batches are whole subtrees
             set_flat_grad(self._params, group.tree_reduce(lazy_tree_sum(len(shards), gradient)))
         else:  # any other world size: every micro-batch's gradient gathered, then the same tree (more bytes, same bits)
             set_flat_grad(self._params, tree_sum(group.gather_rows(torch.stack([gradient(i) for i in range(len(shards))]))))
