@@ -26,7 +26,9 @@ from geno_pipeline.config import RuntimeParams, TrainParams, load_params
 from geno_pipeline.distributed import (
     JOB_VARIABLES,
     job_from_env,
+    launcher_problems,
     lazy_tree_sum,
+    local_world_size,
     micro_batch_slices,
     ordered_sum,
     planned_world_size,
@@ -266,6 +268,35 @@ def test_distributed_preflight_checks_micro_batches_against_the_launchers_world_
         finding.message
         == "WORLD_SIZE=4 (the launcher's) does not divide train.micro_batches (2); every worker takes the same number of micro-batches"
     )
+
+
+@given(st.integers(1, 16), st.one_of(st.none(), st.integers(1, 64)), st.one_of(st.none(), st.integers(1, 64)))
+def test_distributed_local_world_size_is_the_nodes_share(nproc: int, world: int | None, local: int | None) -> None:
+    """LOCAL_WORLD_SIZE when set, else a launcher's WORLD_SIZE (one node), else runtime.nproc_per_node; preflight
+    refuses a node share larger than the job."""
+    env = {k: str(v) for k, v in (("WORLD_SIZE", world), ("LOCAL_WORLD_SIZE", local)) if v is not None}
+    expected = local if local is not None else world if world is not None else nproc
+    assert local_world_size(nproc, env) == expected
+    too_big = world is not None and local is not None and local > world
+    assert [p[0] for p in launcher_problems(env)] == (["LOCAL_WORLD_SIZE"] if too_big else [])
+
+
+def test_distributed_preflight_refuses_launcher_variables_that_describe_no_job(tiny_root: Path) -> None:
+    from geno_pipeline.config import LoadedParams
+    from geno_pipeline.preflight.checks.params import ParamsCheck
+
+    loaded = LoadedParams.read(write_params(tiny_root))
+    cases = {
+        "WORLD_SIZE": ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' (the launcher's) is not a positive integer"),
+        "LOCAL_WORLD_SIZE": (
+            {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "4"},
+            "LOCAL_WORLD_SIZE='4' (the launcher's) is more than WORLD_SIZE (2)",
+        ),
+    }  # fmt: skip
+    for key, (environ, message) in cases.items():
+        (finding,) = ParamsCheck(loaded, environ=environ).assess(loaded)
+        assert (finding.status, finding.code, finding.path, finding.message) == ("fail", "params.invalid", key, message)
+    assert launcher_problems({"WORLD_SIZE": "0"})[0][:2] == ("WORLD_SIZE", "0")
 
 
 class _OtherRankBlind:

@@ -338,6 +338,33 @@ def test_every_workers_gpu_is_mig_checked(root: Path) -> None:
     assert [i.path for i in report.issues if i.code == "accelerator.mig_enabled"] == ["nvml:1"]
 
 
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2"}, {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}])
+def test_preflight_for_a_launcher_checks_every_gpu_of_the_node(root: Path, env: dict[str, str]) -> None:
+    """`WORLD_SIZE=2 geno-pipeline preflight` with runtime.nproc_per_node 1 (the README's torchrun flow), or a node's
+    share of a larger job (LOCAL_WORLD_SIZE): every GPU this node's workers take is gated and smoke-tested, the
+    distributed checks run for the launcher's world size, and the port is the launcher's."""
+    write_params(root, runtime={"device": "cuda", "nproc_per_node": 1}, train={"micro_batches": 4})
+    gpus = [h100(0), GpuSpec(U[1], "NVIDIA H100 80GB HBM3", 80 * GIB, 1 * GIB, pci_bus=0x28), h100(2)]
+    report, process = run(root, gpus, env=env)
+    assert process.plan is not None and process.plan.nproc_per_node == 2  # the probe process smoke-tests cuda:0 and cuda:1
+    assert report.accelerator.selected_ordinals == [0, 1]
+    assert [i.path for i in report.issues if i.code == "accelerator.insufficient_vram"] == ["cuda:1"]
+    dist = report.distributed
+    assert dist is not None and (dist.world_size, dist.nproc_per_node, dist.launcher) == (int(env["WORLD_SIZE"]), 2, True)
+    assert rows(report)["distributed.port"] == ("skip", None)
+    assert rows(report)["distributed.devices"] == ("pass", None)  # 2 workers, 3 GPUs visible
+    assert rows(report)["distributed.backend"] == ("fail", "distributed.backend_unavailable")  # this torch has no NCCL
+
+
+def test_preflight_for_a_launcher_with_too_few_gpus_says_how_to_launch_fewer(root: Path) -> None:
+    write_params(root, runtime={"device": "cuda", "nproc_per_node": 1}, train={"micro_batches": 4})
+    report, _ = run(root, [h100(0)], env={"WORLD_SIZE": "2"})
+    short = next(i for i in report.issues if i.code == "distributed.not_enough_devices")
+    assert "2 workers need one CUDA device each, 1 visible" in short.message
+    assert "torchrun --nproc_per_node" in short.remedy and "LOCAL_WORLD_SIZE" in short.remedy
+    assert "runtime.nproc_per_node" not in short.remedy  # the launcher, not the param, decides the workers per node
+
+
 # ---------------------------------------------------------------- 7. MIG device names
 
 

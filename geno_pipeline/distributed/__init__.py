@@ -33,7 +33,9 @@ __all__ = [
     "JOB_VARIABLES",
     "JobEnv",
     "job_from_env",
+    "launcher_problems",
     "lazy_tree_sum",
+    "local_world_size",
     "micro_batch_slices",
     "ordered_sum",
     "planned_world_size",
@@ -100,6 +102,44 @@ def planned_world_size(nproc_per_node: int, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     text = env.get("WORLD_SIZE", "")
     return int(text) if text.isdigit() and int(text) >= 1 else nproc_per_node
+
+
+def local_world_size(nproc_per_node: int, environ: Mapping[str, str] | None = None) -> int:
+    """The workers a job runs on this node: LOCAL_WORLD_SIZE when set (torchrun sets it; set it yourself for a
+    per-node preflight of a job across nodes), else the launcher's WORLD_SIZE (one node), else runtime.nproc_per_node."""
+    env = os.environ if environ is None else environ
+    text = env.get("LOCAL_WORLD_SIZE", "")
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    return planned_world_size(nproc_per_node, env)
+
+
+def launcher_problems(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(variable, value, what is wrong, fix) for each launcher variable preflight reads that cannot describe a job:
+    WORLD_SIZE and LOCAL_WORLD_SIZE must be positive integers, and a node cannot run more workers than the job has."""
+    found: list[tuple[str, str, str, str]] = []
+    for key in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        text = environ.get(key)
+        if text is not None and not (text.isdigit() and int(text) >= 1):
+            found.append(
+                (
+                    key,
+                    text,
+                    "is not a positive integer",
+                    f"set {key} to the job's number of workers{' on this node' if key.startswith('LOCAL') else ''}, or unset it",
+                )
+            )
+    world, local = environ.get("WORLD_SIZE", ""), environ.get("LOCAL_WORLD_SIZE", "")
+    if not found and world and local and int(local) > int(world):
+        found.append(
+            (
+                "LOCAL_WORLD_SIZE",
+                local,
+                f"is more than WORLD_SIZE ({world})",
+                "set LOCAL_WORLD_SIZE to the workers on this node, at most WORLD_SIZE",
+            )
+        )
+    return found
 
 
 def rendezvous_port(environ: Mapping[str, str] | None = None) -> int:

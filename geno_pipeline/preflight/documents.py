@@ -403,12 +403,14 @@ class SmokeTest(Document):
 
 
 class DistributedProbe(Document):
-    """The multi-process setup train will use (present when runtime.nproc_per_node > 1)."""
+    """The multi-process setup train will use (present when the job has more than one worker)."""
 
     world_size: int = Field(ge=1)
     """Workers of the job (the launcher's WORLD_SIZE, else runtime.nproc_per_node)."""
     nproc_per_node: int = Field(ge=1)
-    """runtime.nproc_per_node."""
+    """Workers on this node: LOCAL_WORLD_SIZE, else the launcher's WORLD_SIZE, else runtime.nproc_per_node."""
+    launcher: bool = False
+    """An external launcher runs the job (WORLD_SIZE is set): it picks the rendezvous and the workers per node."""
     backend: str
     """runtime.dist_backend resolved for the device: gloo or nccl."""
     backend_available: bool

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from geno_pipeline.config import LoadedParams
+from geno_pipeline.distributed import local_world_size, planned_world_size
 from geno_pipeline.environment import package_version
 from geno_pipeline.layout import Layout
 from geno_pipeline.preflight.checks.accelerator import AcceleratorCheck, AcceleratorProbeFn, empty_accelerator, probe_accelerator
@@ -107,7 +108,8 @@ def build_report(
     The torch probe process starts first and imports torch while this process checks params, the other dependencies,
     the disk and the dataset; NVML then lists each GPU's processes before the probe process may touch CUDA.
     """
-    runtime = loaded.params.runtime
+    # the checks see this node's part of the job: under a launcher (WORLD_SIZE set) its workers on this node
+    runtime = loaded.params.runtime.model_copy(update={"nproc_per_node": local_world_size(loaded.params.runtime.nproc_per_node)})
     overrides = {"min_vram_gib": request.min_cuda_vram_gb, "require_accelerator": request.require_accelerator}
     preflight = loaded.params.preflight.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     plan = TorchProbePlan(runtime.device, runtime.nproc_per_node, runtime.deterministic, preflight.cuda_timeout_s)
@@ -136,7 +138,7 @@ def build_report(
     runs: list[CheckRun[Any]] = [params_run, *(dependency_runs[c.name] for c in dependencies), acc_run, gpu_run, cuda_run, det_run,
                                  disk_run, dataset_run]  # fmt: skip
     dist_run: CheckRun[Any] | None = None
-    if runtime.nproc_per_node > 1:
+    if planned_world_size(runtime.nproc_per_node) > 1:
         dist_run = run_check(DistributedCheck(runtime, accelerator, distributed_probe))
         runs.append(dist_run)
     rows, issues = _rows_and_issues(runs)

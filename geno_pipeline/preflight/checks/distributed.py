@@ -1,4 +1,7 @@
-"""Distributed checks (runtime.nproc_per_node > 1): backend, devices per worker, rendezvous port, loopback smoke test."""
+"""Distributed checks (a job of more than one worker): backend, devices per worker, rendezvous port, loopback smoke test.
+
+`runtime.nproc_per_node` here is this node's workers (the preflight runner sets it from LOCAL_WORLD_SIZE or the
+launcher's WORLD_SIZE when a launcher runs the job)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geno_pipeline.config import RuntimeParams
-from geno_pipeline.distributed import job_from_env, planned_world_size, rendezvous_port, resolve_backend
+from geno_pipeline.distributed import planned_world_size, rendezvous_port, resolve_backend
 from geno_pipeline.preflight.checks.base import Finding, passed, problem, skipped
 from geno_pipeline.preflight.documents import AcceleratorProbe, DistributedProbe, SmokeTest
 
@@ -43,7 +46,7 @@ def probe_distributed(runtime: RuntimeParams, accelerator: AcceleratorProbe) -> 
     device = "cuda" if accelerator.resolved_device.startswith("cuda") else "cpu"
     backend = resolve_backend(runtime.dist_backend, device)
     available = _backend_available(backend)
-    external = job_from_env(os.environ) is not None
+    external = "WORLD_SIZE" in os.environ  # torchrun or a scheduler: it picks the port (a free one with --standalone)
     port = None if external else rendezvous_port()
     timeout = SMOKE_TIMEOUT_S  # its own bound: two fresh interpreters importing torch can take longer than a short dist_timeout_s
     if available:
@@ -54,6 +57,7 @@ def probe_distributed(runtime: RuntimeParams, accelerator: AcceleratorProbe) -> 
     return DistributedProbe(
         world_size=planned_world_size(runtime.nproc_per_node),
         nproc_per_node=runtime.nproc_per_node,
+        launcher=external,
         backend=backend,
         backend_available=available,
         device=device,
@@ -64,6 +68,13 @@ def probe_distributed(runtime: RuntimeParams, accelerator: AcceleratorProbe) -> 
         port_free=None if port is None else port_is_free(port),
         smoke=smoke,
     )
+
+
+def _fewer(facts: DistributedProbe) -> str:
+    """How to run fewer workers on this node: the launcher's flag, or the param for a self-launched job."""
+    if facts.launcher:
+        return "launch fewer workers per node (torchrun --nproc_per_node; for a job across nodes set LOCAL_WORLD_SIZE for preflight)"
+    return "lower runtime.nproc_per_node"
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class DistributedCheck:
                 return problem(
                     check, "error", "distributed.not_enough_devices", "runtime.nproc_per_node",
                     f"{facts.nproc_per_node} workers need one CUDA device each, {facts.devices_visible} visible",
-                    "lower runtime.nproc_per_node, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
+                    _fewer(facts) + ", or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
                 )  # fmt: skip
             return passed(check, f"{facts.nproc_per_node} workers on {facts.devices_visible} visible CUDA devices")
         cores, need = facts.cpu_cores, facts.nproc_per_node * facts.cpu_threads_per_worker
@@ -109,14 +120,14 @@ class DistributedCheck:
             return problem(
                 check, "warning", "distributed.cpu_oversubscribed", "runtime.cpu_threads",
                 f"{facts.nproc_per_node} workers x {facts.cpu_threads_per_worker} threads = {need} threads on {cores} cores",
-                "lower runtime.cpu_threads or runtime.nproc_per_node (the bytes do not change with the world size)",
+                f"lower runtime.cpu_threads, or {_fewer(facts)} (the bytes do not change with the world size)",
             )  # fmt: skip
-        return passed(check, f"{facts.nproc_per_node} CPU workers x {facts.cpu_threads_per_worker} thread(s) on {cores} cores")
+        return passed(check, f"{facts.nproc_per_node} CPU worker(s) x {facts.cpu_threads_per_worker} thread(s) on {cores} cores")
 
     def _port(self, facts: DistributedProbe) -> Finding:
         check = "distributed.port"
         if facts.port is None:
-            return skipped(check, "the launcher set up the job (WORLD_SIZE, MASTER_ADDR, MASTER_PORT are set)")
+            return skipped(check, "the launcher picks the rendezvous (WORLD_SIZE is set)")
         if not facts.port_free:
             return problem(
                 check, "error", "distributed.port_in_use", "MASTER_PORT",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from geno_pipeline.config import LoadedParams, world_size_problems
-from geno_pipeline.distributed import planned_world_size
+from geno_pipeline.distributed import launcher_problems, planned_world_size
 from geno_pipeline.preflight.checks.base import Finding, passed, problem
 
 __all__ = ["ParamsCheck"]
@@ -18,7 +18,8 @@ _REMEDY = "fix params.yaml as the message says"
 @dataclass(frozen=True)
 class ParamsCheck:
     """`params`: one row; one issue per problem. The micro-batch split is checked against the job's world size: a
-    launcher's WORLD_SIZE when the environment has one, else runtime.nproc_per_node (which the params model checks)."""
+    launcher's WORLD_SIZE when the environment has one, else runtime.nproc_per_node (which the params model checks);
+    WORLD_SIZE and LOCAL_WORLD_SIZE, when set, must describe a job."""
 
     loaded: LoadedParams
     name: str = "params"
@@ -28,6 +29,10 @@ class ParamsCheck:
         return self.loaded
 
     def assess(self, facts: LoadedParams) -> list[Finding]:
+        env = launcher_problems(self.environ)
+        if facts.error is None and env:
+            key, value, message, fix = env[0]
+            return [problem(self.name, "error", "params.invalid", key, f"{key}={value!r} (the launcher's) {message}", fix)]
         if facts.error is None:
             world = planned_world_size(facts.params.runtime.nproc_per_node, self.environ)
             launched = world_size_problems(world, facts.params.train, key="WORLD_SIZE") if "WORLD_SIZE" in self.environ else []
