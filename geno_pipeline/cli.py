@@ -539,7 +539,10 @@ def launch_if_needed(args: argparse.Namespace, argv: Sequence[str]) -> int | Non
         f"each, rendezvous 127.0.0.1:{port}, collective timeout {runtime.dist_timeout_s} s)",
         flush=True,
     )
-    return launch_workers(argv, nproc=runtime.nproc_per_node, port=port, timeout_s=runtime.dist_timeout_s, threads=runtime.cpu_threads)
+    return launch_workers(
+        argv, nproc=runtime.nproc_per_node, port=port, timeout_s=runtime.dist_timeout_s, threads=runtime.cpu_threads,
+        backend=runtime.dist_backend,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -224,6 +224,18 @@ def test_distributed_launcher_verdicts() -> None:
     assert exit_code_of([WorkerExit(0, 10, 9), WorkerExit(1, 11, -9)]) == 9
 
 
+def test_distributed_an_nccl_watchdog_abort_names_the_rank_and_the_timeout() -> None:
+    """NCCL ends a worker whose collective timed out with SIGABRT from its watchdog thread (the default
+    TORCH_NCCL_ASYNC_ERROR_HANDLING=3): the launcher's line names the rank, the timeout and where NCCL's own line is."""
+    aborted = WorkerExit(1, 11, -signal.SIGABRT)
+    words = describe_exit(aborted, backend="nccl", timeout_s=300)
+    assert words.startswith("worker rank 1 (pid 11): aborted (SIGABRT); on NCCL this is the watchdog ending a worker whose ")
+    assert "collective ran past runtime.dist_timeout_s (300 s) or failed" in words and "[rank1]" in words
+    assert describe_exit(aborted, backend="auto", timeout_s=5) != describe_exit(aborted, backend="gloo", timeout_s=5)
+    assert describe_exit(aborted, backend="gloo") == "worker rank 1 (pid 11): killed by SIGABRT"
+    assert exit_code_of([aborted, WorkerExit(0, 10, -signal.SIGTERM)]) == 9
+
+
 # ---------------------------------------------------------------- preflight
 
 
@@ -526,6 +538,8 @@ def _torchrun(root: Path, workers: int) -> subprocess.CompletedProcess[str]:
 def test_distributed_the_external_launcher_flow_of_the_readme(straight: Path) -> None:
     """torchrun after a plain preflight stops with the fix that works; after `WORLD_SIZE=2 geno-pipeline preflight` the
     launched job trains the same numbers as the self-launched 2-worker run."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "WORLD_SIZE=2 geno-pipeline preflight\ntorchrun --standalone --nproc_per_node 2 -m geno_pipeline train\n" in readme
     root = _clone(straight.parent / "base", straight.parent / "torchrun")
     _set(root, "runtime", nproc_per_node=1)
     gp(root, "preflight")

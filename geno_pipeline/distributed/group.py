@@ -9,6 +9,7 @@ receives (`Traffic`), so what a step moves is measured, not estimated.
 from __future__ import annotations
 
 import datetime as dt
+import faulthandler
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -177,6 +178,9 @@ def joined(job: JobEnv | None, *, backend: str, device: str, timeout_s: int) -> 
         )
     device_id = None
     if backend == "nccl":
+        # NCCL's watchdog ends a worker whose collective times out or fails with SIGABRT, on its own thread: Python
+        # never sees an exception there, so have the abort print where each of this worker's threads was
+        faulthandler.enable(all_threads=True)
         torch.cuda.set_device(job.local_rank)
         device_id = torch.device(f"cuda:{job.local_rank}")
     group = TorchGroup(job, backend, device, timeout_s)

@@ -32,14 +32,23 @@ class WorkerExit:
     exitcode: int  # negative: killed by that signal
 
 
-def describe_exit(worker: WorkerExit) -> str:
-    """`worker rank 1 (pid 123): killed by SIGKILL` / `exited with 5`."""
+def describe_exit(worker: WorkerExit, *, backend: str = "gloo", timeout_s: int | None = None) -> str:
+    """`worker rank 1 (pid 123): killed by SIGKILL` / `exited with 5`. On NCCL (`backend` nccl, or auto) a SIGABRT is
+    most likely NCCL's watchdog ending a worker whose collective timed out or failed
+    (TORCH_NCCL_ASYNC_ERROR_HANDLING): a collective there fails on a watchdog thread, not in Python, so the worker
+    cannot say so itself."""
     if worker.exitcode < 0:
         try:
             name = signal.Signals(-worker.exitcode).name
         except ValueError:
             name = f"signal {-worker.exitcode}"
         what = "stopped by the launcher (SIGTERM)" if name == "SIGTERM" else f"killed by {name}"
+        if name == "SIGABRT" and backend in ("nccl", "auto"):
+            bound = f"runtime.dist_timeout_s ({timeout_s} s)" if timeout_s is not None else "runtime.dist_timeout_s"
+            what = (
+                f"aborted (SIGABRT); on NCCL this is the watchdog ending a worker whose collective ran past {bound} or failed "
+                f"(its [rank{worker.rank}] 'Watchdog caught collective operation timeout' or NCCL error line above names the collective)"
+            )
     else:
         what = f"exited with {worker.exitcode}"
     return f"worker rank {worker.rank} (pid {worker.pid}): {what}"
@@ -63,7 +72,7 @@ def die_with_launcher(environ: Mapping[str, str] | None = None) -> None:
         raise DistributedError(f"the launcher (pid {launcher}) is gone; this worker stops")
 
 
-def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int, threads: int) -> int:
+def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int, threads: int, backend: str = "gloo") -> int:
     """Run `python -m geno_pipeline *argv` as `nproc` workers of one job on this node; returns the job's exit code."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -91,7 +100,8 @@ def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int
         workers = sorted(
             (WorkerExit(rank, f.pid, f.exitcode) for rank, f in exc.failures.items()), key=lambda w: (w.exitcode == -signal.SIGTERM, w.rank)
         )
-        print(f"train: the job stopped: {'; '.join(describe_exit(w) for w in workers)}", file=sys.stderr)
+        words = "; ".join(describe_exit(w, backend=backend, timeout_s=timeout_s) for w in workers)
+        print(f"train: the job stopped: {words}", file=sys.stderr)
         code = exit_code_of(workers)
         if code == EXIT_DISTRIBUTED:
             print("train: every worker is stopped; resume with `geno-pipeline train --resume auto`", file=sys.stderr)
