@@ -94,8 +94,11 @@ _GRAD = st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.5e-8, -(2.0**-149), 1e30, -7.25
 
 def _simulated_tree_reduce(partials: list[torch.Tensor]) -> torch.Tensor:
     """What `TorchGroup.tree_reduce` computes on W ranks: shard q of each partial to rank q, summed there along the
-    tree in rank order, then the summed shards concatenated."""
+    tree in rank order, then the summed shards concatenated (at W = 2 an all-reduce: one addition, in either order,
+    which `test_distributed_two_rank_all_reduce_is_the_tree_bit_for_bit` checks on gloo)."""
     world, numel = len(partials), partials[0].numel()
+    if world == 2:
+        return partials[1] + partials[0]  # commutative: the order an all-reduce adds in does not matter
     shard = shard_length(numel, world)
     padded = [torch.cat((p, torch.zeros(world * shard - numel, dtype=p.dtype))) for p in partials]
     mine = [tree_sum(torch.stack([padded[r][q * shard : (q + 1) * shard] for r in range(world)])) for q in range(world)]
@@ -120,6 +123,55 @@ def test_distributed_tree_reduction_over_any_power_of_two_world_is_the_single_pr
     rows = [torch.tensor(v, dtype=torch.float32) for v in values]
     partials = [lazy_tree_sum(per_rank, lambda i: rows[i], start=rank * per_rank) for rank in range(world)]
     assert _simulated_tree_reduce(partials).numpy().tobytes() == tree_sum(rows).numpy().tobytes()
+
+
+_TWO_RANK_REDUCE = """
+import os, sys, numpy as np, torch
+from geno_pipeline.distributed import job_from_env
+from geno_pipeline.distributed.group import joined
+torch.set_num_threads(1)
+values = np.load(sys.argv[1])
+with joined(job_from_env(os.environ), backend="gloo", device="cpu", timeout_s=60) as group:
+    out = group.tree_reduce(torch.from_numpy(values[group.rank]))
+    np.save(sys.argv[2] + str(group.rank) + ".npy", out.numpy())
+"""
+
+
+def test_distributed_two_rank_all_reduce_is_the_tree_bit_for_bit(tmp_path: Path) -> None:
+    """At W = 2 the partial sums are combined by gloo's all-reduce: for every ordered pair of special values (signed
+    zeros, subnormals, the smallest normal, the largest finite, infinities) and a million random finite float32 bit
+    patterns, both ranks get left + right, the tree's bits."""
+    import numpy as np
+
+    special = np.array([0.0, -0.0, 1.0, -1.0, 3.5e-8, -(2.0**-149), 2.0**-149, 2.0**-126, -(2.0**-126), 1e30, -7.25, 0.1,
+                        np.finfo(np.float32).max, -np.finfo(np.float32).max, np.inf, -np.inf], dtype=np.float32)  # fmt: skip
+    left, right = np.repeat(special, len(special)), np.tile(special, len(special))
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, size=(2, 1_000_000), dtype=np.uint64).astype(np.uint32).view(np.float32)
+    bits[~np.isfinite(bits)] = 1.0
+    values = np.stack([np.concatenate((left, bits[0])), np.concatenate((right, bits[1]))])
+    np.save(tmp_path / "values.npy", values)
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TWO_RANK_REDUCE, str(tmp_path / "values.npy"), str(tmp_path / "out")],
+            env=_env() | {"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+    expected = tree_sum([torch.from_numpy(values[0]), torch.from_numpy(values[1])]).numpy()
+    for rank in range(2):
+        assert np.load(tmp_path / f"out{rank}.npy").tobytes() == expected.tobytes()
 
 
 def test_distributed_tree_sum_is_the_balanced_tree_and_differs_from_the_left_fold() -> None:

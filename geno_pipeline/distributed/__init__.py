@@ -5,13 +5,15 @@ The rules that make the bytes independent of the world size live here as small p
 - the global batch is cut into `train.micro_batches` equal, contiguous micro-batches (`micro_batch_slices`);
 - rank r of W takes the contiguous run of micro-batches `shard_range(M, W, r)`, so gathering the ranks in rank order
   lists the micro-batches in micro-batch order;
-- per-micro-batch statistics (a few numbers each) are gathered and summed left to right in that order (`ordered_sum`);
+- per-micro-batch statistics (a few numbers each) are gathered in one exchange and summed left to right in that order
+  (`ordered_sum`);
 - per-micro-batch gradients are summed along one fixed balanced binary tree over the micro-batches (`tree_sum`: the
   left half's sum plus the right half's, split at half the count). When the world size W is a power of two dividing
   M, each rank's micro-batches form whole subtrees (`tree_fits`): a rank sums its own (`lazy_tree_sum`), and the W
   partial sums are combined shard by shard along the tree's top W leaves (`group.TorchGroup.tree_reduce`: an
-  all-to-all and an all-gather, ~2(W-1)/W of the gradient received per rank, like a ring all-reduce). Never a
-  backend's all-reduce: its order is the backend's.
+  all-to-all and an all-gather, ~2(W-1)/W of the gradient received per rank, like a ring all-reduce). A backend's
+  all-reduce only at W = 2, where each element is one commutative addition: with three or more terms its order would
+  be the backend's.
 
 This module imports no torch at import time: preflight and the launcher parse the job without it.
 """

@@ -2,8 +2,9 @@
 
 The trainer gathers rows, exchanges gradient shards (all-to-all) and broadcasts small integers: these collectives copy
 bytes and do no arithmetic, so the result does not depend on the algorithm a backend picks (gloo's all-reduce is not
-deterministic, pytorch#36871); every sum is ours, in a fixed order. Each group counts the payload bytes it sends and
-receives (`Traffic`), so what a step moves is measured, not estimated.
+deterministic, pytorch#36871); every sum of three or more terms is ours, in a fixed order. The one all-reduce is of
+two partial sums (W = 2): each element is then one IEEE addition, which is commutative, so every algorithm gives the
+bits of the tree's `left + right`. Each group counts the payload bytes it sends and receives (`Traffic`).
 """
 
 from __future__ import annotations
@@ -136,11 +137,19 @@ class TorchGroup:
     def tree_reduce(self, partial: Tensor) -> Tensor:
         """Shard q of every rank's partial goes to rank q (all-to-all), which sums the W pieces along the tree in rank
         order; every rank then gathers the W summed shards. Element by element this is the tree sum of the partials,
-        so the bits do not depend on the sharding; each rank receives about 2(W-1)/W of the vector."""
+        so the bits do not depend on the sharding; each rank receives about 2(W-1)/W of the vector. At W = 2 the tree
+        is one addition per element, which is commutative: the backend's all-reduce gives the same bits and moves the
+        same bytes in one collective instead of two."""
         import torch.distributed as dist
 
         flat = partial.detach().reshape(-1).to(self.comm_device)
         world, shard = self.size, shard_length(flat.numel(), self.size)
+        if world == 2:  # two partials: one addition per element, the same bits in any order, in one collective
+            summed = flat.clone()
+            self._guard("all_reduce", lambda: dist.all_reduce(summed))
+            payload = shard * flat.element_size()  # a ring all-reduce: half the vector each way, twice
+            self.traffic.add(2 * payload, 2 * payload)
+            return summed.view_as(partial).to(partial.device)
         padded = torch.zeros(world * shard, dtype=flat.dtype, device=flat.device)
         padded[: flat.numel()] = flat
         pieces = torch.empty_like(padded)

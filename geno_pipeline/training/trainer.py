@@ -173,13 +173,19 @@ class TorchTrainer:
             predictions.append(prediction)
             weights.append(w)
         dim = predictions[0].shape[-1]
-        # pass 1: sum of predictions and of squared errors per micro-batch -> global mean and prediction loss
-        partial = [torch.cat((f.detach(), e.detach()[None])) for f, e in zip(first, err_sums, strict=True)]
-        totals = ordered_sum(group.gather_rows(torch.stack(partial)))
+        # one exchange: per micro-batch, its masked sum of predictions, squared error, squared deviations from its own
+        # mean and count -> the global mean, loss and variance (the micro-batches' spreads about their means plus their
+        # means' spread about the global mean, combined in micro-batch order: Chan, Golub & LeVeque's pairwise update)
+        gathered = group.gather_rows(
+            torch.stack([micro_batch_moments(f, e, p, w) for f, e, p, w in zip(first, err_sums, predictions, weights, strict=True)])
+        )
+        totals = ordered_sum(gathered)
         mu, pred_loss = totals[:dim] / n, totals[dim] / n
-        # pass 2: centred second moments about the global mean -> global variance
+        counts = gathered[:, -1:]
+        spread = ordered_sum(counts * (gathered[:, :dim] / counts.clamp(min=1.0) - mu).pow(2))
+        var = (totals[dim + 1 : 2 * dim + 1] + spread) / n + KL_EPS
+        # each micro-batch's squared deviations from the global mean: the graph its share of the KL backpropagates through
         second = [((p - mu).pow(2) * w).sum(dim=(0, 1)) for p, w in zip(predictions, weights, strict=True)]
-        var = ordered_sum(group.gather_rows(torch.stack([s.detach() for s in second]))) / n + KL_EPS
         kl, grad_mu, grad_var = global_kl_terms(mu, var)
 
         # each micro-batch's gradient on its own, summed along the fixed tree over the micro-batches
@@ -218,6 +224,17 @@ class TorchTrainer:
 
 
 KL_EPS = 1e-6
+
+
+def micro_batch_moments(first: Tensor, err_sum: Tensor, prediction: Tensor, weight: Tensor) -> Tensor:
+    """One micro-batch's row for the global statistics: [masked sum of predictions (D), squared-error sum, masked sum
+    of squared deviations from its own mean (D), count of real rollout steps]. A micro-batch with no real step has a
+    zero row (its mean is taken as 0)."""
+    with torch.no_grad():
+        count = weight.sum()
+        mean = first.detach() / count.clamp(min=1.0)
+        deviations = ((prediction - mean).pow(2) * weight).sum(dim=(0, 1))
+        return torch.cat((first.detach(), err_sum.detach()[None], deviations, count[None]))
 
 
 def global_kl_terms(mu: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
