@@ -182,8 +182,9 @@ def _bare_loop(params: Any, layout: Layout) -> Any:
 
 def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: int) -> None:
     """The stage's optimizer math in plain torch and nothing else, on one process: schedule; per micro-batch the rollout,
-    its masked squared-error sum and prediction sum; the global batch's mean and variance, summed over the micro-batches
-    left to right; each micro-batch's surrogate (its share of the loss and its exact first-order share of the global
+    its masked squared-error sum and prediction sum; the global batch's mean, and its variance from each micro-batch's
+    spread about its own mean plus the means' spread about the global mean, summed over the micro-batches left to
+    right; each micro-batch's surrogate (its share of the loss and its exact first-order share of the global
     KL, `global_kl_terms`) backpropagated on its own, the gradients summed along the fixed tree; clip, loss read back,
     AdamW step. It ends with
     the stage's weights bit for bit (`test_bare_loop_does_the_stage_math`)."""
@@ -204,8 +205,14 @@ def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: i
     errs = [((p - s.target).pow(2).mean(dim=-1) * m).sum() for p, s, m in zip(preds, shards, masks, strict=True)]
     sums = [(p * m.unsqueeze(-1)).sum(dim=(0, 1)) for p, m in zip(preds, masks, strict=True)]
     mu, pred_loss = add(x.detach() for x in sums) / n, add(e.detach() for e in errs) / n
+    counts = [m.sum().clamp(min=1.0) for m in masks]
+    own = [
+        ((p.detach() - s1.detach() / c) ** 2 * m.unsqueeze(-1)).sum(dim=(0, 1))
+        for p, s1, c, m in zip(preds, sums, counts, masks, strict=True)
+    ]
+    between = [m.sum() * (s1.detach() / c - mu) ** 2 for s1, c, m in zip(sums, counts, masks, strict=True)]
+    kl, grad_mu, grad_var = global_kl_terms(mu, (add(own) + add(between)) / n + KL_EPS)
     squares = [((p - mu).pow(2) * m.unsqueeze(-1)).sum(dim=(0, 1)) for p, m in zip(preds, masks, strict=True)]
-    kl, grad_mu, grad_var = global_kl_terms(mu, add(x.detach() for x in squares) / n + KL_EPS)
     params = [p for g in opt.param_groups for p in g["params"]]
     grads = []
     for e, s1, s2 in zip(errs, sums, squares, strict=True):

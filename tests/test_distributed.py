@@ -206,16 +206,21 @@ def _rows(batch: TorchTrainerBatch, rows: slice) -> TorchTrainerBatch:
     return TorchTrainerBatch(batch.state[rows], batch.target[rows], batch.actions[rows], batch.action_mask[rows], (), ())
 
 
-@pytest.mark.parametrize("micro", [1, 2, 4, 8])
-def test_distributed_micro_batch_gradient_is_the_global_batch_gradient(micro: int) -> None:
+@pytest.mark.parametrize(("micro", "empty_first"), [(1, False), (2, False), (4, False), (8, False), (4, True)])
+def test_distributed_micro_batch_gradient_is_the_global_batch_gradient(micro: int, empty_first: bool) -> None:
     """The micro-batch surrogate (prediction loss over the global count + the global KL's first-order share) has the
-    gradient of the whole batch's loss, KL term included, for any split; checked in float64 against plain autograd."""
+    gradient of the whole batch's loss, KL term included, for any split (and with a micro-batch that has no real
+    rollout step); checked in float64 against plain autograd."""
     train = TrainParams(steps=10, warmup_steps=1, batch_size=8, micro_batches=micro, kl_weight=0.5, grad_clip_norm=1e9)
     model = build_world_model(window_length=64, params=train.model.model_copy(update={"segments": 4}), encoder_seed=1, init_seed=2)
     model = model.double()
     from geno_pipeline.data.edits import ACTION_FEATURES
 
     batch = _batch(3, 8, 3, train.model.state_dim, ACTION_FEATURES)
+    if empty_first:  # the first micro-batch's rows have no real step: its statistics row is zeros
+        mask = batch.action_mask.clone()
+        mask[: 8 // micro] = False
+        batch = TorchTrainerBatch(batch.state, batch.target, batch.actions * mask[..., None], mask, batch.rel_edits, batch.window_ids)
     opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
     params = [p for g in opt.param_groups for p in g["params"]]
 
