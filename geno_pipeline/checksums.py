@@ -32,9 +32,12 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, streamed in 1 MiB chunks."""
+    """Hex SHA-256 of a regular file, streamed in 1 MiB chunks (a FIFO or device raises `NotRegularFileError`, an
+    OSError, instead of blocking or never ending)."""
+    from geno_pipeline.readers import open_regular
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

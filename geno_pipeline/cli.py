@@ -27,6 +27,7 @@ from geno_pipeline.errors import (
     EXIT_TRAINING_STOPPED,
     EXIT_VERIFY,
     GenoPipelineError,
+    shorten,
 )
 from geno_pipeline.layout import Layout
 from geno_pipeline.version import __version__
@@ -510,6 +511,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 DEBUG_ENV = "GENO_PIPELINE_DEBUG"
+MESSAGE_LIMIT = 4000  # characters of an error message printed: every quoted value is capped, and so is the whole line
 
 
 def _debugging(args: argparse.Namespace) -> bool:
@@ -556,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_stage(args.command, _STAGES[args.command](), args)
         return _HANDLERS[args.command](args)
     except GenoPipelineError as exc:
-        print(f"geno-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        print(f"geno-pipeline {args.command}: error: {shorten(str(exc), MESSAGE_LIMIT)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"geno-pipeline {args.command}: interrupted", file=sys.stderr)

@@ -571,8 +571,11 @@ def _fix_for(kind: str, value: Any) -> str:
 
 
 def _with_dot(value: str) -> str:
+    """`3e-3` -> `3.0e-3`, `6.0e1` -> `6.0e+1`: the forms YAML 1.1 (PyYAML, DVC) reads as a float, which needs both a dot
+    and a signed exponent."""
     mantissa, _, exponent = value.lower().partition("e")
-    return (mantissa if "." in mantissa else f"{mantissa}.0") + "e" + exponent
+    sign = "" if exponent.startswith(("+", "-")) else "+"
+    return (mantissa if "." in mantissa else f"{mantissa}.0") + "e" + sign + exponent
 
 
 def _fmt_value(value: Any) -> str:

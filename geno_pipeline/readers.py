@@ -3,13 +3,21 @@
 Each failure (missing, a directory, unreadable, too long a name, not UTF-8, not JSON, not YAML, a
 malformed array or tensor file) becomes the caller's typed project error naming the file, saying
 what is wrong and how to fix it; no `OSError`, `UnicodeDecodeError` or parser exception escapes.
+
+Reads are bounded: a file is read only when it is a regular file once links are resolved (a FIFO, a device such as
+/dev/zero or a socket could block or never end: `open_regular` opens without blocking and refuses them before reading
+a byte), and documents whose format allows it have a size cap checked before reading (`MAX_YAML_BYTES` for params,
+`MAX_JSON_BYTES` for JSON documents).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +26,22 @@ import numpy as np
 
 from geno_pipeline.errors import GenoPipelineError, shorten
 
-__all__ = ["read_bytes", "read_chunks", "read_json_text", "read_npy", "read_tensors", "read_text", "read_yaml"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_YAML_BYTES",
+    "NotRegularFileError",
+    "open_regular",
+    "read_bytes",
+    "read_chunks",
+    "read_json_text",
+    "read_npy",
+    "read_tensors",
+    "read_text",
+    "read_yaml",
+]
+
+MAX_YAML_BYTES = 1 << 20  # a params file is a few KiB
+MAX_JSON_BYTES = 64 << 20  # the largest document we write (a manifest of a many-record genome) is far below this
 
 ErrorType = type[GenoPipelineError]
 
@@ -39,28 +62,75 @@ def _os_message(path: Path, exc: OSError, fix: str) -> str:
     return f"{shown}: {reason}; fix: {fix}"
 
 
-def read_bytes(path: Path, *, error: ErrorType, fix: str) -> bytes:
-    """The file's bytes, or `error` naming the file and the OS reason."""
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+class NotRegularFileError(OSError):
+    """The path is not a regular file (after links are resolved), or is larger than its cap."""
+
+
+def _size_words(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def open_regular(path: Path, *, limit: int | None = None) -> io.BufferedReader:
+    """Open `path` for reading only if it is a regular file (links resolved) of at most `limit` bytes.
+
+    The open does not block (O_NONBLOCK: a FIFO without a writer would wait forever); anything that is not a regular
+    file, or is over `limit`, raises `NotRegularFileError` before a byte is read. Other failures are the usual OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        kind = stat.S_IFMT(info.st_mode)
+        if kind == stat.S_IFDIR:
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if kind != stat.S_IFREG:
+            what = _KINDS.get(kind, "not a regular file")
+            raise NotRegularFileError(errno.EINVAL, f"{what}, not a regular file: reading it could block or never end")
+        if limit is not None and info.st_size > limit:
+            raise NotRegularFileError(errno.EFBIG, f"{_size_words(info.st_size)}, more than the {_size_words(limit)} such a file may be")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _oserror_message(path: Path, exc: OSError, fix: str) -> str:
+    if isinstance(exc, NotRegularFileError):
+        return f"{path}: {exc.strerror}; fix: {fix}"
+    return _os_message(path, exc, fix)
+
+
+def read_bytes(path: Path, *, error: ErrorType, fix: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or `error` naming the file and the reason."""
     path = Path(path)
     try:
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-        return path.read_bytes()
+        with open_regular(path, limit=limit) as handle:
+            data = handle.read() if limit is None else handle.read(limit + 1)
     except OSError as exc:
-        raise error(_os_message(path, exc, fix)) from None
+        raise error(_oserror_message(path, exc, fix)) from None
+    if limit is not None and len(data) > limit:  # it grew after the check
+        raise error(f"{path}: more than the {_size_words(limit)} such a file may be; fix: {fix}")
+    return data
 
 
 def read_chunks(path: Path, *, size: int, error: ErrorType, fix: str) -> Iterator[bytes]:
-    """The file's bytes in chunks of at most `size` (bounded memory for large inputs), or `error` as `read_bytes`."""
+    """The bytes of a regular file in chunks of at most `size` (bounded memory for large inputs), or `error` as
+    `read_bytes`."""
     path = Path(path)
     try:
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             while chunk := handle.read(size):
                 yield chunk
     except OSError as exc:
-        raise error(_os_message(path, exc, fix)) from None
+        raise error(_oserror_message(path, exc, fix)) from None
 
 
 def _decode(path: Path, data: bytes, *, error: ErrorType, what: str) -> str:
@@ -76,15 +146,15 @@ def _decode(path: Path, data: bytes, *, error: ErrorType, what: str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def read_text(path: Path, *, error: ErrorType, what: str, fix: str) -> str:
-    """UTF-8 text of a file (a leading byte-order mark is dropped), or `error`."""
-    return _decode(Path(path), read_bytes(path, error=error, fix=fix), error=error, what=what)
+def read_text(path: Path, *, error: ErrorType, what: str, fix: str, limit: int | None = None) -> str:
+    """UTF-8 text of a regular file of at most `limit` bytes (a leading byte-order mark is dropped), or `error`."""
+    return _decode(Path(path), read_bytes(path, error=error, fix=fix, limit=limit), error=error, what=what)
 
 
-def read_json_text(path: Path, *, error: ErrorType, fix: str) -> Any:
-    """A parsed JSON document, or `error` naming the file, the line and the column."""
+def read_json_text(path: Path, *, error: ErrorType, fix: str, limit: int = MAX_JSON_BYTES) -> Any:
+    """A parsed JSON document of at most `limit` bytes, or `error` naming the file, the line and the column."""
     path = Path(path)
-    text = read_text(path, error=error, what="JSON", fix=fix)
+    text = read_text(path, error=error, what="JSON", fix=fix, limit=limit)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -93,12 +163,14 @@ def read_json_text(path: Path, *, error: ErrorType, fix: str) -> Any:
         raise error(f"{path}: JSON nested too deeply to read; fix: {fix}") from None
 
 
-def read_yaml(path: Path, *, error: ErrorType, fix: str, syntax_fix: str = "correct the YAML at that line") -> Any:
-    """A parsed YAML document (duplicate keys refused, as DVC refuses them), or `error`."""
+def read_yaml(
+    path: Path, *, error: ErrorType, fix: str, syntax_fix: str = "correct the YAML at that line", limit: int = MAX_YAML_BYTES
+) -> Any:
+    """A parsed YAML document of at most `limit` bytes (duplicate keys and aliases refused), or `error`."""
     from geno_pipeline.yamlio import YamlError, parse_yaml
 
     path = Path(path)
-    text = read_text(path, error=error, what="YAML", fix=fix)
+    text = read_text(path, error=error, what="YAML", fix=fix, limit=limit)
     try:
         return parse_yaml(text)
     except YamlError as exc:

@@ -6,6 +6,8 @@ from typing import Any
 
 import yaml
 
+from geno_pipeline.errors import shorten
+
 __all__ = ["YamlError", "parse_yaml"]
 
 
@@ -14,7 +16,17 @@ class YamlError(ValueError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings refuse a repeated key."""
+    """SafeLoader whose mappings refuse a repeated key, and which refuses aliases: `*name` repeats a node, so a few
+    hundred bytes of nested aliases expand to gigabytes (a "billion laughs"); a params file never needs them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YamlError(
+                f"line {event.start_mark.line + 1}: a YAML alias (*{shorten(str(event.anchor))}) repeats another node; aliases are "
+                "refused (nested ones expand without bound): write the value out"
+            )
+        return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

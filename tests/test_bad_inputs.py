@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 
 from geno_pipeline.checksums import sha256_file, write_sha256sums
 from geno_pipeline.cli import main
+from geno_pipeline.config import load_params
 from geno_pipeline.errors import VerifyError
 from geno_pipeline.release.loader import load_released_model
 from geno_pipeline.reliability import declared_outputs
@@ -636,3 +638,107 @@ def test_load_released_model_raises_verify_error(finished: Path, tmp_path: Path,
     mutate(root)
     with pytest.raises(VerifyError):
         load_released_model(root / RELEASE)
+
+
+# ------------------------------------------------------------------ hostile inputs, in a child process with bounds
+# Reads that never end and expansion bombs: each case runs the CLI in a child process under a wall-time limit and an
+# address-space limit, so a regression fails the test instead of hanging or exhausting the machine.
+
+HOSTILE_TIMEOUT_S = 180
+HOSTILE_MEMORY = 8 << 30
+MESSAGE_BOUND = 8_000  # characters on stderr: a message never quotes an unbounded value
+
+
+def _replace_with_fifo(rel: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).unlink(missing_ok=True)
+        os.mkfifo(root / rel)
+
+    return mutate
+
+
+def _replace_with_link(rel: str, target: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).unlink(missing_ok=True)
+        (root / rel).symlink_to(target)
+
+    return mutate
+
+
+def _fasta_fifo(root: Path) -> None:
+    write_params(root, data={"source": "fasta", "fasta_path": "genomes/ref.fa"})
+    os.mkfifo(root / "genomes" / "ref.fa")
+
+
+_LAUGHS = 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)
+_HUGE_NAME = b"n" * (20 << 20)
+
+HOSTILE = [
+    Case("params-dev-zero", _replace_with_link(P, "/dev/zero"), ("data",), 2, "params.yaml: a character device, not a regular file"),
+    Case("params-dev-urandom", _replace_with_link(P, "/dev/urandom"), ("train",), 2, "params.yaml: a character device"),
+    Case("params-fifo", _replace_with_fifo(P), ("train",), 2, "params.yaml: a FIFO (named pipe), not a regular file"),
+    Case("fasta-fifo", _fasta_fifo, ("data",), 2, "ref.fa: a FIFO (named pipe), not a regular file"),
+    Case("validate-dev-zero", lambda r: None, ("validate", "/dev/zero"), 2, "/dev/zero: a character device"),
+    Case("validate-fifo", _replace_with_fifo("reports/train.json"), ("validate", "{root}/reports/train.json"), 2, "a FIFO"),
+    Case("params-too-large", params_text(lambda t: t + ("#" * 1023 + "\n") * 2048), ("data",), 2, "more than the 1.0 MiB"),
+    Case("params-alias-bomb", text(P, _LAUGHS), ("data",), 2, "line 2: a YAML alias (*a0) repeats another node"),
+    Case("fasta-huge-name", fasta(b">" + _HUGE_NAME + b"\nACGT\n>" + _HUGE_NAME + b"\nACGT\n"), ("data",), 2, "is used again"),
+]
+
+
+def _bounded_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (HOSTILE_MEMORY, HOSTILE_MEMORY))
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c.id for c in HOSTILE])
+def test_hostile_input(case: Case, finished: Path, tmp_path: Path) -> None:
+    """Exit code, no traceback, the named file, a bounded message, no declared output changed, within a time and
+    memory bound enforced on the child (a hang or a bomb fails here instead of taking the machine)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    case.mutate(root)
+    before = declared_outputs(root)
+    argv = [a.replace("{root}", str(root)) for a in case.argv]
+    if argv[0] in ("data", "preflight", "train", "release"):
+        argv += ["--root", str(root)] + (["--no-progress"] if argv[0] == "train" else [])
+    proc = subprocess.run(
+        [sys.executable, "-m", "geno_pipeline", *argv], capture_output=True, text=True, timeout=HOSTILE_TIMEOUT_S,
+        preexec_fn=_bounded_memory, cwd=root, errors="replace",
+    )  # fmt: skip
+    both_streams = proc.stdout + proc.stderr
+    assert "Traceback" not in both_streams
+    assert proc.returncode == case.code, both_streams[-3000:]
+    assert case.needle in both_streams, both_streams[-3000:]
+    assert len(proc.stderr) < MESSAGE_BOUND, f"{len(proc.stderr)} characters on stderr"
+    assert declared_outputs(root) == before, "a refused command changed a declared output"
+
+
+def test_a_gzip_that_inflates_past_the_memory_budget_stops_as_it_streams(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A small .fa.gz whose bases exceed what memory can hold passes the up-front estimate (4 bases per gzip byte) and
+    is stopped while it inflates, before the reader's buffer grows past the budget."""
+    from geno_pipeline.data import dataset
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    bases = 192 << 20
+    payload = gzip.compress(b">r\n" + b"ACGT" * (bases // 4) + b"\n", compresslevel=1)
+    fasta(payload, name="ref.fa.gz")(root)
+    before = declared_outputs(root)
+    data = load_params(root / "params.yaml").data
+    slot = data.window_length + data.flank_length
+    budget = dataset._READER_OVERHEAD + (data.train_windows + data.valid_windows) * (2 * slot + 32) + (16 << 20)
+    assert dataset.memory_needed(data, root / "genomes/ref.fa.gz") < budget < bases  # the estimate lets it through
+    monkeypatch.setattr(dataset, "_available_memory", lambda: budget)
+    assert main(["data", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "ref.fa.gz: the records kept hold more than" in err and "a gzip file can inflate" in err
+    assert declared_outputs(root) == before

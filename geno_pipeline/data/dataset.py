@@ -127,6 +127,16 @@ def memory_needed(params: DataParams, fasta: Path | None = None) -> int:
     return bases + 32 * (bases // slot) + windows + _READER_OVERHEAD
 
 
+def max_reference_bases(params: DataParams, available: int | None) -> int | None:
+    """The most bases of kept records the reader may hold on a machine with `available` bytes: what is left after the
+    windows and the reader's own needs, at 1 byte per base plus the slot table's 32 bytes per slot (None: unknown)."""
+    if available is None:
+        return None
+    slot = params.window_length + params.flank_length
+    windows = (params.train_windows + params.valid_windows) * (slot * 2 + 32)
+    return max((available - windows - _READER_OVERHEAD) * slot // (slot + 32), 0)
+
+
 def check_memory(params: DataParams, fasta: Path | None = None, available: int | None = None) -> None:
     """Refuse up front, naming the memory the reference would need, when this machine does not have it."""
     need = memory_needed(params, fasta)
@@ -178,6 +188,7 @@ def _reference(params: DataParams, root: Path, progress: Callable[[int, int], No
         path,
         select=None if wanted is None else wanted.__contains__,
         progress=None if progress is None else (lambda done: progress(done, size)),
+        max_bases=max_reference_bases(params, _available_memory()),  # a gzip's inflated size is known only as it streams
     )
     check_record_names(params, reference, path)
     source = DatasetSource(

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from geno_pipeline.data.genome import N_CODE, RecordStats, Reference
-from geno_pipeline.errors import DataError
+from geno_pipeline.errors import DataError, shorten
 from geno_pipeline.readers import read_chunks
 
 __all__ = ["CHUNK_BYTES", "IUPAC_CODES", "class_table", "classify", "read_fasta"]
 
 CHUNK_BYTES = 4 << 20
+NAME_SHOWN = 200  # characters of a record name a message quotes (a header line can be megabytes)
 IUPAC_CODES = "RYKMSWBDHV"
 
 # One byte per input byte: the base code in the low bits, and flags.
@@ -84,8 +85,9 @@ def _show(byte: int) -> str:
 class _Parser:
     """The state between chunks: records so far, the kept codes, and the line the last chunk ended in."""
 
-    def __init__(self, path: Path, select: Callable[[str], bool] | None, capacity: int) -> None:
+    def __init__(self, path: Path, select: Callable[[str], bool] | None, capacity: int, max_bases: int | None = None) -> None:
         self.path = path
+        self.max_bases = max_bases
         self.select = select
         self.codes = np.empty(max(capacity, 1), dtype=np.uint8)
         self.size = 0
@@ -185,6 +187,12 @@ class _Parser:
 
     def _reserve(self, n: int) -> np.ndarray:
         need = self.size + n
+        if self.max_bases is not None and need > self.max_bases:  # checked as the stream inflates, before memory grows
+            raise DataError(
+                f"{self.path}: the records kept hold more than {self.max_bases} bases, more than this machine's memory can hold "
+                "while the dataset is built (a gzip file can inflate far beyond what DNA does); fix: select fewer records "
+                "(data.records), use a smaller reference, or a machine with more memory"
+            )
         if need > self.codes.size:  # grow in place (realloc): no second copy of the genome
             self.codes.resize(max(need, self.codes.size + self.codes.size // 4 + CHUNK_BYTES), refcheck=False)
         out = self.codes[self.size : need]
@@ -205,7 +213,7 @@ class _Parser:
         name = self.current.name if self.current is not None else "?"
         raise DataError(
             f"{self.path}: line {line}, column {column}: invalid character {_show(int(self._data[index]))} in record "
-            f"'{name}'; fix: {_ALPHABET_FIX}"
+            f"'{shorten(name, NAME_SHOWN)}'; fix: {_ALPHABET_FIX}"
         )
 
     # ---- records ----
@@ -214,7 +222,8 @@ class _Parser:
         name = text.split()[0] if text else f"record{len(self.records) + 1}"
         if name in self.header_lines:
             raise DataError(
-                f"{self.path}: line {line}: record name {name!r} is used again (first at line {self.header_lines[name]}); "
+                f"{self.path}: line {line}: record name {shorten(repr(name), NAME_SHOWN)} is used again "
+                f"(first at line {self.header_lines[name]}); "
                 "fix: give every record a unique name (the first word of its '>' line)"
             )
         self.header_lines[name] = line
@@ -226,7 +235,10 @@ class _Parser:
     def _close(self) -> None:
         record = self.current
         if record is not None and record.length == 0:
-            raise DataError(f"{self.path}: record '{record.name}' (line {record.line}) has no sequence; fix: remove it or add its sequence")
+            raise DataError(
+                f"{self.path}: record '{shorten(record.name, NAME_SHOWN)}' (line {record.line}) has no sequence; "
+                "fix: remove it or add its sequence"
+            )
         self.current = None
 
     def finish(self, sha256: str) -> Reference:
@@ -337,20 +349,23 @@ def read_fasta(
     select: Callable[[str], bool] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    max_bases: int | None = None,
 ) -> Reference:
     """Read a plain or gzipped (also multi-member or bgzip) FASTA in chunks, keeping the records `select` accepts.
 
     Every record is checked and counted; `progress` is called with the raw bytes read so far. Raises
     `DataError` naming the file (and the record, line and column where they apply) for a missing or empty
     file, sequence before the first header, an empty record, a repeated record name, a character outside
-    the alphabet, or a truncated or corrupt gzip stream.
+    the alphabet, a truncated or corrupt gzip stream, or more kept bases than `max_bases` (checked as it streams).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: FASTA file not found (data.fasta_path); fix: point data.fasta_path at an existing file under genomes/")
     size = path.stat().st_size if path.is_file() else 0
     hasher = hashlib.sha256()
-    parser = _Parser(path, select, capacity=size)  # plain text holds at most one base per byte; gzip grows in place
+    parser = _Parser(
+        path, select, capacity=size if max_bases is None else min(size, max_bases), max_bases=max_bases
+    )  # plain text holds at most one base per byte; gzip grows in place
     for chunk in _without_bom(_stream(path, chunk_bytes, hasher, progress)):
         parser.feed(chunk)
     return parser.finish(hasher.hexdigest())
