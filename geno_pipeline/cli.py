@@ -6,6 +6,7 @@ argv is parsed only here; each handler reads its own params section and calls th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geno_pipeline.distributed.launch import LAUNCHER_PID_ENV
 from geno_pipeline.errors import (
     EXIT_CHECKPOINT,
     EXIT_DISTRIBUTED,
@@ -547,19 +549,39 @@ def launch_if_needed(args: argparse.Namespace, argv: Sequence[str]) -> int | Non
     )  # fmt: skip
 
 
+def _takes_the_lock() -> bool:
+    """Whether this process holds the workspace lock for its stage: a lone run, `train`'s own launcher, or rank 0 of a
+    job another launcher (torchrun) started; not the workers of our launcher (it holds the lock) nor other ranks (they
+    write nothing)."""
+    if LAUNCHER_PID_ENV in os.environ:
+        return False
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES)."""
+    from geno_pipeline.workspace import Terminated, terminate_as_interrupt, workspace_lock
+
     raw = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw)
+    launched = LAUNCHER_PID_ENV in os.environ  # a worker of `train`'s own launcher: the launcher holds the lock and signals
     try:
-        if args.command == "train" and (code := launch_if_needed(args, raw)) is not None:
-            return code
-        if args.command in _STAGES:
-            return run_stage(args.command, _STAGES[args.command](), args)
-        return _HANDLERS[args.command](args)
+        with contextlib.ExitStack() as held:
+            if not launched:
+                held.enter_context(terminate_as_interrupt())
+            if args.command in _STAGES and _takes_the_lock():
+                held.enter_context(workspace_lock(Path(args.root), args.command))
+            if args.command == "train" and (code := launch_if_needed(args, raw)) is not None:
+                return code
+            if args.command in _STAGES:
+                return run_stage(args.command, _STAGES[args.command](), args)
+            return _HANDLERS[args.command](args)
     except GenoPipelineError as exc:
         print(f"geno-pipeline {args.command}: error: {shorten(str(exc), MESSAGE_LIMIT)}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print(f"geno-pipeline {args.command}: terminated (SIGTERM); nothing was half-written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"geno-pipeline {args.command}: interrupted", file=sys.stderr)
         return 130

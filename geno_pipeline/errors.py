@@ -26,6 +26,7 @@ __all__ = [
     "TrainingCheckpointError",
     "TrainingError",
     "VerifyError",
+    "WorkspaceBusyError",
     "shorten",
 ]
 
@@ -100,6 +101,10 @@ class VerifyError(GenoPipelineError):
 
 class ReproCheckError(GenoPipelineError):
     """The reproducibility check could not run."""
+
+
+class WorkspaceBusyError(GenoPipelineError):
+    """Another geno-pipeline run holds this workspace's lock."""
 
 
 class StorageError(GenoPipelineError):

@@ -11,6 +11,10 @@ import gzip
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -698,9 +702,6 @@ def _bounded_memory() -> None:
 def test_hostile_input(case: Case, finished: Path, tmp_path: Path) -> None:
     """Exit code, no traceback, the named file, a bounded message, no declared output changed, within a time and
     memory bound enforced on the child (a hang or a bomb fails here instead of taking the machine)."""
-    import subprocess
-    import sys
-
     root = tmp_path / "p"
     shutil.copytree(finished, root, symlinks=True)
     case.mutate(root)
@@ -742,3 +743,68 @@ def test_a_gzip_that_inflates_past_the_memory_budget_stops_as_it_streams(
     err = capsys.readouterr().err
     assert "ref.fa.gz: the records kept hold more than" in err and "a gzip file can inflate" in err
     assert declared_outputs(root) == before
+
+
+# ------------------------------------------------------------------ one run per workspace; SIGTERM
+
+
+def _cli_child(root: Path, *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)] + (["--no-progress"] if args[0] == "train" else [])
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
+
+
+@pytest.mark.parametrize("command", ["train", "release", "data"])
+def test_a_second_run_in_a_busy_workspace_stops_at_once(finished: Path, tmp_path: Path, command: str) -> None:
+    """While another process holds the workspace (here: this test, through the same lock a run takes), a stage exits 2
+    at once naming that process, and changes nothing."""
+    from geno_pipeline.workspace import workspace_lock
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    before = declared_outputs(root)
+    with workspace_lock(root, "train --params other.yaml"):
+        proc = _cli_child(root, command)
+        out, err = proc.communicate(timeout=HOSTILE_TIMEOUT_S)
+    assert proc.returncode == 2 and "Traceback" not in out + err
+    assert f"another geno-pipeline run is using this workspace (pid {os.getpid()}: geno-pipeline train --params other.yaml)" in err
+    assert declared_outputs(root) == before
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(finished: Path, tmp_path: Path) -> None:
+    """The lock is the kernel's and went with the killed process: the file it left (naming a dead pid) blocks nothing."""
+    from geno_pipeline.workspace import LOCK_NAME
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    (root / LOCK_NAME).write_text("pid 4194303: geno-pipeline train\n")
+    proc = _cli_child(root, "release")
+    _, err = proc.communicate(timeout=HOSTILE_TIMEOUT_S)
+    assert proc.returncode == 0, err
+    assert (root / LOCK_NAME).read_text() == f"pid {proc.pid}: geno-pipeline release\n"
+
+
+def test_sigterm_stops_train_like_ctrl_c_and_resume_finishes(finished: Path, tmp_path: Path) -> None:
+    """SIGTERM (what a scheduler sends before a kill) mid-run: exit 143, one line, no traceback, nothing half-written;
+    `--resume auto` then finishes the run."""
+    from geno_pipeline.reliability import temporaries
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    write_params(root, train={"steps": 400})
+    shutil.rmtree(root / "artifacts/train")
+    assert main(["preflight", "--root", str(root)]) == 0
+    proc = _cli_child(root, "train")
+    metrics = root / "artifacts/train/metrics.jsonl"
+    deadline = time.monotonic() + HOSTILE_TIMEOUT_S
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=HOSTILE_TIMEOUT_S)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1] == "geno-pipeline train: terminated (SIGTERM); nothing was half-written"
+    assert temporaries(root) == []
+    resumed = _cli_child(root, "train", "--resume", "auto")
+    _, err = resumed.communicate(timeout=HOSTILE_TIMEOUT_S)
+    assert resumed.returncode == 0, err
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == 400

@@ -1,0 +1,83 @@
+"""One run per workspace, and SIGTERM handled as SIGINT is.
+
+`workspace_lock` holds an exclusive lock on `ROOT/.geno-pipeline.lock` for the whole of a stage's command, so a second
+`data`, `preflight`, `train`, `sweep` or `release` in the same folder stops at once, naming the process that holds it,
+instead of replacing the first one's outputs or deleting its staging folders. The lock is the kernel's (`flock`): it
+goes with the process that holds it, so a killed run never leaves one behind; the file only records who held it last.
+
+`terminate_as_interrupt` makes SIGTERM, what schedulers send before they kill, raise `Terminated` (a
+KeyboardInterrupt) where it arrives, so a stage stops the way it does on Ctrl-C: nothing half-written, one line, exit
+143.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from geno_pipeline.errors import WorkspaceBusyError
+
+__all__ = ["LOCK_NAME", "Terminated", "terminate_as_interrupt", "workspace_lock"]
+
+LOCK_NAME = ".geno-pipeline.lock"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised in the main thread where the signal lands, like SIGINT's KeyboardInterrupt."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "a process that has not written its pid yet"
+
+
+@contextmanager
+def workspace_lock(root: Path, command: str) -> Iterator[None]:
+    """Hold the workspace's lock for the block; `WorkspaceBusyError` (exit 2) at once when another run holds it. Where
+    the lock file cannot be created (a read-only or missing folder, where no run can write either) there is no lock."""
+    path = Path(root) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceBusyError(
+                f"{root}: another geno-pipeline run is using this workspace ({_holder(fd)}); two runs in one folder would "
+                f"replace each other's outputs; fix: wait for it to finish, or stop it, then run again (the lock goes with "
+                f"its process: a killed run never leaves it behind)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: geno-pipeline {command}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` for the block (main thread only; the previous handler is restored after)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
