@@ -103,7 +103,8 @@ def check_sha256sums(directory: Path, *, allow_extra: frozenset[str] = frozenset
     """Check `directory/SHA256SUMS` strictly; return every problem found (empty when fine).
 
     Listed files must exist as regular files (not symlinks) with matching hashes; files present
-    but not listed are problems unless named in `allow_extra` (SHA256SUMS itself always is).
+    but not listed are problems unless named in `allow_extra` (SHA256SUMS itself always is), and so is
+    a directory that holds no listed file: a bundle holds exactly its listed files.
     """
     directory = Path(directory)
     sums = directory / "SHA256SUMS"
@@ -111,6 +112,7 @@ def check_sha256sums(directory: Path, *, allow_extra: frozenset[str] = frozenset
         return [f"{sums}: missing"]
     entries, problems = parse_sha256sums(sums.read_text(encoding="utf-8", errors="replace"))
     listed = {e.name for e in entries}
+    parents = {parent.as_posix() for name in listed for parent in Path(name).parents}
     for entry in entries:
         path = directory / entry.name
         if path.is_symlink():
@@ -130,6 +132,8 @@ def check_sha256sums(directory: Path, *, allow_extra: frozenset[str] = frozenset
                 problems.append(f"{rel}: symlink not allowed in bundle")
             continue
         if path.is_dir():
+            if rel not in parents and not any(path.iterdir()):  # an unlisted one with files: each file is named above
+                problems.append(f"{rel}: empty directory, not listed in SHA256SUMS (a bundle holds exactly its listed files)")
             continue
         if rel not in listed:
             problems.append(f"{rel}: present but not listed in SHA256SUMS")

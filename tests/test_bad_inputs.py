@@ -523,6 +523,13 @@ CASES = [
     Case("verify-tampered", flip_byte(f"{RELEASE}/model.safetensors"), ("verify", "{root}/" + RELEASE), 7, "model.safetensors"),
     Case("verify-extra-file", text(f"{RELEASE}/extra.txt", "x"), ("verify", "{root}/" + RELEASE), 7, "extra.txt"),
     Case("verify-missing-file", remove(f"{RELEASE}/MODEL_CARD.md"), ("verify", "{root}/" + RELEASE), 7, "MODEL_CARD.md"),
+    Case(
+        "verify-empty-extra-dir",
+        lambda r: (r / RELEASE / "extra").mkdir(),
+        ("verify", "{root}/" + RELEASE),
+        7,
+        "extra: empty directory, not listed in SHA256SUMS",
+    ),
     Case("verify-listed-symlink", bundle(_card_as_symlink, resum=False), ("verify", "{root}/" + RELEASE), 7, "MODEL_CARD.md"),
     Case(
         "verify-sums-malformed", text(f"{RELEASE}/SHA256SUMS", "zzz  model.safetensors\n"), ("verify", "{root}/" + RELEASE), 7, "SHA256SUMS"
@@ -688,6 +695,14 @@ HOSTILE = [
     Case("validate-fifo", _replace_with_fifo("reports/train.json"), ("validate", "{root}/reports/train.json"), 2, "a FIFO"),
     Case("params-too-large", params_text(lambda t: t + ("#" * 1023 + "\n") * 2048), ("data",), 2, "more than the 1.0 MiB"),
     Case("params-alias-bomb", text(P, _LAUGHS), ("data",), 2, "line 2: a YAML alias (*a0) repeats another node"),
+    Case(
+        "verify-listed-fifo",
+        _replace_with_fifo(f"{RELEASE}/MODEL_CARD.md"),
+        ("verify", "{root}/" + RELEASE),
+        7,
+        "MODEL_CARD.md: not a regular file",
+    ),
+    Case("verify-unlisted-fifo", _replace_with_fifo(f"{RELEASE}/pipe"), ("verify", "{root}/" + RELEASE), 7, "pipe: present but not listed"),
     Case("fasta-huge-name", fasta(b">" + _HUGE_NAME + b"\nACGT\n>" + _HUGE_NAME + b"\nACGT\n"), ("data",), 2, "is used again"),
 ]
 

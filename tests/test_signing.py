@@ -157,8 +157,8 @@ def test_verify_signature_of_another_release_fails(signed: Path, releases: dict[
     assert verify_signature(releases["b"], releases["alice.pub"], other) == []
     proc = cli("verify", str(signed), "--public-key", str(releases["alice.pub"]), "--signature", str(other))
     assert proc.returncode == 7
-    assert "signature made for another release: this release is intact (its SHA256SUMS verifies)" in proc.stderr
-    assert "model.safetensors" in proc.stderr
+    assert "this release does not match its signature:" in proc.stderr and "model.safetensors" in proc.stderr
+    assert "intact" not in proc.stderr and "sign this release" not in proc.stderr  # never vouch for it, never advise signing it
 
 
 @pytest.mark.slow
@@ -274,3 +274,26 @@ def test_signed_digests_rejects_arbitrary_bytes_with_value_error_only(data: byte
 def test_default_signature_path_is_beside_the_release() -> None:
     assert default_signature_path(Path("artifacts/release")) == Path("artifacts/release.sig")
     assert default_signature_path(Path("/x/y/bundle/")) == Path("/x/y/bundle.sig")
+
+
+@pytest.mark.slow
+def test_verify_a_forgery_with_rewritten_checksums_is_never_called_intact(signed: Path, releases: dict[str, Path]) -> None:
+    """The model card edited after signing and SHA256SUMS rewritten to match: the bundle's own checks pass, the signed
+    check fails, and the message neither vouches for the release nor advises signing it."""
+    from geno_pipeline.checksums import sha256_file, write_sha256sums
+    from geno_pipeline.release.verify import verify_bundle
+
+    card = signed / "MODEL_CARD.md"
+    card.write_text(card.read_text() + "\nThis model is certified safe.\n")
+    provenance = json.loads((signed / "provenance.intoto.json").read_text())
+    for subject in provenance["subject"]:
+        if subject["name"] == "MODEL_CARD.md":
+            subject["digest"]["sha256"] = sha256_file(card)
+    (signed / "provenance.intoto.json").write_text(json.dumps(provenance, indent=2))
+    write_sha256sums(signed, sorted(p.name for p in signed.iterdir() if p.name != "SHA256SUMS"))
+    assert verify_bundle(signed) == []  # the forgery is self-consistent
+    proc = cli("verify", str(signed), "--public-key", str(releases["alice.pub"]))
+    assert proc.returncode == 7
+    text = " ".join(proc.stderr.split())
+    assert "this release does not match its signature: 3 differ (MODEL_CARD.md, SHA256SUMS, provenance.intoto.json)" in text, text
+    assert "intact" not in proc.stderr and "sign this release" not in proc.stderr

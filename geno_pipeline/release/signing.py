@@ -250,8 +250,10 @@ def _signature_failure(release_dir: Path, target: Path, public_key: Path, signed
     if own:  # the release's own checksums fail too: its files were changed after it was written and signed
         return f"{target}: tampered release: files changed after signing: {detail}"
     return (
-        f"{target}: signature made for another release: this release is intact (its SHA256SUMS verifies), but the signature "
-        f"lists other file digests: {detail}; fix: sign this release, or verify with the signature that came with it"
+        f"{target}: this release does not match its signature: {detail}. Its own SHA256SUMS agrees with its files, so either "
+        "the files and SHA256SUMS were rewritten after signing, or the signature was made for another release; a release "
+        "that differs from its signature is not the signed one; fix: fetch the release and its signature again from the "
+        "publisher, and do not use these files until they verify"
     )
 
 
