@@ -99,25 +99,28 @@ def record_list_problems(source: str, records: list[str] | None, valid_records: 
     return problems
 
 
+SEED_MAX = 2**32 - 1  # seeds are 32-bit: numpy and torch generators, and the seeds derived from them
+
+
 class DataParams(_Section):
     """Inputs of the `data` stage."""
 
-    seed: int = Field(17, ge=0)
-    """Seed of the synthetic genome and of the window draw."""
+    seed: int = Field(17, ge=0, le=SEED_MAX)
+    """Seed of the synthetic genome and of the window draw (0 .. 2^32 - 1)."""
     source: Literal["synthetic", "fasta"] = "synthetic"
     """Where the reference comes from: a seeded synthetic genome or a user FASTA."""
     fasta_path: str | None = None
     """FASTA file (plain or .gz) used when `source: fasta`; relative paths are from the project root."""
-    genome_length: int = Field(8_000_000, gt=0)
-    """Length in bases of the synthetic genome (ignored for FASTA)."""
-    window_length: int = Field(256, gt=0)
-    """Bases per window (the model's input length L)."""
-    flank_length: int = Field(64, ge=0)
+    genome_length: int = Field(8_000_000, gt=0, le=10**11)
+    """Length in bases of the synthetic genome (ignored for FASTA; at most 10^11)."""
+    window_length: int = Field(256, gt=0, le=1 << 20)
+    """Bases per window (the model's input length L; at most 2^20)."""
+    flank_length: int = Field(64, ge=0, le=1 << 20)
     """Reference bases stored after each window, used to refill the window after deletions."""
-    train_windows: int = Field(20000, gt=0)
-    """Number of training windows."""
-    valid_windows: int = Field(1024, gt=0)
-    """Number of held-out validation windows (disjoint from training windows)."""
+    train_windows: int = Field(20000, gt=0, le=10**9)
+    """Number of training windows (at most 10^9)."""
+    valid_windows: int = Field(1024, gt=0, le=10**8)
+    """Number of held-out validation windows (disjoint from training windows; at most 10^8)."""
     records: list[str] | None = None
     """FASTA records to use, by name (the first word of the '>' line), e.g. chr1..chr22; null keeps every record."""
     valid_records: list[str] | None = None
@@ -171,14 +174,15 @@ class RuntimeParams(_Section):
     """`auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`."""
     deterministic: bool = True
     """Apply deterministic algorithms, disable TF32 and cuDNN benchmarking."""
-    cpu_threads: int = Field(2, ge=1)
-    """torch intra-op threads of each worker process; part of the environment fingerprint."""
-    nproc_per_node: int = Field(1, ge=1)
-    """Worker processes on this node; above 1, `geno-pipeline train` launches them itself (torch.distributed.run)."""
+    cpu_threads: int = Field(2, ge=1, le=1024)
+    """torch intra-op threads of each worker process (1 .. 1024); part of the environment fingerprint."""
+    nproc_per_node: int = Field(1, ge=1, le=256)
+    """Worker processes on this node (1 .. 256); above 1, `geno-pipeline train` launches them itself (torch.distributed.run)."""
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend of a multi-process run: `auto` is NCCL on CUDA and gloo on the CPU."""
-    dist_timeout_s: int = Field(300, ge=1)
-    """Seconds a collective (or the rendezvous) waits for a peer before the whole job stops with a message."""
+    dist_timeout_s: int = Field(300, ge=1, le=7 * 86400)
+    """Seconds a collective (or the rendezvous) waits for a peer before the whole job stops with a message (at most a
+    week)."""
 
     @field_validator("device")
     @classmethod
@@ -212,11 +216,11 @@ class PreflightParams(_Section):
 
     require_accelerator: bool = False
     """Fail preflight when no usable CUDA device is found."""
-    min_vram_gib: FiniteFloat = Field(2.0, ge=0)
+    min_vram_gib: FiniteFloat = Field(2.0, ge=0, le=1e6)
     """Free memory (GiB) the selected CUDA device must have."""
-    min_free_disk_gib: FiniteFloat = Field(1.0, ge=0)
+    min_free_disk_gib: FiniteFloat = Field(1.0, ge=0, le=1e9)
     """Free disk space (GiB) where artifacts/ lives."""
-    cuda_timeout_s: FiniteFloat = Field(60.0, gt=0)
+    cuda_timeout_s: FiniteFloat = Field(60.0, gt=0, le=86400)
     """Seconds torch may take to start CUDA, and then to run the kernel smoke test on each selected device; past it the
     probe process is killed and preflight reports cuda.kernel_timeout."""
 
@@ -224,15 +228,15 @@ class PreflightParams(_Section):
 class ModelParams(_Section):
     """Shape of the frozen encoder, the action encoder and the predictor."""
 
-    state_dim: int = Field(64, ge=2)
+    state_dim: int = Field(64, ge=2, le=1 << 16)
     """Dimension D of the latent state."""
-    hidden_dim: int = Field(256, ge=1)
+    hidden_dim: int = Field(256, ge=1, le=1 << 16)
     """Hidden width of the action encoder and the predictor MLP."""
-    conv_channels: int = Field(32, ge=1)
+    conv_channels: int = Field(32, ge=1, le=1 << 16)
     """Channels of the frozen encoder's convolution."""
-    kernel_size: int = Field(9, ge=1)
+    kernel_size: int = Field(9, ge=1, le=1 << 16)
     """Kernel width (bases) of the frozen encoder's convolution; odd."""
-    segments: int = Field(16, ge=1)
+    segments: int = Field(16, ge=1, le=1 << 16)
     """Segments the window is pooled into, so the state keeps position information."""
     residual: bool = True
     """Predict the change of state (next = state + f(state, action)) instead of the state itself."""
@@ -271,20 +275,20 @@ def _weight_problems(items: dict[Any, Any], known: tuple[Any, ...] | None) -> li
 class TrainParams(_Section):
     """Inputs of the `train` stage."""
 
-    seed: int = Field(1234, ge=0)
-    """Base seed; per-purpose seeds (model init, sampler, validation) are derived from it by hashing."""
-    steps: int = Field(1500, ge=1)
-    """Total optimizer steps."""
-    batch_size: int = Field(64, ge=1)
+    seed: int = Field(1234, ge=0, le=SEED_MAX)
+    """Base seed (0 .. 2^32 - 1); per-purpose seeds (model init, sampler, validation) are derived from it by hashing."""
+    steps: int = Field(1500, ge=1, le=10**9)
+    """Total optimizer steps (at most 10^9)."""
+    batch_size: int = Field(64, ge=1, le=1 << 20)
     """Tuples per optimizer step (the global batch, whatever the number of workers)."""
-    micro_batches: int = Field(1, ge=1)
+    micro_batches: int = Field(1, ge=1, le=1 << 20)
     """Fixed split of the batch whose gradients are summed in this order: the bytes depend on it, not on the world size,
     which must divide it."""
     lr: FiniteFloat = Field(0.001, gt=0)
     """Peak learning rate."""
     weight_decay: FiniteFloat = Field(0.05, ge=0)
     """AdamW decoupled weight decay (not applied to biases and norms)."""
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(100, ge=0, le=10**9)
     """Linear warmup steps of the schedule."""
     schedule: Literal["wsd", "cosine", "constant"] = "wsd"
     """Learning-rate schedule: warmup-stable-decay, cosine or constant."""
@@ -292,9 +296,9 @@ class TrainParams(_Section):
     """Global gradient-norm clip."""
     kl_weight: FiniteFloat = Field(0.01, ge=0)
     """Weight of the Gaussian KL regulariser on predicted states' batch statistics."""
-    checkpoint_every_steps: int = Field(250, ge=1)
+    checkpoint_every_steps: int = Field(250, ge=1, le=10**9)
     """Write a resume checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, le=10**4)
     """Number of most recent checkpoints kept."""
     edit_type_weights: dict[str, float] = Field(default_factory=_default_edit_weights)
     """Sampling weight of each edit type (SNV, INS, DEL, MNV, INDEL); normalised by their sum."""
@@ -343,9 +347,9 @@ class TrainParams(_Section):
 class CollapseParams(_Section):
     """Collapse diagnostics on the fixed held-out batch."""
 
-    log_every_steps: int = Field(100, ge=1)
+    log_every_steps: int = Field(100, ge=1, le=10**9)
     """Observe collapse metrics every this many steps (and always at the final step)."""
-    valid_batch_size: int = Field(512, ge=2)
+    valid_batch_size: int = Field(512, ge=2, le=1 << 20)
     """Held-out tuples in the fixed collapse batch."""
     pred_var_to_target_var: FiniteFloat = Field(0.5, gt=0)
     """Alert when prediction variance per dim < this x target variance per dim."""

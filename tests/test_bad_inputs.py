@@ -329,7 +329,16 @@ CASES = [
     Case("params-valid-zero", params(data={"valid_windows": 0}), ("data",), 2, "data.valid_windows = 0"),
     Case("params-window-small", params(data={"window_length": 8}), ("data",), 2, "data.window_length = 8"),
     Case("params-genome-short", params(data={"genome_length": 1000}), ("data",), 2, "data.genome_length = 1000"),
-    Case("params-genome-huge", params(data={"genome_length": 10**14}), ("data",), 2, "GiB of memory"),
+    Case("params-genome-huge", params(data={"genome_length": 10**11}), ("data",), 2, "GiB of memory"),
+    Case("params-genome-absurd", params(data={"genome_length": 10**14}), ("data",), 2, "data.genome_length = 100000000000000"),
+    Case("params-steps-absurd", params(train={"steps": 2**70}), ("train",), 2, "train.steps = 1180591620717411303424"),
+    Case("params-seed-64-bit", params(train={"seed": 2**64}), ("train",), 2, "train.seed = 18446744073709551616"),
+    Case(
+        "params-timeout-absurd", params(runtime={"dist_timeout_s": 10**20}), ("train",), 2, "runtime.dist_timeout_s = 100000000000000000000"
+    ),
+    Case("params-threads-absurd", params(runtime={"cpu_threads": 100000}), ("preflight",), 3, "runtime.cpu_threads = 100000"),
+    Case("params-workers-absurd", params(runtime={"nproc_per_node": 1000}), ("train",), 2, "runtime.nproc_per_node = 1000"),
+    Case("params-hidden-absurd", params(train={"model": {**_tiny_model(), "hidden_dim": 10**6}}), ("train",), 2, "hidden_dim = 1000000"),
     Case("params-fasta-no-path", params(data={"source": "fasta"}), ("data",), 2, "data.fasta_path = None"),
     Case(
         "params-fasta-outside",
