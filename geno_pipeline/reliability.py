@@ -80,7 +80,7 @@ class CaseResult(Document):
 
     stage: str
     """Stage the fault hit."""
-    fault: Literal["sigkill_timed", "sigkill_on_write", "enospc", "erofs"]
+    fault: Literal["sigkill_timed", "sigkill_on_write", "enospc", "erofs", "sigterm", "concurrent"]
     """What was injected."""
     moment: str
     """When: seconds after start, the temporary whose appearance triggered the kill, or the failing write."""
@@ -113,6 +113,10 @@ class ReliabilityReport(Document):
     """Kills triggered by a late temporary file (inside a final write)."""
     storage_faults: dict[str, int]
     """Injected ENOSPC and EROFS cases."""
+    sigterms: dict[str, int] = Field(default_factory=dict)
+    """SIGTERMs that interrupted each stage (each must end with exit 143, one line, nothing half-written)."""
+    concurrent: int = Field(0, ge=0)
+    """Cases where a second run started in a workspace a first run held (it must stop at once with exit 2)."""
     divergences: int = Field(ge=0)
     """Cases whose recovered outputs differ from the reference."""
     tracebacks: int = Field(ge=0)
@@ -219,8 +223,11 @@ def _appeared(places: list[Path], pattern: str) -> bool:
     return False
 
 
-def _kill_when(proc: subprocess.Popen[str], root: Path, *, delay: float | None, pattern: str | None, limit: float) -> bool:
-    """SIGKILL `proc` after `delay` s, or as soon as a temporary starting with `pattern` appears; True if it was running."""
+def _kill_when(
+    proc: subprocess.Popen[str], root: Path, *, delay: float | None, pattern: str | None, limit: float, sig: int = signal.SIGKILL
+) -> bool:
+    """Send `sig` (SIGKILL) to `proc` after `delay` s, or as soon as a temporary starting with `pattern` appears; True if
+    it was running."""
     start = time.perf_counter()
     places = _watched(root)
     while proc.poll() is None:
@@ -234,7 +241,7 @@ def _kill_when(proc: subprocess.Popen[str], root: Path, *, delay: float | None, 
         time.sleep(0.001 if pattern is not None else 0.005)
     if proc.poll() is not None:
         return False
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     return True
 
@@ -283,6 +290,64 @@ def kill_case(campaign: Campaign, index: int, stage: str, rng: random.Random, *,
     )
 
 
+TERMINATED_LINE = "terminated (SIGTERM); nothing was half-written"
+
+
+def sigterm_case(campaign: Campaign, index: int, stage: str, rng: random.Random) -> CaseResult:
+    """Start `stage`, SIGTERM it at a seeded moment: exit 143 with one line and no traceback; recover and compare."""
+    root = campaign.workspace(f"term-{index:03d}-{stage}", without=("train",) if stage == "train" else ())
+    if stage == "train":
+        shutil.rmtree(root / "artifacts" / "release", ignore_errors=True)
+    delay = rng.uniform(0.5, 1.0) * campaign.durations[stage]
+    args = (stage, "--no-progress") if stage == "train" else (stage,)
+    proc = subprocess.Popen(campaign.command(root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    stopped = _kill_when(proc, root, delay=delay, pattern=None, limit=campaign.timeout, sig=signal.SIGTERM)
+    _, first_err = proc.communicate()
+    problems = []
+    if stopped and (proc.returncode != 143 or TERMINATED_LINE not in first_err):
+        problems.append(f"SIGTERM {stage}: exit {proc.returncode}, expected 143 with one line: {first_err.strip()[-300:]}")
+    half = temporaries(root)
+    runs = _recover(campaign, root, stage)
+    divergent, leftovers, traced = _judge(campaign, root, [first_err, *(r.stderr for r in runs)])
+    failed = [f"{r.args[3]} exit {r.returncode}: {r.stderr.strip()[-300:]}" for r in runs if r.returncode != 0]
+    shutil.rmtree(root, ignore_errors=True)
+    return CaseResult(
+        stage=stage, fault="sigterm", moment=f"{delay:.3f}s", killed=stopped, exit_code=proc.returncode,
+        divergent=problems + divergent + failed, leftovers=sorted(set(half) | set(leftovers)), traceback=traced,
+    )  # fmt: skip
+
+
+def concurrent_case(campaign: Campaign, index: int, stage: str) -> CaseResult:
+    """Start `stage`; as soon as it holds the workspace, start the same stage again there: the second exits 2 at once
+    naming the first, the first finishes, and the outputs are the reference's."""
+    from geno_pipeline.workspace import LOCK_NAME
+
+    root = campaign.workspace(f"concurrent-{index:03d}-{stage}", without=("train",) if stage == "train" else ())
+    if stage == "train":
+        shutil.rmtree(root / "artifacts" / "release", ignore_errors=True)
+    args = (stage, "--no-progress") if stage == "train" else (stage,)
+    first = subprocess.Popen(campaign.command(root, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    deadline = time.monotonic() + campaign.timeout
+    lock = root / LOCK_NAME
+    while first.poll() is None and time.monotonic() < deadline and not (lock.is_file() and f"pid {first.pid}:" in lock.read_text()):
+        time.sleep(0.002)
+    held = first.poll() is None
+    second = campaign.run(root, *args)
+    _, first_err = first.communicate()
+    problems = []
+    if held and (second.returncode != 2 or f"pid {first.pid}: geno-pipeline {stage}" not in second.stderr):
+        problems.append(f"second {stage}: exit {second.returncode}, expected 2 naming pid {first.pid}: {second.stderr.strip()[-300:]}")
+    if first.returncode != 0:
+        problems.append(f"first {stage}: exit {first.returncode}: {first_err.strip()[-300:]}")
+    runs = [campaign.run(root, "release")] if stage == "train" else []
+    divergent, leftovers, traced = _judge(campaign, root, [first_err, second.stderr, *(r.stderr for r in runs)])
+    shutil.rmtree(root, ignore_errors=True)
+    return CaseResult(
+        stage=stage, fault="concurrent", moment="once the first held the workspace", killed=held, exit_code=second.returncode,
+        divergent=problems + divergent, leftovers=leftovers, traceback=traced,
+    )  # fmt: skip
+
+
 def storage_case(campaign: Campaign, index: int, stage: str, fault: Literal["enospc", "erofs"], nth: int) -> CaseResult:
     """Run `stage` with a failing write layer: exit 8, one message, nothing half-written; then a clean recovery."""
     root = campaign.workspace(f"{fault}-{index:03d}-{stage}", without=())
@@ -322,6 +387,7 @@ def run_campaign(
     train_kills: int = 30,
     other_kills: int = 8,
     storage: int = 2,
+    signals: int = 2,
     pyproject: Path | None = None,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> ReliabilityReport:
@@ -340,6 +406,14 @@ def run_campaign(
                 landed, attempts, index = landed + result.killed, attempts + 1, index + 1
                 counts = f"divergent={len(result.divergent)} leftovers={len(result.leftovers)}"
                 progress(f"kill {stage} {landed}/{target} ({result.moment}): killed={result.killed} {counts}")
+        for index, stage in enumerate(("data", "train", "release") * signals):
+            results.append(sigterm_case(campaign, index, stage, rng))
+            r = results[-1]
+            progress(f"sigterm {stage} ({r.moment}): exit {r.exit_code} divergent={len(r.divergent)} leftovers={len(r.leftovers)}")
+        for index, stage in enumerate(("data", "train", "release")):
+            results.append(concurrent_case(campaign, index, stage))
+            r = results[-1]
+            progress(f"concurrent {stage}: second run exit {r.exit_code} divergent={len(r.divergent)}")
         for index in range(storage):
             for stage in ("data", "train", "release"):
                 for fault in ("enospc", "erofs"):
@@ -355,6 +429,8 @@ def run_campaign(
         kills=kills,
         kills_during_final_write=sum(1 for r in results if r.fault == "sigkill_on_write" and r.killed),
         storage_faults={f: sum(1 for r in results if r.fault == f) for f in ("enospc", "erofs")},
+        sigterms={s: sum(1 for r in results if r.stage == s and r.fault == "sigterm" and r.killed) for s in KILLED_STAGES},
+        concurrent=sum(1 for r in results if r.fault == "concurrent" and r.killed),
         divergences=sum(1 for r in results if r.divergent),
         tracebacks=sum(1 for r in results if r.traceback),
         leftovers=sum(1 for r in results if r.leftovers),
@@ -374,7 +450,8 @@ def run_reliability_cli(layout: Layout, *, params: Path | None, seed: int, train
     write_json(layout.reliability_report, report, schema="reliability")
     print(
         f"reliability: {report.cases} cases, kills {report.kills} ({report.kills_during_final_write} during a final write), "
-        f"storage faults {report.storage_faults}: {report.divergences} divergences, {report.tracebacks} tracebacks, "
+        f"storage faults {report.storage_faults}, SIGTERMs {report.sigterms}, concurrent runs refused {report.concurrent}: "
+        f"{report.divergences} divergences, {report.tracebacks} tracebacks, "
         f"{report.leftovers} leftovers; wrote {layout.reliability_report}"
     )
     bad = report.divergences + report.tracebacks + report.leftovers

@@ -142,8 +142,9 @@ def test_preflight_prints_its_table_before_a_failing_write(straight: Path, tmp_p
 
 @pytest.mark.slow
 def test_fault_campaign_has_no_divergence_traceback_or_leftover(tmp_path: Path) -> None:
-    report = run_campaign(TINY, seed=7, train_kills=4, other_kills=1, storage=1, pyproject=REPO / "pyproject.toml")
+    report = run_campaign(TINY, seed=7, train_kills=4, other_kills=1, storage=1, signals=1, pyproject=REPO / "pyproject.toml")
     assert report.kills["train"] >= 4 and report.kills["data"] >= 1 and report.kills["release"] >= 1
+    assert sum(report.sigterms.values()) >= 1 and report.concurrent == 3  # a second run in a held workspace, per stage
     assert report.kills_during_final_write >= 1
     assert report.storage_faults == {"enospc": 3, "erofs": 3}
     failures = [r for r in report.results if r.divergent or r.leftovers or r.traceback]
