@@ -549,6 +549,12 @@ def launch_if_needed(args: argparse.Namespace, argv: Sequence[str]) -> int | Non
     )  # fmt: skip
 
 
+def printable(text: str) -> str:
+    """`text` as the terminal can take it: a lone surrogate (from a file name that is not UTF-8) is written as an escape
+    instead of making the error message itself fail."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _takes_the_lock() -> bool:
     """Whether this process holds the workspace lock for its stage: a lone run, `train`'s own launcher, or rank 0 of a
     job another launcher (torchrun) started; not the workers of our launcher (it holds the lock) nor other ranks (they
@@ -577,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_stage(args.command, _STAGES[args.command](), args)
             return _HANDLERS[args.command](args)
     except GenoPipelineError as exc:
-        print(f"geno-pipeline {args.command}: error: {shorten(str(exc), MESSAGE_LIMIT)}", file=sys.stderr)
+        print(printable(f"geno-pipeline {args.command}: error: {shorten(str(exc), MESSAGE_LIMIT)}"), file=sys.stderr)
         return exc.exit_code
     except Terminated:
         print(f"geno-pipeline {args.command}: terminated (SIGTERM); nothing was half-written", file=sys.stderr)

@@ -108,9 +108,22 @@ def _oserror_message(path: Path, exc: OSError, fix: str) -> str:
     return _os_message(path, exc, fix)
 
 
+def _checked_path(path: Path, *, error: ErrorType, fix: str) -> Path:
+    """`path`, or `error` when no file system could hold it (a NUL byte, or a lone surrogate that has no bytes)."""
+    path = Path(path)
+    shown = str(path).replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\x00" in str(path):
+        raise error(f"{shown}: a path cannot contain a NUL byte; fix: {fix}")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise error(f"{shown}: the path holds a character no file name can (a lone surrogate); fix: {fix}") from None
+    return path
+
+
 def read_bytes(path: Path, *, error: ErrorType, fix: str, limit: int | None = None) -> bytes:
     """The bytes of a regular file of at most `limit` bytes, or `error` naming the file and the reason."""
-    path = Path(path)
+    path = _checked_path(path, error=error, fix=fix)
     try:
         with open_regular(path, limit=limit) as handle:
             data = handle.read() if limit is None else handle.read(limit + 1)
@@ -124,7 +137,7 @@ def read_bytes(path: Path, *, error: ErrorType, fix: str, limit: int | None = No
 def read_chunks(path: Path, *, size: int, error: ErrorType, fix: str) -> Iterator[bytes]:
     """The bytes of a regular file in chunks of at most `size` (bounded memory for large inputs), or `error` as
     `read_bytes`."""
-    path = Path(path)
+    path = _checked_path(path, error=error, fix=fix)
     try:
         with open_regular(path) as handle:
             while chunk := handle.read(size):
@@ -177,10 +190,34 @@ def read_yaml(
         raise error(f"{path}: {exc}; fix: {syntax_fix}") from None
 
 
+def _npy_header_problem(data: bytes) -> str | None:
+    """What is wrong with a .npy header before any array is allocated: a shape whose bytes the file does not hold (a
+    header claiming 10^12 rows would otherwise be a MemoryError), or None when the header and the data agree."""
+    stream = io.BytesIO(data)
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        return f"not a numeric .npy array ({exc})"
+    if dtype.hasobject:
+        return "holds Python objects, not numbers"
+    count = 1
+    for n in shape:
+        count *= int(n)
+    need, have = count * dtype.itemsize, len(data) - stream.tell()
+    if need != have:
+        return f"its header describes {shape} {dtype} ({need} bytes) but the file holds {have} bytes of data"
+    return None
+
+
 def read_npy(path: Path, *, error: ErrorType, fix: str) -> np.ndarray:
-    """A numeric .npy array (object arrays and pickles refused), or `error`."""
+    """A numeric .npy array (object arrays and pickles refused, the header checked against the data before anything is
+    allocated), or `error`."""
     path = Path(path)
     data = read_bytes(path, error=error, fix=fix)
+    if (problem := _npy_header_problem(data)) is not None:
+        raise error(f"{path}: {problem}; fix: {fix}")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -210,6 +210,21 @@ def _env_edit(key: str, value: object) -> Callable[[Path], None]:
     return mutate
 
 
+def _huge_npy_header(directory: Path) -> None:
+    """A .npy header claiming 10^12 rows in front of a few bytes: loading it as it says would allocate ~96 TB."""
+    import io
+
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(stream, {"descr": "|u1", "fortran_order": False, "shape": (10**12, 96)})
+    (directory / "train_windows.npy").write_bytes(stream.getvalue() + b"\x00" * 96)
+
+
+def _put_code(directory: Path, code: int) -> None:
+    windows = np.load(directory / "train_windows.npy")
+    windows[3, 5] = code
+    np.save(directory / "train_windows.npy", windows)
+
+
 def _group_rename(_directory: Path, state: dict) -> None:
     state["optimizer_groups"][0]["group_name"] = "renamed"
 
@@ -269,6 +284,16 @@ CASES = [
     Case("params-nul", raw(P, TINY.read_bytes() + b"\x00"), ("data",), 2, "params.yaml: contains NUL"),
     Case("params-directory", lambda r: (r / "pdir").mkdir(), ("data", "--params", "{root}/pdir"), 2, "pdir: is a directory"),
     Case("params-missing", lambda r: None, ("train", "--params", "{root}/nope.yaml"), 2, "nope.yaml: file not found"),
+    Case(
+        "params-path-nul", lambda r: None, ("data", "--params", "{root}/a\x00b.yaml"), 2, "a\\x00b.yaml: a path cannot contain a NUL byte"
+    ),
+    Case(
+        "params-path-surrogate",
+        lambda r: None,
+        ("train", "--params", "{root}/a\ud800.yaml"),
+        2,
+        "a\\ud800.yaml: the path holds a character",
+    ),
     Case("params-empty", text(P, ""), ("data",), 2, "params.yaml: empty params file"),
     Case("params-comments-only", text(P, "# nothing\n"), ("train",), 2, "params.yaml: empty params file"),
     Case("params-missing-sections", text(P, "data:\n  seed: 1\n"), ("data",), 2, "runtime: missing section"),
@@ -329,6 +354,10 @@ CASES = [
     Case("params-valid-zero", params(data={"valid_windows": 0}), ("data",), 2, "data.valid_windows = 0"),
     Case("params-window-small", params(data={"window_length": 8}), ("data",), 2, "data.window_length = 8"),
     Case("params-genome-short", params(data={"genome_length": 1000}), ("data",), 2, "data.genome_length = 1000"),
+    Case(
+        "dataset-npy-huge-header", dataset(_huge_npy_header), ("train",), 2, "train_windows.npy: its header describes (1000000000000, 96)"
+    ),
+    Case("dataset-window-with-n", dataset(lambda d: _put_code(d, 4)), ("train",), 2, "holds code 4; a window holds only A=0 C=1 G=2 T=3"),
     Case("params-genome-huge", params(data={"genome_length": 10**11}), ("data",), 2, "GiB of memory"),
     Case("params-genome-absurd", params(data={"genome_length": 10**14}), ("data",), 2, "data.genome_length = 100000000000000"),
     Case("params-steps-absurd", params(train={"steps": 2**70}), ("train",), 2, "train.steps = 1180591620717411303424"),

@@ -374,6 +374,12 @@ def load_dataset(directory: Path) -> Dataset:
     valid = read_npy(directory / VALID_FILE, error=DataError, fix=fix)
     slot = manifest.counts.window_length + manifest.counts.flank_length
     for name, array, n in ((TRAIN_FILE, train, manifest.counts.train_windows), (VALID_FILE, valid, manifest.counts.valid_windows)):
-        if array.dtype != np.uint8 or array.shape != (n, slot) or array.size == 0 or int(array.max()) > 3:
-            raise DataError(f"{directory / name}: expected uint8 codes of shape ({n}, {slot}), got {array.dtype} {array.shape}")
+        if array.dtype != np.uint8 or array.shape != (n, slot) or array.size == 0:
+            raise DataError(f"{directory / name}: expected uint8 codes of shape ({n}, {slot}), got {array.dtype} {array.shape}; fix: {fix}")
+        if int(array.max()) > 3:
+            row, column = (int(i) for i in np.argwhere(array > 3)[0])
+            raise DataError(
+                f"{directory / name}: row {row}, column {column} holds code {int(array[row, column])}; a window holds only "
+                f"A=0 C=1 G=2 T=3 (windows with N are never drawn); fix: {fix}"
+            )
     return Dataset(train, valid, manifest, sha256_file(directory / MANIFEST_NAME))
