@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +25,7 @@ __all__ = [
     "fsync_dir",
     "is_temporary_name",
     "replace_dir_atomically",
+    "require_writable",
     "staging_dir",
     "storage_error",
     "sweep_temporaries",
@@ -50,6 +51,19 @@ def storage_error(path: Path, exc: OSError, action: str = "cannot write") -> Sto
     reason = exc.strerror or type(exc).__name__
     fix = _FIXES.get(exc.errno or 0, "check the path, its permissions and free space, then run again")
     return StorageError(f"{shorten(str(path), 200)}: {action}: {reason} (errno {exc.errno}); nothing was half-written; fix: {fix}")
+
+
+def require_writable(directories: Iterable[Path]) -> None:
+    """Before a stage writes anything: each directory its outputs go to exists (or can be made) and takes a new file,
+    else a `StorageError` naming it. So a stage whose last output cannot be written writes none of them."""
+    for directory in directories:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".writable-probe.", suffix=".tmp", dir=directory)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise storage_error(directory, exc) from None
 
 
 @contextmanager

@@ -861,3 +861,35 @@ def test_sigterm_stops_train_like_ctrl_c_and_resume_finishes(finished: Path, tmp
     _, err = resumed.communicate(timeout=HOSTILE_TIMEOUT_S)
     assert resumed.returncode == 0, err
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] == 400
+
+
+# ------------------------------------------------------------------ all or nothing per stage
+
+
+@pytest.mark.parametrize(("command", "blocked"), [("release", "reports"), ("train", "reports/plots")])
+def test_a_stage_whose_report_folder_is_read_only_writes_nothing(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str, blocked: str
+) -> None:
+    """The report folder refuses new files (EROFS, injected where the stage creates files, as a read-only mount does):
+    exit 8 naming it, and the stage's other outputs are not replaced either."""
+    import errno
+    import tempfile
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    if command == "train":
+        write_params(root, train={"steps": 16})  # a run that would replace artifacts/train
+    before = declared_outputs(root)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+        if Path(str(kwargs.get("dir", ""))).resolve() == (root / blocked).resolve():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(kwargs.get("dir")))
+        return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    argv = [command, "--root", str(root)] + (["--no-progress"] if command == "train" else [])
+    assert main(argv) == 8
+    err = capsys.readouterr().err
+    assert f"{blocked}: cannot write: Read-only file system" in err and "Traceback" not in err
+    assert declared_outputs(root) == before

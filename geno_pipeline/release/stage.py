@@ -19,6 +19,7 @@ from geno_pipeline.config import Params, TrainStageParams
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.errors import ReleaseError
+from geno_pipeline.fsio import require_writable
 from geno_pipeline.jsonio import atomic_write_bytes, atomic_write_text, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.preflight.documents import PreflightOutcome
@@ -278,6 +279,7 @@ def run(params: Params, layout: Layout) -> StageResult[ReleaseReport]:
         print(f"release: removed {layout.rel(leftover)} left by an interrupted run", file=sys.stderr)
     gated = check_gates(params, layout)
     report = gated.report
+    require_writable([layout.release_dir.parent, layout.release_report.parent])  # all or nothing: the report too
     write_bundle(params, layout, gated)
     files = [
         ArtifactIdentity(path=layout.rel(p), sha256=sha256_file(p), bytes=p.stat().st_size)

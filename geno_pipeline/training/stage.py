@@ -28,7 +28,7 @@ from geno_pipeline.distributed.group import Collective, LocalGroup
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint, torch_training_device
 from geno_pipeline.errors import DistributedError, TrainingError
-from geno_pipeline.fsio import atomic_write_bytes
+from geno_pipeline.fsio import atomic_write_bytes, require_writable
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.runtime_report import Fact, StageResult
@@ -631,6 +631,8 @@ def run(
     training = setup(
         stage_params, layout, expected_fingerprint=expected_fingerprint, model_factory=model_factory, group=group, local_rank=local_rank
     )
+    if training.writer:  # all or nothing: a report that cannot be written is found before hours of training, not after
+        require_writable([layout.train_dir.parent, layout.train_report.parent, layout.train_metrics.parent, layout.plots])
     checkpoint = agreed_checkpoint(training, resume)
     if checkpoint is not None:
         where = layout.rel(checkpoint) if checkpoint.is_absolute() and checkpoint.is_relative_to(layout.root) else str(checkpoint)
