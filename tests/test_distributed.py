@@ -32,6 +32,7 @@ from geno_pipeline.distributed import (
     micro_batch_slices,
     ordered_sum,
     planned_world_size,
+    port_is_free,
     rendezvous_port,
     resolve_backend,
     shard_range,
@@ -42,7 +43,7 @@ from geno_pipeline.distributed.group import shard_length
 from geno_pipeline.distributed.launch import WorkerExit, describe_exit, exit_code_of
 from geno_pipeline.distributed.smoke import free_port, run_smoke_test
 from geno_pipeline.errors import ConfigError, DistributedError
-from geno_pipeline.preflight.checks.distributed import DistributedCheck, port_is_free
+from geno_pipeline.preflight.checks.distributed import DistributedCheck
 from geno_pipeline.preflight.documents import DistributedProbe, SmokeTest
 from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.trainer import (
@@ -819,3 +820,23 @@ def test_trainer_refuses_an_unknown_reduction() -> None:
             predictor=model.predictor, action_encoder=model.action_encoder, optimizer=opt, config=config, total_steps=2,
             reduction="ring",  # type: ignore[arg-type]
         )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_distributed_a_listener_on_the_rendezvous_port_stops_the_launch_at_once(straight: Path) -> None:
+    """MASTER_PORT held by a listener that never answers (or another job's store): `train` exits 9 at once naming the
+    port and the fix, instead of waiting on the rendezvous; nothing is trained."""
+    import socket
+
+    root = _clone(straight.parent / "base", straight.parent / "port-held")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "geno_pipeline", "train", "--no-progress"], cwd=root, env=_env() | {"MASTER_PORT": str(port)},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 9 and "Traceback" not in proc.stderr
+    assert f"rendezvous port 127.0.0.1:{port} is in use" in proc.stderr and "set MASTER_PORT to a free port" in proc.stderr
+    assert not (root / "artifacts/train/metrics.jsonl").exists()

@@ -41,6 +41,7 @@ __all__ = [
     "micro_batch_slices",
     "ordered_sum",
     "planned_world_size",
+    "port_is_free",
     "rendezvous_port",
     "resolve_backend",
     "shard_range",
@@ -142,6 +143,18 @@ def launcher_problems(environ: Mapping[str, str]) -> list[tuple[str, str, str, s
             )
         )
     return found
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a TCP listener could bind 127.0.0.1:`port` now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def rendezvous_port(environ: Mapping[str, str] | None = None) -> int:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from geno_pipeline.distributed import port_is_free
 from geno_pipeline.errors import EXIT_DISTRIBUTED, EXIT_INTERNAL, EXIT_INVALID, DistributedError
 from geno_pipeline.processes import die_with_parent
 
@@ -78,6 +79,11 @@ def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if not port_is_free(port):  # a listener there (another job's store, or one that never answers) would hang the rendezvous
+        raise DistributedError(
+            f"rendezvous port 127.0.0.1:{port} is in use (another job, or another program listening there), so {nproc} workers "
+            "cannot meet on it; fix: stop what listens there, or set MASTER_PORT to a free port"
+        )
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we print one clear line instead
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

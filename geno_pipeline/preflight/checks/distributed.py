@@ -6,12 +6,11 @@ launcher's WORLD_SIZE when a launcher runs the job)."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from geno_pipeline.config import RuntimeParams
-from geno_pipeline.distributed import planned_world_size, rendezvous_port, resolve_backend
+from geno_pipeline.distributed import planned_world_size, port_is_free, rendezvous_port, resolve_backend
 from geno_pipeline.preflight.checks.base import Finding, passed, problem, skipped
 from geno_pipeline.preflight.documents import AcceleratorProbe, DistributedProbe, SmokeTest
 
@@ -19,16 +18,6 @@ __all__ = ["SMOKE_TIMEOUT_S", "DistributedCheck", "DistributedProbeFn", "port_is
 
 SMOKE_TIMEOUT_S = 60.0
 DistributedProbeFn = Callable[[RuntimeParams, AcceleratorProbe], DistributedProbe]
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a TCP listener could bind 127.0.0.1:`port` now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _backend_available(backend: str) -> bool:
