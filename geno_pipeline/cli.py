@@ -321,10 +321,12 @@ def _train_command() -> StageCommand:
     from geno_pipeline.training import stage
 
     def run(loaded: LoadedParams, layout: Layout, args: argparse.Namespace) -> StageResult[Any]:
+        from geno_pipeline.data.dataset import check_dataset_params
         from geno_pipeline.distributed import job_from_env, resolve_backend
         from geno_pipeline.distributed.group import joined
         from geno_pipeline.environment import torch_training_device
 
+        check_dataset_params(layout.dataset_dir, loaded.require().data)  # the stage reads only its own sections
         params = TrainStageParams.from_params(loaded.require())
         expected = stage.preflight_fingerprint(layout)
         options: dict[str, Any] = {

@@ -439,7 +439,7 @@ CASES = [
         npy(np.array([{"a": 1}], dtype=object), allow_pickle=True),
         ("train",),
         2,
-        "train_windows.npy: not a numeric .npy",
+        "train_windows.npy: holds Python objects, not numbers",
     ),
     Case(
         "dataset-npy-truncated",
@@ -456,7 +456,7 @@ CASES = [
         2,
         "train_windows.npy: expected uint8 codes of shape (96, 96)",
     ),
-    Case("dataset-npy-codes", npy(np.full((96, 96), 9, dtype=np.uint8)), ("train",), 2, "train_windows.npy: expected uint8 codes"),
+    Case("dataset-npy-codes", npy(np.full((96, 96), 9, dtype=np.uint8)), ("train",), 2, "train_windows.npy: row 0, column 0 holds code 9"),
     Case(
         "dataset-file-deleted",
         remove(f"{DATASET}/valid_windows.npy"),
@@ -861,6 +861,38 @@ def test_sigterm_stops_train_like_ctrl_c_and_resume_finishes(finished: Path, tmp
     _, err = resumed.communicate(timeout=HOSTILE_TIMEOUT_S)
     assert resumed.returncode == 0, err
     assert json.loads(metrics.read_text().splitlines()[-1])["step"] == 400
+
+
+# ------------------------------------------------------------------ stale or swapped inputs
+
+
+def _swap_dataset(root: Path) -> None:
+    """artifacts/dataset replaced by one built from other data params (params.yaml unchanged)."""
+    other = root.parent / "other"
+    shutil.copytree(root, other, symlinks=True)
+    write_params(other, data={"seed": 99})
+    assert main(["data", "--root", str(other)]) == 0
+    shutil.rmtree(root / DATASET)
+    shutil.copytree(other / DATASET, root / DATASET)
+
+
+@pytest.mark.parametrize(("command", "code", "needle"), [
+    ("train", 2, "built from other data params (data.seed: 99 in the dataset, 3 in the params)"),
+    ("release", 6, "dataset unchanged since training: artifacts/dataset/dataset_manifest.json is not the manifest the model"),
+])  # fmt: skip
+def test_a_swapped_dataset_is_refused(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, code: int, needle: str
+) -> None:
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    _swap_dataset(root)
+    capsys.readouterr()
+    before = declared_outputs(root)
+    argv = [command, "--root", str(root)] + (["--no-progress"] if command == "train" else [])
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert declared_outputs(root) == before
 
 
 # ------------------------------------------------------------------ all or nothing per stage

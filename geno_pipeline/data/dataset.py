@@ -33,6 +33,7 @@ __all__ = [
     "DatasetResult",
     "build_dataset",
     "build_windows",
+    "check_dataset_params",
     "check_memory",
     "check_record_names",
     "dataset_problems",
@@ -356,6 +357,24 @@ def dataset_problems(directory: Path) -> list[tuple[str, str]]:
         problems.append(("dataset.empty_split", f"{manifest_path}: a split is empty"))
     problems += [("dataset.checksum_mismatch", f"{directory}: {p}") for p in check_sha256sums(directory)]
     return problems
+
+
+def check_dataset_params(directory: Path, data: DataParams) -> None:
+    """The dataset at `directory` was built from `data` (the params file's `data` section), else `DataError` naming the
+    keys that differ: a dataset swapped for one built from other params is not trained on or released as these. A
+    dataset that is missing or damaged is left to the stage's own dataset check, which names what is wrong."""
+    if dataset_problems(directory):
+        return
+    fix = "rerun `geno-pipeline data` (or `dvc repro`) so the dataset matches params.yaml"
+    manifest = DatasetManifest.model_validate(read_json(directory / MANIFEST_NAME, error=DataError, fix=fix))
+    if manifest.params == data:
+        return
+    built, asked = manifest.params.model_dump(), data.model_dump()
+    keys = [k for k in asked if built.get(k) != asked[k]]
+    shown = "; ".join(
+        f"data.{k}: {shorten(repr(built.get(k)), 60)} in the dataset, {shorten(repr(asked[k]), 60)} in the params" for k in keys
+    )
+    raise DataError(f"{directory}: built from other data params ({shown}); fix: {fix}")
 
 
 def load_dataset(directory: Path) -> Dataset:

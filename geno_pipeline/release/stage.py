@@ -16,9 +16,10 @@ import torch
 
 from geno_pipeline.checksums import sha256_file, write_sha256sums
 from geno_pipeline.config import Params, TrainStageParams
+from geno_pipeline.data.dataset import check_dataset_params
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint
-from geno_pipeline.errors import ReleaseError
+from geno_pipeline.errors import DataError, ReleaseError
 from geno_pipeline.fsio import require_writable
 from geno_pipeline.jsonio import atomic_write_bytes, atomic_write_text, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
@@ -113,6 +114,16 @@ def check_gates(params: Params, layout: Layout) -> Gated:
             f"training completed: status {report.status}, {report.steps_completed}/{report.steps_requested} steps; "
             "fix: finish training (geno-pipeline train --resume auto)"
         )
+    if not layout.dataset_manifest.is_file() or sha256_file(layout.dataset_manifest) != report.dataset_manifest_sha256:
+        failures.append(
+            f"dataset unchanged since training: {layout.rel(layout.dataset_manifest)} is not the manifest the model was trained "
+            "on (the dataset was rebuilt or replaced); fix: retrain on this dataset (geno-pipeline train), or restore that dataset"
+        )
+    else:
+        try:
+            check_dataset_params(layout.dataset_dir, params.data)
+        except DataError as exc:
+            failures.append(f"dataset built from these data params: {exc}")
     expected = TrainStageParams.from_params(params).sha256()
     if report.params_sha256 != expected:
         failures.append(
