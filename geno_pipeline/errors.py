@@ -27,6 +27,7 @@ __all__ = [
     "TrainingError",
     "VerifyError",
     "WorkspaceBusyError",
+    "WriterDiedError",
     "shorten",
 ]
 
@@ -79,6 +80,12 @@ class PreflightError(GenoPipelineError):
 
 class TrainingError(GenoPipelineError):
     """Training cannot start or could not finish."""
+
+
+class WriterDiedError(TrainingError):
+    """The checkpoint writer process died (killed, out of memory) before finishing its job: training stopped early."""
+
+    exit_code = EXIT_TRAINING_STOPPED
 
 
 class TrainingCheckpointError(TrainingError):

@@ -480,8 +480,9 @@ def test_process_writer_names_a_child_that_died_and_an_unpicklable_error() -> No
 
     writer: ProcessWriter[int] = ProcessWriter(die, "test")
     writer.submit(1)
-    with pytest.raises(TrainingError, match=rf"test writer process \(pid {writer.pid}\) died .*killed by signal 9.*--resume auto"):
+    with pytest.raises(TrainingError, match=rf"test writer process \(pid {writer.pid}\) died .*killed by signal 9.*--resume auto") as died:
         writer.wait()
+    assert died.value.exit_code == 4  # training stopped early, not exit 2's "invalid input"
     assert not process_alive(writer.pid)
 
     class Odd(Exception):

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
 
-from geno_pipeline.errors import GenoPipelineError, TrainingError
+from geno_pipeline.errors import GenoPipelineError, WriterDiedError
 from geno_pipeline.processes import die_with_parent
 
 __all__ = ["ProcessWriter", "ThreadWriter", "Writer", "process_writer_available", "start_writer"]
@@ -201,10 +201,11 @@ class ProcessWriter(Generic[P]):
         self._pending = False
         self._status = "still running"
 
-    def _gone(self) -> TrainingError:
-        """The error for a child that died without answering (killed, out of memory)."""
+    def _gone(self) -> WriterDiedError:
+        """The error for a child that died without answering (killed, out of memory): exit 4, training stopped early,
+        never exit 2's "invalid input"."""
         self._stop()
-        return TrainingError(
+        return WriterDiedError(
             f"the {self.name} writer process (pid {self.pid}) died without finishing its job ({self._status}); the "
             "checkpoint it was writing is not on disk; fix: see the system log (out of memory?), then resume with "
             "`geno-pipeline train --resume auto`"
