@@ -751,6 +751,7 @@ def _bounded_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (HOSTILE_MEMORY, HOSTILE_MEMORY))
 
 
+@pytest.mark.slow  # child processes: the full suite runs it
 @pytest.mark.parametrize("case", HOSTILE, ids=[c.id for c in HOSTILE])
 def test_hostile_input(case: Case, finished: Path, tmp_path: Path) -> None:
     """Exit code, no traceback, the named file, a bounded message, no declared output changed, within a time and
@@ -806,6 +807,7 @@ def _cli_child(root: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
 
 
+@pytest.mark.slow  # child processes: the full suite runs it
 @pytest.mark.parametrize("command", ["train", "release", "data"])
 def test_a_second_run_in_a_busy_workspace_stops_at_once(finished: Path, tmp_path: Path, command: str) -> None:
     """While another process holds the workspace (here: this test, through the same lock a run takes), a stage exits 2
@@ -823,6 +825,7 @@ def test_a_second_run_in_a_busy_workspace_stops_at_once(finished: Path, tmp_path
     assert declared_outputs(root) == before
 
 
+@pytest.mark.slow  # child processes: the full suite runs it
 def test_a_lock_left_by_a_killed_run_does_not_block(finished: Path, tmp_path: Path) -> None:
     """The lock is the kernel's and went with the killed process: the file it left (naming a dead pid) blocks nothing."""
     from geno_pipeline.workspace import LOCK_NAME
@@ -836,6 +839,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block(finished: Path, tmp_path: Pa
     assert (root / LOCK_NAME).read_text() == f"pid {proc.pid}: geno-pipeline release\n"
 
 
+@pytest.mark.slow  # child processes: the full suite runs it
 def test_sigterm_stops_train_like_ctrl_c_and_resume_finishes(finished: Path, tmp_path: Path) -> None:
     """SIGTERM (what a scheduler sends before a kill) mid-run: exit 143, one line, no traceback, nothing half-written;
     `--resume auto` then finishes the run."""
