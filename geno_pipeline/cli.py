@@ -557,27 +557,21 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _takes_the_lock() -> bool:
-    """Whether this process holds the workspace lock for its stage: a lone run, `train`'s own launcher, or rank 0 of a
-    job another launcher (torchrun) started; not the workers of our launcher (it holds the lock) nor other ranks (they
-    write nothing)."""
-    if LAUNCHER_PID_ENV in os.environ:
-        return False
-    return os.environ.get("RANK", "0") == "0"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES)."""
     from geno_pipeline.workspace import Terminated, terminate_as_interrupt, workspace_lock
 
     raw = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw)
-    launched = LAUNCHER_PID_ENV in os.environ  # a worker of `train`'s own launcher: the launcher holds the lock and signals
+    # a worker of `train`'s own launcher leaves the lock and the signals to the launcher; of a job another launcher
+    # (torchrun) started, rank 0 holds the lock and the other ranks, which write nothing, do not
+    launched = LAUNCHER_PID_ENV in os.environ
+    takes_the_lock = args.command in _STAGES and not launched and os.environ.get("RANK", "0") == "0"
     try:
         with contextlib.ExitStack() as held:
             if not launched:
                 held.enter_context(terminate_as_interrupt())
-            if args.command in _STAGES and _takes_the_lock():
+            if takes_the_lock:
                 held.enter_context(workspace_lock(Path(args.root), args.command))
             if args.command == "train" and (code := launch_if_needed(args, raw)) is not None:
                 return code

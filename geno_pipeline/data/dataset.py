@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import ValidationError
 
 from geno_pipeline.checksums import check_sha256sums, is_plain_relative_name, sha256_bytes, sha256_file, write_sha256sums
 from geno_pipeline.config import DataParams
@@ -362,11 +363,12 @@ def dataset_problems(directory: Path) -> list[tuple[str, str]]:
 def check_dataset_params(directory: Path, data: DataParams) -> None:
     """The dataset at `directory` was built from `data` (the params file's `data` section), else `DataError` naming the
     keys that differ: a dataset swapped for one built from other params is not trained on or released as these. A
-    dataset that is missing or damaged is left to the stage's own dataset check, which names what is wrong."""
-    if dataset_problems(directory):
-        return
+    manifest that is missing or unreadable is left to the stage's own dataset check, which names what is wrong."""
     fix = "rerun `geno-pipeline data` (or `dvc repro`) so the dataset matches params.yaml"
-    manifest = DatasetManifest.model_validate(read_json(directory / MANIFEST_NAME, error=DataError, fix=fix))
+    try:
+        manifest = DatasetManifest.model_validate(read_json(directory / MANIFEST_NAME, error=DataError, fix=fix))
+    except (DataError, ValidationError):
+        return
     if manifest.params == data:
         return
     built, asked = manifest.params.model_dump(), data.model_dump()
