@@ -524,7 +524,9 @@ def stage_params() -> dict[str, list[str]]:
     return {
         "data": section_keys(DataParams, "data"),
         "preflight": whole,
-        "train": [key for name, info in TrainStageParams.model_fields.items() for key in section_keys(info.annotation, name)],  # type: ignore[arg-type]
+        # train also checks that the dataset was built from the `data` section (cli's train command)
+        "train": section_keys(DataParams, "data")
+        + [key for name, info in TrainStageParams.model_fields.items() for key in section_keys(info.annotation, name)],  # type: ignore[arg-type]
         "sweep": [key for name, info in SweepStageParams.model_fields.items() for key in section_keys(info.annotation, name)],  # type: ignore[arg-type]
         "release": whole,
     }
