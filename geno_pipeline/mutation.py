@@ -72,7 +72,17 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "checkpoint_bindings",
         "geno_pipeline/training/checkpoint.py",
-        ("tensor_specs", "params_differences", "_binding_problems", "_shape_problems", "_content_problems", "load_checkpoint"),
+        (
+            "tensor_specs",
+            "params_differences",
+            "_binding_problems",
+            "_shape_problems",
+            "_content_problems",
+            "_hyper_problems",
+            "_state_problems",
+            "_value_problems",
+            "load_checkpoint",
+        ),
     ),
     Target("config_validation", "geno_pipeline/config.py"),
 )

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "read_json_text",
     "read_npy",
     "read_tensors",
+    "read_tensors_with_metadata",
     "read_text",
     "read_yaml",
 ]
@@ -225,12 +227,21 @@ def read_npy(path: Path, *, error: ErrorType, fix: str) -> np.ndarray:
 
 def read_tensors(path: Path, *, error: ErrorType, fix: str) -> dict[str, Any]:
     """Tensors of a safetensors file (never unpickled), or `error` for a truncated or malformed file."""
+    return read_tensors_with_metadata(path, error=error, fix=fix)[0]
+
+
+def read_tensors_with_metadata(path: Path, *, error: ErrorType, fix: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and the `__metadata__` strings of a safetensors file (never unpickled), or `error` for a truncated or
+    malformed file."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     path = Path(path)
     data = read_bytes(path, error=error, fix=fix)
     try:
-        return dict(load(data))
-    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        tensors = dict(load(data))
+        (size,) = struct.unpack("<Q", data[:8])  # load() has checked the header: 8-byte length, then that much JSON
+        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, OSError, RuntimeError, struct.error) as exc:
         raise error(f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt; fix: {fix}") from None
+    return tensors, {str(k): str(v) for k, v in metadata.items()}

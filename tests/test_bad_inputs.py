@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from geno_pipeline.checksums import sha256_file, write_sha256sums
@@ -132,13 +133,45 @@ def state_field(key: str, value: object) -> Callable[[Path], None]:
     return checkpoint(lambda _d, state: state.__setitem__(key, value))
 
 
-def model_tensors(change: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[Path], None]:
+def model_tensors(change: Callable[[dict[str, torch.Tensor]], None], name: str = "model.safetensors") -> Callable[[Path], None]:
+    """Edit a checkpoint's tensors, keeping the file's metadata, then re-sum."""
+
     def edit(directory: Path, _state: dict) -> None:
-        tensors = load_file(directory / "model.safetensors")
+        tensors = load_file(directory / name)
+        with safe_open(directory / name, "pt") as handle:
+            metadata = handle.metadata()
         change(tensors)
-        (directory / "model.safetensors").write_bytes(serialize_tensors(tensors))
+        (directory / name).write_bytes(serialize_tensors(tensors, metadata))
 
     return checkpoint(edit)
+
+
+def moved(rel: str, to: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / rel).rename(root / to)
+
+    return mutate
+
+
+def _moved_out_and_linked(root: Path) -> None:
+    elsewhere = root.parent / "elsewhere"
+    (root / CKPT).rename(elsewhere)
+    (root / CKPT).symlink_to(elsewhere, target_is_directory=True)
+
+
+def _logs_of_step_8(_directory: Path, state: dict) -> None:
+    earlier = json.loads((_directory.parent / "step-000008" / "state.json").read_text())
+    state["logs"] = earlier["logs"]
+
+
+def _first_nan(tensors: dict[str, torch.Tensor]) -> None:
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+
+
+def _adam_steps(tensors: dict[str, torch.Tensor]) -> None:
+    for name in [n for n in tensors if n.endswith(".step")]:
+        tensors[name] = tensors[name] + 1
 
 
 def bundle(edit: Callable[[Path], None], resum: bool = True) -> Callable[[Path], None]:
@@ -276,6 +309,7 @@ class Case:
 
 
 P = "params.yaml"
+_HUGE_MODEL = {"state_dim": 16, "hidden_dim": 1 << 16, "conv_channels": 8, "kernel_size": 5, "segments": 4, "residual": True}
 DUP = "data:\n  seed: 1\n"
 CASES = [
     # ---------------- params: the file itself
@@ -493,8 +527,120 @@ CASES = [
         5,
         "model.safetensors: not a readable safetensors",
     ),
-    Case("ckpt-step-999", state_field("step", 999), ("train", "--resume", "auto"), 5, "step 999 is outside 1..train.steps (12)"),
-    Case("ckpt-step-0", state_field("step", 0), ("train", "--resume", "auto"), 5, "step 0 is outside"),
+    Case(
+        "ckpt-step-999",
+        both(state_field("step", 999), moved(CKPT, "artifacts/train/checkpoints/step-000999")),
+        ("train", "--resume", "auto"),
+        5,
+        "step 999 is outside 1..train.steps (12)",
+    ),
+    Case(
+        "ckpt-step-0",
+        both(state_field("step", 0), moved(CKPT, "artifacts/train/checkpoints/step-000000")),
+        ("train", "--resume", "{root}/artifacts/train/checkpoints/step-000000"),
+        5,
+        "step 0 is outside",
+    ),
+    # ---------------- checkpoints that contradict themselves, their folder, their logs or the params
+    Case(
+        "ckpt-step-of-another-folder",
+        state_field("step", 4),
+        ("train", "--resume", "auto"),
+        5,
+        "state.json says step 4:\n  - the checkpoint of step 4 is step-000004, not step-000012",
+    ),
+    Case(
+        "ckpt-renamed-folder",
+        moved(CKPT, "artifacts/train/checkpoints/step-000011"),
+        ("train", "--resume", "auto"),
+        5,
+        "the checkpoint of step 12 is step-000012, not step-000011",
+    ),
+    Case(
+        "ckpt-renamed-folder-by-path",
+        moved(CKPT, "artifacts/train/checkpoints/mine"),
+        ("train", "--resume", "{root}/artifacts/train/checkpoints/mine"),
+        5,
+        "is step-000012, not mine",
+    ),
+    Case(
+        "ckpt-symlinked-folder",
+        _moved_out_and_linked,
+        ("train", "--resume", "auto"),
+        5,
+        "step-000012 is a symbolic link, not a file of its own",
+    ),
+    Case(
+        "ckpt-initial-lr",
+        checkpoint(lambda _d, s: s["optimizer_groups"][0].__setitem__("initial_lr", 0.3)),
+        ("train", "--resume", "auto"),
+        5,
+        "state.json optimizer_groups[decay].initial_lr = 0.3, this run's is 0.003",
+    ),
+    Case(
+        "ckpt-lr-off-schedule",
+        checkpoint(lambda _d, s: s["optimizer_groups"][1].__setitem__("lr", 0.003)),
+        ("train", "--resume", "auto"),
+        5,
+        "state.json optimizer_groups[no_decay].lr = 0.003, the schedule's at step 12 is",
+    ),
+    Case(
+        "ckpt-weight-decay",
+        checkpoint(lambda _d, s: s["optimizer_groups"][1].__setitem__("weight_decay", 0.05)),
+        ("train", "--resume", "auto"),
+        5,
+        "optimizer_groups[no_decay].weight_decay = 0.05, this run's is 0.0",
+    ),
+    Case(
+        "ckpt-rng-overflow",
+        checkpoint(lambda _d, s: s["sampler"]["state"].__setitem__("state", 1 << 200)),
+        ("train", "--resume", "auto"),
+        5,
+        "state.json does not match schema",
+    ),
+    Case(
+        "ckpt-rng-flag",
+        checkpoint(lambda _d, s: s["sampler"].__setitem__("has_uint32", 7)),
+        ("train", "--resume", "auto"),
+        5,
+        "state.json does not match schema",
+    ),
+    Case(
+        "ckpt-rng-even-increment",
+        checkpoint(lambda _d, s: s["sampler"]["state"].__setitem__("inc", s["sampler"]["state"]["inc"] + 1)),
+        ("train", "--resume", "auto"),
+        5,
+        "sampler.state.inc is even",
+    ),
+    Case("ckpt-nan-weights", model_tensors(_first_nan), ("train", "--resume", "auto"), 5, "holds non-finite values"),
+    Case(
+        "ckpt-adam-step-count",
+        model_tensors(_adam_steps, "optimizer.safetensors"),
+        ("train", "--resume", "auto"),
+        5,
+        "counts 13 steps, the state says step 12",
+    ),
+    Case(
+        "ckpt-tensors-of-another-step",
+        checkpoint(lambda d, _s: shutil.copy(d.parent / "step-000008" / "model.safetensors", d / "model.safetensors")),
+        ("train", "--resume", "auto"),
+        5,
+        "model.safetensors: metadata step = '8', state.json says '12'",
+    ),
+    Case(
+        "ckpt-logs-of-another-step",
+        checkpoint(_logs_of_step_8),
+        ("train", "--resume", "auto"),
+        5,
+        "metrics.jsonl: the prefix the checkpoint of step 12 recorded ends at step 8",
+    ),
+    Case(
+        "ckpt-nan-baseline",
+        state_field("monitor_baseline_pairwise", -1.0),
+        ("train", "--resume", "auto"),
+        5,
+        "monitor_baseline_pairwise = -1.0; it is a finite distance > 0",
+    ),
     Case("ckpt-steps-total", state_field("steps_total", 99), ("train", "--resume", "auto"), 5, "steps_total: checkpoint has 99"),
     Case(
         "ckpt-package-version",
@@ -544,6 +690,16 @@ CASES = [
         ("train", "--resume", "auto"),
         5,
         "metrics.jsonl: does not start with",
+    ),
+    # ---------------- absurd sizes: refused up front by the memory budget, nothing removed
+    Case("train-memory-hidden-dim", params(train={"model": _HUGE_MODEL}), ("train",), 2, "training needs about"),
+    Case("preflight-memory-hidden-dim", params(train={"model": _HUGE_MODEL}), ("preflight",), 3, "memory.insufficient"),
+    Case(
+        "train-memory-batch",
+        params(train={"batch_size": 1 << 20, "micro_batches": 1, "model": {**_HUGE_MODEL, "hidden_dim": 32, "conv_channels": 4096}}),
+        ("train",),
+        2,
+        "largest parts per worker: batch activations",
     ),
     # ---------------- release gates
     Case("release-train-report-binary", raw("reports/train.json", b"\xff\xfe"), ("release",), 2, "train.json: not UTF-8"),
@@ -784,7 +940,7 @@ def test_a_gzip_that_inflates_past_the_memory_budget_stops_as_it_streams(
     slot = data.window_length + data.flank_length
     budget = dataset._READER_OVERHEAD + (data.train_windows + data.valid_windows) * (2 * slot + 32) + (16 << 20)
     assert dataset.memory_needed(data, root / "genomes/ref.fa.gz") < budget < bases  # the estimate lets it through
-    monkeypatch.setattr(dataset, "_available_memory", lambda: budget)
+    monkeypatch.setattr(dataset, "available_host_memory", lambda: budget)
     assert main(["data", "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "ref.fa.gz: the records kept hold more than" in err and "a gzip file can inflate" in err

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from geno_pipeline.layout import LOG_FILES
 from geno_pipeline.training.checkpoint import (
     Bindings,
     CheckpointState,
@@ -38,7 +39,7 @@ def state(*, step: int = 4, steps_total: int = 12, bindings: Bindings = BINDINGS
             "sampler": {"bit_generator": "PCG64", "state": {"state": 1, "inc": 3}, "has_uint32": 0, "uinteger": 0},
             "monitor_baseline_pairwise": None,
             "last_train_loss": None,
-            "logs": {},
+            "logs": {name: {"bytes": 0, "sha256": "0" * 64} for name in LOG_FILES},
             "tensors": {},
             "optimizer_groups": [GROUP.model_dump()],
             "bindings": bindings.model_dump(),
@@ -51,10 +52,13 @@ def expected(*, steps_total: int = 12, **binding: Any) -> Expected:
     return Expected(
         bindings=BINDINGS.model_copy(update=binding),
         steps_total=steps_total,
+        run_id="run-x",
         params=PARAMS,
         model={"w": ((2, 3), "float32")},
         groups=[("decay", ["w"])],
         optimizer={"w.exp_avg": ((2, 3), "float32")},
+        hyper=[GROUP],
+        lr_multiplier=lambda step: 1.0,
     )
 
 
@@ -145,4 +149,88 @@ def test_content_problems_checks_model_optimizer_and_groups() -> None:
         "model.safetensors: tensor 'w' is float32 [3, 2], this model has float32 [2, 3]",
         "optimizer.safetensors: tensor 'w.exp_avg' of this model is missing",
         "optimizer groups [('decay', ['v'])] differ from this model's [('decay', ['w'])]",
+    ]
+
+
+def fits(checkpoint: CheckpointState, model: dict[str, torch.Tensor] | None = None, optimizer: dict[str, torch.Tensor] | None = None,
+         run: Expected | None = None) -> list[str]:  # fmt: skip
+    model = {"w": torch.zeros(2, 3)} if model is None else model
+    optimizer = {"w.exp_avg": torch.zeros(2, 3)} if optimizer is None else optimizer
+    return _content_problems(checkpoint, run or expected(), model, optimizer)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"initial_lr": 0.5}, "optimizer_groups[decay].initial_lr = 0.5, this run's is 0.1"),
+        ({"weight_decay": 0.0}, "optimizer_groups[decay].weight_decay = 0.0, this run's is 0.05"),
+        ({"betas": [0.9, 0.999]}, "optimizer_groups[decay].betas = [0.9, 0.999], this run's is [0.9, 0.99]"),
+        ({"eps": 1e-6}, "optimizer_groups[decay].eps = 1e-06, this run's is 1e-08"),
+        ({"lr": 0.05}, "optimizer_groups[decay].lr = 0.05, the schedule's at step 4 is 0.1"),
+    ],
+)
+def test_each_optimizer_hyper_parameter_is_checked_against_the_run(change: dict[str, Any], problem: str) -> None:
+    tampered = state().model_copy(update={"optimizer_groups": [GROUP.model_copy(update=change)]})
+    assert fits(tampered) == [f"state.json {problem}" + (" (from train.lr / train.weight_decay)" if "this run's" in problem else "")]
+
+
+def test_lr_is_the_schedule_at_the_checkpoint_step() -> None:
+    run = expected()
+    halfway = Expected(**{**run.__dict__, "lr_multiplier": lambda step: 0.5 if step == 4 else 1.0})
+    assert fits(state(), run=halfway) == ["state.json optimizer_groups[decay].lr = 0.1, the schedule's at step 4 is 0.05"]
+    at_half = state().model_copy(update={"optimizer_groups": [GROUP.model_copy(update={"lr": 0.05})]})
+    assert fits(at_half, run=halfway) == []
+
+
+@pytest.mark.parametrize(
+    ("update", "problem"),
+    [
+        ({"monitor_baseline_pairwise": float("nan")}, "monitor_baseline_pairwise = nan; it is a finite distance > 0"),
+        ({"monitor_baseline_pairwise": 0.0}, "monitor_baseline_pairwise = 0.0; it is a finite distance > 0"),
+        ({"last_train_loss": float("inf")}, "last_train_loss = inf; a checkpoint holds only finite steps"),
+        ({"logs": {}}, "logs name [], expected ['collapse.jsonl', 'metrics.jsonl', 'train.log']"),
+    ],
+)
+def test_state_fields_no_run_writes_are_refused(update: dict[str, Any], problem: str) -> None:
+    assert fits(state().model_copy(update=update)) == [f"state.json {problem}"]
+
+
+def test_an_even_sampler_increment_is_refused() -> None:
+    checkpoint = state()
+    sampler = checkpoint.sampler.model_copy(update={"state": checkpoint.sampler.state.model_copy(update={"inc": 4})})
+    assert fits(checkpoint.model_copy(update={"sampler": sampler})) == ["state.json sampler.state.inc is even; a PCG64 increment is odd"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("state", -1), ("state", 1 << 128), ("inc", 1 << 129), ("has_uint32", 2), ("uinteger", 1 << 32), ("uinteger", -1)],
+)
+def test_sampler_integers_out_of_range_fail_validation(field: str, value: int) -> None:
+    document = state().model_dump(mode="json")
+    target = document["sampler"]["state"] if field in ("state", "inc") else document["sampler"]
+    target[field] = value
+    with pytest.raises(ValueError, match=field):
+        CheckpointState.model_validate(document)
+
+
+@pytest.mark.parametrize(
+    ("model", "optimizer", "problem"),
+    [
+        ({"w": torch.full((2, 3), float("nan"))}, None, "model.safetensors: tensor 'w' holds non-finite values"),
+        (None, {"w.exp_avg": torch.full((2, 3), float("-inf"))}, "optimizer.safetensors: tensor 'w.exp_avg' holds non-finite values"),
+    ],
+)
+def test_non_finite_tensors_are_refused(model: Any, optimizer: Any, problem: str) -> None:
+    assert fits(state(), model, optimizer) == [problem]
+
+
+def test_negative_second_moments_and_wrong_step_counts_are_refused() -> None:
+    run = expected()
+    run = Expected(**{**run.__dict__, "optimizer": {"w.exp_avg_sq": ((2, 3), "float32"), "w.step": ((), "float32")}})
+    good = {"w.exp_avg_sq": torch.zeros(2, 3), "w.step": torch.tensor(4.0)}
+    assert fits(state(), optimizer=good, run=run) == []
+    bad = {"w.exp_avg_sq": torch.full((2, 3), -1.0), "w.step": torch.tensor(3.0)}
+    assert fits(state(), optimizer=bad, run=run) == [
+        "optimizer.safetensors: tensor 'w.exp_avg_sq' holds negative second moments",
+        "optimizer.safetensors: tensor 'w.step' counts 3 steps, the state says step 4",
     ]

@@ -20,6 +20,7 @@ from geno_pipeline.data.genome import Reference, synthetic_reference
 from geno_pipeline.data.manifest import DatasetCounts, DatasetFile, DatasetManifest, DatasetSource, RecordSummary
 from geno_pipeline.data.windows import candidate_slots, draw_split, gather_windows
 from geno_pipeline.errors import DataError, shorten
+from geno_pipeline.hostmem import available_host_memory
 from geno_pipeline.jsonio import atomic_write_bytes, canonical_json, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.readers import read_npy
@@ -101,17 +102,6 @@ def resolve_fasta(fasta_path: str, root: Path) -> Path:
     return path
 
 
-def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo (bytes), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def memory_needed(params: DataParams, fasta: Path | None = None) -> int:
     """Peak bytes the data stage needs, estimated before any work.
 
@@ -142,7 +132,7 @@ def max_reference_bases(params: DataParams, available: int | None) -> int | None
 def check_memory(params: DataParams, fasta: Path | None = None, available: int | None = None) -> None:
     """Refuse up front, naming the memory the reference would need, when this machine does not have it."""
     need = memory_needed(params, fasta)
-    have = _available_memory() if available is None else available
+    have = available_host_memory() if available is None else available
     if have is not None and need > have:
         what = f"data.genome_length = {params.genome_length}" if fasta is None else f"the FASTA {fasta}"
         raise DataError(
@@ -190,7 +180,7 @@ def _reference(params: DataParams, root: Path, progress: Callable[[int, int], No
         path,
         select=None if wanted is None else wanted.__contains__,
         progress=None if progress is None else (lambda done: progress(done, size)),
-        max_bases=max_reference_bases(params, _available_memory()),  # a gzip's inflated size is known only as it streams
+        max_bases=max_reference_bases(params, available_host_memory()),  # a gzip's inflated size is known only as it streams
     )
     check_record_names(params, reference, path)
     source = DatasetSource(

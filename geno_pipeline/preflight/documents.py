@@ -387,6 +387,25 @@ class DiskProbe(Document):
     """A real file write and delete succeeded."""
 
 
+class MemoryProbe(Document):
+    """The memory the training run needs (estimated from the params) against what this machine has."""
+
+    workers: int = Field(ge=1)
+    """Training workers on this machine."""
+    device: str
+    """`cpu` (every part in host memory) or `cuda` (the model's parts on each worker's GPU)."""
+    parts_bytes: dict[str, int]
+    """Estimated peak bytes of one worker, by part."""
+    host_need_bytes: int = Field(ge=0)
+    """Host bytes every worker on this machine needs together."""
+    host_available_bytes: int | None
+    """MemAvailable, or less under a cgroup limit (null: unknown)."""
+    device_need_bytes: int = Field(ge=0)
+    """GPU bytes one worker needs (0 on the CPU)."""
+    device_free_bytes: int | None
+    """Least free memory of the job's GPUs on this node (null: CPU, or unknown)."""
+
+
 class SmokeTest(Document):
     """A bounded two-process loopback all-reduce and all-gather on the chosen backend."""
 
@@ -475,6 +494,8 @@ class PreflightReport(Document):
     """Determinism settings (null if the probe failed)."""
     disk: DiskProbe | None
     """Disk probe (null if the probe failed)."""
+    memory: MemoryProbe | None = None
+    """Memory the training run needs against the machine's (null if the probe failed)."""
     distributed: DistributedProbe | None = None
     """Multi-process setup (null for one process, or if the probe failed)."""
     kernel_smoke: list[KernelSmoke] = Field(default_factory=list)

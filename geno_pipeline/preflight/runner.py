@@ -28,6 +28,7 @@ from geno_pipeline.preflight.checks.determinism import DeterminismCheck
 from geno_pipeline.preflight.checks.disk import DiskCheck
 from geno_pipeline.preflight.checks.distributed import DistributedCheck, DistributedProbeFn
 from geno_pipeline.preflight.checks.gpu import GpuHealthCheck
+from geno_pipeline.preflight.checks.memory import MemoryCheck
 from geno_pipeline.preflight.checks.params import ParamsCheck
 from geno_pipeline.preflight.documents import DependencyProbe, EnvironmentInfo, PreflightOutcome, PreflightReport, TorchCudaProbe
 from geno_pipeline.preflight.torch_process import (
@@ -135,8 +136,9 @@ def build_report(
     det_run = run_check(DeterminismCheck(runtime, accelerator.resolved_device, facts.determinism, not_measured))
     gpu_run = run_check(GpuHealthCheck(accelerator))
     cuda_run = run_check(CudaCheck(accelerator, facts.kernels, runtime.deterministic))
+    memory_run = run_check(MemoryCheck(loaded.params.model_copy(update={"runtime": runtime}), accelerator, str(loaded.path)))
     runs: list[CheckRun[Any]] = [params_run, *(dependency_runs[c.name] for c in dependencies), acc_run, gpu_run, cuda_run, det_run,
-                                 disk_run, dataset_run]  # fmt: skip
+                                 memory_run, disk_run, dataset_run]  # fmt: skip
     dist_run: CheckRun[Any] | None = None
     if planned_world_size(runtime.nproc_per_node) > 1:
         dist_run = run_check(DistributedCheck(runtime, accelerator, distributed_probe))
@@ -159,6 +161,7 @@ def build_report(
         accelerator=accelerator,
         dependencies=[r.facts for r in (dependency_runs[c.name] for c in dependencies) if r.facts is not None],
         determinism=det_run.facts,
+        memory=memory_run.facts,
         disk=disk_run.facts,
         distributed=dist_run.facts if dist_run is not None else None,
         kernel_smoke=facts.kernels,

@@ -6,9 +6,10 @@ Written to a staging directory, fsynced and renamed; loading never unpickles and
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,8 @@ from geno_pipeline.documents import Document
 from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.fsio import write_staged_bytes
 from geno_pipeline.jsonio import document_text, read_json, replace_dir_atomically, staging_dir
-from geno_pipeline.readers import read_tensors
+from geno_pipeline.layout import LOG_FILES
+from geno_pipeline.readers import read_tensors_with_metadata
 from geno_pipeline.tensorfile import TensorBytes, serialize_tensors
 
 __all__ = [
@@ -78,10 +80,10 @@ class LogRecord(Document):
 class PCG64Inner(Document):
     """PCG64 128-bit state."""
 
-    state: int
+    state: int = Field(ge=0, lt=1 << 128)
     """State."""
-    inc: int
-    """Increment."""
+    inc: int = Field(ge=0, lt=1 << 128)
+    """Increment (odd: numpy stores it shifted left with the low bit set)."""
 
 
 class SamplerState(Document):
@@ -91,9 +93,9 @@ class SamplerState(Document):
     """Bit generator name."""
     state: PCG64Inner
     """Generator state."""
-    has_uint32: int
+    has_uint32: int = Field(ge=0, le=1)
     """Buffered 32-bit flag."""
-    uinteger: int
+    uinteger: int = Field(ge=0, lt=1 << 32)
     """Buffered 32-bit value."""
 
 
@@ -210,10 +212,13 @@ class Expected:
 
     bindings: Bindings
     steps_total: int
+    run_id: str
     params: dict[str, Any]  # the train stage params of this run, as JSON
     model: dict[str, tuple[tuple[int, ...], str]]  # tensor name -> (shape, dtype) of the model's state dict
     groups: list[tuple[str, list[str]]]  # (group name, parameter names) of the optimizer
     optimizer: dict[str, tuple[tuple[int, ...], str]]  # AdamW state tensor name -> (shape, dtype)
+    hyper: list[OptimizerGroupState]  # this run's optimizer groups before its first step (lr = initial_lr = train.lr)
+    lr_multiplier: Callable[[int], float]  # the schedule: the lr of step s is initial_lr x lr_multiplier(s)
 
 
 def tensor_specs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -290,30 +295,89 @@ def _content_problems(
     state: CheckpointState, expected: Expected, model: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor]
 ) -> list[str]:
     problems = []
-    if not 1 <= state.step <= expected.steps_total:
+    in_range = 1 <= state.step <= expected.steps_total
+    if not in_range:
         problems.append(f"step {state.step} is outside 1..train.steps ({expected.steps_total})")
     problems += _shape_problems(MODEL_FILE, tensor_specs(model), expected.model)
     problems += _shape_problems(OPTIMIZER_FILE, tensor_specs(optimizer), expected.optimizer)
     groups = [(g.group_name, g.names) for g in state.optimizer_groups]
     if groups != expected.groups:
         problems.append(f"optimizer groups {groups} differ from this model's {expected.groups}")
+    elif in_range:  # the schedule is defined on 1..train.steps
+        problems += _hyper_problems(state, expected)
+    problems += _state_problems(state)
+    problems += _value_problems(state, model, optimizer)
+    return problems
+
+
+def _hyper_problems(state: CheckpointState, expected: Expected) -> list[str]:
+    """Each group's hyper-parameters are this run's, and its lr is the schedule's at the checkpoint's step."""
+    problems = []
+    for saved, fresh in zip(state.optimizer_groups, expected.hyper, strict=True):
+        where = f"{STATE_FILE} optimizer_groups[{saved.group_name}]"
+        for key in ("initial_lr", "weight_decay", "betas", "eps"):
+            have, want = getattr(saved, key), getattr(fresh, key)
+            if have != want:
+                problems.append(f"{where}.{key} = {have!r}, this run's is {want!r} (from train.lr / train.weight_decay)")
+        lr = fresh.initial_lr * expected.lr_multiplier(state.step)
+        if saved.lr != lr:
+            problems.append(f"{where}.lr = {saved.lr!r}, the schedule's at step {state.step} is {lr!r}")
+    return problems
+
+
+def _state_problems(state: CheckpointState) -> list[str]:
+    """Fields of state.json that no run writes: the sampler's increment is odd, losses and the baseline are finite."""
+    problems = []
+    if state.sampler.state.inc % 2 == 0:
+        problems.append(f"{STATE_FILE} sampler.state.inc is even; a PCG64 increment is odd")
+    baseline = state.monitor_baseline_pairwise
+    if baseline is not None and not (math.isfinite(baseline) and baseline > 0):
+        problems.append(f"{STATE_FILE} monitor_baseline_pairwise = {baseline!r}; it is a finite distance > 0")
+    if state.last_train_loss is not None and not math.isfinite(state.last_train_loss):
+        problems.append(f"{STATE_FILE} last_train_loss = {state.last_train_loss!r}; a checkpoint holds only finite steps")
+    if set(state.logs) != set(LOG_FILES):
+        problems.append(f"{STATE_FILE} logs name {sorted(state.logs)}, expected {sorted(LOG_FILES)}")
+    return problems
+
+
+def _value_problems(state: CheckpointState, model: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor]) -> list[str]:
+    """Every weight and moment is finite, second moments are >= 0, and every parameter took `state.step` AdamW steps."""
+    problems = []
+    for file, tensors in ((MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)):
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                problems.append(f"{file}: tensor {name!r} holds non-finite values")
+            elif name.endswith(".exp_avg_sq") and bool((tensor < 0).any()):
+                problems.append(f"{file}: tensor {name!r} holds negative second moments")
+            elif name.endswith(".step") and tensor.numel() == 1 and float(tensor) != state.step:
+                problems.append(f"{file}: tensor {name!r} counts {float(tensor):g} steps, the state says step {state.step}")
     return problems
 
 
 def load_checkpoint(path: Path, *, expected: Expected) -> LoadedCheckpoint:
     """Verify and load a checkpoint; raise `TrainingCheckpointError` naming every difference.
 
-    Checked: the SHA256SUMS, the state's schema, the tensor files it names, the bindings (params key by key,
-    dataset, package version, environment), the step range, every tensor's name, shape and dtype against this
-    model and optimizer, and the optimizer groups.
+    Checked, so that a checkpoint is accepted only if it agrees with itself, its folder and this run: no symbolic
+    links; the SHA256SUMS; the state's schema (integers in range); the folder named for the state's step; the tensor
+    files it names; the bindings (params key by key, dataset, package version, environment) and run id; the tensor
+    files' step and run id metadata; the step range; every tensor's name, shape and dtype against this model and
+    optimizer; the optimizer groups and their hyper-parameters (the lr the schedule gives at the step); finite weights
+    and moments, AdamW step counts equal to the step; the sampler's odd increment, finite losses and baseline, and
+    the logs it records (whose prefixes `RunLogs.truncate_to` checks end at the step).
     """
     path = Path(path)
+    links = [p for p in (path, *(path / n for n in (STATE_FILE, SUMS_FILE, MODEL_FILE, OPTIMIZER_FILE))) if p.is_symlink()]
+    if links:
+        raise _fail(path, "checkpoint is not a plain directory of files", [f"{p} is a symbolic link, not a file of its own" for p in links])
     if not (path / STATE_FILE).is_file():
         raise TrainingCheckpointError(f"{path}: not a checkpoint (no {STATE_FILE}); fix: pass a step-NNNNNN directory or --resume auto")
     problems = check_sha256sums(path)
     if problems:
         raise _fail(path, "checkpoint files are corrupt or were edited", problems)
     state = _read_state(path)
+    if path.name != checkpoint_dir_name(state.step):
+        name = checkpoint_dir_name(state.step)
+        raise _fail(path, f"{STATE_FILE} says step {state.step}", [f"the checkpoint of step {state.step} is {name}, not {path.name}"])
     if set(state.tensors) != {MODEL_FILE, OPTIMIZER_FILE}:
         raise _fail(
             path, f"{STATE_FILE} names tensor files {sorted(state.tensors)}", [f"expected exactly {MODEL_FILE} and {OPTIMIZER_FILE}"]
@@ -328,10 +392,19 @@ def load_checkpoint(path: Path, *, expected: Expected) -> LoadedCheckpoint:
             + "\n".join(f"  - {d}" for d in diffs)
             + "\nfix: restore the original inputs, or train from scratch (without --resume)"
         )
+    if state.run_id != expected.run_id:
+        problem = f"run_id: checkpoint has {state.run_id!r}, this run is {expected.run_id!r}"
+        raise _fail(path, "checkpoint belongs to another run", [problem])
     fix = "resume from another checkpoint or train from scratch (without --resume)"
-    model = read_tensors(path / MODEL_FILE, error=TrainingCheckpointError, fix=fix)
-    optimizer = read_tensors(path / OPTIMIZER_FILE, error=TrainingCheckpointError, fix=fix)
-    problems = _content_problems(state, expected, model, optimizer)
+    model, model_meta = read_tensors_with_metadata(path / MODEL_FILE, error=TrainingCheckpointError, fix=fix)
+    optimizer, optimizer_meta = read_tensors_with_metadata(path / OPTIMIZER_FILE, error=TrainingCheckpointError, fix=fix)
+    problems = [
+        f"{name}: metadata {key} = {meta.get(key)!r}, {STATE_FILE} says {want!r}"
+        for name, meta in ((MODEL_FILE, model_meta), (OPTIMIZER_FILE, optimizer_meta))
+        for key, want in (("step", str(state.step)), ("run_id", state.run_id))
+        if meta.get(key) != want
+    ]
+    problems += _content_problems(state, expected, model, optimizer)
     if problems:
         raise _fail(path, "checkpoint does not fit this run", problems)
     return LoadedCheckpoint(path=path, state=state, model=model, optimizer=optimizer)
@@ -346,7 +419,10 @@ def prune_checkpoints(directory: Path, *, keep: int, every: int, steps_total: in
     kept = {p for _, p in scheduled[-keep:]} | {found[-1][1]}
     for _, path in found:
         if path not in kept:
-            shutil.rmtree(path)
+            if path.is_symlink():  # a link put there by hand: removed, never followed
+                path.unlink()
+            else:
+                shutil.rmtree(path)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:

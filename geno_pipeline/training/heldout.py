@@ -9,6 +9,7 @@ import torch
 
 from geno_pipeline.config import CollapseParams, TrainParams
 from geno_pipeline.data.dataset import Dataset
+from geno_pipeline.training.budget import SOURCE_CACHE_MAX_BYTES, caches_source_states
 from geno_pipeline.training.model import WorldModel
 from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
 from geno_pipeline.training.seeds import TrainerSeeds
@@ -31,8 +32,6 @@ __all__ = [
 SOURCE_CACHE_CHUNK = 64
 """Rows per encoder call when every training window is encoded once: fixed, so each state's bits depend only on its
 window and its place in the windows array, never on which batch drew it."""
-SOURCE_CACHE_MAX_BYTES = 1 << 30
-"""The most memory the cached source states may take (float32 states); above it sources are encoded per step."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,6 @@ def padded_target_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last = np.arange(b) * k + mask.sum(axis=1) - 1
     use = np.where(mask, np.arange(b * k).reshape(b, k), last[:, None]).reshape(-1)
     return real, position[use]
-
-
-def caches_source_states(windows: int, draws: int, state_dim: int) -> bool:
-    """Whether training encodes every one of `windows` training windows once, up front, instead of the `draws` sources
-    (steps x batch size) it draws: when that is no more encoder work and the states fit in `SOURCE_CACHE_MAX_BYTES`.
-    A function of the params and the dataset only, so a resumed run and every worker decide alike."""
-    return 0 < windows <= draws and windows * state_dim * 4 <= SOURCE_CACHE_MAX_BYTES
 
 
 def encode_windows(model: WorldModel, windows: np.ndarray, window_length: int, device: str) -> torch.Tensor:

@@ -103,10 +103,12 @@ class RunLogs:
             out[name] = LogRecord(bytes=want, sha256=digest.hexdigest())
         return out
 
-    def truncate_to(self, records: dict[str, LogRecord]) -> None:
-        """Cut every log back to the prefix a checkpoint recorded; refuse when the prefix differs."""
+    def truncate_to(self, records: dict[str, LogRecord], *, step: int | None = None) -> None:
+        """Cut every log back to the prefix a checkpoint recorded; refuse, changing no log, when a prefix differs or,
+        given the checkpoint's `step`, when metrics.jsonl's prefix does not end at it (collapse.jsonl's at or before)."""
         self.close()
         self._hashed.clear()
+        prefixes = {}
         for name, path in self.paths.items():
             want = records.get(name)
             if want is None:
@@ -117,7 +119,16 @@ class RunLogs:
                     f"{path}: does not start with the {want.bytes} bytes the checkpoint recorded (the metric history differs); "
                     "fix: train from scratch (without --resume)"
                 )
-            atomic_write_bytes(path, data[: want.bytes])
+            prefixes[name] = data[: want.bytes]
+        metrics, collapse = _last_step(prefixes["metrics.jsonl"]), _last_step(prefixes["collapse.jsonl"])
+        for name, last, fits in (("metrics.jsonl", metrics, metrics == step), ("collapse.jsonl", collapse, (collapse or 0) <= (step or 0))):
+            if step is not None and not fits:
+                raise TrainingCheckpointError(
+                    f"{self.paths[name]}: the prefix the checkpoint of step {step} recorded ends at step {last}; the checkpoint "
+                    "contradicts its logs; fix: resume from another checkpoint or train from scratch (without --resume)"
+                )
+        for name, data in prefixes.items():
+            atomic_write_bytes(self.paths[name], data)
 
     def metrics(self, line: MetricsLine) -> None:
         """Append one step's metrics."""
@@ -178,3 +189,15 @@ def write_plots(layout: Layout, logs: RunLogs) -> None:
         f"{c['step']},{c['heldout_loss']!r}," + ",".join(repr(c["metrics"][k]) for k in COLLAPSE_PLOT_KEYS) + "\n" for c in collapse
     )
     atomic_write_text(layout.plots / "collapse.csv", header + rows)
+
+
+def _last_step(data: bytes) -> int | None:
+    """`step` of the last JSON line of a log prefix (None when it has none or the line is not a log line)."""
+    lines = data.splitlines()
+    if not lines:
+        return None
+    try:
+        step = json.loads(lines[-1]).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None

@@ -23,18 +23,20 @@ from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes, sha256_file
 from geno_pipeline.config import Params, TrainParams, TrainStageParams, cross_section_problems, world_size_problems
 from geno_pipeline.data.dataset import Dataset, load_dataset
-from geno_pipeline.distributed import micro_batch_slices, shard_range, tree_fits
+from geno_pipeline.distributed import local_world_size, micro_batch_slices, shard_range, tree_fits
 from geno_pipeline.distributed.group import Collective, LocalGroup
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint, torch_training_device
 from geno_pipeline.errors import DistributedError, TrainingError
 from geno_pipeline.fsio import atomic_write_bytes, require_writable
+from geno_pipeline.hostmem import available_host_memory
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.runtime_report import Fact, StageResult
 from geno_pipeline.source import source_digest
 from geno_pipeline.tensorfile import TensorBytes, serialize_tensors, tensor_bytes
 from geno_pipeline.training.background import Writer, start_writer
+from geno_pipeline.training.budget import MEMORY_REMEDY, memory_shortfall, train_memory
 from geno_pipeline.training.checkpoint import (
     Bindings,
     CheckpointState,
@@ -66,6 +68,7 @@ from geno_pipeline.training.logs import RunLogs, write_plots
 from geno_pipeline.training.model import WorldModel, build_world_model
 from geno_pipeline.training.progress import Progress
 from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
+from geno_pipeline.training.schedule import wsd_lr_multiplier
 from geno_pipeline.training.trainer import TorchTrainer, TorchTrainerStepResult, build_adamw_optimizer
 from geno_pipeline.training.tuples import TupleSampler, take_rows
 from geno_pipeline.version import __version__
@@ -224,6 +227,21 @@ def check_cross_section(params: TrainStageParams, dataset: Dataset) -> None:
         )
 
 
+def check_memory_budget(params: TrainStageParams, dataset: Dataset, device: str, *, world_size: int) -> None:
+    """Refuse, before the model is built or a previous run's outputs are removed, a run whose estimated peak memory
+    (`train_memory`) exceeds what this machine (and, on CUDA, this worker's GPU) has; raises `TrainingError`."""
+    counts = dataset.manifest.counts
+    estimate = train_memory(
+        params.train, params.collapse, window_length=counts.window_length, slot_length=int(dataset.train.shape[1]),
+        train_windows=int(dataset.train.shape[0]), valid_windows=int(dataset.valid.shape[0]), world_size=world_size,
+        workers_here=local_world_size(world_size), device="cuda" if device.startswith("cuda") else "cpu",
+    )  # fmt: skip
+    device_free = int(torch.cuda.mem_get_info(device)[0]) if device.startswith("cuda") else None
+    short = memory_shortfall(estimate, host_available=available_host_memory(), device_free=device_free)
+    if short is not None:
+        raise TrainingError(f"{short}; nothing was changed; fix: {MEMORY_REMEDY}")
+
+
 def run_identity(params: TrainStageParams, dataset: Dataset, world_size: int) -> str:
     """`run-<16 hex>` from the params, the dataset, the package version and the world size (the exact source is in
     `source_digest`)."""
@@ -277,6 +295,7 @@ def setup(
     dataset = load_dataset(layout.dataset_dir)
     check_cross_section(params, dataset)
     device, kind = torch_training_device(runtime.device, local_rank=local_rank)
+    check_memory_budget(params, dataset, device, world_size=group.size)
     seeds = TrainerSeeds.from_base(train.seed)
     determinism = configure_torch_reproducibility(
         train.seed, deterministic=runtime.deterministic, device=device, cpu_threads=runtime.cpu_threads
@@ -338,13 +357,19 @@ def expected_checkpoint(run: TrainingRun) -> Expected:
     for name, param in run.parameters_by_name().items():
         spec = (tuple(param.shape), str(param.dtype).removeprefix("torch."))
         optimizer |= {f"{name}.exp_avg": spec, f"{name}.exp_avg_sq": spec, f"{name}.step": ((), "float32")}
+    train = run.train
     return Expected(
         bindings=run.bindings,
-        steps_total=run.train.steps,
+        steps_total=train.steps,
+        run_id=run.run_id,
         params=run.params_document,
         model=tensor_specs(dict(run.model.state_dict())),
         groups=[(g["group_name"], list(g["names"])) for g in run.optimizer.param_groups],
         optimizer=optimizer,
+        hyper=group_states(run.optimizer),  # not stepped yet: lr = initial_lr = train.lr
+        lr_multiplier=functools.partial(
+            wsd_lr_multiplier, total_steps=train.steps, warmup_steps=train.warmup_steps, schedule=train.schedule
+        ),
     )
 
 
@@ -404,7 +429,7 @@ def resume_from(run: TrainingRun, path: Path) -> None:
     run.start, run.last_loss, run.resumed_from = loaded.state.step, loaded.state.last_train_loss, path
     if not run.writer:
         return
-    run.logs.truncate_to(loaded.state.logs)
+    run.logs.truncate_to(loaded.state.logs, step=run.start)
     run.layout.final_model.unlink(missing_ok=True)
     run.monitor.initial_pairwise_pred_dist_mean = loaded.state.monitor_baseline_pairwise
     run.lines = run.logs.collapse_lines()
