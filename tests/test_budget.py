@@ -27,7 +27,9 @@ def _train(**kw: object) -> TrainParams:
     state_dim=st.integers(2, 24), hidden_dim=st.integers(1, 40), conv_channels=st.integers(1, 12),
     kernel_size=st.sampled_from([1, 3, 5]), segments=st.sampled_from([1, 2, 4, 8]),
 )  # fmt: skip
-def test_parameter_counts_are_the_built_models(state_dim: int, hidden_dim: int, conv_channels: int, kernel_size: int, segments: int) -> None:
+def test_parameter_counts_are_the_built_models(
+    state_dim: int, hidden_dim: int, conv_channels: int, kernel_size: int, segments: int
+) -> None:
     train = _train(state_dim=state_dim, hidden_dim=hidden_dim, conv_channels=conv_channels, kernel_size=kernel_size, segments=segments)
     model = build_world_model(window_length=64, params=train.model, encoder_seed=1, init_seed=2)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
