@@ -672,4 +672,26 @@ def load_params(path: Path | str) -> Params:
             problems = tuple(f"{name}: missing section; fix: add the `{name}:` section (see the README's params table)" for name in missing)
             body = "\n".join(f"  - {p}" for p in problems)
             raise ConfigError(f"{path}: {len(problems)} missing section(s):\n{body}", problems)
-    return params_from_mapping(raw, source=str(path))
+    params = params_from_mapping(raw, source=str(path))
+    problems = tuple(
+        f"{key}: missing; fix: add the `{key.rpartition('.')[2]}:` mapping with its keys" if isinstance(default, BaseModel)
+        else f"{key}: missing; fix: add the key (its default is {_fmt_value(default)})"
+        for key, default in missing_keys(Params, raw)
+    )  # fmt: skip
+    if problems:
+        body = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{path}: {len(problems)} missing key(s); every stage reads its keys from the file:\n{body}", problems)
+    return params
+
+
+def missing_keys(model: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, default) of every field of `model` and its nested sections that the parsed mapping `raw` lacks (a
+    stage run outside DVC reads the same complete file DVC's params lists demand; nothing silently takes a default)."""
+    out: list[tuple[str, Any]] = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            out.append((key, info.get_default(call_default_factory=True)))
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) and isinstance(raw[name], dict):
+            out += missing_keys(info.annotation, raw[name], f"{key}.")
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from geno_pipeline.config import (
@@ -27,7 +27,9 @@ from geno_pipeline.config import (
     params_from_mapping,
 )
 from geno_pipeline.errors import ConfigError
-from tests.conftest import write_params
+from tests.conftest import TINY, write_params
+
+TINY_TEXT = TINY.read_text()
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,6 +127,56 @@ def test_config_load_params_names_the_file(tmp_path: Path) -> None:
         load_params(tmp_path / "missing.yaml")
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(path)
+
+
+@given(st.data())
+@settings(max_examples=40)
+def test_config_every_missing_key_is_named_never_defaulted(data: st.DataObject) -> None:
+    """Drop any set of keys (nested ones included) from a complete file: each is named with its default; a section
+    dropped whole is named once, its keys not listed."""
+    import tempfile
+
+    raw = yaml.safe_load(TINY_TEXT)
+    keys = [(s, k) for s, section in raw.items() for k in section] + [("train", "model." + k) for k in raw["train"]["model"]]
+    dropped = data.draw(st.sets(st.sampled_from(keys), max_size=6))
+    for section, key in dropped:
+        owner = raw[section]["model"] if key.startswith("model.") else raw[section]
+        owner.pop(key.removeprefix("model."), None)
+    whole_model = ("train", "model") in dropped
+    want = sorted(f"{s}.{k}" for s, k in dropped if not (whole_model and k.startswith("model.")))
+    try:  # the defaults of the dropped keys must themselves fit the rest (else that problem is named first)
+        params_from_mapping(raw)
+    except ConfigError:
+        assume(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        if not want:
+            load_params(path)
+            return
+        with pytest.raises(ConfigError) as caught:
+            load_params(path)
+    named = sorted(p.split(":")[0] for p in caught.value.problems)
+    assert named == want, str(caught.value)
+    assert all("missing; fix: add the" in p for p in caught.value.problems)
+
+
+def test_config_missing_key_message_gives_the_default(tmp_path: Path) -> None:
+    raw = yaml.safe_load(TINY_TEXT)
+    del raw["train"]["lr"], raw["train"]["model"]["hidden_dim"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == (
+        f"{path}: 2 missing key(s); every stage reads its keys from the file:\n"
+        "  - train.lr: missing; fix: add the key (its default is 0.001)\n"
+        "  - train.model.hidden_dim: missing; fix: add the key (its default is 256)"
+    )
+    del raw["train"]["model"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"train\.model: missing; fix: add the `model:` mapping with its keys"):
         load_params(path)
 
 
