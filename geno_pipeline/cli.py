@@ -11,7 +11,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from geno_pipeline.errors import (
     EXIT_TRAINING_STOPPED,
     EXIT_VERIFY,
     GenoPipelineError,
+    OutputError,
     shorten,
 )
 from geno_pipeline.layout import Layout
@@ -49,7 +50,7 @@ EXIT_CODES = {
     EXIT_CHECKPOINT: "a resume checkpoint is corrupt or bound to different params/dataset/code",
     EXIT_RELEASE_GATE: "a release gate failed; no bundle was written",
     EXIT_VERIFY: "verification failed: bundle, schema or reproducibility mismatch",
-    EXIT_STORAGE: "a file could not be written: read-only directory, full disk or permissions (nothing half-written)",
+    EXIT_STORAGE: "a file or stdout could not be written: read-only directory, full disk or permissions (nothing half-written)",
     EXIT_DISTRIBUTED: "a multi-process run could not start, or a worker died or hung past runtime.dist_timeout_s; all were stopped",
 }
 
@@ -557,6 +558,56 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class _GuardedStdout:
+    """sys.stdout for the duration of `main`: a failed write or flush (stdout on /dev/full, a full disk behind `>`, a
+    closed pipe) becomes one `OutputError` naming stdout instead of an `OSError` blamed on the project folder."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except OSError as exc:
+            _silence_stdout(self._stream)
+            reason = exc.strerror or type(exc).__name__
+            raise OutputError(
+                f"stdout: cannot write this command's output: {reason} (errno {exc.errno}); the files a stage writes are complete "
+                "or untouched; fix: send stdout to a writable file, terminal or pipe (check the `>` or `|`) and run again"
+            ) from None
+
+    def write(self, text: str) -> int:
+        return int(self._guarded(lambda: self._stream.write(text)))
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _silence_stdout(stream: Any) -> None:
+    """Point the stdout descriptor at /dev/null, so the interpreter's own flush at exit does not fail a second time
+    (what Python's documentation advises for a broken pipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _guarded_stdout() -> Iterator[None]:
+    original = sys.stdout
+    sys.stdout = _GuardedStdout(original)  # type: ignore[assignment]
+    try:
+        yield
+        sys.stdout.flush()  # what is still buffered fails here, inside the command, not at interpreter exit
+    finally:
+        sys.stdout = original
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES)."""
     from geno_pipeline.workspace import Terminated, terminate_as_interrupt, workspace_lock
@@ -569,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     takes_the_lock = args.command in _STAGES and not launched and os.environ.get("RANK", "0") == "0"
     try:
         with contextlib.ExitStack() as held:
+            held.enter_context(_guarded_stdout())
             if not launched:
                 held.enter_context(terminate_as_interrupt())
             if takes_the_lock:

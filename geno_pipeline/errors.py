@@ -120,6 +120,11 @@ class StorageError(GenoPipelineError):
     exit_code = EXIT_STORAGE
 
 
+class OutputError(StorageError):
+    """The command's console output (stdout) could not be written: a full disk or device behind a redirection, a
+    closed pipe. Files the command writes are complete or untouched, as always."""
+
+
 class DistributedError(TrainingError):
     """A multi-process run could not start, or a worker died or hung past `runtime.dist_timeout_s`; the job stopped."""
 

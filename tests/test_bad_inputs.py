@@ -947,6 +947,72 @@ def test_a_gzip_that_inflates_past_the_memory_budget_stops_as_it_streams(
     assert declared_outputs(root) == before
 
 
+# ------------------------------------------------------------------ console output that cannot be written
+
+
+@pytest.mark.slow  # child processes: the full suite runs it
+@pytest.mark.parametrize("argv", [("verify", RELEASE), ("validate", "reports/train.json"), ("preflight", "--root", ".")])
+def test_stdout_on_a_full_device_is_named_not_blamed_on_the_disk(finished: Path, tmp_path: Path, argv: tuple[str, ...]) -> None:
+    """stdout on /dev/full: exit 8 naming stdout (not the project folder), one line, no traceback, and no second error
+    from the interpreter's own flush at exit."""
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    before = declared_outputs(root)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "geno_pipeline", *argv], stdout=full, stderr=subprocess.PIPE, text=True, cwd=root,
+                              timeout=HOSTILE_TIMEOUT_S)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 8, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert lines[-1].startswith(f"geno-pipeline {argv[0]}: error: stdout: cannot write this command's output: No space left on device")
+    if argv[0] != "preflight":  # preflight writes its report before it prints
+        assert declared_outputs(root) == before
+
+
+# ------------------------------------------------------------------ rendezvous
+
+
+def test_the_rendezvous_deadline_ends_a_stuck_join_naming_the_port(capsys: pytest.CaptureFixture[str]) -> None:
+    from geno_pipeline.distributed import JobEnv
+    from geno_pipeline.distributed.group import rendezvous_deadline
+
+    job = JobEnv(rank=1, world_size=2, local_rank=1, master_addr="127.0.0.1", master_port=29511)
+    exits: list[int] = []
+    with rendezvous_deadline(job, 0.0, grace_s=0.05, exit_process=exits.append):
+        time.sleep(0.5)  # a join that never returns, as TCPStore's client against a silent listener
+    assert exits == [9]
+    err = capsys.readouterr().err
+    assert "rank 1 of 2: joining the job at 127.0.0.1:29511 did not finish within runtime.dist_timeout_s (0.0 s)" in err
+    assert "set MASTER_PORT to a free port" in err
+    with rendezvous_deadline(job, 5.0, exit_process=exits.append):
+        pass  # a join that finishes: the deadline goes with it
+    assert exits == [9]
+
+
+@pytest.mark.slow  # child processes: the full suite runs it
+def test_a_worker_whose_master_port_answers_nothing_stops_within_the_timeout(finished: Path, tmp_path: Path) -> None:
+    """A listener at MASTER_PORT that accepts and never answers (it took the port after any check could see it free):
+    the worker exits 9 naming the port within runtime.dist_timeout_s plus the grace, instead of waiting forever."""
+    import socket
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    write_params(root, runtime={"dist_timeout_s": 2})
+    before = declared_outputs(root)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "geno_pipeline", "train", "--root", str(root), "--no-progress"], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=HOSTILE_TIMEOUT_S)  # fmt: skip
+    assert proc.returncode == 9, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr) < MESSAGE_BOUND
+    assert f"joining the job at 127.0.0.1:{port} did not finish within runtime.dist_timeout_s (2 s)" in proc.stderr
+    assert declared_outputs(root) == before
+
+
 # ------------------------------------------------------------------ one run per workspace; SIGTERM
 
 

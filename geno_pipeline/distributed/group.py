@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import faulthandler
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +23,9 @@ import torch
 from torch import Tensor
 
 from geno_pipeline.distributed import JobEnv, tree_sum
-from geno_pipeline.errors import DistributedError
+from geno_pipeline.errors import EXIT_DISTRIBUTED, DistributedError
 
-__all__ = ["Collective", "LocalGroup", "TorchGroup", "Traffic", "joined", "shard_length"]
+__all__ = ["Collective", "LocalGroup", "TorchGroup", "Traffic", "joined", "rendezvous_deadline", "rendezvous_message", "shard_length"]
 
 T = TypeVar("T")
 
@@ -171,6 +173,46 @@ class TorchGroup:
         return int(tensor.item())
 
 
+RENDEZVOUS_GRACE_S = 5.0
+"""How long past runtime.dist_timeout_s the rendezvous deadline waits, so torch's own timeout error comes first where
+torch has one."""
+
+
+def rendezvous_message(job: JobEnv, timeout_s: float) -> str:
+    """What a worker says when joining the job outlived its deadline."""
+    where = f"{job.master_addr}:{job.master_port}"
+    return (
+        f"geno-pipeline train: error: rank {job.rank} of {job.world_size}: joining the job at {where} did not finish within "
+        f"runtime.dist_timeout_s ({timeout_s} s): something at that address accepted the connection but never answered as the "
+        f"job's store (another program, or another job's rendezvous on port {job.master_port}); fix: stop what holds port "
+        f"{job.master_port} (see `ss -ltnp 'sport = :{job.master_port}'`) or set MASTER_PORT to a free port, then run again"
+    )
+
+
+@contextmanager
+def rendezvous_deadline(
+    job: JobEnv, timeout_s: float, *, grace_s: float = RENDEZVOUS_GRACE_S, exit_process: Callable[[int], None] = os._exit
+) -> Iterator[None]:
+    """Bound the block (the rendezvous) by `timeout_s` + `grace_s`: past it, print one line naming the address
+    and the fix and end the process with exit 9. torch's TCPStore client waits for the store's answer without a
+    deadline when a listener that is not the store accepts its connection; that wait releases the GIL, so a thread can
+    end the process (an exception cannot reach the blocked call)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(timeout_s + grace_s):
+            print(rendezvous_message(job, timeout_s), file=sys.stderr, flush=True)
+            exit_process(EXIT_DISTRIBUTED)
+
+    watcher = threading.Thread(target=watch, name="rendezvous-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 @contextmanager
 def joined(job: JobEnv | None, *, backend: str, device: str, timeout_s: int) -> Iterator[Collective]:
     """Join `job` (init_process_group from the environment) for the block; a `LocalGroup` when `job` is None."""
@@ -193,17 +235,18 @@ def joined(job: JobEnv | None, *, backend: str, device: str, timeout_s: int) -> 
         torch.cuda.set_device(job.local_rank)
         device_id = torch.device(f"cuda:{job.local_rank}")
     group = TorchGroup(job, backend, device, timeout_s)
-    group._guard(
-        f"joining the job at {job.master_addr}:{job.master_port}",
-        lambda: dist.init_process_group(
-            backend,
-            init_method="env://",
-            rank=job.rank,
-            world_size=job.world_size,
-            timeout=dt.timedelta(seconds=timeout_s),
-            device_id=device_id,
-        ),
-    )
+    with rendezvous_deadline(job, timeout_s):
+        group._guard(
+            f"joining the job at {job.master_addr}:{job.master_port}",
+            lambda: dist.init_process_group(
+                backend,
+                init_method="env://",
+                rank=job.rank,
+                world_size=job.world_size,
+                timeout=dt.timedelta(seconds=timeout_s),
+                device_id=device_id,
+            ),
+        )
     yield group  # on an error the process exits: tearing down a group whose peer is gone can block for the timeout
     try:
         dist.destroy_process_group()
