@@ -100,7 +100,14 @@ def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "Exit 0 when ok, 3 when not.",
     )
     _common(p)
-    p.add_argument("--output", type=Path, default=None, help="report path (default: ROOT/reports/preflight.json)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="write the report here and nothing else: a what-if check (e.g. with --params) that leaves the project's "
+        "artifacts/preflight/, which train and release read, as it was (default: ROOT/reports/preflight.json and "
+        "artifacts/preflight/)",
+    )
 
     p = sub.add_parser(
         "train",
@@ -203,7 +210,7 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "repro-check",
         help="compare recomputed outputs with the committed dvc.lock",
         description="Hash each stage's outputs and compare them with the committed dvc.lock and the release SHA256SUMS; "
-        "print one verdict per stage and write reports/repro_check.json. Exit 7 on a mismatch.",
+        "print one verdict per stage and write reports/runtime/repro_check.json. Exit 7 on a mismatch.",
     )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--lock-ref", default="HEAD", help="git revision whose dvc.lock is the reference (default: HEAD)")
@@ -271,7 +278,7 @@ def _add_mutation_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "modules' mutants, so it runs all of them again (`--report-only` scores the results already there). A module "
         "none of whose mutants were run in mutants/ (a fresh clone has none) keeps the figures of the existing report "
         "while its file is unchanged, marked carried over. "
-        "Exit 1 unless every module was scored and it and the total score at least 90%%.",
+        "Exit 1 unless every module was scored and it and the total score at least 90%.",
     )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--report-only", action="store_true", help="do not run mutmut: score the results already in ROOT/mutants/")
@@ -305,7 +312,7 @@ def _preflight_command() -> StageCommand:
     from geno_pipeline.preflight import stage
 
     def persist(loaded: LoadedParams, layout: Layout, args: argparse.Namespace, report: Any) -> None:
-        stage.write_outputs(report, loaded, layout, args.output or layout.preflight_report)
+        stage.write_outputs(report, loaded, layout, args.output)
 
     return StageCommand(
         announce=lambda _loaded: None,

@@ -134,6 +134,7 @@ _FILE_SCHEMAS = {
     "bench.json": "bench",
     "scaling.json": "bench_scaling",
     "reliability.json": "reliability",
+    "mutation.json": "mutation",
     "sweep.json": "sweep",
 }
 

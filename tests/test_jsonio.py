@@ -98,6 +98,17 @@ def test_schema_guess_from_file_names() -> None:
         assert schema_name_for_file(Path(path), {}) == schema, path
 
 
+def test_validate_knows_every_committed_report() -> None:
+    """`geno-pipeline validate FILE` needs no --schema for any JSON document the project commits under reports/."""
+    from geno_pipeline.validate import validate_file
+
+    root = Path(__file__).resolve().parent.parent
+    found = sorted(p for p in (root / "reports").rglob("*.json"))
+    assert len(found) >= 8
+    for path in found:
+        assert validate_file(path) >= 1, path
+
+
 @pytest.mark.parametrize("failing", ["replace", "fsync", "write"])
 def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str

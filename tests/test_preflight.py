@@ -216,6 +216,22 @@ def test_preflight_real_cpu_machine_defaults(root: Path, capsys: pytest.CaptureF
     assert "SKIP  accelerator" in out and "preflight: ok" in out
 
 
+def test_preflight_what_if_writes_only_where_it_is_told(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`preflight --params X --output Y` reports on Y alone: the project's fingerprint and outcome, which train and
+    release read, stay byte for byte as the project's own preflight wrote them."""
+    with gpu_environment({"CUDA_VISIBLE_DEVICES": ""}):
+        assert main(["preflight", "--root", str(root)]) == 0
+    kept = {p.name: p.read_bytes() for p in (root / "artifacts" / "preflight").iterdir()}
+    other = tmp_path / "other.yaml"
+    other.write_text((root / "params.yaml").read_text().replace("cpu_threads: 1", "cpu_threads: 2"))
+    capsys.readouterr()
+    with gpu_environment({"CUDA_VISIBLE_DEVICES": ""}):
+        assert main(["preflight", "--root", str(root), "--params", str(other), "--output", str(tmp_path / "what-if.json")]) == 0
+    assert {p.name: p.read_bytes() for p in (root / "artifacts" / "preflight").iterdir()} == kept
+    validate_document(json.loads((tmp_path / "what-if.json").read_text()), "preflight_report")
+    assert f"report: {tmp_path / 'what-if.json'} (a what-if: artifacts/preflight/ unchanged)" in capsys.readouterr().out
+
+
 def test_preflight_require_accelerator_exits_3(root: Path) -> None:
     write_params(root, runtime={"device": "auto"}, preflight={"require_accelerator": True})
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU for CUDA, on any machine

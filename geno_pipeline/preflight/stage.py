@@ -44,9 +44,13 @@ def fingerprint_cpu_class(report: PreflightReport) -> str | None:
     return report.determinism.cpu_class if report.determinism is not None else None
 
 
-def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout, output: Path) -> None:
-    """reports/preflight.json (volatile), artifacts/preflight/environment.json and outcome.json (deterministic)."""
-    write_json(output, report, schema="preflight_report")
+def write_outputs(report: PreflightReport, loaded: LoadedParams, layout: Layout, output: Path | None = None) -> None:
+    """reports/preflight.json (volatile), artifacts/preflight/environment.json and outcome.json (deterministic); with an
+    `output` path, a what-if: the report there and nothing else (the project's fingerprint and outcome, which train
+    and release read, stay as they were)."""
+    write_json(output or layout.preflight_report, report, schema="preflight_report")
+    if output is not None:
+        return
     runtime = loaded.params.runtime
     world = planned_world_size(runtime.nproc_per_node)
     kind = fingerprint_device_kind(report.accelerator)
@@ -95,7 +99,7 @@ def run(
         loaded, layout, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe,
         torch_process=torch_process,
     )  # fmt: skip
-    write_outputs(result.document, loaded, layout, output or layout.preflight_report)
+    write_outputs(result.document, loaded, layout, output)
     return result
 
 
@@ -115,7 +119,7 @@ def write_training_preflight_report(
         torch_process=torch_process,
     )  # fmt: skip
     layout = Layout.for_root(request.root)
-    write_outputs(report, loaded, layout, Path(output) if output is not None else layout.preflight_report)
+    write_outputs(report, loaded, layout, Path(output) if output is not None else None)
     return report
 
 
@@ -132,6 +136,6 @@ def summary(layout: Layout, report: PreflightReport, output: Path | None = None)
     """The table and the verdict line the CLI prints."""
     errors = sum(1 for i in report.issues if i.severity == "error")
     verdict = "ok" if report.ok else "NOT OK"
-    where = output or layout.preflight_report
     counts = f"{errors} error(s), {len(report.issues) - errors} warning(s)"
+    where = f"{output} (a what-if: {layout.rel(layout.preflight_outcome.parent)}/ unchanged)" if output else layout.preflight_report
     return [format_table(report), f"preflight: {verdict} (device {report.resolved_device}; {counts}); report: {where}"]
