@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from geno_pipeline.version import __version__
 
-__all__ = ["__version__", "load_released_model"]
+__all__ = ["Edit", "WorldModel", "__version__", "load_released_model"]
 
 if TYPE_CHECKING:
+    from geno_pipeline.data.records import Edit as Edit
     from geno_pipeline.release.loader import load_released_model as load_released_model
+    from geno_pipeline.training.model import WorldModel as WorldModel
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +20,12 @@ def __getattr__(name: str) -> Any:
         from geno_pipeline.release.loader import load_released_model
 
         return load_released_model
+    if name == "Edit":
+        from geno_pipeline.data.records import Edit
+
+        return Edit
+    if name == "WorldModel":
+        from geno_pipeline.training.model import WorldModel
+
+        return WorldModel
     raise AttributeError(name)

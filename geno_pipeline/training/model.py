@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from geno_pipeline.config import ModelParams
 from geno_pipeline.data.edits import ACTION_FEATURES
+from geno_pipeline.data.records import Edit, dna_codes, edit_actions
 
 __all__ = ["ActionEncoder", "FrozenConvEncoder", "Predictor", "StateEncoder", "WorldModel", "build_world_model", "rollout"]
 
@@ -39,6 +42,7 @@ class FrozenConvEncoder(nn.Module):
             raise ValueError(f"window_length {window_length} must be a multiple of train.model.segments {params.segments}")
         gen = torch.Generator().manual_seed(seed)
         c, k, s, d = params.conv_channels, params.kernel_size, params.segments, params.state_dim
+        self.window_length = window_length
         self.state_dim = d
         self.segments = s
         self.register_buffer("conv_weight", torch.randn(c, 4, k, generator=gen) / (4 * k) ** 0.5)
@@ -99,6 +103,42 @@ class WorldModel(nn.Module):
     def rollout(self, state: Tensor, actions: Tensor) -> Tensor:
         """states [B, D], actions [B, K, A] -> predicted states [B, K, D]."""
         return rollout(self.predictor, self.action_encoder, state, actions)
+
+    # ------------------------------------------------------------ the released model's API
+
+    @property
+    def window_length(self) -> int:
+        """Bases per window the model reads (longer windows: the first `window_length` bases)."""
+        return self.encoder.window_length
+
+    @torch.no_grad()
+    def embed(self, windows: Sequence[str] | np.ndarray) -> Tensor:
+        """Latent states [N, state_dim] of DNA windows (strings of A/C/G/T, or uint8 codes A=0 C=1 G=2 T=3).
+
+        The state is the frozen encoder's summary of the window: convolutional motif features pooled per segment (so
+        it keeps where in the window a motif sits), projected and layer-normalised. Windows that differ by an edit have
+        states that differ mostly in the segment of the edit."""
+        return self.encoder.encode(self._codes(windows))
+
+    @torch.no_grad()
+    def predict(self, windows: Sequence[str] | np.ndarray, edits: Sequence[Edit | Sequence[Edit]]) -> Tensor:
+        """The predicted latent states [N, state_dim] of each window after its edits (one `Edit`, or several applied in
+        order and rolled out step by step), without encoding the edited sequence."""
+        codes = self._codes(windows)
+        actions, steps = edit_actions(codes.cpu().numpy(), edits, self.window_length)
+        prediction = self.rollout(self.encoder.encode(codes), torch.from_numpy(actions).to(codes.device))
+        return prediction[torch.arange(prediction.shape[0]), torch.from_numpy(steps - 1).to(codes.device)]
+
+    @torch.no_grad()
+    def edit_scores(self, windows: Sequence[str] | np.ndarray, edits: Sequence[Edit | Sequence[Edit]]) -> Tensor:
+        """How far each window's edits move it in the latent space, as predicted: the Euclidean distance [N] between
+        `predict(windows, edits)` and `embed(windows)`. A larger score is a larger predicted effect on the window's
+        state (a variant-effect score in the model's own terms, not a measured phenotype)."""
+        return torch.linalg.vector_norm(self.predict(windows, edits) - self.embed(windows), dim=-1)
+
+    def _codes(self, windows: Sequence[str] | np.ndarray) -> Tensor:
+        codes = dna_codes(windows, self.window_length)
+        return torch.from_numpy(codes).to(self.encoder.conv_weight.device)
 
 
 def rollout(predictor: nn.Module, action_encoder: nn.Module, state: Tensor, actions: Tensor) -> Tensor:
