@@ -185,3 +185,9 @@ def test_pipeline_on_the_vendored_real_genome(project: Path, tmp_path: Path) -> 
     assert "ok" in gp(other, "verify", "artifacts/release").stdout.lower()
     metadata = json.loads((bundle / "metadata.json").read_text())
     assert metadata["params"]["data"]["fasta_path"] == REAL_GENOME
+    # whoever holds only the bundle can tell which genome it learned from
+    assert metadata["dataset_source"]["fasta_sha256"] == manifest["source"]["fasta_sha256"]
+    assert [(r["name"], r["role"]) for r in metadata["dataset_records"]] == [("NZ_LN831026.1", "train+valid")]
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert f"`GCF_001457455.1_NCTC11397_genomic.fna.gz` (FASTA, sha256 `{manifest['source']['fasta_sha256']}`" in card
+    assert "name: GCF_001457455.1_NCTC11397_genomic.fna.gz" in card.split("---")[1]

@@ -230,6 +230,36 @@ def test_release_load_released_model_round_trip(released: Path) -> None:
     assert torch.equal(pred_a, pred_b) and loss_a == loss_b
 
 
+def test_release_model_card_metadata_and_its_how_to_use_code(released: Path) -> None:
+    """The card opens with a YAML metadata block (license, library, tags, model-index with the held-out figures), names
+    the reference and the dataset, and its "How to use" code runs as written on this bundle (a real window put in for
+    the placeholder)."""
+    import numpy as np
+    import yaml
+
+    bundle = released / "artifacts" / "release"
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert card.startswith("---\n")
+    front = yaml.safe_load(card.split("---\n")[1])
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert (front["license"], front["library_name"]) == ("apache-2.0", "geno-pipeline") and "dna" in front["tags"]
+    (result,) = front["model-index"][0]["results"]
+    assert front["model-index"][0]["name"] == metadata["run_id"]
+    assert result["dataset"] == {"type": "dna-windows", "name": "synthetic genome (seed 3, 60,000 bases)", "split": "held-out windows",
+                                 "revision": metadata["dataset_id"]}  # fmt: skip
+    losses = ("final_heldout_loss", "identity_baseline_heldout_loss")
+    want = [round(metrics[k], 4) for k in losses] + [round(metrics["heldout_to_baseline"], 3)]
+    assert [m["value"] for m in result["metrics"]] == want
+    assert metadata["dataset_source"]["kind"] == "synthetic" and [r["name"] for r in metadata["dataset_records"]] == ["synthetic"]
+    code = card.split("```python\n")[1].split("```")[0]
+    window = "".join("ACGT"[int(b)] for b in np.load(released / "artifacts" / "dataset" / "valid_windows.npy")[0][:64])
+    scope: dict[str, object] = {}
+    exec(code.replace('"ACGT..."', repr(window)).replace("<this directory>", str(bundle)), scope)
+    assert tuple(scope["state"].shape) == (1, 16) and tuple(scope["after"].shape) == (1, 16)  # type: ignore[attr-defined]
+    assert float(scope["score"][0]) > 0  # type: ignore[index]
+
+
 def test_release_loader_refuses_tampered_bundle(released: Path, tmp_path: Path) -> None:
     bundle = _copy_bundle(released, tmp_path)
     data = bytearray((bundle / "model.safetensors").read_bytes())

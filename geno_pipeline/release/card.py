@@ -2,11 +2,63 @@
 
 from __future__ import annotations
 
+import yaml
+
 from geno_pipeline.release.documents import ReleaseMetadata, ReleaseMetrics
 from geno_pipeline.sweep.documents import Spread
 from geno_pipeline.training.documents import TrainingReport
 
-__all__ = ["model_card"]
+__all__ = ["LICENSE_ID", "card_metadata", "genome_name", "model_card"]
+
+LICENSE_ID = "apache-2.0"
+"""The project's license (LICENSE), which the released weights are published under too."""
+
+
+def genome_name(meta: ReleaseMetadata) -> str:
+    """The reference, as a person names it: the FASTA's file name, or the synthetic genome's seed and size."""
+    source, data = meta.dataset_source, meta.params.data
+    if source.kind == "fasta" and source.fasta_path is not None:
+        return source.fasta_path.rsplit("/", 1)[-1]
+    return f"synthetic genome (seed {data.seed}, {data.genome_length:,} bases)"
+
+
+def card_metadata(meta: ReleaseMetadata, metrics: ReleaseMetrics) -> dict[str, object]:
+    """The card's YAML metadata block, in the Hugging Face model-card format (license, library, tags, model-index)."""
+    genome = genome_name(meta)
+    return {
+        "license": LICENSE_ID,
+        "library_name": "geno-pipeline",
+        "tags": ["dna", "genomics", "world-model", "latent-dynamics", "sequence-edits", "geno-pipeline"],
+        "model-index": [
+            {
+                "name": meta.run_id,
+                "results": [
+                    {
+                        "task": {"type": "latent-dynamics", "name": "Latent state of an edited DNA window"},
+                        "dataset": {"type": "dna-windows", "name": genome, "split": "held-out windows", "revision": meta.dataset_id},
+                        "metrics": [
+                            {"type": "mse", "name": "held-out prediction loss", "value": round(metrics.final_heldout_loss, 4)},
+                            {"type": "mse", "name": "identity baseline loss", "value": round(metrics.identity_baseline_heldout_loss, 4)},
+                            {"type": "ratio", "name": "held-out / baseline", "value": round(metrics.heldout_to_baseline, 3)},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _records_line(meta: ReleaseMetadata, limit: int = 8) -> str:
+    """Which records fed which split, named up to `limit` per split."""
+
+    def names(roles: tuple[str, ...]) -> str:
+        chosen = [r.name for r in meta.dataset_records if r.role in roles]
+        shown = ", ".join(f"`{n}`" for n in chosen[:limit])
+        return shown + (f" and {len(chosen) - limit} more" if len(chosen) > limit else "") if chosen else "none"
+
+    if all(r.role in ("train+valid", "excluded") for r in meta.dataset_records):
+        return f"Records {names(('train+valid',))}; training and held-out windows drawn at random from them, disjoint."
+    return f"Training records {names(('train', 'train+valid'))}; held-out records {names(('valid', 'train+valid'))} (a record hold-out)."
 
 
 def _sweep_section(meta: ReleaseMetadata) -> str:
@@ -41,11 +93,13 @@ The same recipe trained with {len(sweep.seeds)} other seeds ({", ".join(map(str,
 def model_card(meta: ReleaseMetadata, metrics: ReleaseMetrics, report: TrainingReport) -> str:
     """The model card text."""
     data, train, model = meta.params.data, meta.params.train, meta.params.train.model
+    src = meta.dataset_source
     source = (
-        f"FASTA `{data.fasta_path}`"
-        if data.source == "fasta"
-        else f"a seeded synthetic genome ({data.genome_length:,} bases, seed {data.seed})"
+        f"`{genome_name(meta)}` (FASTA, sha256 `{src.fasta_sha256}`, {src.records} record(s), {src.reference_bases:,} bases)"
+        if src.kind == "fasta"
+        else f"a {genome_name(meta)}"
     )
+    front = yaml.safe_dump(card_metadata(meta, metrics), sort_keys=False, allow_unicode=False, width=1000)
     weights = ", ".join(f"{k} {v}" for k, v in train.edit_type_weights.items())
     mix = ", ".join(f"K={k} {v}" for k, v in sorted(train.rollout_step_mix.items()))
     final = report.collapse.final_check
@@ -56,7 +110,10 @@ def model_card(meta: ReleaseMetadata, metrics: ReleaseMetrics, report: TrainingR
         + ", ".join(a.criterion for a in (final.alerts if final else []))
     )
     ratio = f"{metrics.heldout_to_baseline:.3f}"
-    return f"""# Model card: {meta.run_id}
+    return f"""---
+{front}---
+
+# Model card: {meta.run_id}
 
 A GenoLeWM-style latent world model over DNA windows, trained and released by geno-pipeline {meta.package_version}.
 Given the latent state of a {data.window_length}-base DNA window and a relative edit (SNV, insertion, deletion, MNV,
@@ -64,8 +121,9 @@ indel), it predicts the latent state of the edited window, rolled out autoregres
 
 ## What it was trained on
 
-- Reference: {source}; dataset `{meta.dataset_id}` ({data.train_windows} training and {data.valid_windows} held-out
+- Reference: {source}; dataset `{meta.dataset_id}` ({data.train_windows:,} training and {data.valid_windows:,} held-out
   windows of {data.window_length} bases, disjoint).
+- {_records_line(meta)}
 - Edit types sampled with weights {weights}; rollout lengths {mix}.
 - {train.steps} AdamW steps, batch {train.batch_size}, peak learning rate {train.lr}, {train.schedule} schedule
   ({train.warmup_steps} warmup steps), weight decay {train.weight_decay}, KL weight {train.kl_weight}.
@@ -77,12 +135,12 @@ indel), it predicts the latent state of the edited window, rolled out autoregres
 
 | metric | value |
 |---|---|
-| final training loss | {metrics.final_train_loss:.6f} |
-| held-out prediction loss | {metrics.final_heldout_loss:.6f} |
-| identity baseline ("no change") | {metrics.identity_baseline_heldout_loss:.6f} |
+| final training loss | {metrics.final_train_loss:.4f} |
+| held-out prediction loss | {metrics.final_heldout_loss:.4f} |
+| identity baseline ("no change") | {metrics.identity_baseline_heldout_loss:.4f} |
 | held-out / baseline | {ratio} |
 | collapse alerts during training | {metrics.collapse_alerts} |
-| final effective rank | {metrics.final_effective_rank if metrics.final_effective_rank is not None else "n/a"} |
+| final effective rank | {f"{metrics.final_effective_rank:.1f}" if metrics.final_effective_rank is not None else "n/a"} |
 
 Collapse status: {collapse}.
 
@@ -93,9 +151,27 @@ Collapse status: {collapse}.
 - Environment class: torch {meta.environment.torch_version}, device `{meta.environment.device_kind}`,
   {meta.environment.cpu_threads} CPU thread(s), deterministic={meta.environment.deterministic}.
 - Code: source digest `{meta.source_digest}`; params hash `{meta.params_sha256}`.
-- Same params, code and environment class give a byte-identical bundle. Load it with
-  `geno_pipeline.load_released_model(<this directory>)`, which verifies first and never unpickles.
+- Same params, code and environment class give a byte-identical bundle.
 {_sweep_section(meta)}
+## How to use
+
+```python
+from geno_pipeline import Edit, load_released_model
+
+model = load_released_model("<this directory>")  # verifies the bundle first; never unpickles
+window = "ACGT..."  # {data.window_length} bases of A/C/G/T (longer: the first {data.window_length} are read)
+state = model.embed([window])  # [1, {model.state_dim}] latent state of the window
+snv = Edit(10, window[10], "G" if window[10] != "G" else "A")  # an SNV at position 10
+after = model.predict([window], [snv])  # [1, {model.state_dim}] predicted state after the SNV
+score = model.edit_scores([window], [snv])  # [1] how far the edit moves the state, as predicted
+```
+
+An `Edit(position, ref, alt)` replaces the bases `ref` at a 0-based position of the window by `alt` (SNV, MNV,
+insertion with `ref=""`, deletion with `alt=""`, indel); a list of edits per window is applied in order and rolled out
+step by step. The latent state is the frozen encoder's summary of the window: random convolutional motif features
+pooled over {model.segments} segments (so it keeps where a motif sits), projected to {model.state_dim} dimensions and
+layer-normalised. `examples/use_the_model.py` in the geno-pipeline repository scores every SNV of a window.
+
 ## How to verify
 
 1. Checksums, with coreutils only: `sha256sum -c --strict SHA256SUMS` in this directory.
@@ -113,4 +189,5 @@ Collapse status: {collapse}.
   biological meaning, and predictions say nothing about variant effects, pathogenicity or any clinical question.
 - Trained on {"synthetic sequence" if data.source == "synthetic" else "the given FASTA only"}; do not expect it to transfer
   to other genomes.
+- License: Apache-2.0 (the project's LICENSE); the reference sequence keeps its own terms.
 """

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from geno_pipeline.config import Params
+from geno_pipeline.data.manifest import DatasetSource, RecordSummary
 from geno_pipeline.documents import ArtifactIdentity, Document
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.preflight.documents import PreflightOutcome
@@ -103,6 +104,10 @@ class ReleaseMetadata(Document):
     """Dataset id."""
     dataset_manifest_sha256: str
     """SHA-256 of dataset_manifest.json."""
+    dataset_source: DatasetSource
+    """Where the reference came from: the FASTA's path and sha256 (null for the synthetic genome) and the records read."""
+    dataset_records: list[RecordSummary]
+    """The reference's records and the split each fed (the dataset manifest's `records`)."""
     inputs: list[ConsumedInput]
     """sha256 of every input file the release stage consumed."""
     preflight: PreflightOutcome

@@ -17,6 +17,7 @@ import torch
 from geno_pipeline.checksums import sha256_file, write_sha256sums
 from geno_pipeline.config import Params, TrainStageParams
 from geno_pipeline.data.dataset import check_dataset_params
+from geno_pipeline.data.manifest import DatasetManifest
 from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.errors import DataError, ReleaseError
@@ -207,6 +208,8 @@ def _metadata(params: Params, layout: Layout, gated: Gated, created: str | None)
     train_files = [layout.final_model, layout.log("metrics.jsonl"), layout.log("collapse.jsonl")]
     consumed = [layout.preflight_outcome, layout.environment, layout.dataset_manifest, layout.train_report, *train_files]
     consumed += [layout.sweep_report] if gated.sweep is not None else []
+    fix = "rebuild the dataset (geno-pipeline data), then retrain"
+    manifest = DatasetManifest.model_validate(read_json(layout.dataset_manifest, schema="dataset_manifest", error=ReleaseError, fix=fix))
     final = report.collapse.final_check
     return ReleaseMetadata(
         run_id=report.run_id,
@@ -222,6 +225,8 @@ def _metadata(params: Params, layout: Layout, gated: Gated, created: str | None)
         ),
         dataset_id=report.dataset_id,
         dataset_manifest_sha256=report.dataset_manifest_sha256,
+        dataset_source=manifest.source,
+        dataset_records=manifest.records,
         inputs=[ConsumedInput(path=layout.rel(p), sha256=sha256_file(p)) for p in consumed],
         preflight=outcome,
         collapse_status="alerts_acknowledged" if final is not None and final.alerts else "no_alerts",
