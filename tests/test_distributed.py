@@ -596,7 +596,7 @@ def _torchrun(root: Path, workers: int) -> subprocess.CompletedProcess[str]:
 def test_distributed_the_external_launcher_flow_of_the_readme(straight: Path) -> None:
     """torchrun after a plain preflight stops with the fix that works; after `WORLD_SIZE=2 geno-pipeline preflight` the
     launched job trains the same numbers as the self-launched 2-worker run."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs/distributed.md").read_text(encoding="utf-8")
     assert "WORLD_SIZE=2 geno-pipeline preflight\ntorchrun --standalone --nproc_per_node 2 -m geno_pipeline train\n" in readme
     root = _clone(straight.parent / "base", straight.parent / "torchrun")
     _set(root, "runtime", nproc_per_node=1)

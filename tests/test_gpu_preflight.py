@@ -434,7 +434,7 @@ def test_runtime_and_preflight_params_defaults() -> None:
 
 
 def test_every_gpu_and_cuda_code_has_a_readme_row_with_its_severity() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs/preflight.md").read_text(encoding="utf-8")
     warnings = {"gpu.clocks_throttled", "gpu.busy", "gpu.query_failed", "cuda.driver_minor_older"}
     for code in REMEDIES:
         severity = "warning" if code in warnings else "error"

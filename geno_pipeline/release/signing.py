@@ -70,7 +70,7 @@ def _model_signing() -> Any:
 
 def _pem(path: Path, what: str) -> bytes:
     if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found; fix: give the path of a PEM file (see README, 'Signing a release')")
+        raise ConfigError(f"{path}: {what} not found; fix: give the path of a PEM file (see docs/release.md, 'Signing a release')")
     try:
         return path.read_bytes()
     except OSError as exc:

@@ -12,7 +12,7 @@ serializes, hashes, writes, syncs and renames (pure Python and system calls), wh
 threads in the parent. The child's Python runs on another core, free of the training thread's GIL. It was made for
 the CPU tiny profile, which checkpoints every 4 steps of a ~5 ms step: there a thread's jobs slowed the loop's own
 parts by about as much as running them on the training thread would (the thread saves only the disk waits, when the
-GIL is released; README, Performance). The child keeps its own copy of what the handler closes over (the logs' running
+GIL is released; docs/performance.md). The child keeps its own copy of what the handler closes over (the logs' running
 hashes), so the parent must not use those parts itself; the kernel kills it if the parent dies (PR_SET_PDEATHSIG).
 
 `ThreadWriter` runs the jobs on one worker thread: the fallback where fork is not safe or not available.
