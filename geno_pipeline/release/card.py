@@ -90,6 +90,45 @@ The same recipe trained with {len(sweep.seeds)} other seeds ({", ".join(map(str,
 """
 
 
+def _use_section(meta: ReleaseMetadata) -> str:
+    """How to load the model and what its inputs and outputs mean."""
+    data, model = meta.params.data, meta.params.train.model
+    return f"""## How to use
+
+```python
+from geno_pipeline import Edit, load_released_model
+
+model = load_released_model("<this directory>")  # verifies the bundle first; never unpickles
+window = "ACGT..."  # {data.window_length} bases of A/C/G/T (longer: the first {data.window_length} are read)
+state = model.embed([window])  # [1, {model.state_dim}] latent state of the window
+snv = Edit(10, window[10], "G" if window[10] != "G" else "A")  # an SNV at position 10
+after = model.predict([window], [snv])  # [1, {model.state_dim}] predicted state after the SNV
+score = model.edit_scores([window], [snv])  # [1] how far the edit moves the state, as predicted
+```
+
+An `Edit(position, ref, alt)` replaces the bases `ref` at a 0-based position of the window by `alt` (SNV, MNV,
+insertion with `ref=""`, deletion with `alt=""`, indel); a list of edits per window is applied in order and rolled out
+step by step. The latent state is the frozen encoder's summary of the window: random convolutional motif features
+pooled over {model.segments} segments (so it keeps where a motif sits), projected to {model.state_dim} dimensions and
+layer-normalised. `examples/use_the_model.py` in the geno-pipeline repository scores every SNV of a window.
+
+"""
+
+
+def _limits_section(meta: ReleaseMetadata) -> str:
+    """What the model is for, and what it is not."""
+    data = meta.params.data
+    return f"""## Intended use and limits
+
+- For research on latent world models of sequence edits and for testing reproducible training pipelines.
+- The encoder is a frozen random-feature stand-in, not a pretrained DNA language model: the latent space has no
+  biological meaning, and predictions say nothing about variant effects, pathogenicity or any clinical question.
+- Trained on {"synthetic sequence" if data.source == "synthetic" else "the given FASTA only"}; do not expect it to transfer
+  to other genomes.
+- License: Apache-2.0 (the project's LICENSE); the reference sequence keeps its own terms.
+"""
+
+
 def model_card(meta: ReleaseMetadata, metrics: ReleaseMetrics, report: TrainingReport) -> str:
     """The model card text."""
     data, train, model = meta.params.data, meta.params.train, meta.params.train.model
@@ -153,26 +192,7 @@ Collapse status: {collapse}.
 - Code: source digest `{meta.source_digest}`; params hash `{meta.params_sha256}`.
 - Same params, code and environment class give a byte-identical bundle.
 {_sweep_section(meta)}
-## How to use
-
-```python
-from geno_pipeline import Edit, load_released_model
-
-model = load_released_model("<this directory>")  # verifies the bundle first; never unpickles
-window = "ACGT..."  # {data.window_length} bases of A/C/G/T (longer: the first {data.window_length} are read)
-state = model.embed([window])  # [1, {model.state_dim}] latent state of the window
-snv = Edit(10, window[10], "G" if window[10] != "G" else "A")  # an SNV at position 10
-after = model.predict([window], [snv])  # [1, {model.state_dim}] predicted state after the SNV
-score = model.edit_scores([window], [snv])  # [1] how far the edit moves the state, as predicted
-```
-
-An `Edit(position, ref, alt)` replaces the bases `ref` at a 0-based position of the window by `alt` (SNV, MNV,
-insertion with `ref=""`, deletion with `alt=""`, indel); a list of edits per window is applied in order and rolled out
-step by step. The latent state is the frozen encoder's summary of the window: random convolutional motif features
-pooled over {model.segments} segments (so it keeps where a motif sits), projected to {model.state_dim} dimensions and
-layer-normalised. `examples/use_the_model.py` in the geno-pipeline repository scores every SNV of a window.
-
-## How to verify
+{_use_section(meta)}## How to verify
 
 1. Checksums, with coreutils only: `sha256sum -c --strict SHA256SUMS` in this directory.
 2. Everything geno-pipeline checks (checksums, no missing, extra or symlinked file, schemas, provenance subjects, the
@@ -182,12 +202,4 @@ layer-normalised. `examples/use_the_model.py` in the geno-pipeline repository sc
    `model_signing verify key <this directory> --signature <this directory>.sig --public_key PUBLIC_KEY.pem`
    (PyPI `model-signing`), or `geno-pipeline verify <this directory> --public-key PUBLIC_KEY.pem`.
 
-## Intended use and limits
-
-- For research on latent world models of sequence edits and for testing reproducible training pipelines.
-- The encoder is a frozen random-feature stand-in, not a pretrained DNA language model: the latent space has no
-  biological meaning, and predictions say nothing about variant effects, pathogenicity or any clinical question.
-- Trained on {"synthetic sequence" if data.source == "synthetic" else "the given FASTA only"}; do not expect it to transfer
-  to other genomes.
-- License: Apache-2.0 (the project's LICENSE); the reference sequence keeps its own terms.
-"""
+{_limits_section(meta)}"""
