@@ -1,4 +1,4 @@
-"""`geno-pipeline` command line: one subcommand per stage plus verify/validate/schemas/bench tools.
+"""`geno-pipeline` command line: one subcommand per stage plus verify, sign, validate, schemas and repro-check.
 
 argv is parsed only here; each handler reads its own params section and calls the stage's `run`.
 """
@@ -78,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_parsers(sub)
     _add_trust_parsers(sub)
     _add_tool_parsers(sub)
-    _add_mutation_parser(sub)
     return parser
 
 
@@ -187,7 +186,7 @@ def _add_trust_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """validate, schemas, repro-check, bench, reliability."""
+    """validate, schemas, repro-check."""
     p = sub.add_parser(
         "validate",
         help="check a JSON/JSONL file we write against its schema",
@@ -215,40 +214,6 @@ def _add_tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--lock-ref", default="HEAD", help="git revision whose dvc.lock is the reference (default: HEAD)")
 
-    p = sub.add_parser(
-        "bench",
-        help="measure performance ratios; write reports/bench.json",
-        description="Measure ratios in one run: training step vs bare torch loop, deterministic vs not, collapse metrics vs "
-        "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`, and the data stage on a "
-        "generated FASTA (plain and bgzip) vs a bare read + lookup-table pass, with its peak RSS. The headline is the whole train "
-        "stage (tiny and default profile) vs a bare end-to-end loop of the same sampling, encoding and optimizer math, with "
-        "the stage's seconds by part.",
-    )
-    p.add_argument("--root", type=Path, default=Path("."))
-    p.add_argument("--quick", action="store_true", help="fewer repetitions, a 64 MiB FASTA")
-    p.add_argument("--fasta-mib", type=int, default=None, help="bases (MiB) of the generated FASTA for the ingest bench (default 512)")
-    p.add_argument(
-        "--scaling",
-        action="store_true",
-        help="instead, measure how costs grow: train step vs batch size and width, data stage time and peak RSS vs genome "
-        "length, collapse metrics vs N, verify vs bundle size; CSVs under reports/bench/ (DVC plots), fits in scaling.json",
-    )
-
-    p = sub.add_parser(
-        "reliability",
-        help="fault injection: SIGKILL stages, fail writes; write reports/reliability.json",
-        description="In a scratch copy of the project with a small params profile: run the pipeline straight as the reference, "
-        "then SIGKILL data, train and release at seeded moments (some inside final writes) and inject ENOSPC and EROFS "
-        "at the write layer; after each fault rerun or resume and compare every declared output with the reference. "
-        "Counts divergences, tracebacks and leftovers; exit 7 when any is non-zero. Takes minutes.",
-    )
-    p.add_argument("--root", type=Path, default=Path("."))
-    p.add_argument("--params", type=Path, default=None, help="params profile (default: ROOT/tests/params_tiny.yaml)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments and failing writes (default 0)")
-    p.add_argument("--train-kills", type=int, default=30, help="SIGKILLs of train (default 30; every third inside a write)")
-    p.add_argument("--other-kills", type=int, default=8, help="SIGKILLs each of data and release (default 8)")
-    p.add_argument("--storage-rounds", type=int, default=2, help="rounds of ENOSPC + EROFS on data, train, release (default 2)")
-
 
 @dataclass(frozen=True)
 class StageCommand:
@@ -263,34 +228,6 @@ class StageCommand:
 
 
 STATUS_EXIT = {"ok": EXIT_OK, "preflight_not_ok": EXIT_PREFLIGHT, "training_stopped": EXIT_TRAINING_STOPPED}
-
-
-def _add_mutation_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """mutation."""
-    p = sub.add_parser(
-        "mutation",
-        help="mutation testing of the core modules (mutmut); write reports/mutation.json",
-        description="Plant small bugs one at a time (mutmut) in the core pure modules: schedule, sampling, tuples, edits, "
-        "collapse, checksums, release verify, the checkpoint binding checks and config validation; run the fast test tier's "
-        "tests that execute each mutated function; write the score per module to reports/mutation.json and print it. "
-        "Survivors judged equivalent are listed with a reason in tests/mutation_equivalents.yaml. Needs the dev extra; "
-        "takes tens of minutes on 2 cores. mutmut keeps its copy and results in mutants/; this command names the targeted "
-        "modules' mutants, so it runs all of them again (`--report-only` scores the results already there). A module "
-        "none of whose mutants were run in mutants/ (a fresh clone has none) keeps the figures of the existing report "
-        "while its file is unchanged, marked carried over. "
-        "Exit 1 unless every module was scored and it and the total score at least 90%.",
-    )
-    p.add_argument("--root", type=Path, default=Path("."))
-    p.add_argument("--report-only", action="store_true", help="do not run mutmut: score the results already in ROOT/mutants/")
-    p.add_argument("--max-children", type=int, default=None, help="parallel mutant runs (default: the CPU count)")
-    p.add_argument(
-        "--target",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="run only this module (repeatable): schedule, sampling, tuples, edits, collapse, checksums, release_verify, "
-        "checkpoint_bindings, config_validation; the report still scores every module from the results in mutants/",
-    )
 
 
 def _data_command() -> StageCommand:
@@ -467,8 +404,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
-    from geno_pipeline.schemas import schema_drift, write_schemas
+    from geno_pipeline.schemas import load_project_tools, schema_drift, write_schemas
 
+    load_project_tools(args.root)  # a checkout's developer tools write reports with schemas too
     if args.write:
         for path in write_schemas(args.root):
             print(f"schemas: wrote {path}")
@@ -489,36 +427,12 @@ def _cmd_repro_check(args: argparse.Namespace) -> int:
     return run_repro_check_cli(Layout.for_root(args.root), lock_ref=args.lock_ref)
 
 
-def _cmd_reliability(args: argparse.Namespace) -> int:
-    from geno_pipeline.reliability import run_reliability_cli
-
-    return run_reliability_cli(
-        Layout.for_root(args.root), params=args.params, seed=args.seed, train_kills=args.train_kills,
-        other_kills=args.other_kills, storage=args.storage_rounds,
-    )  # fmt: skip
-
-
-def _cmd_mutation(args: argparse.Namespace) -> int:
-    from geno_pipeline.mutation import run_mutation_cli
-
-    return run_mutation_cli(Layout.for_root(args.root), report_only=args.report_only, max_children=args.max_children, targets=args.target)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from geno_pipeline.bench import run_bench_cli
-
-    return run_bench_cli(Layout.for_root(args.root), quick=args.quick, fasta_mib=args.fasta_mib, scaling=args.scaling)
-
-
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": _cmd_verify,
     "sign": _cmd_sign,
     "validate": _cmd_validate,
     "schemas": _cmd_schemas,
     "repro-check": _cmd_repro_check,
-    "bench": _cmd_bench,
-    "reliability": _cmd_reliability,
-    "mutation": _cmd_mutation,
 }
 
 

@@ -159,7 +159,7 @@ class Layout:
 
     @property
     def mutation_report(self) -> Path:
-        """`geno-pipeline mutation`: mutation score per core module."""
+        """`python -m tools.mutation`: mutation score per core module."""
         return self.reports / "mutation.json"
 
     @property

@@ -7,6 +7,7 @@ and checked for drift by a test and by `geno-pipeline schemas --check`.
 from __future__ import annotations
 
 import importlib
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from geno_pipeline.fsio import atomic_write_text
 
 __all__ = [
     "SCHEMA_MODELS",
+    "register_schemas",
     "schema_dir",
     "schema_drift",
     "schema_for",
@@ -48,11 +50,28 @@ SCHEMA_MODELS: dict[str, str] = {
     "release_report": "geno_pipeline.release.documents:ReleaseReport",
     "preflight_outcome": "geno_pipeline.preflight.documents:PreflightOutcome",
     "repro_check": "geno_pipeline.repro_check:ReproCheckReport",
-    "bench": "geno_pipeline.bench:BenchReport",
-    "bench_scaling": "geno_pipeline.benchtrain:ScalingReport",
-    "reliability": "geno_pipeline.reliability:ReliabilityReport",
-    "mutation": "geno_pipeline.mutation:MutationReport",
 }
+
+
+def load_project_tools(root: Path) -> bool:
+    """Import the developer tools of the checkout at `root`, when it has them, so that their reports' schemas are
+    registered; returns whether it did. The installed package never needs them."""
+    root = Path(root).resolve()
+    if not (root / "tools" / "__init__.py").is_file():
+        return False
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        importlib.import_module("tools")
+    except ImportError:
+        return False
+    return True
+
+
+def register_schemas(models: dict[str, str]) -> None:
+    """Add name -> "module:Class" entries: the developer tools of a checkout register the reports they write (importing
+    `tools` does it), so `schemas --write/--check` and `validate` cover them where they are importable."""
+    SCHEMA_MODELS.update(models)
 
 
 def _model(name: str) -> type[BaseModel]:

@@ -38,7 +38,6 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.jsonio": 1,
     "geno_pipeline.runtime_report": 1,
     "geno_pipeline.distributed": 1,  # the job, the batch split and the process group: torch and errors only
-    "geno_pipeline.distributed.benchwork": 7,  # a bench worker: drives the trainer like bench.py
     "geno_pipeline.config": 2,
     "geno_pipeline.environment": 2,
     "geno_pipeline.data": 3,
@@ -47,15 +46,11 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.sweep": 5,  # reruns the train stage per seed; release gates on its report
     "geno_pipeline.release": 6,
     "geno_pipeline.cli": 7,
-    "geno_pipeline.bench": 7,
-    "geno_pipeline.benchtrain": 7,  # the end-to-end train-stage bench and the scaling curves
-    "geno_pipeline.benchio": 7,  # what the benches share: generated FASTA, child wall time and peak RSS
-    "geno_pipeline.reliability": 7,
-    "geno_pipeline.mutation": 7,  # runs mutmut on the core modules and scores them
     "geno_pipeline.repro_check": 7,
     "geno_pipeline.validate": 7,
     "geno_pipeline.__main__": 7,
     "geno_pipeline": 7,  # the package's lazy load_released_model
+    "tools": 8,  # the developer harnesses (bench, mutation, reliability): they import the pipeline, never the reverse
 }
 
 
@@ -67,7 +62,8 @@ def _module_name(path: Path) -> str:
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if "__pycache__" not in p.parts}
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tools").rglob("*.py")]
+    return {_module_name(p): p for p in sorted(files) if "__pycache__" not in p.parts}
 
 
 def _imports(path: Path, known: set[str]) -> set[str]:
@@ -143,6 +139,14 @@ def test_architecture_named_boundaries() -> None:
     env_to_stage = [d for d in graph["geno_pipeline.environment"] if d.startswith(stages)]
     release_to_training_stage = [d for d in graph["geno_pipeline.release.stage"] if d.startswith("geno_pipeline.training.stage")]
     assert (data_to_training, env_to_stage, release_to_training_stage) == ([], [], [])
+
+
+def test_architecture_the_package_holds_only_the_pipeline() -> None:
+    """The harnesses live in tools/: nothing in geno_pipeline/ imports them, and the package has none of them."""
+    graph = import_graph()
+    assert [(m, d) for m, ds in graph.items() if m.startswith("geno_pipeline") for d in ds if d.startswith("tools")] == []
+    harness = {"bench", "benchtrain", "benchio", "benchwork", "mutation", "reliability"}
+    assert [p for p in PACKAGE.rglob("*.py") if p.stem in harness] == []
 
 
 def test_architecture_every_module_has_a_layer() -> None:

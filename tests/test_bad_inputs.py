@@ -30,9 +30,9 @@ from geno_pipeline.cli import main
 from geno_pipeline.config import load_params
 from geno_pipeline.errors import VerifyError
 from geno_pipeline.release.loader import load_released_model
-from geno_pipeline.reliability import declared_outputs
 from geno_pipeline.tensorfile import serialize_tensors
 from tests.conftest import TINY, write_params
+from tools.reliability import declared_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 CKPT = "artifacts/train/checkpoints/step-000012"
@@ -1057,7 +1057,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block(finished: Path, tmp_path: Pa
 def test_sigterm_stops_train_like_ctrl_c_and_resume_finishes(finished: Path, tmp_path: Path) -> None:
     """SIGTERM (what a scheduler sends before a kill) mid-run: exit 143, one line, no traceback, nothing half-written;
     `--resume auto` then finishes the run."""
-    from geno_pipeline.reliability import temporaries
+    from tools.reliability import temporaries
 
     root = tmp_path / "p"
     shutil.copytree(finished, root, symlinks=True)

@@ -1,4 +1,4 @@
-"""The end-to-end train-stage bench and the scaling fit (figures themselves are measured by `geno-pipeline bench`, never timed here)."""
+"""The end-to-end train-stage bench and the scaling fit (figures themselves are measured by `python -m tools.bench`, never timed here)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geno_pipeline.benchtrain import StageBench, bench_train_stage, cadence, fit_growth, pair_ratios
 from geno_pipeline.config import load_params
 from geno_pipeline.training.background import process_writer_available
 from geno_pipeline.training.stage import PARTS
 from tests.conftest import TINY
+from tools.benchtrain import StageBench, bench_train_stage, cadence, fit_growth, pair_ratios
 
 
 @given(
@@ -72,7 +72,7 @@ def test_bare_loop_does_the_stage_math(tmp_path: Path, micro_batches: int) -> No
     import torch
     from safetensors.torch import load_file
 
-    from geno_pipeline import benchtrain
+    from tools import benchtrain
     from geno_pipeline.training import stage
     from geno_pipeline.training.determinism import configure_torch_reproducibility
 
@@ -98,7 +98,7 @@ def test_cadence_counts_what_the_stage_schedules(steps: int, log_every: int, eve
 def test_required_work_writes_durable_checkpoints_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from geno_pipeline import benchtrain
+    from tools import benchtrain
 
     files = {"a.safetensors": b"alpha", "state.json": b"{}"}
     synced: list[str] = []
@@ -116,7 +116,7 @@ def test_required_work_writes_durable_checkpoints_and_leaves_nothing(tmp_path: P
 def test_interleaved_medians_alternate_the_two_and_take_each_ones_median(repeats: int) -> None:
     """The step bench times ours and the reference in turn (a burst of load on a shared machine hits both), `repeats`
     runs each, and reports each one's median run."""
-    from geno_pipeline import bench, benchtrain
+    from tools import bench, benchtrain
 
     calls: list[str] = []
     clock = iter(range(10_000))
@@ -145,7 +145,7 @@ def test_bench_prints_each_profiles_ratio_pair_range_and_a_missed_target(
 ) -> None:
     """`bench`'s train-stage lines, from the committed reports/bench.json: the ratio, the range of its pairs, and
     TARGET MISSED exactly where the target was missed."""
-    from geno_pipeline import bench
+    from tools import bench
     from geno_pipeline.layout import Layout
 
     report = bench.BenchReport.model_validate_json((Path(__file__).parents[1] / "reports" / "bench.json").read_text())

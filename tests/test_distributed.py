@@ -718,7 +718,7 @@ def test_distributed_sigkill_of_the_launcher_leaves_no_worker(straight: Path) ->
 def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A benchwork job that does not finish in time (here: a limit it cannot meet) is one clear error, and none of its
     worker processes is left running."""
-    from geno_pipeline import bench
+    from tools import bench
     from geno_pipeline.errors import DistributedError
 
     started: list[subprocess.Popen[str]] = []
@@ -739,7 +739,7 @@ def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypa
 def test_bench_says_which_benchwork_worker_failed_and_how(tmp_path: Path) -> None:
     """A benchwork worker that exits with an error (here: a mode it does not know) is one DistributedError naming the rank,
     its exit status and the last line it wrote, not a traceback."""
-    from geno_pipeline import bench
+    from tools import bench
     from geno_pipeline.errors import DistributedError
 
     with pytest.raises(
@@ -752,7 +752,7 @@ def test_bench_says_which_benchwork_worker_failed_and_how(tmp_path: Path) -> Non
 def test_innermost_frame_names_where_a_signalled_worker_was() -> None:
     """A process that registers SIGUSR1 with faulthandler, as benchwork does, and waits in a function: the frame the bench
     reports is that function's line; a dump without the signalled thread's frames says so."""
-    from geno_pipeline.bench import innermost_frame
+    from tools.bench import innermost_frame
 
     code = (
         "import faulthandler, signal, sys, time\n"
@@ -779,7 +779,7 @@ def test_bench_counts_the_bytes_of_the_tree_the_all_gather_and_ddp(tmp_path: Pat
     """The bench's traffic line at 2 workers, 4 micro-batches: the tree receives what a ring all-reduce does (plus the
     two statistic gathers), the all-gather (M - M/W) gradients, DDP hands one gradient to all-reduce per step; the
     loopback interface carried about as much; and the all-gather path trains the same bits as the tree."""
-    from geno_pipeline.bench import bench_traffic
+    from tools.bench import bench_traffic
 
     figures, same = bench_traffic(2, tmp_path, steps=2)
     gradient = figures.gradient_bytes
@@ -795,7 +795,7 @@ def test_bench_counts_the_bytes_of_the_tree_the_all_gather_and_ddp(tmp_path: Pat
 
 
 def test_loopback_bytes_reads_the_lo_line(tmp_path: Path) -> None:
-    from geno_pipeline.distributed.benchwork import loopback_bytes
+    from tools.benchwork import loopback_bytes
 
     dev = tmp_path / "dev"
     dev.write_text(

@@ -12,13 +12,15 @@ import yaml
 
 from geno_pipeline.cli import EXIT_CODES, build_parser, main
 from geno_pipeline.config import stage_params
-from geno_pipeline.schemas import SCHEMA_MODELS, schema_drift, schema_for
+from geno_pipeline.schemas import SCHEMA_MODELS, load_project_tools, schema_drift, schema_for
 from tests.conftest import write_params
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_drift_committed_schemas_equal_generated() -> None:
+    assert load_project_tools(REPO)  # the developer tools' report schemas are committed too
+    assert {"bench", "bench_scaling", "mutation", "reliability"} <= set(SCHEMA_MODELS)
     assert schema_drift(REPO) == []
     assert main(["schemas", "--check", "--root", str(REPO)]) == 0
 
@@ -115,9 +117,6 @@ def test_drift_gitignore_and_dvc_config() -> None:
                 "validate",
                 "schemas",
                 "repro-check",
-                "bench",
-                "reliability",
-                "mutation",
             )
         ],
     ],
@@ -137,6 +136,21 @@ def test_drift_help_explains_every_command(command: list[str], capsys: pytest.Ca
             assert f"\n  {code}  " in out, code
     else:  # each command's own help has a description beyond the usage line, and lists its options
         assert "\n\n" in out.strip() and ("options:" in out)
+
+
+@pytest.mark.parametrize("tool", ["bench", "reliability", "mutation"])
+def test_drift_developer_tools_explain_themselves_and_stay_out_of_the_cli(tool: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    module = importlib.import_module(f"tools.{tool}")
+    with pytest.raises(SystemExit) as info:
+        module.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m tools.{tool}") and "options:" in out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([tool])  # not a user command
+    capsys.readouterr()
 
 
 def test_drift_cli_bad_params_no_traceback(tmp_path: Path) -> None:

@@ -14,8 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geno_pipeline.bench import bgzf_compress
-from geno_pipeline.benchio import fasta_lines
 from geno_pipeline.config import DataParams
 from geno_pipeline.data.dataset import TRAIN_COORDS_FILE, VALID_COORDS_FILE, build_dataset, load_dataset
 from geno_pipeline.data.fasta import IUPAC_CODES, read_fasta
@@ -23,6 +21,8 @@ from geno_pipeline.data.genome import RecordStats, Reference
 from geno_pipeline.data.windows import candidate_slots, draw_split, gather_windows, n_free_runs, slot_starts
 from geno_pipeline.errors import DataError
 from tests.conftest import write_params
+from tools.bench import bgzf_compress
+from tools.benchio import fasta_lines
 
 LETTERS = "ACGTNacgtn" + IUPAC_CODES + IUPAC_CODES.lower()
 

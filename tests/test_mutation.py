@@ -1,4 +1,4 @@
-"""`geno-pipeline mutation`: which mutants count for which module, the score, and that the committed report is current."""
+"""`python -m tools.mutation`: which mutants count for which module, the score, and that the committed report is current."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geno_pipeline.checksums import sha256_file
-from geno_pipeline.cli import main
 from geno_pipeline.errors import GenoPipelineError
 from geno_pipeline.jsonio import validate_document
-from geno_pipeline.mutation import (
+from tools.mutation import (
     EQUIVALENTS_FILE,
     TARGET_SCORE,
     TARGETS,
@@ -27,6 +26,7 @@ from geno_pipeline.mutation import (
     status_of,
     target_of,
 )
+from tools.mutation import main as mutation_main
 
 REPO = Path(__file__).resolve().parent.parent
 SHA = {t.path: "0" * 64 for t in TARGETS}
@@ -158,22 +158,22 @@ def test_read_exit_codes_and_a_bad_equivalents_file(tmp_path: Path) -> None:
 
 
 def test_report_only_without_results_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["mutation", "--root", str(tmp_path), "--report-only"]) == 2
+    assert mutation_main(["--root", str(tmp_path), "--report-only"]) == 2
     err = capsys.readouterr().err
-    assert "no mutmut results under" in err and "fix: run `geno-pipeline mutation`" in err and "Traceback" not in err
-    assert main(["mutation", "--root", str(tmp_path), "--report-only", "--target", "schedul"]) == 2
+    assert "no mutmut results under" in err and "fix: run `python -m tools.mutation`" in err and "Traceback" not in err
+    assert mutation_main(["--root", str(tmp_path), "--report-only", "--target", "schedul"]) == 2
     assert "--target schedul: no such target; fix: use one of schedule, sampling," in capsys.readouterr().err
 
 
 def test_committed_report_is_current_and_meets_the_target() -> None:
-    """reports/mutation.json describes the code as it is (rerun `geno-pipeline mutation` after changing a target), every
+    """reports/mutation.json describes the code as it is (rerun `python -m tools.mutation` after changing a target), every
     module it scored meets the target, and once every module is scored the whole target is met."""
     report = json.loads((REPO / "reports" / "mutation.json").read_text())
     validate_document(report, "mutation")
     assert [m["name"] for m in report["modules"]] == [t.name for t in TARGETS]
     for module in report["modules"]:
         assert module["source_sha256"] == sha256_file(REPO / module["path"]), (
-            f"{module['path']} changed since reports/mutation.json was written; fix: run `geno-pipeline mutation` and commit the report"
+            f"{module['path']} changed since reports/mutation.json was written; fix: run `python -m tools.mutation` and commit the report"
         )
         assert module["score"] is None or module["score"] >= TARGET_SCORE, f"{module['name']}: {module['score']:.3f}"
     assert report["target_met"] == report["complete"] and not report["stale_equivalents"]

@@ -16,8 +16,8 @@ from geno_pipeline.errors import EXIT_STORAGE, StorageError
 from geno_pipeline.fsio import atomic_write_bytes, is_temporary_name, staging_dir, sweep_temporaries
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import Layout
-from geno_pipeline.reliability import declared_outputs, run_campaign, temporaries
 from tests.conftest import TINY, write_params
+from tools.reliability import declared_outputs, run_campaign, temporaries
 
 REPO = Path(__file__).resolve().parent.parent
 

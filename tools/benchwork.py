@@ -1,6 +1,6 @@
-"""One process of the distributed bench (`geno-pipeline bench`): the whole step path, the trainer's or DDP's.
+"""One process of the distributed bench (`python -m tools.bench`): the whole step path, the trainer's or DDP's.
 
-`python -m geno_pipeline.distributed.benchwork --mode tree|gather|ddp --steps N --threads T [--micro M] --save FILE`
+`python -m tools.benchwork --mode tree|gather|ddp --steps N --threads T [--micro M] --save FILE`
 trains the default model on a synthetic genome with batch 64 in M micro-batches (default 2): every step draws the
 global batch, encodes this rank's micro-batches and updates. `tree` is the trainer's step (gradients summed along the
 fixed tree, partial sums combined shard by shard); `gather` is the trainer's step with every micro-batch's gradient

@@ -108,7 +108,7 @@ class ScalingCurve(Document):
 
 
 class ScalingReport(Document):
-    """reports/bench/scaling.json: `geno-pipeline bench --scaling`."""
+    """reports/bench/scaling.json: `python -m tools.bench --scaling`."""
 
     schema_version: Literal["1.0"] = "1.0"
     """Version of this document's shape."""
@@ -418,7 +418,7 @@ def _train_curves(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCur
 def _data_curve(layout: Layout, root: Path, *, quick: bool) -> list[ScalingCurve]:
     import yaml
 
-    from geno_pipeline.benchio import ingest_params, measured, write_bench_fasta
+    from tools.benchio import ingest_params, measured, write_bench_fasta
 
     sizes_mb = (1, 4, 16, 64) if quick else (1, 4, 16, 64, 256, 512)
     rows: list[list[float]] = []

@@ -1,4 +1,4 @@
-"""Mutation testing of the core pure modules (`geno-pipeline mutation`): mutmut plants small bugs one at a time and runs
+"""Mutation testing of the core pure modules (`python -m tools.mutation`): mutmut plants small bugs one at a time and runs
 the fast test tier's tests that execute the mutated function; reports/mutation.json holds the score per module.
 
 The targets are fixed here and mirrored by `[tool.mutmut] only_mutate` in pyproject.toml (a test keeps the two equal).
@@ -9,10 +9,11 @@ every target file, so a test can tell when the committed report no longer descri
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +27,7 @@ from geno_pipeline.errors import GenoPipelineError
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.readers import read_json_text, read_yaml
+from tools import run_tool
 
 __all__ = [
     "EQUIVALENTS_FILE",
@@ -124,9 +126,9 @@ def read_exit_codes(mutants_dir: Path) -> dict[str, int | None]:
     """mutant name -> exit code of its test run, from mutmut's `<file>.py.meta` files."""
     out: dict[str, int | None] = {}
     for meta in sorted(mutants_dir.rglob("*.py.meta")):
-        document = read_json_text(meta, error=GenoPipelineError, fix="rerun `geno-pipeline mutation`")
+        document = read_json_text(meta, error=GenoPipelineError, fix="rerun `python -m tools.mutation`")
         if not isinstance(document, dict) or not isinstance(document.get("exit_code_by_key"), dict):
-            raise GenoPipelineError(f"{meta}: no exit_code_by_key mapping in this mutmut result; fix: rerun `geno-pipeline mutation`")
+            raise GenoPipelineError(f"{meta}: no exit_code_by_key mapping in this mutmut result; fix: rerun `python -m tools.mutation`")
         out.update(document["exit_code_by_key"])
     return out
 
@@ -155,7 +157,7 @@ class ModuleScore(Document):
     other: int = Field(ge=0)
     """Skipped, suspicious or crashed mutants (counted as not detected)."""
     unchecked: int = Field(ge=0)
-    """Mutants not run yet (`geno-pipeline mutation --target NAME` runs one module)."""
+    """Mutants not run yet (`python -m tools.mutation --target NAME` runs one module)."""
     equivalent: int = Field(ge=0)
     """Survivors judged equivalent (tests/mutation_equivalents.yaml), left out of the score."""
     score: float | None = Field(ge=0, le=1)
@@ -179,7 +181,7 @@ class Survivor(Document):
 
 
 class MutationReport(Document):
-    """reports/mutation.json: `geno-pipeline mutation`."""
+    """reports/mutation.json: `python -m tools.mutation`."""
 
     schema_version: Literal["1.0"] = "1.0"
     """Version of this document's shape."""
@@ -360,12 +362,12 @@ def run_mutation_cli(layout: Layout, *, report_only: bool, max_children: int | N
         _run_mutmut(root, max_children, chosen)
     exit_codes = read_exit_codes(root / MUTANTS_DIR)
     if not any(c is not None and target_of(n) is not None for n, c in exit_codes.items()):
-        raise GenoPipelineError(f"no mutmut results under {root / MUTANTS_DIR}; fix: run `geno-pipeline mutation`")
+        raise GenoPipelineError(f"no mutmut results under {root / MUTANTS_DIR}; fix: run `python -m tools.mutation`")
     equivalents = read_equivalents(root / EQUIVALENTS_FILE)
     sha = {t.path: sha256_file(root / t.path) for t in TARGETS}
     report = build_report(exit_codes, equivalents, sha, tool=f"mutmut {metadata.version('mutmut')}")
     if layout.mutation_report.is_file():  # modules not run here keep the last report's figures while their files are unchanged
-        fix = "restore it from git, or delete it and run every module (`geno-pipeline mutation`)"
+        fix = "restore it from git, or delete it and run every module (`python -m tools.mutation`)"
         previous = MutationReport.model_validate(read_json(layout.mutation_report, schema="mutation", error=GenoPipelineError, fix=fix))
         report = carry_over(report, previous, equivalents)
     write_json(layout.mutation_report, report, schema="mutation")
@@ -391,3 +393,41 @@ def summary_lines(report: MutationReport) -> list[str]:
         lines.append(f"  {s.status}: {s.mutant}" + (f"  (equivalent: {s.equivalent_reason})" if s.equivalent_reason else ""))
     lines += [f"  stale equivalent entry: {name}" for name in report.stale_equivalents]
     return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tools.mutation`."""
+    p = argparse.ArgumentParser(
+        prog="python -m tools.mutation",
+        description="Plant small bugs one at a time (mutmut) in the core pure modules: schedule, sampling, tuples, edits, "
+        "collapse, checksums, release verify, the checkpoint binding checks and config validation; run the fast test tier's "
+        "tests that execute each mutated function; write the score per module to reports/mutation.json and print it. "
+        "Survivors judged equivalent are listed with a reason in tests/mutation_equivalents.yaml. Needs the dev extra; "
+        "takes tens of minutes on 2 cores. mutmut keeps its copy and results in mutants/; this command names the targeted "
+        "modules' mutants, so it runs all of them again (`--report-only` scores the results already there). A module "
+        "none of whose mutants were run in mutants/ (a fresh clone has none) keeps the figures of the existing report "
+        "while its file is unchanged, marked carried over. "
+        "Exit 1 unless every module was scored and it and the total score at least 90%.",
+    )
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--report-only", action="store_true", help="do not run mutmut: score the results already in ROOT/mutants/")
+    p.add_argument("--max-children", type=int, default=None, help="parallel mutant runs (default: the CPU count)")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this module (repeatable): schedule, sampling, tuples, edits, collapse, checksums, release_verify, "
+        "checkpoint_bindings, config_validation; the report still scores every module from the results in mutants/",
+    )
+
+    def handle(args: argparse.Namespace) -> int:
+        return run_mutation_cli(
+            Layout.for_root(args.root), report_only=args.report_only, max_children=args.max_children, targets=args.target
+        )
+
+    return run_tool("mutation", p, handle, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
-"""`geno-pipeline bench`: performance as ratios measured in one run (never as timed tests)."""
+"""`python -m tools.bench`: performance as ratios measured in one run (never as timed tests)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import signal
@@ -12,19 +13,20 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from geno_pipeline.benchio import ingest_params, measured, write_bench_fasta
-from geno_pipeline.benchtrain import StageBench, bare_update, median_seconds, run_scaling, seconds, tiny_and_default_profiles
 from geno_pipeline.documents import Document
 from geno_pipeline.errors import DistributedError
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
+from tools import child_env, run_tool
+from tools.benchio import ingest_params, measured, write_bench_fasta
+from tools.benchtrain import StageBench, bare_update, median_seconds, run_scaling, seconds, tiny_and_default_profiles
 
 __all__ = ["BenchEntry", "BenchReport", "innermost_frame", "run_bench", "run_bench_cli"]
 
@@ -412,9 +414,9 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path, *, m
     from geno_pipeline.distributed import JOB_VARIABLES
     from geno_pipeline.distributed.smoke import free_port
 
-    base = {k: v for k, v in os.environ.items() if k not in JOB_VARIABLES}
+    base = {k: v for k, v in child_env().items() if k not in JOB_VARIABLES}  # the worker imports tools.benchwork
     port = str(free_port())
-    command = [sys.executable, "-m", "geno_pipeline.distributed.benchwork", "--mode", mode, "--steps", str(steps)]
+    command = [sys.executable, "-m", "tools.benchwork", "--mode", mode, "--steps", str(steps)]
     command += ["--threads", str(threads), "--save", str(save), "--micro", str(micro), "--warmup", str(warmup)]
     procs = []
     for rank in range(world):
@@ -438,7 +440,7 @@ def _benchwork(mode: str, world: int, threads: int, steps: int, save: Path, *, m
     problems = [f"rank {rank} at {innermost_frame(errs[rank])}" for rank in hung] + [
         _exit_words(rank, proc.returncode, errs[rank]) for rank, proc in enumerate(procs) if rank not in hung and proc.returncode
     ]
-    fix = "fix: rerun `geno-pipeline bench`, and report it with this message if it happens again"
+    fix = "fix: rerun `python -m tools.bench`, and report it with this message if it happens again"
     if hung:
         raise DistributedError(
             f"bench: benchwork {mode} x{world} did not finish in {BENCHWORK_TIMEOUT_S} s ({'; '.join(problems)}); "
@@ -614,3 +616,33 @@ def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None, 
             f"{f.human_assembly_peak_rss_gib} GiB here{'' if f.meets_targets else ' -- TARGET MISSED'}"
         )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tools.bench`."""
+    p = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description="Measure ratios in one run: training step vs bare torch loop, deterministic vs not, collapse metrics vs "
+        "pure Python, samplers vs per-draw loop, sha256 vs coreutils, preflight vs `import torch`, and the data stage on a "
+        "generated FASTA (plain and bgzip) vs a bare read + lookup-table pass, with its peak RSS. The headline is the whole train "
+        "stage (tiny and default profile) vs a bare end-to-end loop of the same sampling, encoding and optimizer math, with "
+        "the stage's seconds by part.",
+    )
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--quick", action="store_true", help="fewer repetitions, a 64 MiB FASTA")
+    p.add_argument("--fasta-mib", type=int, default=None, help="bases (MiB) of the generated FASTA for the ingest bench (default 512)")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead, measure how costs grow: train step vs batch size and width, data stage time and peak RSS vs genome "
+        "length, collapse metrics vs N, verify vs bundle size; CSVs under reports/bench/ (DVC plots), fits in scaling.json",
+    )
+
+    def handle(args: argparse.Namespace) -> int:
+        return run_bench_cli(Layout.for_root(args.root), quick=args.quick, fasta_mib=args.fasta_mib, scaling=args.scaling)
+
+    return run_tool("bench", p, handle, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`geno-pipeline reliability`: fault injection with figures, written to reports/reliability.json.
+"""`python -m tools.reliability`: fault injection with figures, written to reports/reliability.json.
 
 In a scratch copy of the project (a small params profile), the campaign runs the pipeline once
 straight as the reference, then for each case:
@@ -17,6 +17,7 @@ artifacts/ or reports/ after recovery) and divergences (any declared output that
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import random
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ from geno_pipeline.errors import EXIT_STORAGE, GenoPipelineError
 from geno_pipeline.fsio import is_temporary_name
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
+from tools import run_tool
 
 __all__ = ["CaseResult", "ReliabilityReport", "declared_outputs", "run_campaign", "run_reliability_cli"]
 
@@ -467,3 +469,36 @@ def run_reliability_cli(layout: Layout, *, params: Path | None, seed: int, train
         if r.divergent or r.leftovers or r.traceback:
             print(f"reliability: FAILED {r.stage} {r.fault} {r.moment}: {r.divergent[:3]} {r.leftovers[:3]} traceback={r.traceback}")
     return 7 if bad else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tools.reliability`."""
+    p = argparse.ArgumentParser(
+        prog="python -m tools.reliability",
+        description="In a scratch copy of the project with a small params profile: run the pipeline straight as the reference, "
+        "then SIGKILL data, train and release at seeded moments (some inside final writes) and inject ENOSPC and EROFS "
+        "at the write layer; after each fault rerun or resume and compare every declared output with the reference. "
+        "Counts divergences, tracebacks and leftovers; exit 7 when any is non-zero. Takes minutes.",
+    )
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--params", type=Path, default=None, help="params profile (default: ROOT/tests/params_tiny.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments and failing writes (default 0)")
+    p.add_argument("--train-kills", type=int, default=30, help="SIGKILLs of train (default 30; every third inside a write)")
+    p.add_argument("--other-kills", type=int, default=8, help="SIGKILLs each of data and release (default 8)")
+    p.add_argument("--storage-rounds", type=int, default=2, help="rounds of ENOSPC + EROFS on data, train, release (default 2)")
+
+    def handle(args: argparse.Namespace) -> int:
+        return run_reliability_cli(
+            Layout.for_root(args.root),
+            params=args.params,
+            seed=args.seed,
+            train_kills=args.train_kills,
+            other_kills=args.other_kills,
+            storage=args.storage_rounds,
+        )
+
+    return run_tool("reliability", p, handle, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
