@@ -72,9 +72,9 @@ def test_bare_loop_does_the_stage_math(tmp_path: Path, micro_batches: int) -> No
     import torch
     from safetensors.torch import load_file
 
-    from tools import benchtrain
     from geno_pipeline.training import stage
     from geno_pipeline.training.determinism import configure_torch_reproducibility
+    from tools import benchtrain
 
     params = benchtrain._params_with(TINY, micro_batches=micro_batches, steps=6)
     layout = benchtrain._prepare(tmp_path, params)
@@ -145,8 +145,8 @@ def test_bench_prints_each_profiles_ratio_pair_range_and_a_missed_target(
 ) -> None:
     """`bench`'s train-stage lines, from the committed reports/bench.json: the ratio, the range of its pairs, and
     TARGET MISSED exactly where the target was missed."""
-    from tools import bench
     from geno_pipeline.layout import Layout
+    from tools import bench
 
     report = bench.BenchReport.model_validate_json((Path(__file__).parents[1] / "reports" / "bench.json").read_text())
     missed = report.train_stage[0].model_copy(update={"ratio": 1.25, "meets_target": False, "pair_ratios": [1.3, 1.2, 1.25]})

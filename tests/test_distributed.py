@@ -718,8 +718,8 @@ def test_distributed_sigkill_of_the_launcher_leaves_no_worker(straight: Path) ->
 def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A benchwork job that does not finish in time (here: a limit it cannot meet) is one clear error, and none of its
     worker processes is left running."""
-    from tools import bench
     from geno_pipeline.errors import DistributedError
+    from tools import bench
 
     started: list[subprocess.Popen[str]] = []
     real_popen = subprocess.Popen
@@ -739,8 +739,8 @@ def test_bench_stops_hung_benchwork_workers_and_says_so(tmp_path: Path, monkeypa
 def test_bench_says_which_benchwork_worker_failed_and_how(tmp_path: Path) -> None:
     """A benchwork worker that exits with an error (here: a mode it does not know) is one DistributedError naming the rank,
     its exit status and the last line it wrote, not a traceback."""
-    from tools import bench
     from geno_pipeline.errors import DistributedError
+    from tools import bench
 
     with pytest.raises(
         DistributedError, match=r"benchwork nosuchmode x1 failed \(rank 0 exited with status 2: .*invalid choice: 'nosuchmode'"
