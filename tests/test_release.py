@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def test_release_bundle_contents_and_coreutils(released: Path) -> None:
     assert sorted(p.name for p in bundle.iterdir()) == [
         "MODEL_CARD.md",
         "SHA256SUMS",
+        "heldout.png",
+        "loss.png",
         "metadata.json",
         "metrics.json",
         "model.safetensors",
@@ -62,7 +65,9 @@ def test_release_bundle_contents_and_coreutils(released: Path) -> None:
     provenance = json.loads((bundle / "provenance.intoto.json").read_text())
     assert provenance["_type"] == "https://in-toto.io/Statement/v1"
     assert provenance["predicateType"] == "https://slsa.dev/provenance/v1"
-    assert {s["name"] for s in provenance["subject"]} == {"MODEL_CARD.md", "metadata.json", "metrics.json", "model.safetensors"}
+    assert {s["name"] for s in provenance["subject"]} == {
+        "MODEL_CARD.md", "heldout.png", "loss.png", "metadata.json", "metrics.json", "model.safetensors"
+    }  # fmt: skip
     deps = {d.get("name") for d in provenance["predicate"]["buildDefinition"]["resolvedDependencies"]}
     assert {"source", "dataset_manifest", "torch"} <= deps
     metadata = json.loads((bundle / "metadata.json").read_text())
@@ -148,7 +153,7 @@ def test_release_verify_provenance_must_agree(released: Path, tmp_path: Path) ->
     doc["subject"][0]["digest"]["sha256"] = "0" * 64
     (bundle / "provenance.intoto.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     subprocess.run(
-        ["bash", "-c", "sha256sum MODEL_CARD.md metadata.json metrics.json model.safetensors provenance.intoto.json > SHA256SUMS"],
+        ["bash", "-c", "sha256sum -- * > SHA256SUMS.new && grep -v ' SHA256SUMS$' SHA256SUMS.new > SHA256SUMS && rm SHA256SUMS.new"],
         cwd=bundle,
         check=True,
     )
@@ -252,6 +257,9 @@ def test_release_model_card_metadata_and_its_how_to_use_code(released: Path) -> 
     want = [round(metrics[k], 4) for k in losses] + [round(metrics["heldout_to_baseline"], 3)]
     assert [m["value"] for m in result["metrics"]] == want
     assert metadata["dataset_source"]["kind"] == "synthetic" and [r["name"] for r in metadata["dataset_records"]] == ["synthetic"]
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", card):  # the charts it shows are files of the bundle, and PNGs
+        assert image in ("heldout.png", "loss.png") and (bundle / image).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "](heldout.png)" in card and "](loss.png)" in card
     code = card.split("```python\n")[1].split("```")[0]
     window = "".join("ACGT"[int(b)] for b in np.load(released / "artifacts" / "dataset" / "valid_windows.npy")[0][:64])
     scope: dict[str, object] = {}

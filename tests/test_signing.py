@@ -31,7 +31,9 @@ from geno_pipeline.release.signing import (
 from tests.conftest import write_params
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLE_FILES = ("MODEL_CARD.md", "SHA256SUMS", "metadata.json", "metrics.json", "model.safetensors", "provenance.intoto.json")
+BUNDLE_FILES = (
+    "MODEL_CARD.md", "SHA256SUMS", "heldout.png", "loss.png", "metadata.json", "metrics.json", "model.safetensors", "provenance.intoto.json"
+)  # fmt: skip
 MODEL_SIGNING = shutil.which("model_signing") or str(Path(sys.executable).parent / "model_signing")
 
 
@@ -96,7 +98,7 @@ def test_sign_then_verify_succeeds_and_leaves_the_release_byte_identical(release
     before = _tree(bundle)
     proc = cli("sign", str(bundle), "--private-key", str(releases["alice"]))
     assert proc.returncode == 0, proc.stderr
-    assert f"sign: {bundle}: signed 6 files with key " in proc.stdout and f"wrote {tmp_path / 'release.sig'}" in proc.stdout
+    assert f"sign: {bundle}: signed 8 files with key " in proc.stdout and f"wrote {tmp_path / 'release.sig'}" in proc.stdout
     assert _tree(bundle) == before  # nothing added or changed inside: same SHA256SUMS, same bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["release", "release.sig"]
     assert sorted(signed_digests((tmp_path / "release.sig").read_bytes())) == sorted(BUNDLE_FILES)

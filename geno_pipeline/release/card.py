@@ -183,6 +183,10 @@ indel), it predicts the latent state of the edited window, rolled out autoregres
 
 Collapse status: {collapse}.
 
+![Held-out loss against the identity baseline](heldout.png)
+
+![Training loss, mean of each 25 steps](loss.png)
+
 ## Reproducibility
 
 - Seeds: train.seed {meta.seeds.base}; derived encoder {meta.seeds.encoder}, model init {meta.seeds.model_init},

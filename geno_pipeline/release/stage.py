@@ -25,7 +25,7 @@ from geno_pipeline.fsio import require_writable
 from geno_pipeline.jsonio import atomic_write_bytes, atomic_write_text, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.preflight.documents import PreflightOutcome
-from geno_pipeline.readers import read_tensors
+from geno_pipeline.readers import read_tensors, read_text
 from geno_pipeline.release.card import model_card
 from geno_pipeline.release.documents import (
     BuildDefinition,
@@ -48,12 +48,15 @@ from geno_pipeline.sweep.stage import read_sweep, released_binding
 from geno_pipeline.sweep.summary import gate_problems, spread_interval
 from geno_pipeline.tensorfile import serialize_tensors
 from geno_pipeline.training.documents import TrainingReport
+from geno_pipeline.training.logs import plot_pngs
 from geno_pipeline.version import __version__
 
 __all__ = ["BUNDLE_FILES", "Gated", "check_gates", "locked_packages", "run", "run_release", "summary", "sweep_gate"]
 
 MODEL_FILE = "model.safetensors"
-BUNDLE_FILES = (MODEL_FILE, "metrics.json", "metadata.json", "provenance.intoto.json", "MODEL_CARD.md")
+CHART_FILES = ("heldout.png", "loss.png")
+"""Charts the bundle ships (the model card shows them), rendered from the training logs it was built from."""
+BUNDLE_FILES = (MODEL_FILE, "metrics.json", "metadata.json", "provenance.intoto.json", "MODEL_CARD.md", *CHART_FILES)
 MODEL_FORMAT = "geno-pipeline/world-model/v1"
 
 
@@ -237,9 +240,7 @@ def _metadata(params: Params, layout: Layout, gated: Gated, created: str | None)
 
 def _provenance(bundle: Path, layout: Layout, metadata: ReleaseMetadata) -> dict[str, object]:
     """An unsigned in-toto Statement (SLSA provenance v1) over every other bundle file."""
-    subjects = [
-        Subject(name=n, digest={"sha256": sha256_file(bundle / n)}) for n in (MODEL_FILE, "metrics.json", "metadata.json", "MODEL_CARD.md")
-    ]
+    subjects = [Subject(name=n, digest={"sha256": sha256_file(bundle / n)}) for n in BUNDLE_FILES if n != "provenance.intoto.json"]
     deps = [
         ResourceDescriptor(name="source", digest={"sha256": metadata.source_digest.removeprefix("sha256:")}),
         ResourceDescriptor(
@@ -265,6 +266,17 @@ def _provenance(bundle: Path, layout: Layout, metadata: ReleaseMetadata) -> dict
     return statement.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def _charts(layout: Layout, report: TrainingReport) -> dict[str, bytes]:
+    """`CHART_FILES` rendered from the training logs the release consumed (the same charts as reports/plots/)."""
+    fix = "rerun `geno-pipeline train`"
+    lines = {
+        name: [json.loads(x) for x in read_text(layout.log(name), error=ReleaseError, what="log", fix=fix).splitlines() if x.strip()]
+        for name in ("metrics.jsonl", "collapse.jsonl")
+    }
+    charts = plot_pngs(lines["metrics.jsonl"], lines["collapse.jsonl"], report.identity_baseline_heldout_loss)
+    return {name: charts[name] for name in CHART_FILES}
+
+
 def write_bundle(params: Params, layout: Layout, gated: Gated) -> None:
     """Write the bundle in a staging directory, then swap it into artifacts/release (a failure leaves the old one)."""
     report, weights = gated.report, gated.weights
@@ -277,8 +289,10 @@ def write_bundle(params: Params, layout: Layout, gated: Gated) -> None:
         write_json(stage / "metrics.json", metrics, schema="release_metrics")
         metadata = _metadata(params, layout, gated, _created_at())
         write_json(stage / "metadata.json", metadata, schema="release_metadata")
-        # 3) people's card
+        # 3) people's card, and the charts it shows
         atomic_write_text(stage / "MODEL_CARD.md", model_card(metadata, metrics, report))
+        for name, data in _charts(layout, report).items():
+            atomic_write_bytes(stage / name, data)
         # 4) provenance over every other file
         write_json(stage / "provenance.intoto.json", _provenance(stage, layout, metadata), schema="provenance")
         # 5) SHA256SUMS over every other file, then swap into place

@@ -11,6 +11,7 @@ import io
 import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -22,8 +23,9 @@ from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.readers import read_text
 from geno_pipeline.training.checkpoint import LogRecord
 from geno_pipeline.training.documents import CollapseLine, MetricsLine
+from geno_pipeline.training.pngplot import Series, line_chart_png
 
-__all__ = ["COLLAPSE_PLOT_KEYS", "RunLogs", "write_plots"]
+__all__ = ["COLLAPSE_PLOT_KEYS", "PNG_PLOTS", "RunLogs", "plot_pngs", "write_plots"]
 
 COLLAPSE_PLOT_KEYS = (
     "pred_var_per_dim",
@@ -175,8 +177,52 @@ class RunLogs:
             raise TrainingCheckpointError(f"{path}: a line is not a valid collapse observation ({exc}); fix: {fix}") from None
 
 
-def write_plots(layout: Layout, logs: RunLogs) -> None:
-    """reports/plots/{loss,lr,collapse}.csv from the logs (floats as repr, so the CSVs are as exact as the logs)."""
+PNG_PLOTS = ("loss.png", "heldout.png", "variance.png", "rank.png")
+"""The charts rendered as PNG beside the CSVs (the release ships the first two and its model card shows them)."""
+LOSS_BLOCK = 25
+"""Steps per point of the training-loss chart (the mean of each block: single steps are too noisy to read)."""
+
+
+def _block_means(steps: list[int], values: list[float], block: int) -> tuple[list[float], list[float]]:
+    """(last step, mean value) of each run of `block` consecutive points."""
+    out_x, out_y = [], []
+    for start in range(0, len(steps), block):
+        chunk = values[start : start + block]
+        out_x.append(float(steps[min(start + block, len(steps)) - 1]))
+        out_y.append(sum(chunk) / len(chunk))
+    return out_x, out_y
+
+
+def plot_pngs(metrics: list[dict[str, Any]], collapse: list[dict[str, Any]], identity_loss: float) -> dict[str, bytes]:
+    """The `PNG_PLOTS` charts from the metrics and collapse lines: training loss (block means), held-out loss against
+    the identity baseline, predicted against target variance per dimension, and the effective rank."""
+    steps = [int(m["step"]) for m in metrics]
+    loss = _block_means(steps, [float(m["loss"]) for m in metrics], LOSS_BLOCK)
+    pred = _block_means(steps, [float(m["pred_loss"]) for m in metrics], LOSS_BLOCK)
+    at = [float(c["step"]) for c in collapse]
+
+    def held(key: str) -> list[float]:
+        return [float(c["metrics"][key]) for c in collapse]
+
+    return {
+        "loss.png": line_chart_png(f"Training loss (mean of {LOSS_BLOCK} steps)", "step",
+                                   [Series("loss", *loss), Series("prediction loss", *pred)]),
+        "heldout.png": line_chart_png("Held-out loss vs identity baseline", "step", [
+            Series("held-out loss", at, [float(c["heldout_loss"]) for c in collapse]),
+            Series("identity baseline", at, [identity_loss] * len(at)),
+        ]),
+        "variance.png": line_chart_png("Variance per dimension (held-out)", "step", [
+            Series("predicted", at, held("pred_var_per_dim")), Series("target", at, held("target_var_per_dim")),
+        ]),
+        "rank.png": line_chart_png("Effective rank of predictions (held-out)", "step", [
+            Series("effective rank", at, held("effective_rank")),
+        ]),
+    }  # fmt: skip
+
+
+def write_plots(layout: Layout, logs: RunLogs, identity_loss: float) -> None:
+    """reports/plots/{loss,lr,collapse}.csv from the logs (floats as repr, so the CSVs are as exact as the logs; the
+    collapse CSV carries the identity baseline for the held-out chart) and the `PNG_PLOTS` charts."""
     metrics = [json.loads(x) for x in logs.paths["metrics.jsonl"].read_text().splitlines() if x.strip()]
     collapse = [json.loads(x) for x in logs.paths["collapse.jsonl"].read_text().splitlines() if x.strip()]
     atomic_write_text(
@@ -184,11 +230,14 @@ def write_plots(layout: Layout, logs: RunLogs) -> None:
         "step,loss,pred_loss,kl_reg\n" + "".join(f"{m['step']},{m['loss']!r},{m['pred_loss']!r},{m['kl_reg']!r}\n" for m in metrics),
     )
     atomic_write_text(layout.plots / "lr.csv", "step,lr_multiplier\n" + "".join(f"{m['step']},{m['lr_multiplier']!r}\n" for m in metrics))
-    header = "step,heldout_loss," + ",".join(COLLAPSE_PLOT_KEYS) + "\n"
+    header = "step,heldout_loss,identity_baseline_loss," + ",".join(COLLAPSE_PLOT_KEYS) + "\n"
     rows = "".join(
-        f"{c['step']},{c['heldout_loss']!r}," + ",".join(repr(c["metrics"][k]) for k in COLLAPSE_PLOT_KEYS) + "\n" for c in collapse
+        f"{c['step']},{c['heldout_loss']!r},{identity_loss!r}," + ",".join(repr(c["metrics"][k]) for k in COLLAPSE_PLOT_KEYS) + "\n"
+        for c in collapse
     )
     atomic_write_text(layout.plots / "collapse.csv", header + rows)
+    for name, data in plot_pngs(metrics, collapse, identity_loss).items():
+        atomic_write_bytes(layout.plots / name, data)
 
 
 def _last_step(data: bytes) -> int | None:

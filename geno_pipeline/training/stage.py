@@ -603,7 +603,8 @@ def finish(run: TrainingRun, outcome: LoopOutcome) -> TrainingReport:
         run.logs.log(f"done: {outcome.message}")
     run.logs.sync()  # the lines after the last checkpoint are as durable as the reports that follow
     run.logs.close()
-    write_plots(run.layout, run.logs)
+    assert run.held is not None, "rank 0 finishes"
+    write_plots(run.layout, run.logs, run.held.identity_loss)
     summary = summarize_collapse(run.lines)
     last = run.lines[-1] if run.lines else None
     heldout = last.heldout_loss if last is not None and last.step > 0 else None
