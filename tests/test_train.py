@@ -339,12 +339,13 @@ def test_train_writes_the_same_bytes_with_either_checkpoint_writer(prepared: Pat
     writer ran in its runtime facts."""
     import functools
 
+    from geno_pipeline.training import run as training_run
     from geno_pipeline.training import stage
 
     cli_facts = json.loads(Layout.for_root(prepared).runtime_report("train").read_text())["facts"]
     assert cli_facts["checkpoint_writer"] == ("ProcessWriter" if process_writer_available() else "ThreadWriter")
     other = clone(prepared, tmp_path / "other")
-    monkeypatch.setattr(stage, "start_writer", functools.partial(stage.start_writer, process=False))
+    monkeypatch.setattr(training_run, "start_writer", functools.partial(training_run.start_writer, process=False))
     result = stage.run(load_params(other / "params.yaml"), Layout.for_root(other))
     assert result.facts["checkpoint_writer"] == "ThreadWriter" and float(result.facts["checkpoint_writer_seconds"]) > 0  # type: ignore[arg-type]
     assert tree(other / "artifacts" / "train") == tree(prepared / "artifacts" / "train")

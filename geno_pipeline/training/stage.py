@@ -7,16 +7,12 @@ Durations and throughput are returned as facts for reports/runtime/train.json.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from geno_pipeline.canonical import canonical_json
@@ -34,183 +30,42 @@ from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.runtime_report import Fact, StageResult
 from geno_pipeline.source import source_digest
-from geno_pipeline.tensorfile import TensorBytes, serialize_tensors, tensor_bytes
-from geno_pipeline.training.background import Writer, start_writer
+from geno_pipeline.tensorfile import serialize_tensors
 from geno_pipeline.training.budget import MEMORY_REMEDY, memory_shortfall, train_memory
 from geno_pipeline.training.checkpoint import (
     Bindings,
-    CheckpointState,
     Expected,
-    SamplerState,
     checkpoint_dir_name,
     group_states,
     list_checkpoints,
     load_checkpoint,
-    optimizer_tensors,
-    prune_checkpoints,
     restore_optimizer,
-    save_checkpoint,
     tensor_specs,
 )
 from geno_pipeline.training.collapse import CollapseMonitor
-from geno_pipeline.training.determinism import TorchDeterminismReport, TrainerSeeds, configure_torch_reproducibility
+from geno_pipeline.training.determinism import TrainerSeeds, configure_torch_reproducibility
 from geno_pipeline.training.documents import (
-    CollapseAlertRecord,
-    CollapseLine,
-    MetricsLine,
     TrainingReport,
-    TrainingStatus,
     TrainMetrics,
     summarize_collapse,
 )
-from geno_pipeline.training.heldout import HeldOut, build_held_out, caches_source_states, encode_batch, encode_windows, evaluate
+from geno_pipeline.training.heldout import build_held_out, caches_source_states, encode_windows
 from geno_pipeline.training.logs import RunLogs, write_plots
+from geno_pipeline.training.loop import ranks_agree, train_loop
 from geno_pipeline.training.model import WorldModel, build_world_model
-from geno_pipeline.training.progress import Progress
+from geno_pipeline.training.run import PARTS, CheckpointJob, LoopOutcome, TrainingRun, snapshot
 from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
 from geno_pipeline.training.schedule import wsd_lr_multiplier
-from geno_pipeline.training.trainer import TorchTrainer, TorchTrainerStepResult, build_adamw_optimizer
-from geno_pipeline.training.tuples import TupleSampler, take_rows
+from geno_pipeline.training.trainer import TorchTrainer, build_adamw_optimizer
+from geno_pipeline.training.tuples import TupleSampler
 from geno_pipeline.version import __version__
 
-__all__ = ["PARTS", "LoopOutcome", "ModelFactory", "TrainingRun", "preflight_fingerprint", "run", "run_training", "summary"]
+__all__ = [
+    "PARTS", "CheckpointJob", "LoopOutcome", "ModelFactory", "TrainingRun", "preflight_fingerprint", "ranks_agree", "run", "run_training",
+    "snapshot", "summary", "train_loop",
+]  # fmt: skip
 
 ModelFactory = Callable[[TrainParams, int, TrainerSeeds], WorldModel]
-
-
-@dataclass(frozen=True)
-class LoopOutcome:
-    """How the loop ended."""
-
-    status: TrainingStatus
-    message: str
-    last_step: int  # last step whose update the weights hold
-    steps_run: int  # optimizer steps this process ran
-    step_seconds: float  # time inside train_step
-    parts: dict[str, float] = field(default_factory=dict)  # seconds per part of the loop (PARTS)
-
-
-PARTS = ("sampling", "encoding", "step", "logs", "evaluation", "checkpoint")
-"""Where a training step's time goes: tuple drawing, the frozen encoder, the optimizer step, log lines and progress,
-the held-out evaluation, and checkpoint writes (volatile facts in reports/runtime/train.json and the bench)."""
-
-
-@dataclass
-class TrainingRun:
-    """Everything one training run holds: inputs, model, optimizer, sampler, held-out batch, logs and monitor."""
-
-    params: TrainStageParams
-    layout: Layout
-    dataset: Dataset
-    device: str
-    seeds: TrainerSeeds
-    determinism: TorchDeterminismReport
-    fingerprint: EnvironmentFingerprint
-    bindings: Bindings
-    run_id: str
-    model: WorldModel
-    optimizer: torch.optim.AdamW
-    trainer: TorchTrainer
-    sampler: TupleSampler
-    held: HeldOut | None  # rank 0 only: evaluation runs once, on the full held-out batch
-    logs: RunLogs
-    monitor: CollapseMonitor
-    group: Collective
-    shards: list[slice]  # this rank's micro-batches: rows of the global batch
-    source_states: torch.Tensor | None = None  # every training window encoded once (see `caches_source_states`)
-    source_seconds: float = 0.0  # time to encode them, counted in the loop's encoding part
-    lines: list[CollapseLine] = field(default_factory=list)
-    start: int = 0
-    resumed_from: Path | None = None
-    last_loss: float | None = None
-    saver: Writer[CheckpointJob] | None = None  # writes checkpoints (rank 0), started at the first one
-
-    @property
-    def train(self) -> TrainParams:
-        return self.params.train
-
-    @property
-    def writer(self) -> bool:
-        """Rank 0 writes every output; the other ranks write nothing."""
-        return self.group.rank == 0
-
-    def parameters_by_name(self) -> dict[str, torch.nn.Parameter]:
-        """The optimizer's parameters by the names its groups list (how checkpoints name their state)."""
-        return {n: p for g in self.optimizer.param_groups for n, p in zip(g["names"], g["params"], strict=True)}
-
-    @functools.cached_property
-    def params_document(self) -> dict[str, object]:
-        """The train stage params as checkpoints store them (canonical JSON, parsed back); made once per run."""
-        return dict(json.loads(canonical_json(self.params)))
-
-    def observe(self, step: int) -> CollapseLine:
-        """Evaluate the held-out batch, feed the collapse monitor and append the collapse line (rank 0)."""
-        assert self.held is not None, "only rank 0 evaluates"
-        ev = evaluate(self.model, self.held)
-        check = self.monitor.observe(ev.prediction, ev.target, kl_reg=ev.kl_reg, step=step, force=True)
-        assert check is not None and self.monitor.initial_pairwise_pred_dist_mean is not None
-        line = CollapseLine(
-            step=step,
-            heldout_loss=ev.loss,
-            baseline_pairwise_pred_dist_mean=self.monitor.initial_pairwise_pred_dist_mean,
-            metrics=check.metrics,
-            alerts=[CollapseAlertRecord(criterion=a.criterion, value=a.value, threshold=a.threshold, step=step) for a in check.alerts],
-        )
-        self.lines.append(line)
-        self.logs.collapse(line)
-        return line
-
-    def checkpoint(self, step: int, *, scheduled: bool) -> None:
-        """Checkpoint `step`: what it holds is copied now, and written, synced and renamed into place by the background
-        writer while training goes on (older ones pruned after it); a scheduled one is logged, an extra one (stop or
-        halt) leaves the logs as the straight run has them."""
-        if scheduled:  # logged before the log lengths are taken, so a resume from here keeps the line
-            self.logs.log(f"step {step} checkpoint {step:06d}")
-        else:
-            print(f"train: checkpoint at step {step}", file=sys.stderr)
-        names = {id(p): n for n, p in self.parameters_by_name().items()}
-        state = CheckpointState(
-            step=step,
-            steps_total=self.train.steps,
-            run_id=self.run_id,
-            sampler=SamplerState.model_validate(self.sampler.state()),
-            monitor_baseline_pairwise=self.monitor.initial_pairwise_pred_dist_mean,
-            last_train_loss=self.last_loss,
-            logs={},  # recorded by the writer, once it has synced the logs
-            tensors={},
-            optimizer_groups=group_states(self.optimizer),
-            bindings=self.bindings,
-            params=self.params_document,
-        )
-        job = CheckpointJob(
-            state, self.logs.lengths(), snapshot(self.model.state_dict()), snapshot(optimizer_tensors(self.optimizer, names))
-        )
-        if self.saver is None:
-            self.saver = start_writer(self.write_checkpoint, "checkpoint")
-        self.saver.submit(job)
-
-    def write_checkpoint(self, job: CheckpointJob) -> None:
-        """The writer's job (in the writer process or thread): sync the logs and record them, write the checkpoint
-        durably, prune older ones. No torch call: the tensors come as `TensorBytes`."""
-        recorded = job.state.model_copy(update={"logs": self.logs.record(job.lengths)})
-        save_checkpoint(self.layout.checkpoints, state=recorded, model_tensors=job.model, optimizer_tensors=job.optimizer)
-        t = self.train
-        prune_checkpoints(self.layout.checkpoints, keep=t.keep_checkpoints, every=t.checkpoint_every_steps, steps_total=t.steps)
-
-
-@dataclass(frozen=True)
-class CheckpointJob:
-    """What the writer is handed for one checkpoint: everything copied out at the step."""
-
-    state: CheckpointState  # logs and tensors not yet filled in
-    lengths: dict[str, int]  # each log's length at the step (`RunLogs.lengths`)
-    model: dict[str, TensorBytes]
-    optimizer: dict[str, TensorBytes]
-
-
-def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, TensorBytes]:
-    """A copy in host memory of each tensor as it is now (training goes on changing the originals in place)."""
-    return {name: tensor_bytes(t) for name, t in tensors.items()}
 
 
 # ---------------------------------------------------------------- 1) setup
@@ -435,127 +290,6 @@ def resume_from(run: TrainingRun, path: Path) -> None:
     run.lines = run.logs.collapse_lines()
     # not in train.log: a resumed run's logs must equal the straight run's
     print(f"train: resumed from {path} at step {run.start}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- 3) loop
-
-
-def _nonfinite_message(step: int, result: TorchTrainerStepResult) -> str:
-    what = "loss" if not np.isfinite(result.loss) else "gradient norm"
-    return (
-        f"non-finite {what} at step {step} (loss={result.loss}, grad_norm={result.grad_norm}); weights of step {step - 1} kept; "
-        "fix: lower train.lr or raise train.grad_clip_norm, then resume from the last checkpoint or start over"
-    )
-
-
-def _log_observation(run: TrainingRun, step: int, result: TorchTrainerStepResult, line: CollapseLine) -> None:
-    run.logs.log(
-        f"step {step} loss {result.loss:.6f} held-out {line.heldout_loss:.6f} lr_mult {result.lr_multiplier:.6f} "
-        f"pred_var {line.metrics.pred_var_per_dim:.6f} pairwise {line.metrics.pairwise_pred_dist_mean:.6f}"
-    )
-    for a in line.alerts:
-        relation = "above" if a.criterion == "kl_reg" else "below"
-        run.logs.log(f"step {step} COLLAPSE ALERT {a.criterion} = {a.value:.6g} {relation} threshold {a.threshold:.6g}")
-
-
-def ranks_agree(run: TrainingRun, step: int) -> None:
-    """Every rank holds the same weights (they apply the same summed gradient); checked before each checkpoint."""
-    if run.group.size == 1:
-        return
-    data = b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in run.model.state_dict().values())
-    digest = int.from_bytes(hashlib.sha256(data).digest()[:7], "big")
-    digests = run.group.gather_rows(torch.tensor([[digest]], dtype=torch.int64)).flatten().tolist()
-    if len(set(digests)) != 1:
-        raise DistributedError(
-            f"step {step}: the workers' weights differ ({', '.join(f'rank {r}: {d:014x}' for r, d in enumerate(digests))}); "
-            "fix: this is a bug or a mixed environment (different torch builds or thread counts per worker); report it"
-        )
-
-
-def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
-    """Steps `start + 1 .. train.steps`: update, log, observe, checkpoint; returns how the loop ended, once the last
-    checkpoint is on disk.
-
-    Every rank draws the same global batch and computes its own micro-batches of it; rank 0 alone logs, evaluates and
-    writes checkpoints (in the background, `TrainingRun.checkpoint`), and tells the others when a collapse alert halts
-    the run. When the loop raises, the checkpoint being written is finished (or its staging directory removed) first."""
-    parts = dict.fromkeys(PARTS, 0.0)
-    parts["encoding"] = run.source_seconds
-    try:
-        outcome = _steps(run, parts, stop_after_step=stop_after_step, progress=progress)
-    except BaseException:
-        if run.saver is not None:
-            run.saver.abandon()
-        run.logs.close()
-        raise
-    t0 = time.perf_counter()
-    if run.saver is not None:
-        run.saver.close()
-    parts["checkpoint"] += time.perf_counter() - t0  # waiting for the last checkpoint is checkpoint time
-    return outcome
-
-
-def _steps(run: TrainingRun, parts: dict[str, float], *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
-    train, collapse = run.train, run.params.collapse
-    bar = Progress(train.steps, run.start, enabled=progress and run.writer)
-    steps_run = 0
-    clock = time.perf_counter
-    outcome: LoopOutcome | None = None
-    for step in range(run.start + 1, train.steps + 1):
-        t0 = clock()
-        batch = run.sampler.draw(run.dataset.train, train.batch_size)
-        t1 = clock()
-        shards = [encode_batch(run.model, take_rows(batch, rows), run.device, source_states=run.source_states) for rows in run.shards]
-        t2 = clock()
-        result = run.trainer.train_step(shards, step=step, action_count=int(batch.mask.sum()))
-        t3 = clock()
-        parts["sampling"] += t1 - t0
-        parts["encoding"] += t2 - t1
-        parts["step"] += t3 - t2
-        steps_run += 1
-        if not result.finite:  # every rank holds the same summed gradient, so every rank stops here
-            message = _nonfinite_message(step, result)
-            if run.writer:
-                run.logs.log(f"step {step} FAILED: {message}")
-            outcome = LoopOutcome("failed_nonfinite", message, step - 1, steps_run, parts["step"], parts)
-            break
-        run.last_loss = result.loss
-        if run.writer:
-            run.logs.metrics(MetricsLine(step=step, loss=result.loss, pred_loss=result.pred_loss, kl_reg=result.kl_reg,
-                                         lr_multiplier=result.lr_multiplier, grad_norm=result.grad_norm))  # fmt: skip
-            bar.update(step, result.loss)
-        t4 = clock()
-        parts["logs"] += t4 - t3
-        halt = False
-        if run.monitor.should_log(step) or step == train.steps:
-            if run.writer:
-                line = run.observe(step)
-                _log_observation(run, step, result, line)
-                halt = bool(line.alerts) and collapse.on_alert == "halt"
-            if collapse.on_alert == "halt":
-                halt = bool(run.group.broadcast_int(int(halt)))
-        t5 = clock()
-        parts["evaluation"] += t5 - t4
-        scheduled = step % train.checkpoint_every_steps == 0 or step == train.steps
-        if scheduled or halt or step == stop_after_step:
-            ranks_agree(run, step)
-            if run.writer:
-                run.checkpoint(step, scheduled=scheduled)
-        parts["checkpoint"] += clock() - t5
-        if halt:
-            criteria = ", ".join(a.criterion for a in run.lines[-1].alerts) if run.writer else "see rank 0"
-            message = (
-                f"collapse alert at step {step} ({criteria}) with collapse.on_alert: halt; checkpoint kept; "
-                "see artifacts/train/collapse.jsonl"
-            )
-            outcome = LoopOutcome("collapsed", message, step, steps_run, parts["step"], parts)
-            break
-        if step == stop_after_step and step < train.steps:
-            message = f"stopped after step {step} as asked; resume with `geno-pipeline train --resume auto`"
-            outcome = LoopOutcome("stopped", message, step, steps_run, parts["step"], parts)
-            break
-    bar.close()
-    return outcome or LoopOutcome("completed", f"trained {train.steps} steps", train.steps, steps_run, parts["step"], parts)
 
 
 # ---------------------------------------------------------------- 4) finish
