@@ -352,8 +352,9 @@ def _guarded_stdout() -> Iterator[None]:
         sys.stdout = original
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (see EXIT_CODES)."""
+def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
+    """Run the CLI; returns the exit code (see EXIT_CODES). `process`: this is the whole process (the console script),
+    so once the command has finished a late SIGTERM is ignored rather than killing the interpreter's teardown."""
     from geno_pipeline.workspace import Terminated, terminate_as_interrupt, workspace_lock
 
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -366,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as held:
             held.enter_context(_guarded_stdout())
             if not launched:
-                held.enter_context(terminate_as_interrupt())
+                held.enter_context(terminate_as_interrupt(then_ignore=process))
             if takes_the_lock:
                 held.enter_context(workspace_lock(Path(args.root), args.command))
             if args.command == "train" and (code := launch_if_needed(args, raw)) is not None:
@@ -404,4 +405,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entrypoint() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    sys.exit(main(process=True))

@@ -70,8 +70,10 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises `Terminated` for the block (main thread only; the previous handler is restored after)."""
+def terminate_as_interrupt(*, then_ignore: bool = False) -> Iterator[None]:
+    """SIGTERM raises `Terminated` for the block (main thread only). After it the previous handler is restored, or, with
+    `then_ignore`, SIGTERM is ignored: a process whose command has finished then exits with the command's code instead
+    of being killed during interpreter teardown."""
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: signals cannot be handled here
@@ -80,4 +82,4 @@ def terminate_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if then_ignore else previous)

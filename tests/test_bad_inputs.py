@@ -1054,6 +1054,30 @@ def test_a_lock_left_by_a_killed_run_does_not_block(finished: Path, tmp_path: Pa
 
 
 @pytest.mark.slow  # child processes: the full suite runs it
+def test_a_sigterm_as_the_stage_finishes_is_handled_never_a_bare_kill(finished: Path, tmp_path: Path) -> None:
+    """SIGTERM the moment a train run has written its last report: the process ends with the handled exit (143 and its
+    line) or, when the command had already finished, with its own code, never killed by the signal mid-teardown."""
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    marker = root / "reports" / "runtime" / "train.json"
+    codes = []
+    for _ in range(3):
+        before = marker.stat().st_mtime_ns
+        proc = _cli_child(root, "train")
+        deadline = time.monotonic() + HOSTILE_TIMEOUT_S
+        while proc.poll() is None and marker.stat().st_mtime_ns == before and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=HOSTILE_TIMEOUT_S)
+        assert "Traceback" not in err
+        assert proc.returncode in (0, 143), (proc.returncode, err[-500:])
+        if proc.returncode == 143:
+            assert err.strip().splitlines()[-1] == "geno-pipeline train: terminated (SIGTERM); nothing was half-written"
+        codes.append(proc.returncode)
+    assert declared_outputs(root) == declared_outputs(finished)
+
+
+@pytest.mark.slow  # child processes: the full suite runs it
 def test_sigterm_stops_train_like_ctrl_c_and_resume_finishes(finished: Path, tmp_path: Path) -> None:
     """SIGTERM (what a scheduler sends before a kill) mid-run: exit 143, one line, no traceback, nothing half-written;
     `--resume auto` then finishes the run."""
