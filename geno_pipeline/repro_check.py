@@ -98,9 +98,18 @@ def dvc_md5(path: Path) -> str | None:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8"), usedforsecurity=False).hexdigest() + ".dir"
 
 
-def _git_show(root: Path, ref: str, path: str) -> str | None:
-    proc = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
+def _git_show_bytes(root: Path, ref: str, path: str) -> bytes | None:
+    proc = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True)
     return proc.stdout if proc.returncode == 0 else None
+
+
+def _git_show(root: Path, ref: str, path: str) -> str | None:
+    """A committed text file at `ref` (None when absent or not UTF-8)."""
+    data = _git_show_bytes(root, ref, path)
+    try:
+        return data.decode("utf-8") if data is not None else None
+    except UnicodeDecodeError:
+        return None
 
 
 def _reference_files(layout: Layout, ref: str, stage: str) -> dict[str, str]:
@@ -145,17 +154,22 @@ def json_differences(want: Any, have: Any, prefix: str = "") -> list[str]:
 
 
 def _file_differences(root: Path, ref: str, path: str) -> list[str]:
-    """`path: field` (JSON) or `path: line N` (text) for a committed file that differs from its reference version."""
-    reference = _git_show(root, ref, path)
+    """`path: field` (JSON), `path: line N` (text) or `path: differs` (binary, e.g. a PNG chart) for a committed file
+    that differs from its reference version."""
+    committed = _git_show_bytes(root, ref, path)
     current = root / path
-    if reference is None or not current.is_file():
+    if committed is None or not current.is_file():
         return []
     try:
-        text = current.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        data = current.read_bytes()
+    except OSError:
         return [f"{path}: unreadable"]
-    if text == reference:
+    if data == committed:
         return []
+    try:
+        text, reference = data.decode("utf-8"), committed.decode("utf-8")
+    except UnicodeDecodeError:
+        return [f"{path}: differs"]
     if path.endswith(".json"):
         try:
             fields = sorted(json_differences(json.loads(reference), json.loads(text)), key=lambda f: f.count("["))  # scalars first

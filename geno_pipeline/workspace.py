@@ -13,6 +13,7 @@ KeyboardInterrupt) where it arrives, so a stage stops the way it does on Ctrl-C:
 from __future__ import annotations
 
 import fcntl
+import logging  # noqa: F401  (imported first: its at-fork callbacks are registered before ours, below)
 import os
 import signal
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from types import FrameType
 
 from geno_pipeline.errors import WorkspaceBusyError
 
-__all__ = ["LOCK_NAME", "Terminated", "terminate_as_interrupt", "workspace_lock"]
+__all__ = ["LOCK_NAME", "Terminated", "check_terminated", "terminate_as_interrupt", "workspace_lock"]
 
 LOCK_NAME = ".geno-pipeline.lock"
 
@@ -65,8 +66,37 @@ def workspace_lock(root: Path, command: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+_requested: list[bool] = [False]  # a SIGTERM arrived during the current `terminate_as_interrupt` block
+_forking: list[bool] = [False]  # between this process's at-fork callbacks
+
+
+def _fork_started() -> None:
+    _forking[0] = True
+
+
+def _fork_done() -> None:
+    _forking[0] = False
+
+
+# Registered after logging's own at-fork callbacks (logging is imported above), so these wrap them: `before` callbacks
+# run in reverse order of registration, `after` callbacks in order.
+os.register_at_fork(before=_fork_started, after_in_parent=_fork_done, after_in_child=_fork_done)
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+    """SIGTERM: raise `Terminated`, except inside a fork's callbacks, where Python would print the exception as
+    ignored and drop it: then it is only remembered, for `check_terminated` at the next safe point."""
+    _requested[0] = True
+    if not _forking[0]:
+        raise Terminated()
+
+
+def check_terminated() -> None:
+    """Raise `Terminated` when a SIGTERM arrived but was not raised where it landed: inside a fork's callbacks (the
+    checkpoint writer's fork), or in a finaliser, where Python prints an exception as ignored and drops it. Long-running
+    work calls this at its safe points."""
+    if _requested[0]:
+        raise Terminated()
 
 
 @contextmanager
@@ -79,7 +109,10 @@ def terminate_as_interrupt(*, then_ignore: bool = False) -> Iterator[None]:
     except ValueError:  # not the main thread: signals cannot be handled here
         yield
         return
+    _requested[0] = False
     try:
         yield
+        check_terminated()  # one that was lost on the way still ends the block as a SIGTERM
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN if then_ignore else previous)
+        _requested[0] = False  # outside a block there is nothing to stop

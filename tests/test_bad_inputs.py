@@ -7,6 +7,7 @@ declared output is byte-identical before and after (nothing half-written, nothin
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -1051,6 +1052,50 @@ def test_a_lock_left_by_a_killed_run_does_not_block(finished: Path, tmp_path: Pa
     _, err = proc.communicate(timeout=HOSTILE_TIMEOUT_S)
     assert proc.returncode == 0, err
     assert (root / LOCK_NAME).read_text() == f"pid {proc.pid}: geno-pipeline release\n"
+
+
+def test_a_sigterm_during_a_fork_is_remembered_not_raised_into_the_forks_callbacks() -> None:
+    """Inside a fork's callbacks the handler only remembers the SIGTERM (an exception there would be printed and lost);
+    the block raises it at its next safe point, and a real fork resets the guard."""
+    from geno_pipeline import workspace
+
+    with pytest.raises(workspace.Terminated), workspace.terminate_as_interrupt():
+        workspace._fork_started()
+        workspace._raise_terminated(signal.SIGTERM, None)  # no exception here
+        workspace._fork_done()
+        workspace.check_terminated()  # ...but here
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if not workspace._forking[0] else 1)
+    assert os.waitpid(pid, 0)[1] == 0 and not workspace._forking[0]
+
+
+def test_a_sigterm_whose_exception_python_swallowed_still_stops_the_run(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python ignores an exception a signal handler raises inside an at-fork callback (the checkpoint writer's fork):
+    the SIGTERM is remembered, and training stops at its next step with exit 143 and its line, resumable."""
+    from geno_pipeline import workspace
+    from geno_pipeline.training.tuples import TupleSampler
+
+    root = tmp_path / "p"
+    shutil.copytree(finished, root, symlinks=True)
+    draw, calls = TupleSampler.draw, [0]
+
+    def swallowed(self: TupleSampler, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 6:
+            with contextlib.suppress(workspace.Terminated):  # Python printed and ignored the exception of...
+                workspace._raise_terminated(signal.SIGTERM, None)  # ...the handler, as if it ran inside a callback
+        return draw(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TupleSampler, "draw", swallowed)
+    assert main(["train", "--root", str(root), "--no-progress"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "geno-pipeline train: terminated (SIGTERM); nothing was half-written"
+    assert calls[0] == 6  # stopped before drawing step 7's batch
+    monkeypatch.setattr(TupleSampler, "draw", draw)
+    assert main(["train", "--root", str(root), "--no-progress", "--resume", "auto"]) == 0
+    assert declared_outputs(root) == declared_outputs(finished)
 
 
 @pytest.mark.slow  # child processes: the full suite runs it

@@ -19,6 +19,7 @@ from geno_pipeline.training.progress import Progress
 from geno_pipeline.training.run import PARTS, LoopOutcome, TrainingRun
 from geno_pipeline.training.trainer import TorchTrainerStepResult
 from geno_pipeline.training.tuples import take_rows
+from geno_pipeline.workspace import check_terminated
 
 __all__ = ["Laps", "ranks_agree", "train_loop"]
 
@@ -98,6 +99,7 @@ def _steps(run: TrainingRun, parts: dict[str, float], *, stop_after_step: int | 
     outcome: LoopOutcome | None = None
     laps = Laps(parts)
     for step in range(run.start + 1, train.steps + 1):
+        check_terminated()  # a SIGTERM whose exception was lost (it landed in an at-fork callback) stops here
         laps.lap("logs")  # the end of the previous step's bookkeeping (nothing, at the first)
         batch = run.sampler.draw(run.dataset.train, train.batch_size)
         laps.lap("sampling")
