@@ -150,11 +150,12 @@ def setup(
     dataset = load_dataset(layout.dataset_dir)
     check_cross_section(params, dataset)
     device, kind = torch_training_device(runtime.device, local_rank=local_rank)
-    check_memory_budget(params, dataset, device, world_size=group.size)
     seeds = TrainerSeeds.from_base(train.seed)
     determinism = configure_torch_reproducibility(
         train.seed, deterministic=runtime.deterministic, device=device, cpu_threads=runtime.cpu_threads
     )
+    # after the settings (reading a GPU's free memory starts CUDA), before the model is built or outputs are removed
+    check_memory_budget(params, dataset, device, world_size=group.size)
     tf32 = determinism.tf32_matmul or determinism.tf32_cudnn
     fingerprint = build_fingerprint(runtime, device_kind=kind, world_size=group.size, tf32=tf32, cpu_class=determinism.cpu_class)
     _check_fingerprint(expected_fingerprint, fingerprint)
@@ -342,7 +343,6 @@ def finish(run: TrainingRun, outcome: LoopOutcome) -> TrainingReport:
     summary = summarize_collapse(run.lines)
     last = run.lines[-1] if run.lines else None
     heldout = last.heldout_loss if last is not None and last.step > 0 else None
-    assert run.held is not None, "rank 0 finishes"
     identity = run.held.identity_loss
     report = TrainingReport(
         run_id=run.run_id, status=outcome.status, message=outcome.message, steps_requested=run.train.steps,
