@@ -185,7 +185,7 @@ class Layout:
                 deps=(
                     r(self.genomes),
                     "geno_pipeline/data",
-                    "geno_pipeline/config.py",
+                    "geno_pipeline/config",
                     "geno_pipeline/checksums.py",
                     "geno_pipeline/fsio.py",
                     "geno_pipeline/jsonio.py",

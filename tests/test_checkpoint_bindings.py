@@ -11,15 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geno_pipeline.layout import LOG_FILES
-from geno_pipeline.training.checkpoint import (
-    Bindings,
-    CheckpointState,
+from geno_pipeline.training.checkpoint import Bindings, CheckpointState, OptimizerGroupState
+from geno_pipeline.training.checkpoint_load import (
     Expected,
-    OptimizerGroupState,
     _binding_problems,
     _content_problems,
-    _shape_problems,
     params_differences,
+    shape_problems,
     tensor_specs,
 )
 
@@ -123,12 +121,12 @@ def test_params_differences_is_empty_exactly_for_equal_values(value: Any) -> Non
 def test_shape_problems_names_extra_missing_and_changed_tensors() -> None:
     have = {"a": ((2,), "float32"), "b": ((3,), "float32"), "c": ((1,), "float32")}
     want = {"a": ((2,), "float32"), "b": ((3,), "float64"), "d": ((4,), "float32")}
-    assert _shape_problems("m", have, want) == [
+    assert shape_problems("m", have, want) == [
         "m: tensor 'c' is not in this model",
         "m: tensor 'd' of this model is missing",
         "m: tensor 'b' is float32 [3], this model has float64 [3]",
     ]
-    assert _shape_problems("m", want, want) == []
+    assert shape_problems("m", want, want) == []
 
 
 def test_tensor_specs() -> None:

@@ -73,12 +73,12 @@ TARGETS: tuple[Target, ...] = (
     Target("release_verify", "geno_pipeline/release/verify.py"),
     Target(
         "checkpoint_bindings",
-        "geno_pipeline/training/checkpoint.py",
+        "geno_pipeline/training/checkpoint_load.py",
         (
             "tensor_specs",
             "params_differences",
             "_binding_problems",
-            "_shape_problems",
+            "shape_problems",
             "_content_problems",
             "_hyper_problems",
             "_state_problems",
@@ -86,7 +86,11 @@ TARGETS: tuple[Target, ...] = (
             "load_checkpoint",
         ),
     ),
-    Target("config_validation", "geno_pipeline/config.py"),
+    Target("config_checks", "geno_pipeline/config/checks.py"),
+    Target("config_sections", "geno_pipeline/config/sections.py"),
+    Target("config_rules", "geno_pipeline/config/rules.py"),
+    Target("config_stages", "geno_pipeline/config/stages.py"),
+    Target("config_loading", "geno_pipeline/config/loading.py"),
 )
 
 # mutmut's verdicts by the exit code of the test run (mutmut/stats.py, 3.8); anything else is "suspicious"
@@ -400,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tools.mutation",
         description="Plant small bugs one at a time (mutmut) in the core pure modules: schedule, sampling, tuples, edits, "
-        "collapse, checksums, release verify, the checkpoint binding checks and config validation; run the fast test tier's "
+        "collapse, checksums, release verify, the checkpoint binding checks and the params validation (config); run the fast test tier's "
         "tests that execute each mutated function; write the score per module to reports/mutation.json and print it. "
         "Survivors judged equivalent are listed with a reason in tests/mutation_equivalents.yaml. Needs the dev extra; "
         "takes tens of minutes on 2 cores. mutmut keeps its copy and results in mutants/; this command names the targeted "
@@ -418,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="NAME",
         help="run only this module (repeatable): schedule, sampling, tuples, edits, collapse, checksums, release_verify, "
-        "checkpoint_bindings, config_validation; the report still scores every module from the results in mutants/",
+        "checkpoint_bindings, config_checks, config_sections, config_rules, config_stages, config_loading; the report "
+        " still scores every module from the results in mutants/",
     )
 
     def handle(args: argparse.Namespace) -> int:

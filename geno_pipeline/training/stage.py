@@ -32,16 +32,8 @@ from geno_pipeline.runtime_report import Fact, StageResult
 from geno_pipeline.source import source_digest
 from geno_pipeline.tensorfile import serialize_tensors
 from geno_pipeline.training.budget import MEMORY_REMEDY, memory_shortfall, train_memory
-from geno_pipeline.training.checkpoint import (
-    Bindings,
-    Expected,
-    checkpoint_dir_name,
-    group_states,
-    list_checkpoints,
-    load_checkpoint,
-    restore_optimizer,
-    tensor_specs,
-)
+from geno_pipeline.training.checkpoint import Bindings, checkpoint_dir_name, group_states, list_checkpoints, restore_optimizer
+from geno_pipeline.training.checkpoint_load import Expected, load_checkpoint, tensor_specs
 from geno_pipeline.training.collapse import CollapseMonitor
 from geno_pipeline.training.determinism import TrainerSeeds, configure_torch_reproducibility
 from geno_pipeline.training.documents import (
