@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -207,12 +208,18 @@ def _rows(batch: TorchTrainerBatch, rows: slice) -> TorchTrainerBatch:
     return TorchTrainerBatch(batch.state[rows], batch.target[rows], batch.actions[rows], batch.action_mask[rows], (), ())
 
 
-@pytest.mark.parametrize(("micro", "empty_first"), [(1, False), (2, False), (4, False), (8, False), (4, True)])
-def test_distributed_micro_batch_gradient_is_the_global_batch_gradient(micro: int, empty_first: bool) -> None:
+@pytest.mark.parametrize(
+    ("micro", "empty_first", "clip"),
+    [(1, False, 1e9), (2, False, 1e9), (4, False, 1e9), (8, False, 1e9), (4, True, 1e9), (1, False, 1e-3), (4, False, 1e-3),
+     (8, False, 1e-3), (4, True, 1e-3)],
+)  # fmt: skip
+def test_distributed_micro_batch_gradient_is_the_global_batch_gradient(micro: int, empty_first: bool, clip: float) -> None:
     """The micro-batch surrogate (prediction loss over the global count + the global KL's first-order share) has the
     gradient of the whole batch's loss, KL term included, for any split (and with a micro-batch that has no real
-    rollout step); checked in float64 against plain autograd."""
-    train = TrainParams(steps=10, warmup_steps=1, batch_size=8, micro_batches=micro, kl_weight=0.5, grad_clip_norm=1e9)
+    rollout step); checked in float64 against plain autograd. With a clip norm far below the gradient's, the applied
+    gradient is the whole batch's gradient clipped once, globally (clipping each micro-batch's gradient before the sum
+    gives another direction and norm)."""
+    train = TrainParams(steps=10, warmup_steps=1, batch_size=8, micro_batches=micro, kl_weight=0.5, grad_clip_norm=clip)
     model = build_world_model(window_length=64, params=train.model.model_copy(update={"segments": 4}), encoder_seed=1, init_seed=2)
     model = model.double()
     from geno_pipeline.data.edits import ACTION_FEATURES
@@ -235,8 +242,74 @@ def test_distributed_micro_batch_gradient_is_the_global_batch_gradient(micro: in
     trainer.optimizer.step = lambda *a, **k: None  # type: ignore[method-assign]  # keep the weights: compare the gradient only
     slices = micro_batch_slices(8, micro)
     result = trainer.train_step([_rows(batch, s) for s in slices], step=1, action_count=int(batch.action_mask.sum()))
+    norm = float(expected.norm())
+    assert result.grad_norm == pytest.approx(norm, rel=1e-9)  # the norm before clipping, of the summed gradient
+    if clip < norm:
+        expected = expected * (clip / (norm + 1e-6))  # torch's clip_grad_norm_: max_norm / (total_norm + 1e-6)
+        assert float(flat_grad(params).norm()) == pytest.approx(clip, rel=1e-4)
     assert torch.allclose(flat_grad(params), expected, rtol=1e-9, atol=1e-12)
     assert result.loss == pytest.approx(float(whole.detach()), rel=1e-12)
+
+
+_RANK_STEP = """
+import os, sys, numpy as np, torch
+from geno_pipeline.config import ModelParams, TrainParams
+from geno_pipeline.data.edits import ACTION_FEATURES
+from geno_pipeline.distributed import job_from_env, micro_batch_slices, shard_range
+from geno_pipeline.distributed.group import joined
+from geno_pipeline.training.model import build_world_model
+from geno_pipeline.training.trainer import TorchTrainer, TorchTrainerBatch, build_adamw_optimizer
+torch.set_num_threads(1)
+micro, out = int(sys.argv[1]), sys.argv[2]
+model_params = ModelParams(state_dim=8, hidden_dim=16, conv_channels=4, kernel_size=3, segments=4)
+train = TrainParams(steps=10, warmup_steps=1, batch_size=16, micro_batches=micro, kl_weight=0.5, grad_clip_norm=0.05, model=model_params)
+gen = torch.Generator().manual_seed(3)
+lengths = torch.randint(1, 4, (16,), generator=gen)
+mask = torch.arange(3)[None, :] < lengths[:, None]
+state, target = 3 * torch.randn(16, 8, generator=gen), 3 * torch.randn(16, 3, 8, generator=gen)
+actions = torch.randn(16, 3, ACTION_FEATURES, generator=gen) * mask[..., None]
+with joined(job_from_env(os.environ), backend="gloo", device="cpu", timeout_s=60) as group:
+    for reduction in ("tree", "gather"):
+        model = build_world_model(window_length=16, params=model_params, encoder_seed=1, init_seed=2)
+        opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=train)
+        trainer = TorchTrainer(predictor=model.predictor, action_encoder=model.action_encoder, optimizer=opt, config=train,
+                               total_steps=10, group=group, reduction=reduction)
+        slices = micro_batch_slices(16, micro)
+        mine = [slices[j] for j in shard_range(micro, group.size, group.rank)]
+        result = trainer.train_step([TorchTrainerBatch(state[s], target[s], actions[s], mask[s], (), ()) for s in mine], step=1,
+                                    action_count=int(mask.sum()))
+        weights = torch.cat([p.detach().reshape(-1) for g in opt.param_groups for p in g["params"]]).numpy()
+        np.save(f"{out}-{reduction}-{group.rank}.npy", np.concatenate([weights.view(np.uint32).astype(np.float64),
+                                                                       [result.loss, result.grad_norm]]))
+"""
+
+
+@pytest.mark.parametrize(("world", "micro"), [pytest.param(4, 8, marks=pytest.mark.slow), (2, 8)])
+def test_distributed_every_rank_steps_to_the_single_process_bits(tmp_path: Path, world: int, micro: int) -> None:
+    """Every rank of a gloo job ends the step with the single process's weights, loss and gradient norm, bit for bit, by
+    the tree reduction and by the gather, with 8 micro-batches (a sum of two terms is the same in either order;
+    more show a rank that puts its own rows first) and the clip binding; each rank's result is checked, not rank 0's."""
+    port = str(free_port())
+    job = {"WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    script = [sys.executable, "-c", _RANK_STEP, str(micro)]
+    procs = [subprocess.Popen([*script, str(tmp_path / "single")], env=_env(), stderr=subprocess.PIPE, text=True)]
+    procs += [
+        subprocess.Popen([*script, str(tmp_path / "rank")], env=_env() | job | {"RANK": str(r), "LOCAL_RANK": str(r)},
+                         stderr=subprocess.PIPE, text=True)
+        for r in range(world)
+    ]  # fmt: skip
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for reduction in ("tree", "gather"):
+        single = np.load(tmp_path / f"single-{reduction}-0.npy")
+        assert single[-1] > 0.05 * 10  # the clip binds
+        for rank in range(world):
+            assert np.load(tmp_path / f"rank-{reduction}-{rank}.npy").tobytes() == single.tobytes(), (reduction, rank)
 
 
 # ---------------------------------------------------------------- params, job and launcher verdicts

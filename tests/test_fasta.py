@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 import subprocess
@@ -258,6 +259,54 @@ def test_draw_split_disjoint_seeded_and_held_out(seed: int, lengths: list[int], 
             assert held[slots.record[valid]].all() and not held[slots.record[train]].any()
         windows = gather_windows(codes, slots.start[train], slot)
         assert all((codes[s : s + slot] == w).all() and (w < 4).all() for s, w in zip(slots.start[train], windows, strict=True))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    lengths=st.lists(st.integers(60, 400), min_size=3, max_size=5),
+    hold=st.integers(0, 4),
+    slot=st.integers(4, 12),
+    data=st.data(),
+)
+def test_draw_split_each_purpose_draws_from_its_own_stream(
+    seed: int, lengths: list[int], hold: int, slot: int, data: st.DataObject
+) -> None:
+    """What the per-purpose streams are for: the windows of one split stay where they are when only the other split's
+    inputs change. With held-out records, the validation windows (their genome positions) do not move when a training
+    record is left out or fewer training windows are asked for, and the training windows do not move when another
+    number of validation windows is asked for or a held-out record's slots are gone; with a random split, the training
+    windows do not move when only data.valid_windows changes."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 4, sum(lengths)).astype(np.uint8)
+    offsets = np.cumsum([0, *lengths])
+    records = [RecordStats(f"r{i}", 1, int(offsets[i]), n) for i, n in enumerate(lengths)]
+    held = np.zeros(len(lengths), dtype=bool)
+    held[hold % len(lengths)] = True
+    held[(hold + 1) % len(lengths)] = True  # two held-out records, one of which can go
+
+    def positions(kept: list[bool], t_n: int, v_n: int, valid_records: np.ndarray | None) -> tuple[list[int], list[int]]:
+        reference = Reference(codes, [r if keep else dataclasses.replace(r, offset=None) for r, keep in zip(records, kept, strict=True)])
+        slots = candidate_slots(reference, slot)
+        train, valid = draw_split(slots, seed=seed, train_windows=t_n, valid_windows=v_n, valid_records=valid_records)
+        return slots.start[train].tolist(), slots.start[valid].tolist()
+
+    every = [True] * len(lengths)
+    train_record = next(i for i in range(len(lengths)) if not held[i])
+    without_train = [i != train_record for i in range(len(lengths))]
+    without_held = [i != hold % len(lengths) for i in range(len(lengths))]
+    pool = candidate_slots(Reference(codes, records), slot)
+    n_valid = int(np.count_nonzero(held[pool.record]))
+    n_train = pool.count - n_valid
+    t_n = data.draw(st.integers(1, max(1, (n_train - lengths[train_record] // slot) // 2)))
+    v_n = data.draw(st.integers(1, max(1, (n_valid - lengths[hold % len(lengths)] // slot) // 2)))
+    train, valid = positions(every, t_n, v_n, held)
+    assert positions(without_train, t_n, v_n, held)[1] == valid  # a training record fewer: the same validation windows
+    assert positions(every, max(1, t_n // 2), v_n, held)[1] == valid
+    assert positions(every, t_n, max(1, v_n // 2), held)[0] == train  # fewer validation windows: the same training windows
+    assert positions(without_held, t_n, v_n, held)[0] == train  # a held-out record fewer: the same training windows
+    third = pool.count // 3
+    assert positions(every, third, third, None)[0] == positions(every, third, max(1, third // 2), None)[0]
 
 
 # ---------------------------------------------------------------- the data stage on several records

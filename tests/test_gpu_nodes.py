@@ -452,6 +452,87 @@ def test_an_explicit_cuda_device_that_disagrees_with_local_rank_is_an_error(requ
         torch_training_device(requested, local_rank=local_rank)
 
 
+class _Stop(Exception):
+    """Ends the train command where the worker's device is settled (this machine has no CUDA device to go on with)."""
+
+
+def _fake_cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """torch.cuda on a node with `count` H100s, as torch answers: get_device_properties refuses an ordinal it has not
+    (torch raises AssertionError("Invalid device id"))."""
+    import torch
+
+    def props(device: Any) -> Any:
+        index = torch.device(device).index if not isinstance(device, int) else device
+        if index is None or not 0 <= index < count:
+            raise AssertionError("Invalid device id")
+        return dataclasses.make_dataclass("P", ["name", "major", "minor"])("NVIDIA H100 80GB HBM3", 9, 0)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+
+
+@pytest.mark.parametrize("requested", ["cuda", "auto"])
+def test_every_worker_of_a_launched_cuda_job_trains_on_its_own_gpu(
+    tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, requested: str
+) -> None:
+    """A 4-worker job launched on a node with 4 GPUs (torch.cuda faked): the train command of each worker, from its
+    launcher variables, joins the process group on cuda:LOCAL_RANK and hands the stage the same device; the workers'
+    devices are the ordinals preflight checks (selected_cuda_ordinals). A worker whose LOCAL_RANK has no GPU, or one
+    told another GPU, is refused before anything is built."""
+    import contextlib
+
+    from geno_pipeline import environment
+    from geno_pipeline.cli import main
+    from geno_pipeline.devices import selected_cuda_ordinals
+    from geno_pipeline.distributed import group as dist_group
+    from geno_pipeline.training import stage as train_stage
+
+    _fake_cuda(monkeypatch, 4)
+    seen: list[tuple[str, str]] = []
+    real = environment.torch_training_device
+
+    def spy(where: str) -> Any:
+        def resolve(requested: str, *, local_rank: int | None = None) -> tuple[str, str]:
+            device = real(requested, local_rank=local_rank)
+            seen.append((where, device[0]))
+            if where == "stage":
+                raise _Stop
+            return device
+
+        return resolve
+
+    @contextlib.contextmanager
+    def joined(job: Any, *, backend: str, device: str, timeout_s: int) -> Any:
+        seen.append(("group", device))
+        yield dist_group.LocalGroup()
+
+    monkeypatch.setattr(environment, "torch_training_device", spy("command"))
+    monkeypatch.setattr(train_stage, "torch_training_device", spy("stage"))
+    monkeypatch.setattr(train_stage, "preflight_fingerprint", lambda _layout: None)
+    monkeypatch.setattr(dist_group, "joined", joined)
+    monkeypatch.setattr(train_stage, "world_size_problems", lambda *_a, **_k: [])  # the faked group is one process
+    devices = []
+    for rank in range(4):
+        write_params(tiny_dataset, runtime={"device": requested, "nproc_per_node": 4}, train={"micro_batches": 4})
+        env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": "29500"}  # fmt: skip
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        seen.clear()
+        with contextlib.suppress(_Stop):
+            main(["train", "--no-progress", "--root", str(tiny_dataset)])
+        assert [where for where, _ in seen] == ["command", "group", "stage"], seen
+        assert len({device for _, device in seen}) == 1, seen
+        devices.append(seen[0][1])
+    assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert selected_cuda_ordinals(requested, cuda_usable=True, nproc_per_node=4) == [0, 1, 2, 3]
+    with pytest.raises(TrainingError, match=r"runtime\.device is cuda but torch cannot use that CUDA device"):
+        real("cuda", local_rank=4)  # a fifth worker on a 4-GPU node
+    with pytest.raises(TrainingError, match=r"runtime\.device is cuda:0 but this worker's LOCAL_RANK is 2"):
+        real("cuda:0", local_rank=2)
+
+
 # ---------------------------------------------------------------- 10. free VRAM from NVML, before any context
 
 

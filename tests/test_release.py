@@ -277,6 +277,46 @@ def test_release_loader_refuses_tampered_bundle(released: Path, tmp_path: Path) 
         load_released_model(bundle)
 
 
+def _reseal(bundle: Path) -> None:
+    """Redo the bundle's provenance subjects and SHA256SUMS over its files as they are now (what someone who swapped the
+    weights would do so that `verify` passes)."""
+    from geno_pipeline.checksums import SumsEntry, format_sha256sums, parse_sha256sums, sha256_file
+
+    names = [e.name for e in parse_sha256sums((bundle / "SHA256SUMS").read_text())[0]]
+    provenance = json.loads((bundle / "provenance.intoto.json").read_text())
+    for subject in provenance["subject"]:
+        subject["digest"]["sha256"] = sha256_file(bundle / subject["name"])
+    (bundle / "provenance.intoto.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    (bundle / "SHA256SUMS").write_text(format_sha256sums([SumsEntry(sha256_file(bundle / n), n) for n in names]))
+
+
+@pytest.mark.parametrize("change", ["missing", "extra", "reshaped", "retyped"])
+def test_release_loader_refuses_weights_that_do_not_fit_the_model(released: Path, tmp_path: Path, change: str) -> None:
+    """A bundle that verifies (its sums and provenance redone over other weights) whose model.safetensors lacks a tensor
+    of the model, carries one the model does not have, or has one in another shape or dtype is refused by
+    load_released_model, naming the tensor; nothing is loaded with a tensor left at its initial value."""
+    from geno_pipeline.readers import read_tensors_with_metadata
+    from geno_pipeline.tensorfile import serialize_tensors
+
+    bundle = _copy_bundle(released, tmp_path)
+    tensors, metadata = read_tensors_with_metadata(bundle / "model.safetensors", error=VerifyError, fix="")
+    name = sorted(n for n in tensors if n.startswith("predictor."))[0]
+    if change == "missing":
+        del tensors[name]
+    elif change == "extra":
+        name = "predictor.extra.weight"
+        tensors[name] = torch.zeros(2)
+    elif change == "reshaped":
+        tensors[name] = torch.cat([tensors[name].reshape(-1), torch.zeros(1)])
+    else:
+        tensors[name] = tensors[name].double()
+    (bundle / "model.safetensors").write_bytes(serialize_tensors(tensors, metadata))
+    _reseal(bundle)
+    assert verify_bundle(bundle) == []
+    with pytest.raises(VerifyError, match=rf"model\.safetensors: tensor '{re.escape(name)}' "):
+        load_released_model(bundle)
+
+
 @pytest.mark.slow
 def test_release_gate_params_changed_since_training(released: Path, tmp_path: Path) -> None:
     def mutate(root: Path) -> None:

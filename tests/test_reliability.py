@@ -193,3 +193,34 @@ def test_staged_files_are_published_whole_by_one_rename(tmp_path: Path, monkeypa
     assert len(synced) == 4  # ... each staged file is synced once when published, then the staging and parent directories
     assert {p.name: p.read_bytes() for p in final.iterdir()} == {"a.bin": b"alpha", "b.bin": b""}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000004"]  # no staging or old directory left
+
+
+_TEMPORARY_NAMES = st.sampled_from(["step-000008.tmp-ab12", "model.safetensors.k1l2.tmp", "metrics.jsonl.old-4242", "x.tmp-1"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    stage=st.sampled_from(["data", "preflight", "train", "sweep", "release"]),
+    folders=st.lists(st.sampled_from(["checkpoints", "step-000004", "seed-7", "plots", "a"]), max_size=4),
+    name=_TEMPORARY_NAMES,
+    data=st.data(),
+)
+def test_sweep_removes_a_stages_temporaries_at_every_depth(tmp_path_factory: pytest.TempPathFactory, stage: str,
+                                                           folders: list[str], name: str, data: st.DataObject) -> None:  # fmt: skip
+    """A killed run's temporary inside a folder output is removed however deep it lies (a checkpoint's staging folder
+    inside artifacts/train/checkpoints/, a file's temporary inside a finished checkpoint), and so is one beside a file
+    output; the stage's own files, and another stage's temporaries, stay."""
+    root = tmp_path_factory.mktemp("sweep")
+    layout = Layout.for_root(root)
+    own = [p for p in layout.stage_writes(stage)]
+    output = data.draw(st.sampled_from(own))
+    folder_output = output.suffix == ""  # artifacts/dataset, artifacts/train, reports/plots, ...: the outputs without a suffix
+    litter = output.joinpath(*folders, f".{name}") if folder_output else output.parent / f".{output.name}.{name.rsplit('.', 1)[-1]}.tmp"
+    kept = [litter.parent / "state.json"]
+    others = [s for s in ("data", "preflight", "train", "sweep", "release") if s != stage]
+    foreign = [p.parent / f".{p.name}.tmp-9" for s in others for p in layout.stage_writes(s) if p.parent not in {o.parent for o in own}]
+    for path in [litter, *kept, *foreign]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    assert layout.sweep_stage_temporaries(stage) == [litter]
+    assert not litter.exists() and all(p.exists() for p in kept + foreign)

@@ -789,3 +789,48 @@ def test_log_records_hash_only_new_bytes_and_equal_a_fresh_hash_of_the_prefix(op
                 expected = dict.fromkeys(logs.paths, b"")
         logs.close()
         assert {n: p.read_bytes() for n, p in logs.paths.items()} == expected
+
+
+def _purposes(root: Path, **overrides: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[Any], list[Any]]:
+    """(initial weights, the held-out batch, the sampler's first two draws) of the train stage's setup on `root`'s
+    dataset, with the params sections overridden."""
+    from geno_pipeline.training.stage import TrainStageParams, setup
+
+    write_params(root, **overrides)
+    params = TrainStageParams.from_params(load_params(root / "params.yaml"))
+    run = setup(params, Layout.for_root(root), expected_fingerprint=None, model_factory=None)
+    assert run.held is not None
+    held = [run.held.state, run.held.target, run.held.actions, run.held.mask, run.held.last_index, run.held.identity_loss]
+    draws = [run.sampler.draw(run.dataset.train, 8) for _ in range(2)]
+    sampled = [getattr(d, f) for d in draws for f in ("sources", "targets", "actions", "mask", "rollout_steps", "rows", "rel_edits")]
+    return {k: v.clone() for k, v in run.model.state_dict().items()}, held, sampled
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    def equal(x: Any, y: Any) -> bool:
+        if isinstance(x, torch.Tensor):
+            return x.dtype == y.dtype and x.shape == y.shape and bool(torch.equal(x, y))
+        if isinstance(x, np.ndarray):
+            return x.dtype == y.dtype and x.shape == y.shape and bool((x == y).all())
+        return bool(x == y)
+
+    return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_train_setup_each_purpose_has_its_own_seed(tiny_dataset: Path) -> None:
+    """What the per-purpose seeds are for: the initial weights, the held-out batch and the sampler's draws each depend
+    only on their own inputs. Another held-out batch size leaves the weights and the sampler's draws as they were;
+    another batch size leaves the weights and the held-out batch; another learning rate leaves all three; another
+    train.seed moves all three."""
+    weights, held, sampled = _purposes(tiny_dataset)
+    w_valid, h_valid, s_valid = _purposes(tiny_dataset, collapse={"valid_batch_size": 16})
+    w_batch, h_batch, _ = _purposes(tiny_dataset, train={"batch_size": 16})
+    w_lr, h_lr, s_lr = _purposes(tiny_dataset, train={"lr": 0.01})
+    w_seed, h_seed, s_seed = _purposes(tiny_dataset, train={"seed": 6})
+    names = sorted(weights)
+    assert _same([weights[n] for n in names], [w_valid[n] for n in names]) and _same(sampled, s_valid)
+    assert not _same(held, h_valid)  # the held-out batch did change size
+    assert _same([weights[n] for n in names], [w_batch[n] for n in names]) and _same(held, h_batch)
+    assert _same([weights[n] for n in names], [w_lr[n] for n in names]) and _same(held, h_lr) and _same(sampled, s_lr)
+    assert not _same([weights[n] for n in names], [w_seed[n] for n in names])
+    assert not _same(held, h_seed) and not _same(sampled, s_seed)

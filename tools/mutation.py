@@ -91,6 +91,13 @@ TARGETS: tuple[Target, ...] = (
     Target("config_rules", "geno_pipeline/config/rules.py"),
     Target("config_stages", "geno_pipeline/config/stages.py"),
     Target("config_loading", "geno_pipeline/config/loading.py"),
+    Target("windows", "geno_pipeline/data/windows.py"),
+    Target(
+        "distributed_split",
+        "geno_pipeline/distributed/__init__.py",
+        ("micro_batch_slices", "shard_range", "ordered_sum", "lazy_tree_sum", "tree_sum", "tree_fits"),
+    ),
+    Target("release_loader", "geno_pipeline/release/loader.py"),
 )
 
 # mutmut's verdicts by the exit code of the test run (mutmut/stats.py, 3.8); anything else is "suspicious"
@@ -404,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tools.mutation",
         description="Plant small bugs one at a time (mutmut) in the core pure modules: schedule, sampling, tuples, edits, "
-        "collapse, checksums, release verify, the checkpoint binding checks and the params validation (config); run the fast test tier's "
+        "collapse, checksums, release verify, the checkpoint binding checks, the params validation (config), the window "
+        "draw, the micro-batch split and ordered sums (distributed) and the released model's loader; run the fast test tier's "
         "tests that execute each mutated function; write the score per module to reports/mutation.json and print it. "
         "Survivors judged equivalent are listed with a reason in tests/mutation_equivalents.yaml. Needs the dev extra; "
         "takes tens of minutes on 2 cores. mutmut keeps its copy and results in mutants/; this command names the targeted "
@@ -422,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="NAME",
         help="run only this module (repeatable): schedule, sampling, tuples, edits, collapse, checksums, release_verify, "
-        "checkpoint_bindings, config_checks, config_sections, config_rules, config_stages, config_loading; the report "
+        "checkpoint_bindings, config_checks, config_sections, config_rules, config_stages, config_loading, windows, "
+        "distributed_split, release_loader; the report "
         " still scores every module from the results in mutants/",
     )
 
