@@ -1,5 +1,6 @@
 """Developer harnesses run from a checkout, outside the installed package: the benchmarks (`python -m tools.bench`),
-mutation testing (`python -m tools.mutation`) and the fault-injection campaign (`python -m tools.reliability`).
+mutation testing (`python -m tools.mutation`), the planted integration bugs (`python -m tools.planted`) and the
+fault-injection campaign (`python -m tools.reliability`).
 
 The pipeline never imports them, so an edit here changes no stage's inputs, source digest or output. Importing this
 package registers the JSON Schemas of the reports they write (`reports/bench.json`, `reports/bench/scaling.json`,
