@@ -30,6 +30,7 @@ from geno_pipeline.errors import (
     shorten,
 )
 from geno_pipeline.layout import Layout
+from geno_pipeline.openmp import apply_wait_policy
 
 if TYPE_CHECKING:  # the CLI imports params, pydantic and numpy only when a stage runs, so --help stays light
     from geno_pipeline.config import LoadedParams
@@ -404,5 +405,7 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
 
 
 def entrypoint() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and `python -m geno_pipeline`): OpenMP threads wait passively unless the user chose
+    otherwise (`openmp.apply_wait_policy`, before anything loads torch)."""
+    apply_wait_policy(os.environ)
     sys.exit(main(process=True))

@@ -27,6 +27,15 @@ def write_params(root: Path, **overrides: dict) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def quiet_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process preflight reports see an idle machine (load average 0), whatever else runs beside the tests; the cpu
+    check's own tests pass the load they need (`cpu_load=`). A preflight command run as a process reads the real load."""
+    from geno_pipeline.preflight.checks import cpu
+
+    monkeypatch.setattr(cpu, "load_average", lambda: 0.0)
+
+
 @pytest.fixture()
 def tiny_root(tmp_path: Path) -> Path:
     """A project root with the tiny params and pyproject.toml (for declared minimums)."""

@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "geno_pipeline.processes": 0,  # process lifetime (die with the parent): the launcher's workers, the checkpoint writer
     "geno_pipeline.workspace": 0,  # the workspace lock and SIGTERM as an interrupt: stdlib and errors only
     "geno_pipeline.hostmem": 0,  # memory this process may still use (meminfo, cgroup): the data and train budgets
+    "geno_pipeline.openmp": 0,  # how OpenMP threads wait, set by the command line before torch loads: stdlib only
     "geno_pipeline.schemas": 1,  # the registry names document models by string; it imports none of them
     "geno_pipeline.jsonio": 1,
     "geno_pipeline.runtime_report": 1,

@@ -255,3 +255,45 @@ def test_preflight_vram_gate_boundary(root: Path, free: int, ok: bool) -> None:
     report = report_for(root, FakeNvmlLib(gpus), fake_torch(cuda_devices(gpus)))
     assert report.ok is ok
     assert codes(report) == (set() if ok else {"accelerator.insufficient_vram"})
+
+
+@pytest.mark.parametrize(
+    ("load", "threads", "cores", "status", "slowdown"),
+    [(0.1, 2, 2, "pass", None), (0.4, 2, 2, "pass", None), (0.6, 2, 2, "warn", 1.3), (4.0, 2, 2, "warn", 3.0), (4.0, 1, 2, "warn", 2.5),
+     (3.0, 2, 8, "pass", None), (7.0, 2, 8, "warn", 1.1), (None, 2, 2, "skip", None)],
+)  # fmt: skip
+def test_cpu_busy_names_the_load_and_the_slowdown_to_expect(
+    load: float | None, threads: int, cores: int, status: str, slowdown: float | None
+) -> None:
+    from geno_pipeline.config import RuntimeParams
+    from geno_pipeline.preflight.checks.cpu import CpuCheck
+
+    check = CpuCheck(RuntimeParams(cpu_threads=threads), load=lambda: load, cores=lambda: cores)
+    facts = check.probe()
+    assert (facts.cores, facts.load_1m, facts.threads) == (cores, load, threads)
+    [finding] = check.assess(facts)
+    assert finding.status == status
+    if status == "warn":
+        assert finding.code == "cpu.busy" and finding.severity == "warning"
+        assert f"load average {load:.1f} over the last minute on {cores} core(s)" in finding.message
+        assert f"expect training to take about {slowdown:.1f}x as long as on an idle machine" in finding.message
+        assert "same bytes" in (finding.remedy or "")
+
+
+def test_cpu_busy_is_in_the_report_and_not_in_the_outcome(tiny_dataset: Path) -> None:
+    """A busy machine warns in reports/preflight.json, and the outcome (which release records) is the quiet machine's."""
+    from geno_pipeline.preflight.runner import outcome_of
+
+    def report(load: float):  # type: ignore[no-untyped-def]
+        with no_nvml_library():
+            return build_training_preflight_report(
+                TrainingPreflightRequest.for_root(tiny_dataset), dependency_probe=ok_dependency,
+                torch_process=FixedTorchProcess(cuda=fake_torch([])), cpu_load=lambda: load,
+            )  # fmt: skip
+
+    busy, quiet = report(6.0), report(0.0)
+    validate_document(json.loads(busy.model_dump_json()), "preflight_report")
+    assert {i.code: i.severity for i in busy.issues}.get("cpu.busy") == "warning" and busy.ok
+    assert "cpu.busy" not in {i.code for i in quiet.issues}
+    assert busy.cpu is not None and busy.cpu.load_1m == 6.0
+    assert outcome_of(busy) == outcome_of(quiet)

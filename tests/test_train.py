@@ -535,6 +535,10 @@ def test_train_runtime_facts_break_the_loop_time_into_parts(prepared: Path) -> N
     for part in PARTS:
         assert facts[f"loop_{part}_seconds"] >= 0
     assert facts["loop_step_seconds"] == facts["train_step_seconds"]
+    from geno_pipeline.openmp import USER_KEYS, wait_policy_fact
+
+    chosen = any(key in os.environ for key in USER_KEYS)  # the command keeps a user's own setting
+    assert facts["openmp_wait"] == (wait_policy_fact(os.environ) if chosen else "OMP_WAIT_POLICY=PASSIVE")
 
 
 @given(st.lists(st.tuples(st.integers(min_value=1, max_value=4), st.integers(min_value=0, max_value=3)), min_size=1, max_size=12))

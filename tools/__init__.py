@@ -4,7 +4,7 @@ fault-injection campaign (`python -m tools.reliability`).
 
 The pipeline never imports them, so an edit here changes no stage's inputs, source digest or output. Importing this
 package registers the JSON Schemas of the reports they write (`reports/bench.json`, `reports/bench/scaling.json`,
-`reports/mutation.json`, `reports/reliability.json`) with the pipeline's schema registry.
+`reports/mutation.json`, `reports/reliability.json`, `reports/bench/contention.json`) with the pipeline's schema registry.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ TOOL_SCHEMAS = {
     "bench_scaling": "tools.benchtrain:ScalingReport",
     "reliability": "tools.reliability:ReliabilityReport",
     "mutation": "tools.mutation:MutationReport",
+    "bench_contention": "tools.contention:ContentionReport",
 }
 register_schemas(TOOL_SCHEMAS)
 

@@ -26,6 +26,7 @@ __all__ = [
     "AcceleratorProbe",
     "CheckStatus",
     "ComputeMode",
+    "CpuProbe",
     "DependencyProbe",
     "DeterminismProbe",
     "DiskProbe",
@@ -147,6 +148,17 @@ class DiskProbe(Document):
     """A real file write and delete succeeded."""
 
 
+class CpuProbe(Document):
+    """This machine's recent load against the threads training asks for."""
+
+    cores: int = Field(ge=1)
+    """CPUs this process may run on."""
+    load_1m: float | None = Field(ge=0)
+    """1-minute load average: tasks running or waiting to run (null where the platform has none)."""
+    threads: int = Field(ge=1)
+    """runtime.nproc_per_node x runtime.cpu_threads on this node."""
+
+
 class MemoryProbe(Document):
     """The memory the training run needs (estimated from the params) against what this machine has."""
 
@@ -254,6 +266,8 @@ class PreflightReport(Document):
     """Determinism settings (null if the probe failed)."""
     disk: DiskProbe | None
     """Disk probe (null if the probe failed)."""
+    cpu: CpuProbe | None = None
+    """This machine's recent load against the threads training asks for (null if the probe failed)."""
     memory: MemoryProbe | None = None
     """Memory the training run needs against the machine's (null if the probe failed)."""
     distributed: DistributedProbe | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -13,6 +14,7 @@ from geno_pipeline.config import LoadedParams
 from geno_pipeline.distributed import local_world_size, planned_world_size
 from geno_pipeline.environment import package_version
 from geno_pipeline.layout import Layout
+from geno_pipeline.preflight.checks import cpu as cpu_check
 from geno_pipeline.preflight.checks.accelerator import AcceleratorCheck, AcceleratorProbeFn, empty_accelerator, probe_accelerator
 from geno_pipeline.preflight.checks.base import CheckRun, Finding, run_check
 from geno_pipeline.preflight.checks.cuda import CudaCheck
@@ -103,8 +105,9 @@ def build_report(
     accelerator_probe: AcceleratorProbeFn | None = None,
     distributed_probe: DistributedProbeFn | None = None,
     torch_process: TorchProcessFn | None = None,
+    cpu_load: Callable[[], float | None] | None = None,
 ) -> PreflightReport:
-    """Run every check and assemble the report.
+    """Run every check and assemble the report (`cpu_load`: the 1-minute load average, default the machine's).
 
     The torch probe process starts first and imports torch while this process checks params, the other dependencies,
     the disk and the dataset; NVML then lists each GPU's processes before the probe process may touch CUDA.
@@ -137,8 +140,9 @@ def build_report(
     gpu_run = run_check(GpuHealthCheck(accelerator))
     cuda_run = run_check(CudaCheck(accelerator, facts.kernels, runtime.deterministic))
     memory_run = run_check(MemoryCheck(loaded.params.model_copy(update={"runtime": runtime}), accelerator, str(loaded.path)))
+    cpu_run = run_check(cpu_check.CpuCheck(runtime, load=cpu_load or cpu_check.load_average))
     runs: list[CheckRun[Any]] = [params_run, *(dependency_runs[c.name] for c in dependencies), acc_run, gpu_run, cuda_run, det_run,
-                                 memory_run, disk_run, dataset_run]  # fmt: skip
+                                 cpu_run, memory_run, disk_run, dataset_run]  # fmt: skip
     dist_run: CheckRun[Any] | None = None
     if planned_world_size(runtime.nproc_per_node) > 1:
         dist_run = run_check(DistributedCheck(runtime, accelerator, distributed_probe))
@@ -161,6 +165,7 @@ def build_report(
         accelerator=accelerator,
         dependencies=[r.facts for r in (dependency_runs[c.name] for c in dependencies) if r.facts is not None],
         determinism=det_run.facts,
+        cpu=cpu_run.facts,
         memory=memory_run.facts,
         disk=disk_run.facts,
         distributed=dist_run.facts if dist_run is not None else None,
@@ -177,20 +182,27 @@ def build_training_preflight_report(
     dependency_probe: DependencyProbeFn | None = None,
     accelerator_probe: AcceleratorProbeFn | None = None,
     torch_process: TorchProcessFn | None = None,
+    cpu_load: Callable[[], float | None] | None = None,
 ) -> PreflightReport:
     """Seed API: read the request's params file and probe everything the training run needs (never raises for probe failures)."""
     loaded = LoadedParams.read(request.params_path)
     return build_report(
         loaded, request, generated_at=generated_at, dependency_probe=dependency_probe, accelerator_probe=accelerator_probe,
-        torch_process=torch_process,
+        torch_process=torch_process, cpu_load=cpu_load,
     )  # fmt: skip
 
 
+TRANSIENT_CODES = frozenset({"cpu.busy", "gpu.busy"})
+"""Warnings about the moment (other jobs on the CPU or the GPU): in the report, never in the outcome, so that a busy
+machine does not change the outcome, or the release that records it."""
+
+
 def outcome_of(report: PreflightReport) -> PreflightOutcome:
-    """The deterministic part of a report: ok, device and issue codes (what release gates on)."""
+    """The deterministic part of a report: ok, device and issue codes (what release gates on), less the warnings about
+    the moment (`TRANSIENT_CODES`)."""
     return PreflightOutcome(
         ok=report.ok,
         resolved_device=report.resolved_device,
         error_codes=sorted({i.code for i in report.issues if i.severity == "error"}),
-        warning_codes=sorted({i.code for i in report.issues if i.severity == "warning"}),
+        warning_codes=sorted({i.code for i in report.issues if i.severity == "warning" and i.code not in TRANSIENT_CODES}),
     )

@@ -7,6 +7,7 @@ Durations and throughput are returned as facts for reports/runtime/train.json.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ from geno_pipeline.fsio import atomic_write_bytes, require_writable
 from geno_pipeline.hostmem import available_host_memory
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
+from geno_pipeline.openmp import wait_policy_fact
 from geno_pipeline.runtime_report import Fact, StageResult
 from geno_pipeline.source import source_digest
 from geno_pipeline.tensorfile import serialize_tensors
@@ -409,6 +411,7 @@ def run(
         **traffic_facts(training.group, training.train.micro_batches, outcome.steps_run),
         "checkpoint_writer_seconds": round(training.saver.busy_seconds, 4) if training.saver is not None else 0.0,  # beside the loop
         "checkpoint_writer": type(training.saver).__name__ if training.saver is not None else None,
+        "openmp_wait": wait_policy_fact(os.environ),
     }
     return StageResult(report, facts)
 
