@@ -100,7 +100,7 @@ def _train_command() -> StageCommand:
         expected = stage.preflight_fingerprint(layout)
         options: dict[str, Any] = {
             "resume": args.resume, "stop_after_step": args.stop_after_step, "progress": not args.no_progress,
-            "expected_fingerprint": expected,
+            "expected_fingerprint": expected, "prefetch": {"auto": None, "on": True, "off": False}[args.prefetch],
         }  # fmt: skip
         job = job_from_env(os.environ)
         if job is None:

@@ -114,6 +114,13 @@ def _add_stage_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="write a checkpoint after step K and stop (status `stopped`); resume later with --resume auto",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument(
+        "--prefetch",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="prepare the next steps' batches on a worker thread while this step trains (auto: on CUDA, or where this "
+        "node's workers leave a CPU core free); the outputs are the same bytes either way",
+    )
 
     p = sub.add_parser(
         "sweep",

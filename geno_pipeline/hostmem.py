@@ -1,10 +1,12 @@
-"""How much memory this process may still use: the budget every stage checks before it starts work."""
+"""How much memory this process may still use (the budget every stage checks before it starts work), and how many
+CPUs it may run on."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["available_host_memory"]
+__all__ = ["available_host_memory", "usable_cores"]
 
 
 def available_host_memory(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -25,3 +27,10 @@ def available_host_memory(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = 
     except (OSError, ValueError):
         pass
     return have
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

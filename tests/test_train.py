@@ -333,6 +333,26 @@ def test_train_checkpoints_record_only_synced_log_bytes(prepared: Path, tmp_path
     assert tree(train) == tree(prepared / "artifacts" / "train")  # the same bytes as the CLI's run
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_train_prefetch_changes_no_byte_straight_or_resumed(prepared: Path, tmp_path: Path, prefetch: bool) -> None:
+    """Preparing the batches ahead on a worker thread, or not, writes the CLI run's train tree byte for byte; so does a
+    resume from the checkpoint of step 8, which was written while the prefetch thread had already drawn steps 9 and 10
+    (the checkpoint records the sampler as it was after step 8's draw, not the live sampler)."""
+    from geno_pipeline.training import stage
+
+    straight = tree(prepared / "artifacts" / "train")
+    other = clone(prepared, tmp_path / "other")
+    params, layout = load_params(other / "params.yaml"), Layout.for_root(other)
+    result = stage.run(params, layout, prefetch=prefetch)
+    assert result.facts["prefetch"] is prefetch and result.facts["input_wait_ms_per_step"] is not None
+    assert tree(layout.train_dir) == straight
+    checkpoint = layout.checkpoints / "step-000008"
+    shutil.rmtree(layout.checkpoints / "step-000012")
+    resumed = stage.run(params, layout, resume=checkpoint, prefetch=prefetch)
+    assert resumed.facts["resumed_from_step"] == 8 and resumed.facts["steps_run"] == 4
+    assert tree(layout.train_dir) == straight
+
+
 def test_train_writes_the_same_bytes_with_either_checkpoint_writer(prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the checkpoints are written changes nothing on disk: a run whose checkpoints are written on a thread (the
     fallback off Linux) gives the same train tree as the CLI's run (a writer process on Linux), and each says which

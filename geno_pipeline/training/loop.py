@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -15,13 +16,14 @@ from geno_pipeline.training.documents import (
     MetricsLine,
 )
 from geno_pipeline.training.heldout import encode_batch
+from geno_pipeline.training.prefetch import InlineInput, PrefetchInput, Prepared, StepInput
 from geno_pipeline.training.progress import Progress
 from geno_pipeline.training.run import PARTS, LoopOutcome, TrainingRun
 from geno_pipeline.training.trainer import TorchTrainerStepResult
 from geno_pipeline.training.tuples import take_rows
 from geno_pipeline.workspace import check_terminated
 
-__all__ = ["Laps", "ranks_agree", "train_loop"]
+__all__ = ["Laps", "prepare_step", "ranks_agree", "train_loop"]
 
 
 class Laps:
@@ -69,22 +71,48 @@ def ranks_agree(run: TrainingRun, step: int) -> None:
         )
 
 
-def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
+def prepare_step(run: TrainingRun, step: int) -> Prepared:
+    """Step `step`'s input: the sampler's next global batch, this rank's micro-batches of it encoded, and the sampler's
+    state after the draw (the one definition, whichever thread runs it)."""
+    t0 = time.perf_counter()
+    batch = run.sampler.draw(run.dataset.train, run.train.batch_size)
+    state = run.sampler.state()
+    t1 = time.perf_counter()
+    shards = [encode_batch(run.model, take_rows(batch, rows), run.device, source_states=run.source_states) for rows in run.shards]
+    return Prepared(step, shards, int(batch.mask.sum()), state, t1 - t0, time.perf_counter() - t1)
+
+
+def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool, prefetch: bool = False) -> LoopOutcome:
     """Steps `start + 1 .. train.steps`: update, log, observe, checkpoint; returns how the loop ended, once the last
     checkpoint is on disk.
 
     Every rank draws the same global batch and computes its own micro-batches of it; rank 0 alone logs, evaluates and
     writes checkpoints (in the background, `TrainingRun.checkpoint`), and tells the others when a collapse alert halts
-    the run. When the loop raises, the checkpoint being written is finished (or its staging directory removed) first."""
+    the run. With `prefetch` a worker thread prepares the next steps' batches meanwhile (`training.prefetch`); the
+    checkpoint writer is started before it, so that its fork sees one thread. When the loop raises, the checkpoint being
+    written is finished (or its staging directory removed) first."""
     parts = dict.fromkeys(PARTS, 0.0)
     parts["encoding"] = run.source_seconds
+    last = run.train.steps if stop_after_step is None else min(stop_after_step, run.train.steps)
+    source: StepInput = InlineInput(lambda step: prepare_step(run, step))
     try:
-        outcome = _steps(run, parts, stop_after_step=stop_after_step, progress=progress)
+        if prefetch and run.start < last:
+            if run.writer:
+                run.start_saver()
+            source = PrefetchInput(lambda step: prepare_step(run, step), run.start + 1, last)
+        outcome = _steps(run, parts, source, stop_after_step=stop_after_step, progress=progress)
     except BaseException:
+        source.close()
         if run.saver is not None:
             run.saver.abandon()
         run.logs.close()
         raise
+    source.close()
+    outcome = dataclasses.replace(
+        outcome,
+        prefetched=isinstance(source, PrefetchInput),
+        prepare_seconds={"sampling": source.sampling_seconds, "encoding": source.encoding_seconds},
+    )
     t0 = time.perf_counter()
     if run.saver is not None:
         run.saver.close()
@@ -92,7 +120,7 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool)
     return outcome
 
 
-def _steps(run: TrainingRun, parts: dict[str, float], *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
+def _steps(run: TrainingRun, parts: dict[str, float], source: StepInput, *, stop_after_step: int | None, progress: bool) -> LoopOutcome:
     train, collapse = run.train, run.params.collapse
     bar = Progress(train.steps, run.start, enabled=progress and run.writer)
     steps_run = 0
@@ -101,11 +129,13 @@ def _steps(run: TrainingRun, parts: dict[str, float], *, stop_after_step: int | 
     for step in range(run.start + 1, train.steps + 1):
         check_terminated()  # a SIGTERM whose exception was lost (it landed in an at-fork callback) stops here
         laps.lap("logs")  # the end of the previous step's bookkeeping (nothing, at the first)
-        batch = run.sampler.draw(run.dataset.train, train.batch_size)
-        laps.lap("sampling")
-        shards = [encode_batch(run.model, take_rows(batch, rows), run.device, source_states=run.source_states) for rows in run.shards]
-        laps.lap("encoding")
-        result = run.trainer.train_step(shards, step=step, action_count=int(batch.mask.sum()))
+        prepared = source.get(step)
+        laps.lap("input_wait")
+        if isinstance(source, InlineInput):  # the wait was the preparation itself: counted by its parts
+            parts["input_wait"] -= prepared.sampling_seconds + prepared.encoding_seconds
+            parts["sampling"] += prepared.sampling_seconds
+            parts["encoding"] += prepared.encoding_seconds
+        result = run.trainer.train_step(prepared.shards, step=step, action_count=prepared.action_count)
         laps.lap("step")
         steps_run += 1
         if not result.finite:  # every rank holds the same summed gradient, so every rank stops here
@@ -133,7 +163,7 @@ def _steps(run: TrainingRun, parts: dict[str, float], *, stop_after_step: int | 
         if scheduled or halt or step == stop_after_step:
             ranks_agree(run, step)
             if run.writer:
-                run.checkpoint(step, scheduled=scheduled)
+                run.checkpoint(step, scheduled=scheduled, sampler_state=prepared.sampler_state)
         laps.lap("checkpoint")
         if halt:
             criteria = ", ".join(a.criterion for a in run.lines[-1].alerts) if run.writer else "see rank 0"

@@ -8,6 +8,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,11 +55,15 @@ class LoopOutcome:
     steps_run: int  # optimizer steps this process ran
     step_seconds: float  # time inside train_step
     parts: dict[str, float] = field(default_factory=dict)  # seconds per part of the loop (PARTS)
+    prefetched: bool = False  # a worker thread prepared the steps' input ahead (`training.prefetch`)
+    prepare_seconds: dict[str, float] = field(default_factory=dict)  # sampling and encoding, on whichever thread ran them
 
 
-PARTS = ("sampling", "encoding", "step", "logs", "evaluation", "checkpoint")
+PARTS = ("sampling", "encoding", "input_wait", "step", "logs", "evaluation", "checkpoint")
 """Where a training step's time goes: tuple drawing, the frozen encoder, the optimizer step, log lines and progress,
-the held-out evaluation, and checkpoint writes (volatile facts in reports/runtime/train.json and the bench)."""
+the held-out evaluation, and checkpoint writes (volatile facts in reports/runtime/train.json and the bench). Time on the
+training thread: with prefetch, the sampling and encoding run on the prefetch thread and the training thread's part
+is `input_wait`, the time it waited for them."""
 
 
 @dataclass
@@ -126,7 +131,12 @@ class TrainingRun:
         self.logs.collapse(line)
         return line
 
-    def checkpoint(self, step: int, *, scheduled: bool) -> None:
+    def start_saver(self) -> None:
+        """Start the checkpoint writer now, if it is not running (else the first checkpoint starts it)."""
+        if self.saver is None:
+            self.saver = start_writer(self.write_checkpoint, "checkpoint")
+
+    def checkpoint(self, step: int, *, scheduled: bool, sampler_state: dict[str, Any] | None = None) -> None:
         """Checkpoint `step`: what it holds is copied now, and written, synced and renamed into place by the background
         writer while training goes on (older ones pruned after it); a scheduled one is logged, an extra one (stop or
         halt) leaves the logs as the straight run has them."""
@@ -139,7 +149,7 @@ class TrainingRun:
             step=step,
             steps_total=self.train.steps,
             run_id=self.run_id,
-            sampler=SamplerState.model_validate(self.sampler.state()),
+            sampler=SamplerState.model_validate(self.sampler.state() if sampler_state is None else sampler_state),
             monitor_baseline_pairwise=self.monitor.initial_pairwise_pred_dist_mean,
             last_train_loss=self.last_loss,
             logs={},  # recorded by the writer, once it has synced the logs
@@ -151,8 +161,8 @@ class TrainingRun:
         job = CheckpointJob(
             state, self.logs.lengths(), snapshot(self.model.state_dict()), snapshot(optimizer_tensors(self.optimizer, names))
         )
-        if self.saver is None:
-            self.saver = start_writer(self.write_checkpoint, "checkpoint")
+        self.start_saver()
+        assert self.saver is not None
         self.saver.submit(job)
 
     def write_checkpoint(self, job: CheckpointJob) -> None:

@@ -26,7 +26,7 @@ from geno_pipeline.documents import ArtifactIdentity
 from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint, torch_training_device
 from geno_pipeline.errors import DistributedError, TrainingError
 from geno_pipeline.fsio import atomic_write_bytes, require_writable
-from geno_pipeline.hostmem import available_host_memory
+from geno_pipeline.hostmem import available_host_memory, usable_cores
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.openmp import wait_policy_fact
@@ -47,6 +47,7 @@ from geno_pipeline.training.heldout import build_held_out, caches_source_states,
 from geno_pipeline.training.logs import RunLogs, write_plots
 from geno_pipeline.training.loop import ranks_agree, train_loop
 from geno_pipeline.training.model import WorldModel, build_world_model
+from geno_pipeline.training.prefetch import prefetch_default
 from geno_pipeline.training.run import PARTS, CheckpointJob, LoopOutcome, TrainingRun, snapshot
 from geno_pipeline.training.sampling import edit_type_weights_from_mapping, rollout_mix_from_mapping
 from geno_pipeline.training.schedule import wsd_lr_multiplier
@@ -374,11 +375,13 @@ def run(
     model_factory: ModelFactory | None = None,
     group: Collective | None = None,
     local_rank: int | None = None,
+    prefetch: bool | None = None,
 ) -> StageResult[TrainingReport | LoopOutcome]:
     """Train (or resume) to `train.steps`; writes artifacts/train, reports/train.json, reports/metrics.json and plots.
 
     In a multi-process job (`group`), rank 0 returns the report and writes everything; the other ranks return how
-    their loop ended, write nothing and ask the CLI to print nothing (`quiet`)."""
+    their loop ended, write nothing and ask the CLI to print nothing (`quiet`). `prefetch` (default: where a core is
+    free for it, `prefetch_default`) prepares the next steps' batches on a worker thread; the bytes are the same."""
     stage_params = TrainStageParams.from_params(params) if isinstance(params, Params) else params
     if stop_after_step is not None and not 1 <= stop_after_step <= stage_params.train.steps:
         raise TrainingError(f"--stop-after-step {stop_after_step} is outside 1..train.steps ({stage_params.train.steps})")
@@ -394,7 +397,10 @@ def run(
         resume_from(training, checkpoint)
     elif training.writer:
         start_fresh(training)
-    outcome = train_loop(training, stop_after_step=stop_after_step, progress=progress)
+    if prefetch is None:
+        threads = stage_params.runtime.cpu_threads
+        prefetch = prefetch_default(training.device, threads, local_world_size(training.group.size), usable_cores())
+    outcome = train_loop(training, stop_after_step=stop_after_step, progress=progress, prefetch=prefetch)
     if not training.writer:
         return StageResult(outcome, {}, quiet=True)
     report = finish(training, outcome)
@@ -412,6 +418,9 @@ def run(
         "checkpoint_writer_seconds": round(training.saver.busy_seconds, 4) if training.saver is not None else 0.0,  # beside the loop
         "checkpoint_writer": type(training.saver).__name__ if training.saver is not None else None,
         "openmp_wait": wait_policy_fact(os.environ),
+        "prefetch": outcome.prefetched,
+        **{f"prepare_{part}_seconds": round(seconds, 4) for part, seconds in outcome.prepare_seconds.items()},
+        "input_wait_ms_per_step": round(1000 * outcome.parts["input_wait"] / outcome.steps_run, 4) if outcome.steps_run else None,
     }
     return StageResult(report, facts)
 

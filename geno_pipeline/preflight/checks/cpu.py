@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geno_pipeline.config import RuntimeParams
+from geno_pipeline.hostmem import usable_cores
 from geno_pipeline.preflight.checks.base import Finding, passed, problem, skipped
 from geno_pipeline.preflight.documents import CpuProbe
 
-__all__ = ["CPU_REMEDY", "CpuCheck", "expected_slowdown", "load_average", "usable_cores"]
+__all__ = ["CPU_REMEDY", "CpuCheck", "expected_slowdown", "load_average"]
 
 CPU_REMEDY = (
     "run when the other jobs have finished, or on a quieter machine; the outputs are the same bytes either way "
@@ -32,13 +33,6 @@ def load_average() -> float | None:
         return float(os.getloadavg()[0])
     except (AttributeError, OSError):
         return None
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def expected_slowdown(load: float, threads: int, cores: int) -> float:
