@@ -53,6 +53,10 @@ def test_bench_train_stage_reports_every_part(tmp_path: Path) -> None:
     assert result.writer == ("ProcessWriter" if process_writer_available() else "ThreadWriter")
     assert result.floor_ratio == pytest.approx((result.bare_s + result.required_s) / result.bare_s, rel=1e-2)
     assert list((tmp_path / "runs").iterdir()) == []  # each run's outputs removed once measured
+    from geno_pipeline.hostmem import usable_cores
+
+    assert result.cpu_threads == 1 and result.prefetch == (usable_cores() > 1)  # auto: a core free beside the one thread
+    assert result.input_wait_ms_per_step is not None and result.input_wait_ms_per_step >= 0
 
 
 @given(st.lists(st.tuples(st.floats(0.01, 100.0), st.floats(0.01, 100.0)), min_size=1, max_size=9))

@@ -573,7 +573,8 @@ def run_bench_cli(layout: Layout, *, quick: bool, fasta_mib: int | None = None, 
             f"from {min(s.pair_ratios):.4f} to {max(s.pair_ratios):.4f}); seconds by part: {parts}; "
             f"checkpoint writer ({s.writer}) busy {s.writer_s:.3f}s beside the loop; "
             f"its {s.evaluations} held-out evaluations and {s.checkpoints} durable checkpoint writes alone take {s.required_s:.3f}s: "
-            f"floor ratio {s.floor_ratio:.4f}"
+            f"floor ratio {s.floor_ratio:.4f}; cpu_threads {s.cpu_threads}, prefetch {'on' if s.prefetch else 'off'}, "
+            f"input wait {s.input_wait_ms_per_step} ms/step"
         )
     for e in report.entries:
         print(f"bench: {e.name}: ratio {e.ratio:.4f} (ours {e.ours_s:.4f}s vs reference {e.reference_s:.4f}s; {e.detail})")

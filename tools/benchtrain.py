@@ -86,6 +86,13 @@ class StageBench(Document):
     floor_ratio: float
     """(bare_s + required_s) / bare_s: the least ratio reachable if that work ran on the training thread. The stage's
     evaluations do; its checkpoint writes run in the writer (a process on Linux), so the stage can go below it."""
+    cpu_threads: int = 2
+    """runtime.cpu_threads of the runs."""
+    prefetch: bool = False
+    """The stage prepared the next steps' batches on a worker thread (train --prefetch)."""
+    input_wait_ms_per_step: float | None = None
+    """Milliseconds per step the stage's training thread waited for its input (median run): sampling and encoding
+    without prefetch, what the prefetch thread had not finished in time with it."""
 
 
 class ScalingCurve(Document):
@@ -289,9 +296,9 @@ def pair_ratios(ours: Sequence[float], bare: Sequence[float]) -> list[float]:
     return [round(o / b, 4) for o, b in zip(ours, bare, strict=True)]
 
 
-def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> StageBench:
+def bench_train_stage(profile: str, params: Any, root: Path, repeats: int, *, prefetch: bool | None = None) -> StageBench:
     """Alternate runs of the stage and of the bare loop on one prepared dataset; medians and the stage's parts; and the
-    work the profile's cadence requires, timed alone."""
+    work the profile's cadence requires, timed alone. `prefetch` as `train --prefetch` (None: auto)."""
     from geno_pipeline.training import stage as train_stage
     from geno_pipeline.training.determinism import configure_torch_reproducibility
 
@@ -301,16 +308,19 @@ def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> St
     _bare_loop(warm, layout)  # one-time costs (the optimizer's first use imports torch._dynamo) paid before timing
     ours: list[tuple[float, dict[str, float], float]] = []
     bare: list[float] = []
+    waits: list[float] = []
     required: list[float] = []
     for index in range(repeats):
         home = layout.root / "runs" / str(index)
         run_layout = Layout(layout.root, train_home=home)
         t0 = time.perf_counter()
-        result = train_stage.run(params, run_layout)
+        result = train_stage.run(params, run_layout, prefetch=prefetch)
         wall = time.perf_counter() - t0
         writer, kind = result.facts["checkpoint_writer_seconds"], result.facts["checkpoint_writer"]
         assert isinstance(writer, float) and isinstance(kind, str)
         ours.append((wall, _loop_parts(result.facts), writer))
+        prefetched = bool(result.facts["prefetch"])
+        waits.append(float(result.facts["input_wait_ms_per_step"] or 0.0))  # type: ignore[arg-type]
         t0 = time.perf_counter()
         _bare_loop(params, layout)
         bare.append(time.perf_counter() - t0)
@@ -328,20 +338,30 @@ def bench_train_stage(profile: str, params: Any, root: Path, repeats: int) -> St
         ratio=round(ours_s / bare_s, 4), meets_target=ours_s / bare_s <= TARGET_RATIO, pair_ratios=pairs,
         parts=parts, writer=kind, writer_s=round(writer, 4),
         evaluations=evaluations, checkpoints=checkpoints, required_s=round(required_s, 4),
-        floor_ratio=round((bare_s + required_s) / bare_s, 4),
+        floor_ratio=round((bare_s + required_s) / bare_s, 4), cpu_threads=params.runtime.cpu_threads, prefetch=prefetched,
+        input_wait_ms_per_step=round(statistics.median(waits), 4),
     )  # fmt: skip
 
 
 def tiny_and_default_profiles(root: Path, *, quick: bool, repeats: int) -> list[StageBench]:
-    """The end-to-end figure on the tiny profile and on the default one (fewer steps with --quick)."""
+    """The end-to-end figure on the tiny profile and on the default one (fewer steps with --quick); and the default
+    profile at cpu_threads 1 with and without prefetch (one core computes, the other prepares the next batches)."""
     tiny_path = root / "tests" / "params_tiny.yaml"
     out = []
-    for name, path, steps in (("tiny", tiny_path, 60 if quick else 300), ("default", root / "params.yaml", 300 if quick else None)):
+    default_steps = 300 if quick else None
+    runs: list[tuple[str, Path, int | None, int | None, bool | None]] = [
+        ("tiny", tiny_path, 60 if quick else 300, None, None), ("default", root / "params.yaml", default_steps, None, None),
+        ("default, 1 thread, prefetch", root / "params.yaml", default_steps, 1, True),
+        ("default, 1 thread, no prefetch", root / "params.yaml", default_steps, 1, False),
+    ]  # fmt: skip
+    for name, path, steps, threads, prefetch in runs:
         if not path.is_file():
             continue
         params = _params_with(path, steps=steps) if steps is not None else _params_with(path)
+        if threads is not None:
+            params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"cpu_threads": threads})})
         with tempfile.TemporaryDirectory() as tmp:
-            out.append(bench_train_stage(name, params, Path(tmp), repeats))
+            out.append(bench_train_stage(name, params, Path(tmp), repeats, prefetch=prefetch))
     return out
 
 

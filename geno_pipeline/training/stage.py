@@ -420,9 +420,16 @@ def run(
         "openmp_wait": wait_policy_fact(os.environ),
         "prefetch": outcome.prefetched,
         **{f"prepare_{part}_seconds": round(seconds, 4) for part, seconds in outcome.prepare_seconds.items()},
-        "input_wait_ms_per_step": round(1000 * outcome.parts["input_wait"] / outcome.steps_run, 4) if outcome.steps_run else None,
+        "input_wait_ms_per_step": round(1000 * input_wait_seconds(outcome) / outcome.steps_run, 4) if outcome.steps_run else None,
     }
     return StageResult(report, facts)
+
+
+def input_wait_seconds(outcome: LoopOutcome) -> float:
+    """Seconds the training thread waited for its steps' input: what the prefetch thread had not finished in time, or
+    without prefetch the whole preparation (sampling and encoding on the training thread)."""
+    inline = 0.0 if outcome.prefetched else sum(outcome.prepare_seconds.values())
+    return outcome.parts.get("input_wait", 0.0) + inline
 
 
 def traffic_facts(group: Collective, micro_batches: int, steps_run: int) -> dict[str, Fact]:
