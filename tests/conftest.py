@@ -52,3 +52,27 @@ def tiny_dataset(tiny_root: Path) -> Path:
 
     build_dataset(load_params(tiny_root / "params.yaml").data, root=tiny_root, out_dir=tiny_root / "artifacts" / "dataset")
     return tiny_root
+
+
+@pytest.fixture(scope="session")
+def tiny_released(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline run once per test session to a release by the command line, each stage in a process of its
+    own (as DVC runs them). Read it, or copy it (`copy_project`) before changing anything."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny-released")
+    write_params(root)
+    (root / "genomes").mkdir()
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    for args in (["data"], ["preflight"], ["train", "--no-progress"], ["release"]):
+        proc = subprocess.run([sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{args}: {proc.stderr}"
+    return root
+
+
+def copy_project(source: Path, dest: Path, *, without_release: bool = False) -> Path:
+    """A copy of a project folder (the release and its report left out with `without_release`)."""
+    ignore = shutil.ignore_patterns("release", "release.json") if without_release else None
+    shutil.copytree(source, dest, ignore=ignore, symlinks=True)
+    return dest

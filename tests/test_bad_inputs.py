@@ -32,7 +32,7 @@ from geno_pipeline.config import load_params
 from geno_pipeline.errors import VerifyError
 from geno_pipeline.release.loader import load_released_model
 from geno_pipeline.tensorfile import serialize_tensors
-from tests.conftest import TINY, write_params
+from tests.conftest import TINY, copy_project, write_params
 from tools.reliability import declared_outputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,15 +42,9 @@ RELEASE = "artifacts/release"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny pipeline run to a release, in process."""
-    root = tmp_path_factory.mktemp("finished")
-    write_params(root)
-    (root / "genomes").mkdir()
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    for args in (["data"], ["preflight"], ["train", "--no-progress"], ["release"]):
-        assert main([*args, "--root", str(root)]) == 0
-    return root
+def finished(tiny_released: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's tiny pipeline, run to a release."""
+    return copy_project(tiny_released, tmp_path_factory.mktemp("finished") / "project")
 
 
 # ------------------------------------------------------------------ mutation helpers

@@ -20,7 +20,7 @@ from geno_pipeline.release.verify import verify_bundle
 from geno_pipeline.training.determinism import TrainerSeeds
 from geno_pipeline.training.heldout import build_held_out, evaluate
 from geno_pipeline.training.model import build_world_model
-from tests.conftest import write_params
+from tests.conftest import copy_project, write_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,14 +35,9 @@ def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("release")
-    write_params(root)
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    for stage in ("data", "preflight", "train", "release"):
-        proc = cli(root, stage) if stage != "train" else cli(root, "train", "--no-progress")
-        assert proc.returncode == 0, proc.stderr
-    return root
+def released(tiny_released: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's tiny release (each stage run by the command line)."""
+    return copy_project(tiny_released, tmp_path_factory.mktemp("release") / "project")
 
 
 def test_release_bundle_contents_and_coreutils(released: Path) -> None:

@@ -16,7 +16,7 @@ from geno_pipeline.errors import EXIT_STORAGE, StorageError
 from geno_pipeline.fsio import atomic_write_bytes, is_temporary_name, staging_dir, sweep_temporaries
 from geno_pipeline.jsonio import read_json, write_json
 from geno_pipeline.layout import Layout
-from tests.conftest import TINY, write_params
+from tests.conftest import TINY, copy_project, write_params
 from tools.reliability import declared_outputs, run_campaign, temporaries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,16 +27,9 @@ def gp(root: Path, *args: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny pipeline run straight, in process."""
-    root = tmp_path_factory.mktemp("straight")
-    write_params(root)
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    for stage in ("data", "preflight"):
-        assert gp(root, stage) == 0
-    assert gp(root, "train", "--no-progress") == 0
-    assert gp(root, "release") == 0
-    return root
+def straight(tiny_released: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's tiny pipeline, run straight to a release (the runs here go in process)."""
+    return copy_project(tiny_released, tmp_path_factory.mktemp("straight") / "project")
 
 
 def _copy_before_train(straight: Path, dest: Path) -> Path:

@@ -28,7 +28,7 @@ from geno_pipeline.layout import Layout
 from geno_pipeline.training.background import process_writer_available
 from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.stage import run_training
-from tests.conftest import write_params
+from tests.conftest import copy_project, write_params
 from tests.fakes import process_alive, processes_of
 
 
@@ -44,15 +44,10 @@ def tree(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project with its dataset and preflight fingerprint, trained straight once."""
-    root = tmp_path_factory.mktemp("train")
-    write_params(root)
-    shutil.copy(Path(__file__).resolve().parent.parent / "pyproject.toml", root / "pyproject.toml")
-    cli(root, "data")
-    cli(root, "preflight")
-    cli(root, "train", "--no-progress")
-    return root
+def prepared(tiny_released: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project with its dataset and preflight fingerprint, trained straight once by the command line (this
+    module's copy of the session's tiny pipeline, its release left out)."""
+    return copy_project(tiny_released, tmp_path_factory.mktemp("train") / "project", without_release=True)
 
 
 def clone(prepared: Path, dest: Path) -> Path:
