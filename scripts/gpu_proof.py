@@ -5,8 +5,8 @@
    training output compared byte for byte.
 3. The tiny profile SIGKILLed once its first checkpoint is on disk, then `train --resume auto` and release: compared
    with (2) byte for byte.
-4. The default profile's first 300 steps on the GPU and on the CPU: steps per second, and how each step's time splits
-   between drawing the batch on the CPU (sampling, encoding) and the update, i.e. how long the GPU waits for the CPU.
+4. The default profile's first 300 steps on the GPU and on the CPU, with and without prefetch: steps per second, and how
+   long each step waited for its batch (drawn and encoded on the CPU), i.e. how long the GPU waits for the CPU.
 5. `python -m pytest -q tests/test_gpu_preflight.py tests/test_gpu_nodes.py` on the machine.
 
 Runs the stages directly (no DVC), with the repository on PYTHONPATH; writes its logs and a summary.json to the
@@ -153,20 +153,24 @@ def loop_figures(root: Path, steps: int) -> dict[str, Any]:
     once = float(facts.get("source_encoding_seconds", 0.0))  # the sources encoded once before the first step
     parts["encoding"] = parts.get("encoding", 0.0) - once
     total = sum(parts.values()) or 1.0
+    wait_ms = float(facts.get("input_wait_ms_per_step") or 0.0)
     return {
         "steps_per_second": facts.get("steps_per_second"),
         "loop_steps_per_second": round(steps / total, 2),
         "source_encoding_seconds_once": round(once, 3),
         "ms_per_step": {name: round(1000 * seconds / steps, 3) for name, seconds in parts.items()},
-        "input_share": round((parts.get("sampling", 0.0) + parts.get("encoding", 0.0)) / total, 3),
+        "prefetch": facts.get("prefetch"),
+        "input_wait_ms_per_step": wait_ms,
+        "input_share": round(wait_ms * steps / 1000 / total, 3),
     }
 
 
-def default_run(work: Path, log: Path, device: str, steps: int) -> dict[str, Any]:
-    root = project(work, f"default-{device.replace(':', '')}", params_with(REPO / "params.yaml", runtime={"device": device}))
+def default_run(work: Path, log: Path, device: str, steps: int, prefetch: str) -> dict[str, Any]:
+    name = f"default-{device.replace(':', '')}-prefetch-{prefetch}"
+    root = project(work, name, params_with(REPO / "params.yaml", runtime={"device": device}))
     gp(root, log, "data")
     gp(root, log, "preflight")
-    gp(root, log, "train", "--no-progress", "--stop-after-step", str(steps))
+    gp(root, log, "train", "--no-progress", "--stop-after-step", str(steps), "--prefetch", prefetch)
     return loop_figures(root, steps)
 
 
@@ -244,12 +248,14 @@ def main(argv: list[str]) -> int:
 
         say(f"\n== 4. the default profile, first {args.default_steps} steps, GPU and CPU", log)
         for where in ("cpu",) if args.cpu_rehearsal else ("cuda:0", "cpu"):
-            figures = default_run(work, log, where, args.default_steps)
-            summary[f"default_{where}"] = figures
-            say(f"  {where}: {figures['steps_per_second']} steps/s in the update alone, {figures['loop_steps_per_second']} steps/s in "
-                f"the loop (after {figures['source_encoding_seconds_once']} s encoding the sources once); ms per step "
-                f"{figures['ms_per_step']}; drawing and encoding the batch on the CPU is {100 * figures['input_share']:.0f}% of "
-                "the loop, time the device waits for input", log)  # fmt: skip
+            for prefetch in ("on", "off"):
+                figures = default_run(work, log, where, args.default_steps, prefetch)
+                summary[f"default_{where}" + ("" if prefetch == "on" else "_no_prefetch")] = figures
+                say(f"  {where}, prefetch {prefetch}: {figures['steps_per_second']} steps/s in the update alone, "
+                    f"{figures['loop_steps_per_second']} steps/s in the loop (after {figures['source_encoding_seconds_once']} s "
+                    f"encoding the sources once); ms per step {figures['ms_per_step']}; the loop waited "
+                    f"{figures['input_wait_ms_per_step']} ms per step for its input ({100 * figures['input_share']:.0f}% of the "
+                    "loop, time the device waits)", log)  # fmt: skip
 
         summary["pytest_exit"] = 0 if args.skip_tests else gpu_tests(out, log)
     finally:

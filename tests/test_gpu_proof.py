@@ -35,6 +35,7 @@ def test_the_proof_rehearsed_on_the_cpu_reproduces_byte_for_byte(tmp_path: Path)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["preflight_exit"] == 0 and summary["twice_identical"] and summary["resume_identical"]
     assert summary["killed_after_step"] in (-1, 4, 8, 12)  # a checkpoint every 4 steps (-1: it finished first; resume still runs)
-    figures = summary["default_cpu"]
-    assert figures["steps_per_second"] > 0 and 0 < figures["input_share"] < 1
+    figures, inline = summary["default_cpu"], summary["default_cpu_no_prefetch"]
+    assert figures["prefetch"] is True and inline["prefetch"] is False
+    assert figures["steps_per_second"] > 0 and 0 <= figures["input_share"] < 1 and 0 < inline["input_share"] < 1
     assert "SHA256SUMS" in (tmp_path / "out" / "gpu_proof.log").read_text()
