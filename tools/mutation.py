@@ -97,7 +97,6 @@ TARGETS: tuple[Target, ...] = (
         "geno_pipeline/distributed/__init__.py",
         ("micro_batch_slices", "shard_range", "ordered_sum", "lazy_tree_sum", "tree_sum", "tree_fits"),
     ),
-    Target("release_loader", "geno_pipeline/release/loader.py"),
 )
 
 # mutmut's verdicts by the exit code of the test run (mutmut/stats.py, 3.8); anything else is "suspicious"
@@ -412,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tools.mutation",
         description="Plant small bugs one at a time (mutmut) in the core pure modules: schedule, sampling, tuples, edits, "
         "collapse, checksums, release verify, the checkpoint binding checks, the params validation (config), the window "
-        "draw, the micro-batch split and ordered sums (distributed) and the released model's loader; run the fast test tier's "
+        "draw and the micro-batch split and ordered sums (distributed); run the fast test tier's "
         "tests that execute each mutated function; write the score per module to reports/mutation.json and print it. "
         "Survivors judged equivalent are listed with a reason in tests/mutation_equivalents.yaml. Needs the dev extra; "
         "takes tens of minutes on 2 cores. mutmut keeps its copy and results in mutants/; this command names the targeted "
@@ -431,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME",
         help="run only this module (repeatable): schedule, sampling, tuples, edits, collapse, checksums, release_verify, "
         "checkpoint_bindings, config_checks, config_sections, config_rules, config_stages, config_loading, windows, "
-        "distributed_split, release_loader; the report "
+        "distributed_split; the report "
         " still scores every module from the results in mutants/",
     )
 
