@@ -110,6 +110,12 @@ def test_params_differences_reports_absent_and_nested_keys() -> None:
         "e: checkpoint has '<absent>', this run has True",
     ]
     assert params_differences(3, 4, "x") == ["x: checkpoint has 3, this run has 4"]
+    # a Python mapping's keys (rollout lengths are ints) sort beside a JSON document's strings
+    assert params_differences({"mix": {1: 0.5, 3: 0.5}}, {"mix": {"2": 0.5}}) == [
+        "mix.1: checkpoint has 0.5, this run has '<absent>'",
+        "mix.2: checkpoint has '<absent>', this run has 0.5",
+        "mix.3: checkpoint has 0.5, this run has '<absent>'",
+    ]
 
 
 @given(st.recursive(st.integers() | st.booleans() | st.text(max_size=3), lambda c: st.dictionaries(st.text(max_size=3), c, max_size=3)))
