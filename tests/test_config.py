@@ -98,6 +98,8 @@ def test_config_lists_every_problem_at_once() -> None:
             r"^train\.lr = '3e-3': .*; fix: YAML reads '3e-3' as text; write 0\.003 or 3\.0e-3$",
         ),
         ({"train": {"steps": "1e3"}}, r"^train\.steps = '1e3': .*; fix: YAML reads '1e3' as text; write the integer 1000$"),
+        ({"train": {"steps": "1e-3"}}, r"^train\.steps = '1e-3': Input should be a valid integer; fix: use an integer$"),
+        ({"data": {"records": "chr1"}}, r"^data\.records = 'chr1': Input should be a valid list; fix: correct the value$"),
         ({"train": {"lr": "6.0e1"}}, r"^train\.lr = '6\.0e1': .*; fix: YAML reads '6\.0e1' as text; write 60 or 6\.0e\+1$"),
         ({"train": {"lr": "3e+3"}}, r"^train\.lr = '3e\+3': .*; fix: YAML reads '3e\+3' as text; write 3000 or 3\.0e\+3$"),
         ({"train": {"lr": "2.5E-2"}}, r"^train\.lr = '2\.5E-2': .*; fix: YAML reads '2\.5E-2' as text; write 0\.025 or 2\.5e-2$"),
