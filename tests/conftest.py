@@ -56,18 +56,17 @@ def tiny_dataset(tiny_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_released(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny pipeline run once per test session to a release by the command line, each stage in a process of its
-    own (as DVC runs them). Read it, or copy it (`copy_project`) before changing anything."""
-    import subprocess
-    import sys
+    """The tiny pipeline run once per test session to a release, in this process (the command line's `main`; a run
+    by processes of their own is compared with it in test_train.py). Read it, or copy it (`copy_project`) before
+    changing anything."""
+    from geno_pipeline.cli import main
 
     root = tmp_path_factory.mktemp("tiny-released")
     write_params(root)
     (root / "genomes").mkdir()
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     for args in (["data"], ["preflight"], ["train", "--no-progress"], ["release"]):
-        proc = subprocess.run([sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)], capture_output=True, text=True)
-        assert proc.returncode == 0, f"{args}: {proc.stderr}"
+        assert main([*args, "--root", str(root)]) == 0, args
     return root
 
 

@@ -45,8 +45,8 @@ def tree(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def prepared(tiny_released: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project with its dataset and preflight fingerprint, trained straight once by the command line (this
-    module's copy of the session's tiny pipeline, its release left out)."""
+    """A tiny project with its dataset and preflight fingerprint, trained straight once (this module's copy of the
+    session's tiny pipeline, its release left out)."""
     return copy_project(tiny_released, tmp_path_factory.mktemp("train") / "project", without_release=True)
 
 
@@ -57,9 +57,14 @@ def clone(prepared: Path, dest: Path) -> Path:
 
 def test_train_two_runs_identical(prepared: Path, tmp_path: Path) -> None:
     other = clone(prepared, tmp_path / "other")
-    params = load_params(other / "params.yaml")
-    report = run_training(params, Layout.for_root(other))  # in-process vs the CLI's process
-    assert report.status == "completed" and report.steps_completed == 12
+    cli(other, "train", "--no-progress")  # the command line's own process vs the in-process run of the fixture
+    report = json.loads((other / "reports" / "train.json").read_text())
+    assert report["status"] == "completed" and report["steps_completed"] == 12
+    from geno_pipeline.openmp import USER_KEYS, wait_policy_fact
+
+    facts = json.loads((other / "reports" / "runtime" / "train.json").read_text())["facts"]
+    chosen = any(key in os.environ for key in USER_KEYS)  # the command keeps a user's own setting
+    assert facts["openmp_wait"] == (wait_policy_fact(os.environ) if chosen else "OMP_WAIT_POLICY=PASSIVE")
     straight = tree(prepared / "artifacts" / "train")
     assert tree(other / "artifacts" / "train") == straight
     assert "model.safetensors" in straight and "metrics.jsonl" in straight
@@ -550,10 +555,6 @@ def test_train_runtime_facts_break_the_loop_time_into_parts(prepared: Path) -> N
     for part in PARTS:
         assert facts[f"loop_{part}_seconds"] >= 0
     assert facts["loop_step_seconds"] == facts["train_step_seconds"]
-    from geno_pipeline.openmp import USER_KEYS, wait_policy_fact
-
-    chosen = any(key in os.environ for key in USER_KEYS)  # the command keeps a user's own setting
-    assert facts["openmp_wait"] == (wait_policy_fact(os.environ) if chosen else "OMP_WAIT_POLICY=PASSIVE")
 
 
 @given(st.lists(st.tuples(st.integers(min_value=1, max_value=4), st.integers(min_value=0, max_value=3)), min_size=1, max_size=12))
