@@ -17,20 +17,22 @@ from __future__ import annotations
 import sys
 from collections.abc import MutableMapping
 
-__all__ = ["USER_KEYS", "WAIT_POLICY", "apply_wait_policy", "wait_policy_fact"]
+__all__ = ["USER_KEYS", "WAIT_SETTING", "apply_wait_policy", "wait_policy_fact"]
 
-WAIT_POLICY = "PASSIVE"
+WAIT_SETTING = ("OMP_WAIT_POLICY", "PASSIVE")
+"""The variable and value the command line sets (docs/performance.md has the measurements behind the choice)."""
 USER_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def apply_wait_policy(environ: MutableMapping[str, str], *, torch_loaded: bool | None = None) -> bool:
-    """Set OMP_WAIT_POLICY=PASSIVE in `environ` unless the user chose how OpenMP threads wait (OMP_WAIT_POLICY or
+    """Set `WAIT_SETTING` in `environ` unless the user chose how OpenMP threads wait (OMP_WAIT_POLICY or
     GOMP_SPINCOUNT set) or torch is already loaded in this process (too late to matter: `torch_loaded`, default: torch
     is in sys.modules); True when it was set here."""
     loaded = "torch" in sys.modules if torch_loaded is None else torch_loaded
     if loaded or any(key in environ for key in USER_KEYS):
         return False
-    environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    key, value = WAIT_SETTING
+    environ[key] = value
     return True
 
 

@@ -60,11 +60,11 @@ def test_train_two_runs_identical(prepared: Path, tmp_path: Path) -> None:
     cli(other, "train", "--no-progress")  # the command line's own process vs the in-process run of the fixture
     report = json.loads((other / "reports" / "train.json").read_text())
     assert report["status"] == "completed" and report["steps_completed"] == 12
-    from geno_pipeline.openmp import USER_KEYS, wait_policy_fact
+    from geno_pipeline.openmp import USER_KEYS, WAIT_SETTING, wait_policy_fact
 
     facts = json.loads((other / "reports" / "runtime" / "train.json").read_text())["facts"]
     chosen = any(key in os.environ for key in USER_KEYS)  # the command keeps a user's own setting
-    assert facts["openmp_wait"] == (wait_policy_fact(os.environ) if chosen else "OMP_WAIT_POLICY=PASSIVE")
+    assert facts["openmp_wait"] == (wait_policy_fact(os.environ) if chosen else "=".join(WAIT_SETTING))
     straight = tree(prepared / "artifacts" / "train")
     assert tree(other / "artifacts" / "train") == straight
     assert "model.safetensors" in straight and "metrics.jsonl" in straight
