@@ -243,7 +243,7 @@ def test_train_checkpoint_loader_never_unpickles(prepared: Path, tmp_path: Path,
     hand-over to the checkpoint writer process, which never reads a file."""
     import pickle
 
-    from geno_pipeline.training import stage
+    from geno_pipeline.training import resume
 
     root = clone(prepared, tmp_path / "p")
     cli(root, "train", "--no-progress", "--stop-after-step", "6")
@@ -251,7 +251,7 @@ def test_train_checkpoint_loader_never_unpickles(prepared: Path, tmp_path: Path,
     def forbidden(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a checkpoint load unpickled something")
 
-    real_load, loaded = stage.load_checkpoint, []
+    real_load, loaded = resume.load_checkpoint, []
 
     def guarded(path: Path, **kwargs: Any) -> Any:
         with monkeypatch.context() as patch:
@@ -261,7 +261,7 @@ def test_train_checkpoint_loader_never_unpickles(prepared: Path, tmp_path: Path,
             loaded.append(Path(path).name)
             return real_load(path, **kwargs)
 
-    monkeypatch.setattr(stage, "load_checkpoint", guarded)
+    monkeypatch.setattr(resume, "load_checkpoint", guarded)
     other = tmp_path / "q"
     shutil.copytree(root, other)  # with its checkpoints
     report = run_training(load_params(other / "params.yaml"), Layout.for_root(other), resume="auto")
