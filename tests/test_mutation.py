@@ -51,6 +51,8 @@ def test_targets_are_the_ones_pyproject_gives_mutmut() -> None:
 def test_target_of_whole_files_methods_and_selected_functions() -> None:
     by_name = {t.name: t for t in TARGETS}
     assert target_of("geno_pipeline.training.schedule.x__lerp__mutmut_2") == by_name["schedule"]
+    assert target_of("geno_pipeline.distributed.x_tree_sum__mutmut_3") == by_name["distributed_split"]  # a package's __init__
+    assert target_of("geno_pipeline.distributed.x_job_from_env__mutmut_3") is None  # not one of the split's functions
     assert target_of("geno_pipeline.config.sections.xǁRuntimeParamsǁ_device__mutmut_1") == by_name["config_sections"]
     assert target_of("geno_pipeline.config.xǁRuntimeParamsǁ_device__mutmut_1") is None  # the package's __init__ is not a target
     assert target_of("geno_pipeline.training.checkpoint_load.x__binding_problems__mutmut_7") == by_name["checkpoint_bindings"]

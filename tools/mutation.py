@@ -60,7 +60,8 @@ class Target:
 
     @property
     def module(self) -> str:
-        return self.path.removesuffix(".py").replace("/", ".")
+        """The module's dotted name as mutmut names its mutants (a package's `__init__.py` is the package)."""
+        return self.path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
 TARGETS: tuple[Target, ...] = (
