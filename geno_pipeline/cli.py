@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
 
 
 def entrypoint() -> None:
-    """Console-script entry point (and `python -m geno_pipeline`): OpenMP threads wait passively unless the user chose
-    otherwise (`openmp.apply_wait_policy`, before anything loads torch)."""
+    """Console-script entry point (and `python -m geno_pipeline`): OpenMP threads spin briefly before they sleep unless
+    the user chose otherwise (`openmp.apply_wait_policy`, before anything loads torch)."""
     apply_wait_policy(os.environ)
     sys.exit(main(process=True))

@@ -1,15 +1,18 @@
 """How torch's OpenMP threads wait, set before torch loads.
 
 torch's CPU kernels run thousands of small parallel regions per training step. GNU OpenMP (libgomp, which the Linux
-torch wheels use) makes a thread that reaches the end of a region spin for about 300,000 iterations before it sleeps.
-On a machine whose cores other jobs also use, a spinning thread burns the time slice that the thread it waits for
-needs, and a run beside two other torch jobs slows by far more than its fair share of the cores. Waiting passively
-(`OMP_WAIT_POLICY=PASSIVE`: sleep at once) changes when threads run, never what they compute, so every output byte
-stays the same (docs/performance.md has the measurements).
+torch wheels use) makes a thread that reaches the end of a region spin for 300,000 iterations before it sleeps. On a
+machine whose cores other jobs also use, a spinning thread burns the time slice that the thread it waits for needs,
+and the default profile's run beside two other torch jobs took 8.8 times as long as alone, where its fair share of
+the cores is 3. Spinning 1,000 iterations (`GOMP_SPINCOUNT=1000`) still catches the next region of a busy loop on an
+idle machine, then sleeps: there the run took 3.6 times as long, and alone no longer than with libgomp's default.
+Sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) took 2.2 times as long beside two jobs but 1.4 times as long alone. How
+threads wait changes when they run, never what they compute, so every output byte stays the same
+(`python -m tools.contention`; docs/performance.md has the table).
 
 libgomp reads its settings once, when torch loads it, so the command line sets them first (`apply_wait_policy`) and
 its child processes (the launcher's workers, preflight's torch probe, the checkpoint writer) inherit them. A user's
-own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
+own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept. Other OpenMP runtimes ignore the variable.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import MutableMapping
 
 __all__ = ["USER_KEYS", "WAIT_SETTING", "apply_wait_policy", "wait_policy_fact"]
 
-WAIT_SETTING = ("OMP_WAIT_POLICY", "PASSIVE")
+WAIT_SETTING = ("GOMP_SPINCOUNT", "1000")
 """The variable and value the command line sets (docs/performance.md has the measurements behind the choice)."""
 USER_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 

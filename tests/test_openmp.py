@@ -1,4 +1,4 @@
-"""How OpenMP threads wait: the command line sets OMP_WAIT_POLICY=PASSIVE before torch loads, unless the user chose."""
+"""How OpenMP threads wait: the command line sets GOMP_SPINCOUNT=1000 before torch loads, unless the user chose."""
 
 from __future__ import annotations
 

@@ -48,11 +48,12 @@ while True:
     opt.step()
 """
 POLICIES = {
-    "default": {},  # what geno-pipeline sets when the user chose nothing
+    "default": {},  # what geno-pipeline sets when the user chose nothing (openmp.WAIT_SETTING)
     "spin": {"GOMP_SPINCOUNT": "300000"},  # libgomp's own default: spin 300,000 times, then sleep
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # sleep at once
     "spin30k": {"GOMP_SPINCOUNT": "30000"},
     "spin3k": {"GOMP_SPINCOUNT": "3000"},
+    "spin1k": {"GOMP_SPINCOUNT": "1000"},
 }
 
 
@@ -63,7 +64,7 @@ class ContentionRun(Document):
     """runtime.cpu_threads."""
     policy: str
     """default: geno-pipeline's (unless the user chose); spin: libgomp's own (GOMP_SPINCOUNT=300000); passive:
-    OMP_WAIT_POLICY=PASSIVE; spin30k, spin3k: GOMP_SPINCOUNT=30000, 3000."""
+    OMP_WAIT_POLICY=PASSIVE; spin30k, spin3k, spin1k: GOMP_SPINCOUNT=30000, 3000, 1000."""
     competitors: int = Field(ge=0)
     """Competing torch processes, each with as many threads as the machine has cores."""
     seconds: list[float]

@@ -3,8 +3,9 @@
 The 1-minute load average counts the tasks running or waiting to run. When it and the threads training asks for
 (`runtime.nproc_per_node x runtime.cpu_threads`) add up to more than the cores by over half a core, `cpu.busy` warns
 with the load and the slowdown to expect: about the fair share, (load + threads) / cores, since the command's OpenMP
-threads wait passively (`geno_pipeline.openmp`). The bytes do not change; only the time does. The warning is about the
-moment, so it is left out of the deterministic outcome (`runner.TRANSIENT_CODES`).
+threads do not spin away the time slices of the threads they wait for (`geno_pipeline.openmp`). The bytes do not
+change; only the time does. The warning is about the moment, so it is left out of the deterministic outcome
+(`runner.TRANSIENT_CODES`).
 """
 
 from __future__ import annotations
