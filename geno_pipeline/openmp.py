@@ -3,12 +3,13 @@
 torch's CPU kernels run thousands of small parallel regions per training step. GNU OpenMP (libgomp, which the Linux
 torch wheels use) makes a thread that reaches the end of a region spin for 300,000 iterations before it sleeps. On a
 machine whose cores other jobs also use, a spinning thread burns the time slice that the thread it waits for needs,
-and the default profile's run beside two other torch jobs took 8.8 times as long as alone, where its fair share of
-the cores is 3. Spinning 1,000 iterations (`GOMP_SPINCOUNT=1000`) still catches the next region of a busy loop on an
-idle machine, then sleeps: there the run took 3.6 times as long, and alone no longer than with libgomp's default.
-Sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) took 2.2 times as long beside two jobs but 1.4 times as long alone. How
-threads wait changes when they run, never what they compute, so every output byte stays the same
-(`python -m tools.contention`; docs/performance.md has the table).
+and the default profile's run beside two other torch jobs took 8.8 to 12.6 times as long as alone, where its fair
+share of the cores is 3. Spinning 1,000 iterations (`GOMP_SPINCOUNT=1000`) still catches the next region of a busy
+loop on an idle machine, then sleeps: beside two jobs the run took 3.1 to 3.6 times as long, and alone about as long
+as with libgomp's default (7.0 s against 6.2 to 8.0 s over three runs). Sleeping at once (`OMP_WAIT_POLICY=PASSIVE`)
+took 2.2 to 2.4 times as long beside two jobs but 9.7 to 9.8 s alone. How threads wait changes when they run, never
+what they compute, so every output byte stays the same (`python -m tools.contention`; docs/performance.md has the
+table).
 
 libgomp reads its settings once, when torch loads it, so the command line sets them first (`apply_wait_policy`) and
 its child processes (the launcher's workers, preflight's torch probe, the checkpoint writer) inherit them. A user's
