@@ -152,6 +152,7 @@ _FILE_SCHEMAS = {
     "repro_check.json": "repro_check",
     "bench.json": "bench",
     "scaling.json": "bench_scaling",
+    "contention.json": "bench_contention",
     "reliability.json": "reliability",
     "mutation.json": "mutation",
     "sweep.json": "sweep",
