@@ -139,6 +139,17 @@ with joined(job_from_env(os.environ), backend="gloo", device="cpu", timeout_s=60
 """
 
 
+def _all_succeed(procs: list[subprocess.Popen[str]], timeout: float = 120) -> None:
+    """Wait for every process (stderr piped) and require exit 0 of each; none is left running, whatever happens."""
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
 def test_distributed_two_rank_all_reduce_is_the_tree_bit_for_bit(tmp_path: Path) -> None:
     """At W = 2 the partial sums are combined by gloo's all-reduce: for every ordered pair of special values (signed
     zeros, subnormals, the smallest normal, the largest finite, infinities) and a million random finite float32 bit
@@ -164,13 +175,7 @@ def test_distributed_two_rank_all_reduce_is_the_tree_bit_for_bit(tmp_path: Path)
         )
         for r in range(2)
     ]
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err[-2000:]
-    finally:
-        for proc in procs:
-            proc.kill()
+    _all_succeed(procs)
     expected = tree_sum([torch.from_numpy(values[0]), torch.from_numpy(values[1])]).numpy()
     for rank in range(2):
         assert np.load(tmp_path / f"out{rank}.npy").tobytes() == expected.tobytes()
@@ -298,13 +303,7 @@ def test_distributed_every_rank_steps_to_the_single_process_bits(tmp_path: Path,
                          stderr=subprocess.PIPE, text=True)
         for r in range(world)
     ]  # fmt: skip
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err[-2000:]
-    finally:
-        for proc in procs:
-            proc.kill()
+    _all_succeed(procs)
     for reduction in ("tree", "gather"):
         single = np.load(tmp_path / f"single-{reduction}-0.npy")
         assert single[-1] > 0.05 * 10  # the clip binds

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from geno_pipeline.checksums import sha256_file
 from geno_pipeline.documents import Document
+from geno_pipeline.hostmem import usable_cores
 from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.openmp import USER_KEYS
@@ -143,7 +144,7 @@ def _project(root: Path, steps: int, threads: int) -> None:
 
 def run_contention(*, steps: int, threads: Sequence[int], policies: Sequence[str], loads: Sequence[int], repeats: int) -> ContentionReport:
     """Measure every configuration; each run trains from scratch in one scratch project."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     base = dict(os.environ)
     runs: list[ContentionRun] = []
     with tempfile.TemporaryDirectory(prefix="contention-") as scratch:

@@ -108,11 +108,13 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool,
         run.logs.close()
         raise
     source.close()
-    outcome = dataclasses.replace(
-        outcome,
-        prefetched=isinstance(source, PrefetchInput),
-        prepare_seconds={"sampling": source.sampling_seconds, "encoding": source.encoding_seconds},
-    )
+    prefetched = isinstance(source, PrefetchInput)
+    if not prefetched:  # the training thread's wait was the preparation itself: counted by its own parts
+        parts["input_wait"] -= source.sampling_seconds + source.encoding_seconds
+        parts["sampling"] += source.sampling_seconds
+        parts["encoding"] += source.encoding_seconds
+    prepare = {"sampling": source.sampling_seconds, "encoding": source.encoding_seconds}
+    outcome = dataclasses.replace(outcome, prefetched=prefetched, prepare_seconds=prepare)
     t0 = time.perf_counter()
     if run.saver is not None:
         run.saver.close()
@@ -131,10 +133,6 @@ def _steps(run: TrainingRun, parts: dict[str, float], source: StepInput, *, stop
         laps.lap("logs")  # the end of the previous step's bookkeeping (nothing, at the first)
         prepared = source.get(step)
         laps.lap("input_wait")
-        if isinstance(source, InlineInput):  # the wait was the preparation itself: counted by its parts
-            parts["input_wait"] -= prepared.sampling_seconds + prepared.encoding_seconds
-            parts["sampling"] += prepared.sampling_seconds
-            parts["encoding"] += prepared.encoding_seconds
         result = run.trainer.train_step(prepared.shards, step=step, action_count=prepared.action_count)
         laps.lap("step")
         steps_run += 1

@@ -9,14 +9,13 @@ the same next batches as the straight run.
 
 The worker overlaps the next steps' sampling and encoding with this step's optimizer work where a core is free for it
 (`prefetch_default`): the numpy and torch kernels release the GIL, the sampler's Python does not. What the training
-thread still waits for is `wait_seconds`, the figure that matters when the step itself is fast (a GPU).
+thread still waits for is the loop's `input_wait` part, the figure that matters when the step itself is fast (a GPU).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +40,9 @@ class Prepared:
 
 
 class StepInput:
-    """Where the loop takes each step's input from; `wait_seconds` is the time it waited (inline: the preparation)."""
+    """Where the loop takes each step's input from; `sampling_seconds` and `encoding_seconds` sum the preparation of the
+    steps handed out, on whichever thread it ran."""
 
-    wait_seconds: float = 0.0
     sampling_seconds: float = 0.0
     encoding_seconds: float = 0.0
 
@@ -67,7 +66,6 @@ class InlineInput(StepInput):
     def get(self, step: int) -> Prepared:
         item = self._prepare(step)
         self._count(item)
-        self.wait_seconds += item.sampling_seconds + item.encoding_seconds
         return item
 
 
@@ -104,7 +102,6 @@ class PrefetchInput(StepInput):
             self._put(_Failed(exc))
 
     def get(self, step: int) -> Prepared:
-        start = time.perf_counter()
         while True:
             try:
                 item = self._queue.get(timeout=0.05)
@@ -112,7 +109,6 @@ class PrefetchInput(StepInput):
             except queue.Empty:
                 if not self._thread.is_alive() and self._queue.empty():
                     raise RuntimeError(f"the prefetch thread stopped before step {step}") from None
-        self.wait_seconds += time.perf_counter() - start
         if isinstance(item, _Failed):
             raise item.error
         if item.step != step:
