@@ -27,6 +27,14 @@ def write_params(root: Path, **overrides: dict) -> Path:
     return path
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): one test process per core this process may use, at most 8, since one test may
+    itself start a launcher and four gloo workers. `-n 0` runs everything in this process."""
+    from geno_pipeline.hostmem import usable_cores
+
+    return max(1, min(usable_cores(), 8))
+
+
 @pytest.fixture(autouse=True)
 def quiet_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process preflight reports see an idle machine (load average 0), whatever else runs beside the tests; the cpu

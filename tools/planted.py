@@ -105,7 +105,7 @@ def _env(copy: Path) -> dict[str, str]:
 
 
 def _pytest(copy: Path, tests: Sequence[str], timeout_s: float) -> tuple[int, str]:
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", "-rfE", *tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-m", "not slow", "-p", "no:cacheprovider", "-rfE", *tests]
     try:
         proc = subprocess.run(command, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
