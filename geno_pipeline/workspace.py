@@ -4,6 +4,8 @@
 `data`, `preflight`, `train`, `sweep` or `release` in the same folder stops at once, naming the process that holds it,
 instead of replacing the first one's outputs or deleting its staging folders. The lock is the kernel's (`flock`): it
 goes with the process that holds it, so a killed run never leaves one behind; the file only records who held it last.
+A killed run's forked children hold it until they have exited too: when the process the file names is gone, a new
+run waits for them (at most `ORPHAN_WAIT_S`) instead of being refused.
 
 `terminate_as_interrupt` makes SIGTERM, what schedulers send before they kill, raise `Terminated` (a
 KeyboardInterrupt) where it arrives, so a stage stops the way it does on Ctrl-C: nothing half-written, one line, exit
@@ -16,7 +18,8 @@ import fcntl
 import logging  # noqa: F401  (imported first: its at-fork callbacks are registered before ours, below)
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -40,6 +43,46 @@ def _holder(fd: int) -> str:
     return text or "a process that has not written its pid yet"
 
 
+# How long to wait for the lock when the process it names is gone: its forked children (the checkpoint writer) hold
+# the lock until they exit, which the kernel makes them do when it dies (PR_SET_PDEATHSIG); under load that takes a
+# moment, and a resume started right after a kill must not be refused for it.
+ORPHAN_WAIT_S = 10.0
+
+
+def _recorded_pid(fd: int) -> int | None:
+    """The pid the lock file names (`pid N: ...`), or None."""
+    words = _holder(fd).split()
+    if len(words) >= 2 and words[0] == "pid" and words[1].rstrip(":").isdigit():
+        return int(words[1].rstrip(":"))
+    return None
+
+
+def _gone(pid: int | None) -> bool:
+    """Whether process `pid` no longer exists (a zombie still does: its parent has not reaped it)."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, as another user's process
+        return False
+    return False
+
+
+def _take(fd: int, *, wait_s: float = ORPHAN_WAIT_S, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Take the lock now; or, while the process the file names is gone (its children are exiting), within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not _gone(_recorded_pid(fd)) or time.monotonic() >= deadline:
+                return False
+        sleep(0.02)
+
+
 @contextmanager
 def workspace_lock(root: Path, command: str) -> Iterator[None]:
     """Hold the workspace's lock for the block; `WorkspaceBusyError` (exit 2) at once when another run holds it. Where
@@ -51,9 +94,7 @@ def workspace_lock(root: Path, command: str) -> Iterator[None]:
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _take(fd):
             raise WorkspaceBusyError(
                 f"{root}: another geno-pipeline run is using this workspace ({_holder(fd)}); two runs in one folder would "
                 f"replace each other's outputs; fix: wait for it to finish, or stop it, then run again (the lock goes with "

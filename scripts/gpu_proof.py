@@ -178,8 +178,8 @@ def gpu_tests(out: Path, log: Path) -> int:
     """Step 5: the GPU preflight tests on this machine; pytest's exit code."""
     say("\n== 5. the GPU preflight tests on this machine", log)
     # one process, without pyproject's `-n auto`: the GPU machine may have no pytest-xdist
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "addopts=-ra",
-                            "tests/test_gpu_preflight.py", "tests/test_gpu_nodes.py"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "addopts=-ra"]
+    tests = subprocess.run([*command, "tests/test_gpu_preflight.py", "tests/test_gpu_nodes.py"], cwd=REPO, capture_output=True, text=True)
     lines = (tests.stdout + tests.stderr).strip().splitlines()
     say(lines[-1] if lines else "pytest printed nothing", log)
     (out / "pytest.log").write_text(tests.stdout + tests.stderr, encoding="utf-8")

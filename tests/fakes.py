@@ -155,9 +155,18 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _holds_a_file_in(entry: Path, root: Path) -> bool:
+    """Whether process /proc/PID has a file under `root` open: an exiting process has lost its command line (its memory
+    goes first) but still holds its files, the workspace lock among them, until the kernel closes them."""
+    try:
+        return any(os.readlink(fd).startswith(f"{root}/") for fd in (entry / "fd").iterdir())
+    except OSError:
+        return False
+
+
 def processes_of(root: Path) -> list[int]:
     """Live processes working on project `root`: its path on their command line or as their working directory (a
-    forked child keeps both of its parent's)."""
+    forked child keeps both of its parent's), or a file of it open."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -167,6 +176,6 @@ def processes_of(root: Path) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if (str(root) in cmdline or cwd == str(root)) and process_alive(int(entry.name)):
+        if (str(root) in cmdline or cwd == str(root) or _holds_a_file_in(entry, root)) and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return found

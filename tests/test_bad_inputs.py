@@ -1206,3 +1206,53 @@ def test_a_stage_whose_report_folder_is_read_only_writes_nothing(
     err = capsys.readouterr().err
     assert f"{blocked}: cannot write: Read-only file system" in err and "Traceback" not in err
     assert declared_outputs(root) == before
+
+
+_HOLDER = (
+    "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+    "sys.stdin.read()"
+)
+
+
+def _reaped_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("recorded", ["gone", "alive"])
+def test_the_lock_waits_for_a_killed_runs_children_only(tmp_path: Path, recorded: str) -> None:
+    """The lock file names a process that is gone while another still holds the lock (a killed run's forked checkpoint
+    writer, exiting): the new run waits for it and takes the lock. When the named process is alive, it is refused at
+    once, without waiting."""
+    from geno_pipeline import workspace
+
+    path = tmp_path / workspace.LOCK_NAME
+    path.write_text("")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        pid = _reaped_pid() if recorded == "gone" else holder.pid
+        path.write_text(f"pid {pid}: geno-pipeline train\n")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            if recorded == "alive":
+                assert workspace._take(fd, sleep=lambda _s: pytest.fail("waited for a live holder")) is False
+                return
+            assert workspace._take(fd, wait_s=0.05) is False  # the children have not exited yet: refused after the wait
+            sleeps: list[float] = []
+
+            def release_on_first_sleep(seconds: float) -> None:  # the holder exits while the new run waits
+                if not sleeps:
+                    assert holder.stdin is not None
+                    holder.stdin.close()
+                    holder.wait(timeout=HOSTILE_TIMEOUT_S)
+                sleeps.append(seconds)
+
+            assert workspace._take(fd, sleep=release_on_first_sleep) is True and sleeps  # it waited, then took the lock
+        finally:
+            os.close(fd)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=HOSTILE_TIMEOUT_S)

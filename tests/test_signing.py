@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,7 +29,7 @@ from geno_pipeline.release.signing import (
     signed_digests,
     verify_signature,
 )
-from tests.conftest import write_params
+from tests.conftest import copy_project
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE_FILES = (
@@ -60,19 +61,21 @@ def write_key(directory: Path, name: str, key: object, password: bytes | None = 
 
 
 @pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny releases (train.seed 5 and 6) and two P-256 key pairs."""
+def releases(tiny_released: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny releases (train.seed 5, the session's tiny run, and 6) and two P-256 key pairs."""
+    from geno_pipeline.cli import main
+
     base = tmp_path_factory.mktemp("signing")
-    roots = {}
-    for name, seed in (("a", 5), ("b", 6)):
-        root = base / name
-        root.mkdir()
-        write_params(root, train={"seed": seed})
-        shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-        for args in (("data",), ("preflight",), ("train", "--no-progress"), ("release",)):
-            proc = cli(*args, "--root", str(root))
-            assert proc.returncode == 0, proc.stderr
-        roots[name] = root / "artifacts" / "release"
+    roots = {"a": base / "a" / "release"}
+    shutil.copytree(tiny_released / "artifacts" / "release", roots["a"])
+    other = copy_project(tiny_released, base / "b", without_release=True)
+    params = yaml.safe_load((other / "params.yaml").read_text())
+    assert params["train"]["seed"] == 5
+    params["train"]["seed"] = 6
+    (other / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for args in (["preflight"], ["train", "--no-progress"], ["release"]):
+        assert main([*args, "--root", str(other)]) == 0, args
+    roots["b"] = other / "artifacts" / "release"
     keys = base / "keys"
     keys.mkdir()
     for name in ("alice", "mallory"):
