@@ -33,7 +33,8 @@ def gp(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The working tree's tracked and untracked-not-ignored files in a fresh git repo, with the tiny params."""
+    """The working tree's tracked and untracked-not-ignored files in a fresh git repo, with the tiny params; nothing
+    run in it (copy it before running anything)."""
     root = tmp_path_factory.mktemp("pipeline") / "project"
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
@@ -51,20 +52,33 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def reproduced(project: Path) -> tuple[Path, str]:
+    """`dvc repro` run once in a copy of the project, and committed (with DVC's cache), and what it printed. Copy it
+    (`_copy_of`) before changing anything."""
+    root = _copy_of(project, project.parent / "reproduced")
+    first = dvc(root, "repro")
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reference run"], root)
+    return root, first.stdout
+
+
+def _copy_of(source: Path, dest: Path) -> Path:
+    """A copy of a project folder: its git history, and its outputs and DVC cache where it has run."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
 @pytest.mark.slow
-def test_pipeline_end_to_end_and_reproducible(project: Path) -> None:
-    first = dvc(project, "repro")
-    order = [line.split("'")[1] for line in first.stdout.splitlines() if line.startswith("Running stage")]
+def test_pipeline_end_to_end_and_reproducible(reproduced: tuple[Path, str], tmp_path: Path) -> None:
+    project, printed = _copy_of(reproduced[0], tmp_path / "e2e"), reproduced[1]
+    order = [line.split("'")[1] for line in printed.splitlines() if line.startswith("Running stage")]
     assert order == ["data", "preflight", "train", "sweep", "release"]
     bundle = project / "artifacts" / "release"
     assert run(["sha256sum", "-c", "--strict", "SHA256SUMS"], bundle).returncode == 0
     gp(project, "verify", "artifacts/release")
     sums = (bundle / "SHA256SUMS").read_bytes()
-
-    # commit the reference run
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reference run"], project)
-    assert run(["git", "status", "--porcelain"], project).stdout == ""
+    assert run(["git", "status", "--porcelain"], project).stdout == ""  # the reference run is committed
 
     # nothing changed: preflight reruns (always_changed), train and release do not, and no tracked file changes
     second = dvc(project, "repro")
@@ -101,10 +115,10 @@ def test_pipeline_end_to_end_and_reproducible(project: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_sweep_gate_under_dvc(project: Path, tmp_path: Path) -> None:
-    """sweep.seeds and release.sweep_max_ratio set in params: dvc repro sweeps, gates the release on it, and reproduces."""
-    other = tmp_path / "swept"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))
+def test_pipeline_sweep_gate_under_dvc(reproduced: tuple[Path, str], tmp_path: Path) -> None:
+    """sweep.seeds and release.sweep_max_ratio set in params of a reproduced project: dvc repro sweeps (train, which
+    they do not touch, is not rerun), gates the release on it, and reproduces."""
+    other = _copy_of(reproduced[0], tmp_path / "swept")
     text = (other / "params.yaml").read_text().replace("sweep:\n  seeds: 0", "sweep:\n  seeds: 2")
     (other / "params.yaml").write_text(
         text.replace("sweep_max_ratio: null", "sweep_max_ratio: 100.0").replace("sigmas: 3.0", "sigmas: 1000.0")
@@ -112,12 +126,14 @@ def test_pipeline_sweep_gate_under_dvc(project: Path, tmp_path: Path) -> None:
     base = __import__("yaml").safe_load((other / "params.yaml").read_text())["train"]["seed"]
     first = dvc(other, "repro")
     assert f"sweep: 2/2 seeds completed ({base + 1}, {base + 2}); wrote reports/sweep.json" in first.stdout
+    assert "Running stage 'train'" not in first.stdout and "Running stage 'release'" in first.stdout
     metadata = json.loads((other / "artifacts" / "release" / "metadata.json").read_text())
     assert metadata["sweep"]["seeds"] == [base + 1, base + 2] and metadata["sweep"]["max_ratio"] == 100.0
     sums = (other / "artifacts" / "release" / "SHA256SUMS").read_bytes()
     sweep = (other / "reports" / "sweep.json").read_bytes()
     shutil.rmtree(other / "artifacts" / "sweep")  # from scratch: the seeded runs are retrained, not reused
-    dvc(other, "repro", "-f")
+    dvc(other, "repro", "--force", "--single-item", "sweep")
+    dvc(other, "repro", "--force", "--single-item", "release")
     assert (other / "reports" / "sweep.json").read_bytes() == sweep
     assert (other / "artifacts" / "release" / "SHA256SUMS").read_bytes() == sums
     failing = (other / "params.yaml").read_text().replace("sweep_max_ratio: 100.0", "sweep_max_ratio: 0.001")
@@ -128,8 +144,7 @@ def test_pipeline_sweep_gate_under_dvc(project: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_pipeline_changed_fasta_reruns_data(project: Path, tmp_path: Path) -> None:
-    other = tmp_path / "fasta"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))
+    other = _copy_of(project, tmp_path / "fasta")
     rng = __import__("random").Random(3)
     fasta = other / "genomes" / "ref.fa"
     fasta.write_text(">r\n" + "".join(rng.choice("ACGT") for _ in range(40_000)) + "\n")
@@ -143,8 +158,7 @@ def test_pipeline_changed_fasta_reruns_data(project: Path, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_pipeline_preflight_failure_stops_dvc(project: Path, tmp_path: Path) -> None:
-    other = tmp_path / "fail"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))
+    other = _copy_of(project, tmp_path / "fail")
     text = (other / "params.yaml").read_text().replace("require_accelerator: false", "require_accelerator: true")
     (other / "params.yaml").write_text(text)
     proc = dvc(other, "repro", check=False, extra_env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU for CUDA, on any machine
@@ -161,8 +175,7 @@ REAL_GENOME = "genomes/GCF_001457455.1_NCTC11397_genomic.fna.gz"  # -> examples/
 @pytest.mark.slow
 def test_pipeline_on_the_vendored_real_genome(project: Path, tmp_path: Path) -> None:
     """data -> preflight -> train (tiny) -> release -> verify on C. diphtheriae NCTC11397 (RefSeq NZ_LN831026.1)."""
-    other = tmp_path / "real"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("artifacts", ".dvc/cache", ".dvc/tmp"))
+    other = _copy_of(project, tmp_path / "real")
     text = (other / "params.yaml").read_text().replace("source: synthetic", "source: fasta")
     (other / "params.yaml").write_text(text.replace("fasta_path: null", f"fasta_path: {REAL_GENOME}"))
     first = dvc(other, "repro")
@@ -191,3 +204,31 @@ def test_pipeline_on_the_vendored_real_genome(project: Path, tmp_path: Path) -> 
     card = (bundle / "MODEL_CARD.md").read_text()
     assert f"`GCF_001457455.1_NCTC11397_genomic.fna.gz` (FASTA, sha256 `{manifest['source']['fasta_sha256']}`" in card
     assert "name: GCF_001457455.1_NCTC11397_genomic.fna.gz" in card.split("---")[1]
+
+
+@pytest.mark.slow  # runs an experiment and every README block
+def test_every_readme_command_block_runs_as_written(reproduced: tuple[Path, str], tmp_path: Path) -> None:
+    """Every command block of the README after the two opening commands (which CI runs itself; the first one's `dvc
+    repro` is the reproduced project's) runs as written, in order, on the tiny profile."""
+    from tests.test_readme import blocks
+
+    root = _copy_of(reproduced[0], tmp_path / "readme")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    for key, value in (("user.name", "t"), ("user.email", "t@t")):
+        run(["git", "config", key, value], root)
+
+    def run_block(command: list[str], what: str) -> str:
+        proc = run(command, root, check=False, extra_env=env)
+        assert proc.returncode == 0, f"{what}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    bash = blocks("bash")
+    outputs = [run_block(["bash", "-euo", "pipefail", "-c", block], f"bash block {i + 3}") for i, block in enumerate(bash[2:])]
+    (python,) = blocks("python")
+    printed = run_block([sys.executable, "-c", python], "python block")
+    assert "verify: artifacts/release: OK" in "".join(outputs)
+    stale = json.loads(run_block([sys.executable, "-m", "dvc", "status", "--json"], "dvc status"))  # after stop, resume, sign...
+    assert set(stale) <= {"preflight"}, stale
+    assert printed.startswith("torch.Size([1, 16]) torch.Size([1, 16]) tensor(")
