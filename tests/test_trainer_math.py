@@ -227,3 +227,91 @@ def test_train_step_puts_every_module_in_training_mode(eval_mask: list[bool]) ->
         hook.remove()
     assert seen and all(seen)
     assert all(m.training for m in modules)
+
+
+@settings(max_examples=30)
+@given(
+    shapes=st.lists(st.sampled_from([(3,), (4, 5), (2, 3, 2), (1,)]), min_size=1, max_size=3),
+    weight_decay=st.sampled_from([0.0, 0.01, 0.1]),
+    lrs=st.lists(st.floats(1e-5, 3e-2), min_size=1, max_size=6),
+    betas=st.sampled_from([(0.9, 0.999), (0.8, 0.95)]),
+    skipped=st.integers(-1, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_adamw_is_torchs_single_tensor_adamw_bit_for_bit(
+    shapes: list[tuple[int, ...]], weight_decay: float, lrs: list[float], betas: tuple[float, float], skipped: int, seed: int
+) -> None:
+    """geno_pipeline's AdamW against torch.optim.AdamW(foreach=False): the same weights and the same state (names, order,
+    dtypes, bytes) after every step, with decayed and undecayed groups, an lr changed between steps as the schedule
+    does, and a parameter without a gradient (skipped) on some steps."""
+    from geno_pipeline.training.adamw import AdamW
+
+    gen = torch.Generator().manual_seed(seed)
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    ours_params = [torch.nn.Parameter(t.clone()) for t in start]
+    torch_params = [torch.nn.Parameter(t.clone()) for t in start]
+
+    def groups(params: list[torch.nn.Parameter]) -> list[dict[str, object]]:
+        return [
+            {"params": params[::2], "weight_decay": weight_decay, "group_name": "decay"},
+            *([{"params": params[1::2], "weight_decay": 0.0, "group_name": "no_decay"}] if params[1::2] else []),
+        ]
+
+    ours = AdamW(groups(ours_params), lr=lrs[0], betas=betas, eps=1e-8)
+    reference = torch.optim.AdamW(groups(torch_params), lr=lrs[0], betas=betas, eps=1e-8, foreach=False)
+    for step, lr in enumerate(lrs):
+        for optimizer in (ours, reference):
+            optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        grads = [torch.randn(s, generator=gen) * 10 ** (step % 3 - 1) for s in shapes]
+        for i, grad in enumerate(grads):
+            if i != skipped or step % 2 == 0:
+                ours_params[i].grad = grad.clone()
+                torch_params[i].grad = grad.clone()
+        ours.step()
+        reference.step()
+        for a, b in zip(ours_params, torch_params, strict=True):
+            assert a.detach().numpy().tobytes() == b.detach().numpy().tobytes()
+        assert [(id_of(ours_params, p), list(s)) for p, s in ours.state.items()] == [
+            (id_of(torch_params, p), list(s)) for p, s in reference.state.items()
+        ]  # the same parameters hold state, in the same order, with the same slots in the same order
+        for sa, sb in zip(ours.state.values(), reference.state.values(), strict=True):
+            for key in sa:
+                assert sa[key].dtype == sb[key].dtype and sa[key].device == sb[key].device
+                assert sa[key].numpy().tobytes() == sb[key].numpy().tobytes(), key
+    for ga, gb in zip(ours.param_groups, reference.param_groups, strict=True):
+        for key in ("lr", "betas", "eps", "weight_decay", "group_name"):
+            assert ga[key] == gb[key], key
+
+
+def id_of(params: list[torch.nn.Parameter], param: torch.Tensor) -> int:
+    """The index of `param` in `params` (by identity)."""
+    return next(i for i, p in enumerate(params) if p is param)
+
+
+def test_a_training_process_never_imports_the_compiler() -> None:
+    """A train step (optimizer built, stepped, its state read) loads no torch._dynamo: torch.optim's optimizers would,
+    at about 1.4 s of every training process's start."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import torch
+from geno_pipeline.config import ModelParams, TrainParams
+from geno_pipeline.training.model import build_world_model
+from geno_pipeline.training.trainer import build_adamw_optimizer
+params = ModelParams(state_dim=8, hidden_dim=16, conv_channels=4, kernel_size=3, segments=4)
+model = build_world_model(window_length=64, params=params, encoder_seed=1, init_seed=2)
+opt = build_adamw_optimizer(predictor=model.predictor, action_encoder=model.action_encoder, config=TrainParams(weight_decay=0.05))
+for group in opt.param_groups:
+    for p in group["params"]:
+        p.grad = torch.ones_like(p)
+torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+opt.step()
+opt.zero_grad(set_to_none=True)
+print(len(opt.state), "torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split()[1] == "False", done.stdout

@@ -21,6 +21,7 @@ from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.fsio import write_staged_bytes
 from geno_pipeline.jsonio import document_text, replace_dir_atomically, staging_dir
 from geno_pipeline.tensorfile import TensorBytes, serialize_tensors
+from geno_pipeline.training.adamw import AdamW
 
 __all__ = [
     "MODEL_FILE",
@@ -206,7 +207,7 @@ def prune_checkpoints(directory: Path, *, keep: int, every: int, steps_total: in
                 shutil.rmtree(path)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
+def optimizer_tensors(optimizer: AdamW, names: dict[int, str]) -> dict[str, torch.Tensor]:
     """AdamW state as flat named tensors: `<param>.exp_avg`, `<param>.exp_avg_sq`, `<param>.step`."""
     out: dict[str, torch.Tensor] = {}
     for param, pstate in optimizer.state.items():
@@ -218,7 +219,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -
 
 
 def restore_optimizer(
-    optimizer: torch.optim.Optimizer,
+    optimizer: AdamW,
     tensors: dict[str, torch.Tensor],
     groups: list[OptimizerGroupState],
     params_by_name: dict[str, torch.nn.Parameter],
@@ -237,7 +238,7 @@ def restore_optimizer(
         optimizer.state[param][slot] = tensor.to(param.device) if slot != "step" else tensor
 
 
-def group_states(optimizer: torch.optim.Optimizer) -> list[OptimizerGroupState]:
+def group_states(optimizer: AdamW) -> list[OptimizerGroupState]:
     """Hyper-parameters of every group, for state.json."""
     out = []
     for group in optimizer.param_groups:

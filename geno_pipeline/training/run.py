@@ -19,6 +19,7 @@ from geno_pipeline.distributed.group import Collective
 from geno_pipeline.environment import EnvironmentFingerprint
 from geno_pipeline.layout import Layout
 from geno_pipeline.tensorfile import TensorBytes, tensor_bytes
+from geno_pipeline.training.adamw import AdamW
 from geno_pipeline.training.background import Writer, start_writer
 from geno_pipeline.training.checkpoint import (
     Bindings,
@@ -80,7 +81,7 @@ class TrainingRun:
     bindings: Bindings
     run_id: str
     model: WorldModel
-    optimizer: torch.optim.AdamW
+    optimizer: AdamW
     trainer: TorchTrainer
     sampler: TupleSampler
     held: HeldOut | None  # rank 0 only: evaluation runs once, on the full held-out batch

@@ -14,6 +14,7 @@ from geno_pipeline.config import TrainParams
 from geno_pipeline.data.edits import RelEdit
 from geno_pipeline.distributed import lazy_tree_sum, ordered_sum, tree_fits, tree_sum
 from geno_pipeline.distributed.group import Collective, LocalGroup
+from geno_pipeline.training.adamw import AdamW
 from geno_pipeline.training.model import rollout
 from geno_pipeline.training.schedule import set_optimizer_lr
 
@@ -84,7 +85,7 @@ def gaussian_kl(prediction: Tensor, mask: Tensor, *, eps: float = 1e-6) -> Tenso
     return (0.5 * (var + mu.pow(2) - 1.0 - torch.log(var))).mean()
 
 
-def build_adamw_optimizer(*, predictor: nn.Module, action_encoder: nn.Module, config: TrainParams) -> torch.optim.AdamW:
+def build_adamw_optimizer(*, predictor: nn.Module, action_encoder: nn.Module, config: TrainParams) -> AdamW:
     """AdamW over the trainable modules: weight decay on matrices only (not on biases and norms)."""
     decay: list[tuple[str, nn.Parameter]] = []
     no_decay: list[tuple[str, nn.Parameter]] = []
@@ -110,7 +111,7 @@ def build_adamw_optimizer(*, predictor: nn.Module, action_encoder: nn.Module, co
             "initial_lr": config.lr,
         },
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    return AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 class TorchTrainer:
@@ -131,7 +132,7 @@ class TorchTrainer:
         *,
         predictor: nn.Module,
         action_encoder: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: AdamW,
         config: TrainParams,
         total_steps: int,
         group: Collective | None = None,
