@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,16 @@ def tiny_released(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for args in (["data"], ["preflight"], ["train", "--no-progress"], ["release"]):
         assert main([*args, "--root", str(root)]) == 0, args
     return root
+
+
+def job_env() -> dict[str, str]:
+    """This environment for a process of a gloo job on loopback: no launcher variables of its own, a free MASTER_PORT,
+    one thread per worker."""
+    from geno_pipeline.distributed import JOB_VARIABLES
+    from geno_pipeline.distributed.smoke import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in JOB_VARIABLES}
+    return env | {"MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
 
 
 def copy_project(source: Path, dest: Path, *, without_release: bool = False) -> Path:
