@@ -34,9 +34,13 @@ def test_drift_schemas_check_fails_on_drift(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_drift_every_schema_is_draft_2020_12_and_closed() -> None:
+    from jsonschema import Draft202012Validator
+
+    assert load_project_tools(REPO)  # the tools' report schemas too
     for name in SCHEMA_MODELS:
         schema = schema_for(name)
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        Draft202012Validator.check_schema(schema)  # valid against the draft 2020-12 metaschema (validator_for does not check)
         assert schema.get("additionalProperties") is False, name
         assert "schema_version" in schema["properties"] or name in ("params", "metrics_line", "collapse_line", "provenance"), name
 
