@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from geno_pipeline.errors import GenoPipelineError, shorten
+from geno_pipeline.tensorfile import TensorBytes
 
 __all__ = [
     "MAX_JSON_BYTES",
@@ -37,6 +38,7 @@ __all__ = [
     "read_chunks",
     "read_json_text",
     "read_npy",
+    "read_tensor_bytes",
     "read_tensors",
     "read_tensors_with_metadata",
     "read_text",
@@ -228,6 +230,20 @@ def read_npy(path: Path, *, error: ErrorType, fix: str) -> np.ndarray:
 def read_tensors(path: Path, *, error: ErrorType, fix: str) -> dict[str, Any]:
     """Tensors of a safetensors file (never unpickled), or `error` for a truncated or malformed file."""
     return read_tensors_with_metadata(path, error=error, fix=fix)[0]
+
+
+def read_tensor_bytes(path: Path, *, error: ErrorType, fix: str) -> dict[str, TensorBytes]:
+    """The tensors of a safetensors file as the bytes it stores (no torch; never unpickled), checked by safetensors
+    itself as `read_tensors` is, or `error` for a truncated or malformed file."""
+    from safetensors import SafetensorError, deserialize
+
+    path = Path(path)
+    data = read_bytes(path, error=error, fix=fix)
+    try:
+        entries = deserialize(data)
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        raise error(f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt; fix: {fix}") from None
+    return {str(name): TensorBytes(str(e["dtype"]), tuple(int(n) for n in e["shape"]), bytes(e["data"])) for name, e in entries}
 
 
 def read_tensors_with_metadata(path: Path, *, error: ErrorType, fix: str) -> tuple[dict[str, Any], dict[str, str]]:

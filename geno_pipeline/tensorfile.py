@@ -12,22 +12,26 @@ import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["TensorBytes", "serialize_tensors", "tensor_bytes"]
+__all__ = ["TensorBytes", "all_finite", "serialize_tensors", "tensor_bytes"]
 
+# safetensors' dtype tags by torch dtype name (torch is imported only where a torch tensor is converted: a process that
+# writes stored bytes, like the release stage, never loads it)
 _DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
 }
 
 
@@ -43,11 +47,29 @@ class TensorBytes:
 
 def tensor_bytes(tensor: torch.Tensor) -> TensorBytes:
     """`tensor` (any device) copied out as `TensorBytes`; raises `ValueError` for a dtype safetensors files cannot hold."""
+    import torch
+
     tensor = tensor.detach().to("cpu").contiguous()
-    if tensor.dtype not in _DTYPES:
+    tag = _DTYPES.get(str(tensor.dtype).removeprefix("torch."))
+    if tag is None:
         raise ValueError(f"tensor has unsupported dtype {tensor.dtype}")
     raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
-    return TensorBytes(_DTYPES[tensor.dtype], tuple(tensor.shape), raw.numpy().tobytes())
+    return TensorBytes(tag, tuple(tensor.shape), raw.numpy().tobytes())
+
+
+_FLOATS = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+
+
+def all_finite(blob: TensorBytes) -> bool:
+    """Whether every value of a stored tensor is finite: no NaN or inf in a floating-point one (integer and bool
+    tensors always are). bfloat16 is a float32's high 16 bits: an exponent of all ones is inf or NaN."""
+    import numpy as np
+
+    if blob.dtype == "BF16":
+        return not bool(((np.frombuffer(blob.data, dtype="<u2") & 0x7F80) == 0x7F80).any())
+    if blob.dtype in _FLOATS:
+        return bool(np.isfinite(np.frombuffer(blob.data, dtype=_FLOATS[blob.dtype])).all())
+    return True
 
 
 def serialize_tensors(tensors: Mapping[str, torch.Tensor | TensorBytes], metadata: Mapping[str, str] | None = None) -> bytes:

@@ -64,7 +64,9 @@ def project(work: Path, name: str, params: dict[str, Any]) -> Path:
     import yaml
 
     root = work / name
-    ignore = shutil.ignore_patterns(".git", ".venv", ".whl", "artifacts", "reports", "gpu-proof", "__pycache__", ".dvc", "*.egg-info")
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", ".whl", "artifacts", "reports", "gpu-proof", "__pycache__", ".dvc", "*.egg-info", "mutants"
+    )
     shutil.copytree(REPO, root, ignore=ignore)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return root
@@ -165,13 +167,19 @@ def loop_figures(root: Path, steps: int) -> dict[str, Any]:
     }
 
 
-def default_run(work: Path, log: Path, device: str, steps: int, prefetch: str) -> dict[str, Any]:
-    name = f"default-{device.replace(':', '')}-prefetch-{prefetch}"
-    root = project(work, name, params_with(REPO / "params.yaml", runtime={"device": device}))
-    gp(root, log, "data")
-    gp(root, log, "preflight")
-    gp(root, log, "train", "--no-progress", "--stop-after-step", str(steps), "--prefetch", prefetch)
-    return loop_figures(root, steps)
+def default_runs(work: Path, log: Path, device: str, steps: int) -> dict[str, dict[str, Any]]:
+    """The default profile's first `steps` on `device` with prefetch on and off: one dataset and preflight, copied for
+    each (`--prefetch` is a command-line choice, not a param); the figures of each."""
+    base = project(work, f"default-{device.replace(':', '')}", params_with(REPO / "params.yaml", runtime={"device": device}))
+    gp(base, log, "data")
+    gp(base, log, "preflight")
+    figures = {}
+    for prefetch in ("on", "off"):
+        root = work / f"{base.name}-prefetch-{prefetch}"
+        shutil.copytree(base, root, symlinks=True)
+        gp(root, log, "train", "--no-progress", "--stop-after-step", str(steps), "--prefetch", prefetch)
+        figures[prefetch] = loop_figures(root, steps)
+    return figures
 
 
 def gpu_tests(out: Path, log: Path) -> int:
@@ -249,8 +257,7 @@ def main(argv: list[str]) -> int:
 
         say(f"\n== 4. the default profile, first {args.default_steps} steps, GPU and CPU", log)
         for where in ("cpu",) if args.cpu_rehearsal else ("cuda:0", "cpu"):
-            for prefetch in ("on", "off"):
-                figures = default_run(work, log, where, args.default_steps, prefetch)
+            for prefetch, figures in default_runs(work, log, where, args.default_steps).items():
                 summary[f"default_{where}" + ("" if prefetch == "on" else "_no_prefetch")] = figures
                 say(f"  {where}, prefetch {prefetch}: {figures['steps_per_second']} steps/s in the update alone, "
                     f"{figures['loop_steps_per_second']} steps/s in the loop (after {figures['source_encoding_seconds_once']} s "

@@ -12,8 +12,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from geno_pipeline.checksums import sha256_file, write_sha256sums
 from geno_pipeline.config import Params, TrainStageParams
 from geno_pipeline.data.dataset import check_dataset_params
@@ -25,7 +23,7 @@ from geno_pipeline.fsio import require_writable
 from geno_pipeline.jsonio import atomic_write_bytes, atomic_write_text, read_json, replace_dir_atomically, staging_dir, write_json
 from geno_pipeline.layout import Layout
 from geno_pipeline.preflight.documents import PreflightOutcome
-from geno_pipeline.readers import read_tensors, read_text
+from geno_pipeline.readers import read_tensor_bytes, read_text
 from geno_pipeline.release.card import model_card
 from geno_pipeline.release.documents import (
     BuildDefinition,
@@ -46,7 +44,7 @@ from geno_pipeline.runtime_report import StageResult, git_state
 from geno_pipeline.source import LOCK_FILE, package_root, source_digest
 from geno_pipeline.sweep.stage import read_sweep, released_binding
 from geno_pipeline.sweep.summary import gate_problems, spread_interval
-from geno_pipeline.tensorfile import serialize_tensors
+from geno_pipeline.tensorfile import TensorBytes, all_finite, serialize_tensors
 from geno_pipeline.training.documents import TrainingReport
 from geno_pipeline.training.logs import plot_pngs
 from geno_pipeline.version import __version__
@@ -75,7 +73,7 @@ class Gated:
 
     outcome: PreflightOutcome
     report: TrainingReport
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, TensorBytes]  # as train stored them: the release writes the same bytes, without torch
     sweep: ReleaseSweep | None  # the sweep gate's evidence, when release.sweep_max_ratio is set
 
 
@@ -133,14 +131,14 @@ def check_gates(params: Params, layout: Layout) -> Gated:
         failures.append(
             "params unchanged since training: the runtime/train/collapse params differ from the ones trained with; fix: retrain"
         )
-    weights: dict[str, torch.Tensor] = {}
+    weights: dict[str, TensorBytes] = {}
     model_path = layout.train_dir / MODEL_FILE
     if report.status == "completed":
         if not model_path.is_file():
             failures.append(f"training completed: {model_path} is missing; fix: retrain")
         else:
-            weights = read_tensors(model_path, error=ReleaseError, fix="retrain (geno-pipeline train)")
-            bad = sorted(name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+            weights = read_tensor_bytes(model_path, error=ReleaseError, fix="retrain (geno-pipeline train)")
+            bad = sorted(name for name, blob in weights.items() if not all_finite(blob))
             if bad:
                 failures.append(f"no non-finite values: weights {', '.join(bad[:5])} hold NaN or inf")
     losses = [report.final_train_loss, report.final_heldout_loss, report.identity_baseline_heldout_loss]

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geno_pipeline.canonical import canonical_json
 from geno_pipeline.checksums import sha256_bytes, sha256_file
@@ -26,9 +26,10 @@ from geno_pipeline.runtime_report import StageResult
 from geno_pipeline.source import source_digest
 from geno_pipeline.sweep.documents import SweepBinding, SweepReport, SweepRun
 from geno_pipeline.sweep.summary import summarize, sweep_seeds
-from geno_pipeline.training import stage as train_stage
-from geno_pipeline.training.checkpoint import list_checkpoints
 from geno_pipeline.training.documents import TrainingReport
+
+if TYPE_CHECKING:
+    from geno_pipeline.training import stage as train_stage
 
 __all__ = ["FINISHED", "read_sweep", "released_binding", "run", "summary", "sweep_binding"]
 
@@ -46,6 +47,8 @@ def _environment_sha256(fingerprint: EnvironmentFingerprint) -> str:
 
 def sweep_binding(params: SweepStageParams, layout: Layout) -> SweepBinding:
     """What every seed of a sweep here shares: seedless params, dataset, code, and preflight's environment."""
+    from geno_pipeline.training import stage as train_stage  # torch: not loaded by the release, which reads sweeps only
+
     if not layout.dataset_manifest.is_file():
         raise TrainingError(f"{layout.dataset_manifest}: missing; fix: run `geno-pipeline data` first (dvc repro runs it)")
     return SweepBinding(
@@ -89,6 +92,9 @@ def _reusable(layout: Layout, params: TrainStageParams, binding: SweepBinding) -
 
 def _train_seed(params: TrainStageParams, layout: Layout, binding: SweepBinding, options: dict[str, Any]) -> tuple[TrainingReport, str]:
     """Train one seed (or reuse or resume it); returns its report and how it was obtained."""
+    from geno_pipeline.training import stage as train_stage
+    from geno_pipeline.training.checkpoint import list_checkpoints
+
     earlier = _reusable(layout, params, binding)
     if earlier is not None:
         return earlier, "reused"
@@ -153,6 +159,8 @@ def run(
             f"runtime.nproc_per_node is {stage_params.runtime.nproc_per_node}: the sweep trains each seed in this one process; "
             "fix: run the sweep with a params file whose runtime.nproc_per_node is 1"
         )
+    from geno_pipeline.training import stage as train_stage
+
     binding = sweep_binding(stage_params, layout)
     expected = train_stage.preflight_fingerprint(layout)
     options: dict[str, Any] = {"progress": progress, "expected_fingerprint": expected, "model_factory": model_factory}

@@ -10,9 +10,8 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field
 
 from geno_pipeline.checksums import SumsEntry, format_sha256sums, sha256_bytes
@@ -21,7 +20,11 @@ from geno_pipeline.errors import TrainingCheckpointError
 from geno_pipeline.fsio import write_staged_bytes
 from geno_pipeline.jsonio import document_text, replace_dir_atomically, staging_dir
 from geno_pipeline.tensorfile import TensorBytes, serialize_tensors
-from geno_pipeline.training.adamw import AdamW
+
+if TYPE_CHECKING:  # torch is loaded only where tensors are converted: the release reads logs without it
+    import torch
+
+    from geno_pipeline.training.adamw import AdamW
 
 __all__ = [
     "MODEL_FILE",
@@ -209,6 +212,8 @@ def prune_checkpoints(directory: Path, *, keep: int, every: int, steps_total: in
 
 def optimizer_tensors(optimizer: AdamW, names: dict[int, str]) -> dict[str, torch.Tensor]:
     """AdamW state as flat named tensors: `<param>.exp_avg`, `<param>.exp_avg_sq`, `<param>.step`."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for param, pstate in optimizer.state.items():
         name = names[id(param)]
