@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from geno_pipeline import load_released_model
@@ -357,11 +357,19 @@ _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.in
 
 
 @settings(max_examples=60)
+@example(dtype=torch.bfloat16, finite=[3e38, -1e-40], special=None, at=0)  # the largest exponents that are still finite
+@example(dtype=torch.bfloat16, finite=[1.5], special=float("nan"), at=1)
+@example(dtype=torch.float16, finite=[65504.0], special=None, at=0)
+@example(dtype=torch.float32, finite=[3e38], special=float("-inf"), at=0)
 @given(
     dtype=st.sampled_from(_DTYPES),
-    values=st.lists(st.sampled_from([0.0, -0.0, 1.5, -2.25, 1e-30, 3e38, float("inf"), float("-inf"), float("nan")]), max_size=12),
+    finite=st.lists(st.sampled_from([0.0, -0.0, 1.5, -2.25, 1e-30, 1e-40, 65504.0, 3e38, -3.3e38]), max_size=12),
+    special=st.sampled_from([None, float("inf"), float("-inf"), float("nan")]),
+    at=st.integers(0, 12),
 )
-def test_release_reads_stored_tensors_as_torch_would_and_finds_every_non_finite_value(dtype: torch.dtype, values: list[float]) -> None:
+def test_release_reads_stored_tensors_as_torch_would_and_finds_every_non_finite_value(
+    dtype: torch.dtype, finite: list[float], special: float | None, at: int
+) -> None:
     """The release reads the trained weights without torch (`read_tensor_bytes`): the same bytes `tensor_bytes` gives
     from the tensors torch reads, written back to the same file, and `all_finite` agrees with torch.isfinite for every
     dtype (bfloat16 included, which numpy has not)."""
@@ -371,6 +379,7 @@ def test_release_reads_stored_tensors_as_torch_would_and_finds_every_non_finite_
     from geno_pipeline.readers import read_tensor_bytes, read_tensors
     from geno_pipeline.tensorfile import all_finite, serialize_tensors, tensor_bytes
 
+    values = finite if special is None else [*finite[:at], special, *finite[at:]]
     tensor = torch.tensor(values, dtype=torch.float64).to(dtype) if dtype.is_floating_point else torch.tensor(values).to(dtype)
     tensors = {"w": tensor.reshape(-1, 1) if values else tensor, "b": torch.arange(3, dtype=torch.int64)}
     with tempfile.TemporaryDirectory() as folder:
