@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -973,8 +974,14 @@ def test_the_rendezvous_deadline_ends_a_stuck_join_naming_the_port(capsys: pytes
 
     job = JobEnv(rank=1, world_size=2, local_rank=1, master_addr="127.0.0.1", master_port=29511)
     exits: list[int] = []
-    with rendezvous_deadline(job, 0.0, grace_s=0.05, exit_process=exits.append):
-        time.sleep(0.5)  # a join that never returns, as TCPStore's client against a silent listener
+    ended = threading.Event()
+
+    def exit_process(code: int) -> None:
+        exits.append(code)
+        ended.set()
+
+    with rendezvous_deadline(job, 0.0, grace_s=0.05, exit_process=exit_process):
+        assert ended.wait(timeout=HOSTILE_TIMEOUT_S)  # a join that never returns, as TCPStore's client against a silent listener
     assert exits == [9]
     err = capsys.readouterr().err
     assert "rank 1 of 2: joining the job at 127.0.0.1:29511 did not finish within runtime.dist_timeout_s (0.0 s)" in err

@@ -4,6 +4,8 @@ Whole launched jobs are in test_distributed_jobs.py."""
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -550,14 +552,20 @@ def test_innermost_frame_names_where_a_signalled_worker_was() -> None:
         "    print('ready', flush=True); time.sleep(60)\n"  # one line: signalled before or in the sleep, the frame is this one
         "waiting()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dump = b""
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.5)
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while b"in waiting" not in dump and time.monotonic() < deadline:  # the dump, as faulthandler writes it
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                dump += os.read(proc.stderr.fileno(), 65536)
     finally:
         proc.kill()
-        _, err = proc.communicate(timeout=30)
+        proc.communicate(timeout=30)
+    err = dump.decode()
     assert innermost_frame(err) == 'File "<string>", line 4 in waiting'
     assert innermost_frame("") == "no stack (it was still starting)"
     assert innermost_frame("Current thread 0x1 (most recent call first):\n  <no Python frame>\n") == "<no Python frame>"

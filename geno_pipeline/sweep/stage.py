@@ -27,6 +27,7 @@ from geno_pipeline.source import source_digest
 from geno_pipeline.sweep.documents import SweepBinding, SweepReport, SweepRun
 from geno_pipeline.sweep.summary import summarize, sweep_seeds
 from geno_pipeline.training.documents import TrainingReport
+from geno_pipeline.training.fingerprint import preflight_fingerprint
 
 if TYPE_CHECKING:
     from geno_pipeline.training import stage as train_stage
@@ -47,8 +48,6 @@ def _environment_sha256(fingerprint: EnvironmentFingerprint) -> str:
 
 def sweep_binding(params: SweepStageParams, layout: Layout) -> SweepBinding:
     """What every seed of a sweep here shares: seedless params, dataset, code, and preflight's environment."""
-    from geno_pipeline.training import stage as train_stage  # torch: not loaded by the release, which reads sweeps only
-
     if not layout.dataset_manifest.is_file():
         raise TrainingError(f"{layout.dataset_manifest}: missing; fix: run `geno-pipeline data` first (dvc repro runs it)")
     return SweepBinding(
@@ -56,7 +55,7 @@ def sweep_binding(params: SweepStageParams, layout: Layout) -> SweepBinding:
         train_params_sha256=_seedless_sha256(params.train_stage()),
         dataset_manifest_sha256=sha256_file(layout.dataset_manifest),
         source_digest=source_digest(),
-        environment_sha256=_environment_sha256(train_stage.preflight_fingerprint(layout)),
+        environment_sha256=_environment_sha256(preflight_fingerprint(layout)),
     )
 
 
@@ -91,7 +90,8 @@ def _reusable(layout: Layout, params: TrainStageParams, binding: SweepBinding) -
 
 
 def _train_seed(params: TrainStageParams, layout: Layout, binding: SweepBinding, options: dict[str, Any]) -> tuple[TrainingReport, str]:
-    """Train one seed (or reuse or resume it); returns its report and how it was obtained."""
+    """Train one seed (or reuse or resume it); returns its report and how it was obtained. Only here is torch loaded: a
+    sweep of no seeds (dvc repro's default) and the release, which reads sweeps, never load it."""
     from geno_pipeline.training import stage as train_stage
     from geno_pipeline.training.checkpoint import list_checkpoints
 
@@ -159,10 +159,8 @@ def run(
             f"runtime.nproc_per_node is {stage_params.runtime.nproc_per_node}: the sweep trains each seed in this one process; "
             "fix: run the sweep with a params file whose runtime.nproc_per_node is 1"
         )
-    from geno_pipeline.training import stage as train_stage
-
     binding = sweep_binding(stage_params, layout)
-    expected = train_stage.preflight_fingerprint(layout)
+    expected = preflight_fingerprint(layout)
     options: dict[str, Any] = {"progress": progress, "expected_fingerprint": expected, "model_factory": model_factory}
     chosen = sweep_seeds(stage_params.train.seed, count)
     runs: list[SweepRun] = []

@@ -25,7 +25,7 @@ from geno_pipeline.environment import EnvironmentFingerprint, build_fingerprint,
 from geno_pipeline.errors import DistributedError, TrainingError
 from geno_pipeline.fsio import atomic_write_bytes, require_writable
 from geno_pipeline.hostmem import available_host_memory, usable_cores
-from geno_pipeline.jsonio import read_json, write_json
+from geno_pipeline.jsonio import write_json
 from geno_pipeline.layout import LOG_FILES, Layout
 from geno_pipeline.openmp import wait_policy_fact
 from geno_pipeline.runtime_report import Fact, StageResult
@@ -40,6 +40,7 @@ from geno_pipeline.training.documents import (
     TrainMetrics,
     summarize_collapse,
 )
+from geno_pipeline.training.fingerprint import preflight_fingerprint
 from geno_pipeline.training.heldout import build_held_out, caches_source_states, encode_windows
 from geno_pipeline.training.logs import RunLogs, write_plots
 from geno_pipeline.training.loop import ranks_agree, train_loop
@@ -253,14 +254,6 @@ def finish(run: TrainingRun, outcome: LoopOutcome) -> TrainingReport:
 
 
 # ---------------------------------------------------------------- the stage
-
-
-def preflight_fingerprint(layout: Layout) -> EnvironmentFingerprint:
-    """The fingerprint preflight wrote; training refuses to run in another environment."""
-    if not layout.environment.is_file():
-        raise TrainingError(f"{layout.environment}: missing; fix: run `geno-pipeline preflight` first (dvc repro runs it before train)")
-    fix = "rerun `geno-pipeline preflight`"
-    return EnvironmentFingerprint.model_validate(read_json(layout.environment, schema="environment", error=TrainingError, fix=fix))
 
 
 def run(
