@@ -76,10 +76,12 @@ def test_train_two_runs_identical(prepared: Path, tmp_path: Path) -> None:
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=st.integers(1, 11))
 def test_train_resume_equivalence_any_stop_step(prepared: Path, tmp_path_factory: pytest.TempPathFactory, k: int) -> None:
+    from geno_pipeline.cli import main
+
     root = clone(prepared, tmp_path_factory.mktemp("resume") / "p")
-    stopped = cli(root, "train", "--no-progress", "--stop-after-step", str(k))
-    assert json.loads((root / "reports" / "train.json").read_text())["status"] == "stopped", stopped.stdout
-    cli(root, "train", "--no-progress", "--resume", "auto")  # a new process
+    assert main(["train", "--no-progress", "--stop-after-step", str(k), "--root", str(root)]) == 0  # stopped in this process
+    assert json.loads((root / "reports" / "train.json").read_text())["status"] == "stopped"
+    cli(root, "train", "--no-progress", "--resume", "auto")  # resumed in a new one
     assert tree(root / "artifacts" / "train") == tree(prepared / "artifacts" / "train")
     for report in ("train.json", "metrics.json"):  # the path taken is not in any declared output
         assert (root / "reports" / report).read_bytes() == (prepared / "reports" / report).read_bytes()
@@ -93,11 +95,13 @@ def test_train_sigkill_then_resume_auto(tmp_path: Path) -> None:
     root.mkdir()
     write_params(root, train={"steps": 400, "checkpoint_every_steps": 25}, collapse={"log_every_steps": 50})
     shutil.copy(Path(__file__).resolve().parent.parent / "pyproject.toml", root / "pyproject.toml")
-    cli(root, "data")
-    cli(root, "preflight")
+    from geno_pipeline.cli import main
+
+    for args in (["data"], ["preflight"]):  # the setup, in this process; the run that is killed has its own
+        assert main([*args, "--root", str(root)]) == 0
     straight_root = tmp_path / "straight"
     shutil.copytree(root, straight_root)
-    cli(straight_root, "train", "--no-progress")
+    assert main(["train", "--no-progress", "--root", str(straight_root)]) == 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "geno_pipeline", "train", "--no-progress", "--root", str(root)],
         stdout=subprocess.DEVNULL,
