@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -127,18 +128,25 @@ def test_train_sigkill_then_resume_auto(tmp_path: Path) -> None:
 
 
 def _resume_fails(root: Path, needle: str) -> None:
+    """`train --resume auto` (the command line's `main`, in this process) exits 5 naming `needle`, and overwrites nothing."""
+    from geno_pipeline.cli import main
+
     before = tree(root / "artifacts" / "train")
-    proc = cli(root, "train", "--no-progress", "--resume", "auto", check=False)
-    assert proc.returncode == 5, proc.stderr
-    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--no-progress", "--resume", "auto", "--root", str(root)])
+    assert code == 5, err.getvalue()
+    assert needle in err.getvalue() and "Traceback" not in err.getvalue()
     assert tree(root / "artifacts" / "train") == before  # nothing overwritten
 
 
 @pytest.fixture(scope="module")
 def stopped_once(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The prepared project trained to step 6 and stopped there (its checkpoint is step-000006)."""
+    from geno_pipeline.cli import main
+
     root = clone(prepared, tmp_path_factory.mktemp("stopped") / "p")
-    cli(root, "train", "--no-progress", "--stop-after-step", "6")
+    assert main(["train", "--no-progress", "--stop-after-step", "6", "--root", str(root)]) == 0
     return root
 
 
