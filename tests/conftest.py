@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,17 @@ def tiny_released(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for args in (["data"], ["preflight"], ["train", "--no-progress"], ["release"]):
         assert main([*args, "--root", str(root)]) == 0, args
     return root
+
+
+def run_main(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command line's `main` run in this process, reported as `subprocess.run` would (exit code, stdout, stderr):
+    for tests whose subject is what a command does, not the process boundary, without a process's start-up."""
+    from geno_pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
 
 
 def job_env() -> dict[str, str]:

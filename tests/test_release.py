@@ -22,12 +22,15 @@ from geno_pipeline.release.verify import verify_bundle
 from geno_pipeline.training.determinism import TrainerSeeds
 from geno_pipeline.training.heldout import build_held_out, evaluate
 from geno_pipeline.training.model import build_world_model
-from tests.conftest import copy_project, write_params
+from tests.conftest import copy_project, run_main, write_params
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`geno-pipeline ARGS --root ROOT`: in this process, or in a process of its own with extra environment `env`."""
+    if env is None:
+        return run_main(*args, "--root", str(root))
     return subprocess.run(
         [sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)],
         capture_output=True,

@@ -29,7 +29,7 @@ from geno_pipeline.release.signing import (
     signed_digests,
     verify_signature,
 )
-from tests.conftest import copy_project
+from tests.conftest import copy_project, run_main
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE_FILES = (
@@ -89,7 +89,7 @@ def signed(releases: dict[str, Path], tmp_path: Path) -> Path:
     """A copy of release a, signed by alice beside it (release.sig)."""
     bundle = tmp_path / "release"
     shutil.copytree(releases["a"], bundle)
-    proc = cli("sign", str(bundle), "--private-key", str(releases["alice"]))
+    proc = run_main("sign", str(bundle), "--private-key", str(releases["alice"]))  # in this process: the tests verify it
     assert proc.returncode == 0, proc.stderr
     return bundle
 
