@@ -232,6 +232,10 @@ def read_tensors(path: Path, *, error: ErrorType, fix: str) -> dict[str, Any]:
     return read_tensors_with_metadata(path, error=error, fix=fix)[0]
 
 
+def _not_safetensors(path: Path, exc: Exception, *, error: ErrorType, fix: str) -> GenoPipelineError:
+    return error(f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt; fix: {fix}")
+
+
 def read_tensor_bytes(path: Path, *, error: ErrorType, fix: str) -> dict[str, TensorBytes]:
     """The tensors of a safetensors file as the bytes it stores (no torch; never unpickled), checked by safetensors
     itself as `read_tensors` is, or `error` for a truncated or malformed file."""
@@ -242,7 +246,7 @@ def read_tensor_bytes(path: Path, *, error: ErrorType, fix: str) -> dict[str, Te
     try:
         entries = deserialize(data)
     except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
-        raise error(f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt; fix: {fix}") from None
+        raise _not_safetensors(path, exc, error=error, fix=fix) from None
     return {str(name): TensorBytes(str(e["dtype"]), tuple(int(n) for n in e["shape"]), bytes(e["data"])) for name, e in entries}
 
 
@@ -259,5 +263,5 @@ def read_tensors_with_metadata(path: Path, *, error: ErrorType, fix: str) -> tup
         (size,) = struct.unpack("<Q", data[:8])  # load() has checked the header: 8-byte length, then that much JSON
         metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
     except (SafetensorError, ValueError, OSError, RuntimeError, struct.error) as exc:
-        raise error(f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt; fix: {fix}") from None
+        raise _not_safetensors(path, exc, error=error, fix=fix) from None
     return tensors, {str(k): str(v) for k, v in metadata.items()}

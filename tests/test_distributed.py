@@ -233,7 +233,7 @@ def test_distributed_micro_batch_gradient_is_the_global_batch_gradient(micro: in
 
     pred = model.rollout(batch.state, batch.actions)
     whole = masked_prediction_loss(pred, batch.target, batch.action_mask) + train.kl_weight * gaussian_kl(pred, batch.action_mask)
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad()
     whole.backward()
     expected = flat_grad(params).clone()
 

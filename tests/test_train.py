@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from geno_pipeline.layout import Layout
 from geno_pipeline.training.background import process_writer_available
 from geno_pipeline.training.model import build_world_model
 from geno_pipeline.training.stage import run_training
-from tests.conftest import copy_project, write_params
+from tests.conftest import copy_project, run_main, write_params
 from tests.fakes import process_alive, processes_of
 
 
@@ -129,14 +128,10 @@ def test_train_sigkill_then_resume_auto(tmp_path: Path) -> None:
 
 def _resume_fails(root: Path, needle: str) -> None:
     """`train --resume auto` (the command line's `main`, in this process) exits 5 naming `needle`, and overwrites nothing."""
-    from geno_pipeline.cli import main
-
     before = tree(root / "artifacts" / "train")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["train", "--no-progress", "--resume", "auto", "--root", str(root)])
-    assert code == 5, err.getvalue()
-    assert needle in err.getvalue() and "Traceback" not in err.getvalue()
+    proc = run_main("train", "--no-progress", "--resume", "auto", "--root", str(root))
+    assert proc.returncode == 5, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert tree(root / "artifacts" / "train") == before  # nothing overwritten
 
 

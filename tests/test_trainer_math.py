@@ -261,7 +261,7 @@ def test_adamw_is_torchs_single_tensor_adamw_bit_for_bit(
     reference = torch.optim.AdamW(groups(torch_params), lr=lrs[0], betas=betas, eps=1e-8, foreach=False)
     for step, lr in enumerate(lrs):
         for optimizer in (ours, reference):
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             for group in optimizer.param_groups:
                 group["lr"] = lr
         grads = [torch.randn(s, generator=gen) * 10 ** (step % 3 - 1) for s in shapes]
@@ -310,7 +310,7 @@ for group in opt.param_groups:
         p.grad = torch.ones_like(p)
 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
 opt.step()
-opt.zero_grad(set_to_none=True)
+opt.zero_grad()
 print(len(opt.state), "torch._dynamo" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

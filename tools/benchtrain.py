@@ -223,7 +223,7 @@ def bare_update(model: Any, opt: Any, train: Any, shards: Sequence[Any], step: i
     params = [p for g in opt.param_groups for p in g["params"]]
     grads = []
     for e, s1, s2 in zip(errs, sums, squares, strict=True):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         (e / n + train.kl_weight * ((grad_mu * s1).sum() + (grad_var * s2).sum()) / n).backward()
         grads.append(flat_grad(params))
     set_flat_grad(params, tree_sum(grads))  # the stage's order: the fixed balanced tree over the micro-batches

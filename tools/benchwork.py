@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             pred = ddp(local.state, local.actions)
             loss = masked_prediction_loss(pred, local.target, local.action_mask)
             loss = loss + train.kl_weight * gaussian_kl(pred, local.action_mask)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, train.grad_clip_norm)
             opt.step()

@@ -38,20 +38,11 @@ class AdamW:
             raise ValueError("a parameter appears in more than one AdamW param group")
         self.state: defaultdict[torch.Tensor, dict[str, torch.Tensor]] = defaultdict(dict)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop every parameter's gradient (or zero it in place, with `set_to_none=False`)."""
+    def zero_grad(self) -> None:
+        """Drop every parameter's gradient (torch's `zero_grad()` default, `set_to_none=True`)."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                    continue
-                if p.grad.grad_fn is not None:
-                    p.grad.detach_()
-                else:
-                    p.grad.requires_grad_(False)
-                p.grad.zero_()
+                p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:

@@ -192,7 +192,7 @@ class TorchTrainer:
         # each micro-batch's gradient on its own, summed along the fixed tree over the micro-batches
         def backward(index: int) -> None:
             surrogate = err_sums[index] / n + cfg.kl_weight * ((grad_mu * first[index]).sum() + (grad_var * second[index]).sum()) / n
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             surrogate.backward()
 
         def gradient(index: int) -> Tensor:
