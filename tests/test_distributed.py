@@ -4,6 +4,7 @@ Whole launched jobs are in test_distributed_jobs.py."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import select
 import signal
@@ -36,7 +37,7 @@ from geno_pipeline.distributed import (
     tree_sum,
 )
 from geno_pipeline.distributed.group import shard_length
-from geno_pipeline.distributed.launch import WorkerExit, describe_exit, exit_code_of
+from geno_pipeline.distributed.launch import SHUTDOWN_GRACE_S, WorkerExit, _agent_class, _bounded_close, describe_exit, exit_code_of
 from geno_pipeline.distributed.smoke import free_port, run_smoke_test
 from geno_pipeline.errors import ConfigError, DistributedError
 from geno_pipeline.preflight.checks.distributed import DistributedCheck
@@ -346,6 +347,27 @@ def test_distributed_launcher_verdicts() -> None:
     assert exit_code_of([killed, stopped]) == 9
     assert exit_code_of([WorkerExit(0, 10, 5), WorkerExit(1, 11, 5)]) == 5  # both refused the checkpoint
     assert exit_code_of([WorkerExit(0, 10, 9), WorkerExit(1, 11, -9)]) == 9
+
+
+def test_distributed_the_workers_left_by_a_failed_one_get_the_launchers_grace() -> None:
+    """torch's process context stops a failed job's other workers with `close()` and its fixed 30 s grace; the
+    launcher's agent bounds every close by its own grace. The hung-worker job test shows the effect; this pins the
+    torch names it relies on, so an upgrade that moves them fails here."""
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    from torch.distributed.elastic.multiprocessing.api import PContext, SubprocessContext
+    from torch.distributed.launcher import api
+
+    assert "LocalElasticAgent(" in inspect.getsource(api.launch_agent)  # the name launch_workers points at its agent
+    assert "self._pcontext = start_processes(" in inspect.getsource(LocalElasticAgent._start_workers)
+    assert "self.close()" in inspect.getsource(SubprocessContext._poll)
+    assert inspect.signature(PContext.close).parameters["timeout"].default == 30
+    closed: list[tuple[object, int]] = []
+    bounded = _bounded_close(lambda sig, timeout: closed.append((sig, timeout)), SHUTDOWN_GRACE_S)
+    bounded()
+    bounded(signal.SIGTERM, 30)
+    bounded(signal.SIGINT, 2)
+    assert closed == [(None, 5), (signal.SIGTERM, 5), (signal.SIGINT, 2)]
+    assert issubclass(_agent_class(LocalElasticAgent), LocalElasticAgent)
 
 
 def test_distributed_an_nccl_watchdog_abort_names_the_rank_and_the_timeout() -> None:

@@ -220,15 +220,19 @@ def test_distributed_a_hung_worker_runs_into_the_timeout(straight: Path) -> None
     gp(root, "preflight")
     proc, workers = _start_and_wait_for_step(root, 30)
     os.kill(workers[1], signal.SIGSTOP)  # a real hang: the process is alive and never answers
+    start = time.monotonic()
     try:
         _, err = proc.communicate(timeout=90)
     finally:
         for pid in workers.values():
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+    took = time.monotonic() - start
     assert proc.returncode == 9, err
     assert "hung longer than runtime.dist_timeout_s (10 s)" in err and "Traceback" not in err
     assert not any(process_alive(pid) for pid in workers.values())
+    # the timeout, then SHUTDOWN_GRACE_S (5 s) before the stopped worker is SIGKILLed; torch's own 30 s would be >= 40
+    assert took < 10 + 30, took
 
 
 @pytest.mark.slow

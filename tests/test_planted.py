@@ -60,3 +60,55 @@ def test_every_planted_bug_is_caught_by_a_test() -> None:
     assert [(v.planted.name, v.caught, v.detail) for v in verdicts if not v.caught] == []
     for v in verdicts:  # the test that failed is one the patch names
         assert any(f == t or f.startswith(t + "::") or f.startswith(t + "[") for f in v.failing for t in v.planted.tests), v.failing
+
+
+def _synthetic_checkout(root: Path) -> list[Path]:
+    """A git checkout with a package, one test of it, and three planted bugs: one its test catches, one it misses, and
+    one that makes the test hang."""
+    (root / "geno_pipeline").mkdir(parents=True)
+    (root / "geno_pipeline" / "__init__.py").write_text("VALUE = 1\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_value.py").write_text("import geno_pipeline\n\n\ndef test_value():\n    assert geno_pipeline.VALUE == 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    patches = []
+    for name, line in (("caught", "VALUE = 2"), ("escaped", "VALUE = 1  # unchanged"), ("hangs", "import time; time.sleep(60); VALUE = 1")):
+        patch = root.parent / f"{name}.patch"
+        patch.write_text(
+            f"why: {name}\ntests: tests/test_value.py\n\n"
+            "diff --git a/geno_pipeline/__init__.py b/geno_pipeline/__init__.py\n"
+            "--- a/geno_pipeline/__init__.py\n+++ b/geno_pipeline/__init__.py\n"
+            f"@@ -1 +1 @@\n-VALUE = 1\n+{line}\n"
+        )
+        patches.append(patch)
+    return patches
+
+
+def test_the_runner_tells_a_caught_bug_from_an_escaped_one(tmp_path: Path) -> None:
+    """Every run imports the package afresh from the scratch copy, patched or reverted: a bug is caught only by a
+    failing test, and a bug the test misses escapes."""
+    root = tmp_path / "checkout"
+    caught, escaped, _ = _synthetic_checkout(root)
+    verdicts = run_planted(root, [read_planted(caught), read_planted(escaped), read_planted(caught)], timeout_s=60, progress=False)
+    assert [(v.planted.name, v.caught, v.failing) for v in verdicts] == [
+        ("caught", True, ["tests/test_value.py::test_value"]),
+        ("escaped", False, []),
+        ("caught", True, ["tests/test_value.py::test_value"]),  # the first patch was reverted, and applied again
+    ]
+    assert verdicts[1].detail == "every named test passed"
+    assert (root / "geno_pipeline" / "__init__.py").read_text() == "VALUE = 1\n"  # the checkout itself is never patched
+
+
+@pytest.mark.slow  # waits for its timeout
+def test_the_runner_stops_a_run_past_its_timeout(tmp_path: Path) -> None:
+    root = tmp_path / "checkout"
+    *_, hangs = _synthetic_checkout(root)
+    (verdict,) = run_planted(root, [read_planted(hangs)], timeout_s=4, progress=False)
+    assert not verdict.caught and verdict.detail.endswith("the tests ran past 4 s")
+
+
+def test_the_runner_refuses_tests_that_fail_without_a_bug(tmp_path: Path) -> None:
+    root = tmp_path / "checkout"
+    patches = _synthetic_checkout(root)
+    (root / "geno_pipeline" / "__init__.py").write_text("VALUE = 3\n")
+    with pytest.raises(GenoPipelineError, match=r"fail without any bug planted \(tests/test_value.py::test_value\)"):
+        run_planted(root, [read_planted(patches[0])], timeout_s=60, progress=False)

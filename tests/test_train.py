@@ -224,9 +224,8 @@ def test_train_real_collapse_fires_alerts_and_halts(prepared: Path, tmp_path: Pa
     # a non-residual predictor under huge weight decay is driven to its (undecayed) biases: a constant
     collapsing = {"weight_decay": 400.0, "model": {**load_params(root / "params.yaml").train.model.model_dump(), "residual": False}}
     write_params(root, train=collapsing)
-    cli(root, "preflight")
-    proc = cli(root, "train", "--no-progress")
-    assert proc.returncode == 0
+    for args in (["preflight"], ["train", "--no-progress"]):  # in this process: the subject is what train does
+        assert run_main(*args, "--root", str(root)).returncode == 0
     alerts = {
         a["criterion"] for x in (root / "artifacts" / "train" / "collapse.jsonl").read_text().splitlines() for a in json.loads(x)["alerts"]
     }
@@ -234,8 +233,8 @@ def test_train_real_collapse_fires_alerts_and_halts(prepared: Path, tmp_path: Pa
     assert "COLLAPSE ALERT pred_var_per_dim" in (root / "artifacts" / "train" / "train.log").read_text()
 
     write_params(root, train=collapsing, collapse={"on_alert": "halt"})
-    cli(root, "preflight")
-    proc = cli(root, "train", "--no-progress", check=False)
+    assert run_main("preflight", "--root", str(root)).returncode == 0
+    proc = run_main("train", "--no-progress", "--root", str(root))
     assert proc.returncode == 4 and "collapse alert at step 4" in proc.stderr
     report = json.loads((root / "reports" / "train.json").read_text())
     assert report["status"] == "collapsed" and report["steps_completed"] == 4
@@ -667,16 +666,16 @@ def test_train_without_the_source_cache_resumes_identically(tmp_path: Path) -> N
     straight.mkdir()
     write_params(straight, data={"train_windows": 300}, train={"steps": 8})
     shutil.copy(Path(__file__).resolve().parent.parent / "pyproject.toml", straight / "pyproject.toml")
-    cli(straight, "data")
-    cli(straight, "preflight")
+    for args in (["data"], ["preflight"]):  # the setup, in this process
+        assert run_main(*args, "--root", str(straight)).returncode == 0
     shutil.copytree(straight, resumed)
     params = load_params(straight / "params.yaml")
     run = setup(TrainStageParams.from_params(params), Layout.for_root(straight), expected_fingerprint=None, model_factory=None)
     assert run.source_states is None and load_dataset(straight / "artifacts" / "dataset").train.shape[0] == 300
     assert source_states(run.model, run.dataset, params.train.model_copy(update={"steps": 300}), "cpu") is not None
-    cli(straight, "train", "--no-progress")
-    cli(resumed, "train", "--no-progress", "--stop-after-step", "3")
-    cli(resumed, "train", "--no-progress", "--resume", "auto")
+    assert run_main("train", "--no-progress", "--root", str(straight)).returncode == 0
+    assert run_main("train", "--no-progress", "--stop-after-step", "3", "--root", str(resumed)).returncode == 0
+    cli(resumed, "train", "--no-progress", "--resume", "auto")  # resumed in a new process
     assert tree(resumed / "artifacts" / "train") == tree(straight / "artifacts" / "train")
     for report in ("train.json", "metrics.json"):
         assert (resumed / "reports" / report).read_bytes() == (straight / "reports" / report).read_bytes()

@@ -10,17 +10,25 @@ The command copies the checkout (tracked and untracked, not ignored, files) to a
 there unpatched (they must pass), then applies each patch in turn, runs its tests (the fast tier: `-m "not slow"`)
 and reverts it. A bug is caught when a test fails; an error before any test ran (the patch does not apply, a test
 file does not import) is not a catch. Exit 1 unless every planted bug is caught.
+
+Each test run is `pytest.main` in a fork of one helper process that has imported torch, numpy, pytest and hypothesis
+but nothing of the project: every run imports the project (and its tests) afresh from the scratch copy, patched or
+not, without paying for those libraries' imports again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,13 +112,81 @@ def _env(copy: Path) -> dict[str, str]:
     return env
 
 
-def _pytest(copy: Path, tests: Sequence[str], timeout_s: float) -> tuple[int, str]:
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-m", "not slow", "-p", "no:cacheprovider", "-rfE", *tests]
-    try:
-        proc = subprocess.run(command, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return -1, f"the tests ran past {timeout_s:.0f} s"
-    return proc.returncode, proc.stdout + proc.stderr
+# The helper: for each request line ({"args": pytest's arguments, "output": a file}) it forks; the child runs
+# pytest.main with its output in the file, and the helper prints the child's pid, then its exit code.
+_FORKER = """
+import json, os, sys
+import numpy, torch, pytest, hypothesis  # the libraries every run needs, imported once before any fork
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            code = int(pytest.main(request["args"]))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class _Forker:
+    """The helper process in the scratch copy, and a thread that reads its answers."""
+
+    def __init__(self, copy: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _FORKER], cwd=copy, env=_env(copy), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.answers: queue.Queue[dict[str, int] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.answers.put(json.loads(line))
+        self.answers.put(None)
+
+    def _answer(self, timeout_s: float) -> dict[str, int]:
+        answer = self.answers.get(timeout=timeout_s)
+        if answer is None:
+            raise GenoPipelineError(f"the test runner process exited ({self.proc.wait()}) before it answered")
+        return answer
+
+    def pytest(self, args: Sequence[str], timeout_s: float) -> tuple[int, str]:
+        """pytest's exit code and output, or -1 when the run took longer than `timeout_s` (the run is then killed)."""
+        assert self.proc.stdin is not None
+        with tempfile.NamedTemporaryFile(prefix="planted-run-", suffix=".txt") as output:
+            self.proc.stdin.write(json.dumps({"args": list(args), "output": output.name}) + "\n")
+            self.proc.stdin.flush()
+            pid = self._answer(60)["pid"]
+            try:
+                code = self._answer(timeout_s)["exit"]
+            except queue.Empty:
+                os.kill(pid, signal.SIGKILL)
+                self._answer(60)
+                return -1, f"the tests ran past {timeout_s:.0f} s"
+            return code, Path(output.name).read_text(errors="replace")
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _pytest(forker: _Forker, tests: Sequence[str], timeout_s: float) -> tuple[int, str]:
+    return forker.pytest(["-q", "-x", "-n", "0", "-m", "not slow", "-p", "no:cacheprovider", "-rfE", *tests], timeout_s)
 
 
 def _apply(copy: Path, patch: Path, *, reverse: bool = False) -> str | None:
@@ -130,32 +206,40 @@ def _check_import_path(copy: Path) -> None:
 
 def run_planted(root: Path, planted: Sequence[Planted], *, timeout_s: float, progress: bool = True) -> list[Verdict]:
     """Apply each planted bug in turn to a scratch copy of `root` and run its tests; the verdict for each."""
-    verdicts: list[Verdict] = []
     with tempfile.TemporaryDirectory(prefix="planted-") as scratch:
         copy = Path(scratch) / "checkout"
         _copy_checkout(root, copy)
         _check_import_path(copy)
-        every = sorted({t for p in planted for t in p.tests})
-        code, output = _pytest(copy, every, timeout_s)
-        if code != 0:
-            failing = ", ".join(failed_tests(output)) or output.strip().splitlines()[-1:]
-            raise GenoPipelineError(f"the planted bugs' tests fail without any bug planted ({failing}); fix: make them pass first")
-        for item in planted:
-            start = time.perf_counter()
-            problem = _apply(copy, item.patch)
-            if problem is not None:
-                verdicts.append(Verdict(item, False, detail=f"the patch does not apply: {problem}"))
-                continue
-            code, output = _pytest(copy, item.tests, timeout_s)
-            failing = failed_tests(output)
-            caught = code == 1 and bool(failing)
-            detail = "" if caught else ("every named test passed" if code == 0 else f"pytest exited {code}: {output.strip()[-300:]}")
-            verdicts.append(Verdict(item, caught, failing, detail, time.perf_counter() - start))
-            reverted = _apply(copy, item.patch, reverse=True)
-            if reverted is not None:
-                raise GenoPipelineError(f"{item.patch}: could not be reverted in the scratch copy ({reverted})")
-            if progress:
-                print(f"planted: {item.name}: {'caught' if caught else 'ESCAPED'} ({verdicts[-1].seconds:.0f} s)", flush=True)
+        forker = _Forker(copy)
+        try:
+            return _run_each(copy, forker, planted, timeout_s=timeout_s, progress=progress)
+        finally:
+            forker.close()
+
+
+def _run_each(copy: Path, forker: _Forker, planted: Sequence[Planted], *, timeout_s: float, progress: bool) -> list[Verdict]:
+    every = sorted({t for p in planted for t in p.tests})
+    code, output = _pytest(forker, every, timeout_s)
+    if code != 0:
+        failing = ", ".join(failed_tests(output)) or output.strip().splitlines()[-1:]
+        raise GenoPipelineError(f"the planted bugs' tests fail without any bug planted ({failing}); fix: make them pass first")
+    verdicts: list[Verdict] = []
+    for item in planted:
+        start = time.perf_counter()
+        problem = _apply(copy, item.patch)
+        if problem is not None:
+            verdicts.append(Verdict(item, False, detail=f"the patch does not apply: {problem}"))
+            continue
+        code, output = _pytest(forker, item.tests, timeout_s)
+        failing = failed_tests(output)
+        caught = code == 1 and bool(failing)
+        detail = "" if caught else ("every named test passed" if code == 0 else f"pytest exited {code}: {output.strip()[-300:]}")
+        verdicts.append(Verdict(item, caught, failing, detail, time.perf_counter() - start))
+        reverted = _apply(copy, item.patch, reverse=True)
+        if reverted is not None:
+            raise GenoPipelineError(f"{item.patch}: could not be reverted in the scratch copy ({reverted})")
+        if progress:
+            print(f"planted: {item.name}: {'caught' if caught else 'ESCAPED'} ({verdicts[-1].seconds:.0f} s)", flush=True)
     return verdicts
 
 

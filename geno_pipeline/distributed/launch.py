@@ -2,8 +2,8 @@
 
 Each worker runs `python -m geno_pipeline train ...` with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set,
 so it joins the job exactly as under `torchrun`. The launcher watches them every 0.1 s: when one exits or is killed it
-stops the others and this process exits non-zero. Workers ask the kernel to kill them if the launcher itself dies, so
-no worker outlives the job.
+stops the others (SIGTERM, then SIGKILL after `SHUTDOWN_GRACE_S`) and this process exits non-zero. Workers ask the
+kernel to kill them if the launcher itself dies, so no worker outlives the job.
 """
 
 from __future__ import annotations
@@ -12,16 +12,22 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from geno_pipeline.distributed import port_is_free
 from geno_pipeline.errors import EXIT_DISTRIBUTED, EXIT_INTERNAL, EXIT_INVALID, DistributedError
 from geno_pipeline.processes import die_with_parent
 
-__all__ = ["LAUNCHER_PID_ENV", "WorkerExit", "describe_exit", "die_with_launcher", "exit_code_of", "launch_workers"]
+if TYPE_CHECKING:
+    from torch.distributed.elastic.agent.server.api import WorkerGroup
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+__all__ = ["LAUNCHER_PID_ENV", "SHUTDOWN_GRACE_S", "WorkerExit", "describe_exit", "die_with_launcher", "exit_code_of", "launch_workers"]
 
 LAUNCHER_PID_ENV = "GENO_PIPELINE_LAUNCHER_PID"
+SHUTDOWN_GRACE_S = 5  # stopping the workers: SIGTERM, then SIGKILL to those still alive this many seconds later
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,10 @@ def die_with_launcher(environ: Mapping[str, str] | None = None) -> None:
 
 def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int, threads: int, backend: str = "gloo") -> int:
     """Run `python -m geno_pipeline *argv` as `nproc` workers of one job on this node; returns the job's exit code."""
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher import api as launcher_api
 
     if not port_is_free(port):  # a listener there (another job's store, or one that never answers) would hang the rendezvous
         raise DistributedError(
@@ -87,7 +94,7 @@ def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we print one clear line instead
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    config = LaunchConfig(
+    config = launcher_api.LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
@@ -98,10 +105,11 @@ def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int
         max_restarts=0,
         monitor_interval=0.1,
         local_addr="127.0.0.1",
-        shutdown_timeout=5,  # when this launcher is signalled: SIGTERM the workers, SIGKILL them 5 s later
+        shutdown_timeout=SHUTDOWN_GRACE_S,
     )
+    launcher_api.LocalElasticAgent = _agent_class(LocalElasticAgent)  # type: ignore[attr-defined]  # the agent launch_agent builds
     try:
-        elastic_launch(config, sys.executable)("-m", "geno_pipeline", *argv)
+        launcher_api.elastic_launch(config, sys.executable)("-m", "geno_pipeline", *argv)
     except ChildFailedError as exc:
         workers = sorted(
             (WorkerExit(rank, f.pid, f.exitcode) for rank, f in exc.failures.items()), key=lambda w: (w.exitcode == -signal.SIGTERM, w.rank)
@@ -122,5 +130,35 @@ def launch_workers(argv: Sequence[str], *, nproc: int, port: int, timeout_s: int
             "fix: free the port or set MASTER_PORT to a free one"
         ) from None
     finally:
+        launcher_api.LocalElasticAgent = LocalElasticAgent  # type: ignore[attr-defined]
         os.environ.pop(LAUNCHER_PID_ENV, None)
     return 0
+
+
+def _agent_class(base: type[LocalElasticAgent]) -> type[LocalElasticAgent]:
+    """torch's LocalElasticAgent, except that the workers left when one fails get `shutdown_timeout` to exit.
+
+    torch honours `shutdown_timeout` only when the launcher itself is signalled. When a worker fails, the process
+    context's `_poll` stops the others with `close()`, whose default grace is a fixed 30 s: a worker that hangs for good
+    (stopped, or stuck in native code where Python's SIGTERM handler never runs) then holds the failed job 30 s past
+    the collective timeout. Here every stop of the workers waits at most `shutdown_timeout` before SIGKILL.
+    """
+
+    class Agent(base):  # type: ignore[valid-type,misc]
+        def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
+            pids: dict[int, Any] = super()._start_workers(worker_group)
+            context = self._pcontext
+            if context is not None:
+                context.close = _bounded_close(context.close, self._shutdown_timeout)
+            return pids
+
+    return Agent
+
+
+def _bounded_close(close: Callable[[signal.Signals | None, int], None], grace: int) -> Callable[..., None]:
+    """`PContext.close(death_sig=None, timeout=30)` that waits at most `grace` seconds before SIGKILL."""
+
+    def bounded(death_sig: signal.Signals | None = None, timeout: int = grace) -> None:
+        close(death_sig, min(timeout, grace))
+
+    return bounded
