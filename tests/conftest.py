@@ -45,15 +45,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 LONGEST_FILES = (
     "test_distributed_jobs.py",
     "test_pipeline.py",
-    "test_train.py",
     "test_reliability.py",
-    "test_planted.py",
+    "test_train.py",
     "test_bad_inputs.py",
     "test_distributed.py",
+    "test_planted.py",
     "test_gpu_proof.py",
     "test_signing.py",
-    "test_sweep.py",
     "test_release.py",
+    "test_sweep.py",
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from geno_pipeline.errors import GenoPipelineError
 from tests.conftest import REPO
-from tools.planted import PLANTED_DIR, failed_tests, read_planted, run_planted, summary_lines
+from tools.planted import PLANTED_DIR, _run_each, failed_tests, read_planted, run_planted, summary_lines
 
 PATCHES = sorted((REPO / PLANTED_DIR).glob("*.patch"))
 
@@ -83,32 +83,31 @@ def _synthetic_checkout(root: Path) -> list[Path]:
     return patches
 
 
-def test_the_runner_tells_a_caught_bug_from_an_escaped_one(tmp_path: Path) -> None:
+@pytest.mark.slow  # waits out a timeout
+def test_the_runner_tells_a_caught_bug_from_an_escaped_one_and_stops_a_hung_run(tmp_path: Path) -> None:
     """Every run imports the package afresh from the scratch copy, patched or reverted: a bug is caught only by a
-    failing test, and a bug the test misses escapes."""
+    failing test, a bug the test misses escapes, and a run past the timeout is stopped and said so."""
     root = tmp_path / "checkout"
-    caught, escaped, _ = _synthetic_checkout(root)
-    verdicts = run_planted(root, [read_planted(caught), read_planted(escaped), read_planted(caught)], timeout_s=60, progress=False)
+    caught, escaped, hangs = _synthetic_checkout(root)
+    verdicts = run_planted(root, [read_planted(p) for p in (caught, escaped, caught, hangs)], timeout_s=4, progress=False)
     assert [(v.planted.name, v.caught, v.failing) for v in verdicts] == [
         ("caught", True, ["tests/test_value.py::test_value"]),
         ("escaped", False, []),
         ("caught", True, ["tests/test_value.py::test_value"]),  # the first patch was reverted, and applied again
+        ("hangs", False, []),
     ]
-    assert verdicts[1].detail == "every named test passed"
+    assert verdicts[1].detail == "every named test passed" and verdicts[3].detail.endswith("the tests ran past 4 s")
     assert (root / "geno_pipeline" / "__init__.py").read_text() == "VALUE = 1\n"  # the checkout itself is never patched
 
 
-@pytest.mark.slow  # waits for its timeout
-def test_the_runner_stops_a_run_past_its_timeout(tmp_path: Path) -> None:
-    root = tmp_path / "checkout"
-    *_, hangs = _synthetic_checkout(root)
-    (verdict,) = run_planted(root, [read_planted(hangs)], timeout_s=4, progress=False)
-    assert not verdict.caught and verdict.detail.endswith("the tests ran past 4 s")
+class _FailingRuns:
+    """A runner whose every pytest run fails one test, as pytest reports it."""
+
+    def pytest(self, args: list[str], timeout_s: float) -> tuple[int, str]:
+        return 1, "F\nFAILED tests/test_value.py::test_value - assert 3 == 1\n1 failed\n"
 
 
 def test_the_runner_refuses_tests_that_fail_without_a_bug(tmp_path: Path) -> None:
-    root = tmp_path / "checkout"
-    patches = _synthetic_checkout(root)
-    (root / "geno_pipeline" / "__init__.py").write_text("VALUE = 3\n")
+    patches = _synthetic_checkout(tmp_path / "checkout")
     with pytest.raises(GenoPipelineError, match=r"fail without any bug planted \(tests/test_value.py::test_value\)"):
-        run_planted(root, [read_planted(patches[0])], timeout_s=60, progress=False)
+        _run_each(tmp_path / "checkout", _FailingRuns(), [read_planted(patches[0])], timeout_s=60, progress=False)  # type: ignore[arg-type]

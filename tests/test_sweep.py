@@ -25,7 +25,7 @@ from geno_pipeline.sweep import stage as sweep_stage
 from geno_pipeline.sweep.documents import SweepBinding, SweepReport, SweepRun
 from geno_pipeline.sweep.summary import binding_differences, gate_problems, spread, spread_interval, summarize, sweep_seeds
 from geno_pipeline.training import stage as train_stage
-from tests.conftest import TINY, write_params
+from tests.conftest import TINY, copy_project, run_main, write_params
 
 REPO = Path(__file__).resolve().parent.parent
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -33,6 +33,11 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "geno_pipeline", *args, "--root", str(root)], capture_output=True, text=True)
+
+
+def in_process(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command in this process (`run_main`): for the release gate's verdicts, whose subject is not the process."""
+    return run_main(*args, "--root", str(root))
 
 
 # ---------------------------------------------------------------- pure functions
@@ -163,14 +168,9 @@ def _tree(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project trained and released, then swept over 3 seeds by the CLI."""
-    root = tmp_path_factory.mktemp("sweep")
-    write_params(root)
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    for args in (("data",), ("preflight",), ("train", "--no-progress")):
-        proc = cli(root, *args)
-        assert proc.returncode == 0, proc.stderr
+def swept(tiny_released: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's tiny project, trained (its release left out), then swept over 3 seeds by the CLI."""
+    root = copy_project(tiny_released, tmp_path_factory.mktemp("sweep") / "project", without_release=True)
     proc = cli(root, "sweep", "--seeds", "3")
     assert proc.returncode == 0, proc.stderr
     (root / "sweep_stdout.txt").write_text(proc.stdout)
@@ -279,7 +279,7 @@ def _gated_root(swept: Path, tmp_path: Path, **release: object) -> Path:
     root = tmp_path / "gated"
     shutil.copytree(swept, root)
     write_params(root, sweep={"seeds": 3}, release=release)
-    assert cli(root, "preflight").returncode == 0  # the outcome is bound to the params
+    assert in_process(root, "preflight").returncode == 0  # the outcome is bound to the params
     return root
 
 
@@ -293,7 +293,7 @@ def test_release_sweep_gate_passes_and_records_the_sweep(swept: Path, tmp_path: 
     assert s is not None
     threshold = round(s.heldout_to_baseline.max + 0.05, 3)
     root = _gated_root(swept, tmp_path, sweep_max_ratio=threshold, sweep_spread_sigmas=100.0)
-    proc = cli(root, "release")
+    proc = in_process(root, "release")
     assert proc.returncode == 0, proc.stderr
     metadata = json.loads((root / "artifacts" / "release" / "metadata.json").read_text())
     assert metadata["sweep"]["seeds"] == [6, 7, 8] and metadata["sweep"]["max_ratio"] == threshold
@@ -309,7 +309,7 @@ def test_release_sweep_gate_fails_over_threshold(swept: Path, tmp_path: Path) ->
     s = _report_of(swept).summary
     assert s is not None
     root = _gated_root(swept, tmp_path, sweep_max_ratio=s.heldout_to_baseline.max, sweep_spread_sigmas=100.0)
-    proc = cli(root, "release")
+    proc = in_process(root, "release")
     assert proc.returncode == 6 and "Traceback" not in proc.stderr
     assert f"sweep gate: worst sweep seed under release.sweep_max_ratio: seed {s.worst_seed}" in proc.stderr
     assert not (root / "artifacts" / "release").exists()
@@ -318,7 +318,7 @@ def test_release_sweep_gate_fails_over_threshold(swept: Path, tmp_path: Path) ->
 @pytest.mark.slow
 def test_release_sweep_gate_fails_outside_spread(swept: Path, tmp_path: Path) -> None:
     root = _gated_root(swept, tmp_path, sweep_max_ratio=100.0, sweep_spread_sigmas=1e-6)
-    proc = cli(root, "release")
+    proc = in_process(root, "release")
     assert proc.returncode == 6
     assert "sweep gate: released run within the sweep's spread: its ratio" in proc.stderr and "is outside" in proc.stderr
 
@@ -329,10 +329,10 @@ def test_release_sweep_gate_refuses_a_missing_or_stale_sweep(swept: Path, tmp_pa
     report = _report_of(root)
     stale = report.model_copy(update={"binding": report.binding.model_copy(update={"base_seed": 99})})
     (root / "reports" / "sweep.json").write_text(stale.model_dump_json())
-    proc = cli(root, "release")
+    proc = in_process(root, "release")
     assert proc.returncode == 6 and "not run on the released run's recipe: they differ in base_seed (sweep 99, release 5)" in proc.stderr
     (root / "reports" / "sweep.json").unlink()
-    proc = cli(root, "release")
+    proc = in_process(root, "release")
     assert proc.returncode == 6 and "sweep.json: missing; fix: run `geno-pipeline sweep`" in proc.stderr
 
 
@@ -340,7 +340,7 @@ def test_release_sweep_gate_refuses_a_missing_or_stale_sweep(swept: Path, tmp_pa
 def test_release_without_gate_ignores_the_sweep_and_has_how_to_verify(swept: Path, tmp_path: Path) -> None:
     root = tmp_path / "plain"
     shutil.copytree(swept, root)
-    proc = cli(root, "release")
+    proc = in_process(root, "release")
     assert proc.returncode == 0, proc.stderr
     sums = (root / "artifacts" / "release" / "SHA256SUMS").read_bytes()
     assert json.loads((root / "artifacts" / "release" / "metadata.json").read_text())["sweep"] is None
@@ -348,5 +348,5 @@ def test_release_without_gate_ignores_the_sweep_and_has_how_to_verify(swept: Pat
     assert "## Seed sweep" not in card
     assert "## How to verify" in card and "sha256sum -c --strict SHA256SUMS" in card and "model_signing verify key" in card
     (root / "reports" / "sweep.json").unlink()  # with the gate off the release does not read it
-    assert cli(root, "release").returncode == 0
+    assert in_process(root, "release").returncode == 0
     assert (root / "artifacts" / "release" / "SHA256SUMS").read_bytes() == sums
