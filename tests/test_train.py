@@ -359,6 +359,62 @@ def test_train_prefetch_changes_no_byte_straight_or_resumed(prepared: Path, tmp_
     assert tree(layout.train_dir) == straight
 
 
+def test_train_a_sigterm_while_the_prefetch_thread_starts_still_stops_it(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SIGTERM lands while the prefetch thread is being started: the run ends with 143 and no prefetch thread
+    is left running. One left in a torch kernel when the interpreter exits aborts the process ("terminate called
+    without an active exception", exit -6), as the fault campaign saw."""
+    import threading
+
+    from geno_pipeline import workspace
+    from geno_pipeline.training import stage
+
+    real_start = threading.Thread.start
+
+    def start_then_sigterm(self: threading.Thread) -> None:
+        real_start(self)
+        if self.name == "geno-pipeline-prefetch":
+            raise workspace.Terminated()  # as the handler raises it when the signal lands in `start`'s wait
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_sigterm)
+    monkeypatch.setattr(stage, "prefetch_default", lambda *_args: True)
+    root = clone(prepared, tmp_path / "p")
+    proc = run_main("train", "--no-progress", "--root", str(root))
+    assert proc.returncode == 143 and proc.stderr.strip().endswith("terminated (SIGTERM); nothing was half-written")
+    assert [t for t in threading.enumerate() if t.name == "geno-pipeline-prefetch"] == []
+
+
+def test_prefetch_close_waits_for_the_worker_through_a_second_interrupt() -> None:
+    """A second Ctrl-C while `close` waits for the worker is raised once the worker has ended; a worker never started
+    is closed without waiting."""
+    import threading
+
+    from geno_pipeline.training.prefetch import PrefetchInput, Prepared
+
+    release = threading.Event()
+
+    def prepare(step: int) -> Prepared:
+        release.wait(10)
+        return Prepared(step, [], 0, {}, 0.0, 0.0)
+
+    PrefetchInput(prepare, 1, 3).close()  # never started
+    source = PrefetchInput(prepare, 1, 3).start()
+    real_join, joins = source._thread.join, []
+
+    def join(timeout: float | None = None) -> None:
+        joins.append(timeout)
+        if len(joins) == 1:
+            release.set()
+            raise KeyboardInterrupt
+        real_join(timeout)
+
+    source._thread.join = join  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        source.close()
+    assert len(joins) == 2 and not source._thread.is_alive()
+
+
 def test_train_writes_the_same_bytes_with_either_checkpoint_writer(prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the checkpoints are written changes nothing on disk: a run whose checkpoints are written on a thread (the
     fallback off Linux) gives the same train tree as the CLI's run (a writer process on Linux), and each says which

@@ -100,6 +100,7 @@ def train_loop(run: TrainingRun, *, stop_after_step: int | None, progress: bool,
             if run.writer:
                 run.start_saver()
             source = PrefetchInput(lambda step: prepare_step(run, step), run.start + 1, last)
+            source.start()  # once `source` holds it: an interrupt while the thread starts still closes it
         outcome = _steps(run, parts, source, stop_after_step=stop_after_step, progress=progress)
     except BaseException:
         source.close()

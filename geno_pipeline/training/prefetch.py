@@ -75,14 +75,21 @@ class _Failed:
 
 
 class PrefetchInput(StepInput):
-    """A worker thread prepares steps `first .. last` in order, at most `depth` ahead of the training thread."""
+    """A worker thread prepares steps `first .. last` in order, at most `depth` ahead of the training thread.
+
+    `start` it after the object is held where `close` will be called: an interrupt (SIGTERM, Ctrl-C) can land while
+    the thread starts, and a worker left running in a torch kernel when the interpreter exits aborts the process
+    ("terminate called without an active exception") instead of letting it exit with its code."""
 
     def __init__(self, prepare: Callable[[int], Prepared], first: int, last: int, *, depth: int = PREFETCH_DEPTH) -> None:
         self._prepare = prepare
         self._queue: queue.Queue[Prepared | _Failed] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(first, last), name="geno-pipeline-prefetch", daemon=True)
+
+    def start(self) -> PrefetchInput:
         self._thread.start()
+        return self
 
     def _put(self, item: Prepared | _Failed) -> bool:
         while not self._stop.is_set():
@@ -117,8 +124,18 @@ class PrefetchInput(StepInput):
         return item
 
     def close(self) -> None:
-        self._stop.set()  # a waiting put sees it within 50 ms; a step being prepared is finished, then dropped
-        self._thread.join()
+        """Stop the worker and wait for it: it checks the stop before each step (one not yet running its loop returns
+        at once) and within 50 ms while it waits to queue one; a step being prepared is finished, then dropped. A
+        second interrupt during the wait is raised once the worker has ended."""
+        self._stop.set()
+        interrupted: BaseException | None = None
+        while self._thread.is_alive():  # False until the thread has started its run, which then sees the stop
+            try:
+                self._thread.join()
+            except BaseException as exc:  # the worker must end before this thread lets the process exit
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
 
 
 def prefetch_default(device: str, threads_per_worker: int, workers_here: int, cores: int) -> bool:
