@@ -155,10 +155,18 @@ class _Forker:
         self.answers.put(None)
 
     def _answer(self, timeout_s: float) -> dict[str, int]:
+        """The helper's next answer; `queue.Empty` when none comes within `timeout_s`."""
         answer = self.answers.get(timeout=timeout_s)
         if answer is None:
             raise GenoPipelineError(f"the test runner process exited ({self.proc.wait()}) before it answered")
         return answer
+
+    def _prompt_answer(self) -> dict[str, int]:
+        """An answer the helper gives at once (a started run's pid, a killed run's end): one error if it does not."""
+        try:
+            return self._answer(60)
+        except queue.Empty:
+            raise GenoPipelineError("the test runner process gave no answer within 60 s") from None
 
     def pytest(self, args: Sequence[str], timeout_s: float) -> tuple[int, str]:
         """pytest's exit code and output, or -1 when the run took longer than `timeout_s` (the run is then killed)."""
@@ -166,12 +174,12 @@ class _Forker:
         with tempfile.NamedTemporaryFile(prefix="planted-run-", suffix=".txt") as output:
             self.proc.stdin.write(json.dumps({"args": list(args), "output": output.name}) + "\n")
             self.proc.stdin.flush()
-            pid = self._answer(60)["pid"]
+            pid = self._prompt_answer()["pid"]
             try:
                 code = self._answer(timeout_s)["exit"]
             except queue.Empty:
                 os.kill(pid, signal.SIGKILL)
-                self._answer(60)
+                self._prompt_answer()
                 return -1, f"the tests ran past {timeout_s:.0f} s"
             return code, Path(output.name).read_text(errors="replace")
 
